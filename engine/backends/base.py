@@ -1,0 +1,17 @@
+"""What every backend returns from `load`: a runner over preprocessed batches."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass
+class Runner:
+    """`run(batch)` maps a float32 `[B,3,S,S]` batch (torch tensor if `uses_torch`, else numpy) to logits."""
+
+    run: object
+    uses_torch: bool
+    device: str
+    precision: str
+    max_batch: int | None = None
+    input_dtype: str = "float32"

@@ -1,0 +1,33 @@
+"""`ht-engine` command line. Every subcommand lives in `engine.commands.<name>` with `register(subparsers)`."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from .errors import HTError
+
+COMMAND_MODULES = ("import_", "init", "predict", "demo")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ht-engine", description="Inference engine for Hybrid Tuning (HT) "
+                                     "ultrasound segmentation/classification models.")
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        importlib.import_module(f"engine.commands.{name}").register(subparsers)
+    return parser
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.handler(args) or 0)
+    except HTError as exc:
+        print(f"ht-engine {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"ht-engine {args.command}: interrupted", file=sys.stderr)
+        return 130

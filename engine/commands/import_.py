@@ -1,0 +1,30 @@
+"""`ht-engine import`: the authors' checkpoints → a verified `.htpkg` package."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..config import ARCHS
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser("import", help="import the authors' backbone + adapter checkpoints into a package")
+    parser.add_argument("--arch", required=True, choices=sorted(ARCHS))
+    parser.add_argument("--backbone", required=True, type=Path, help="open_clip/OpenAI CLIP state dict")
+    parser.add_argument("--adapter", required=True, type=Path, help="the authors' best_model.pth")
+    parser.add_argument("--task", required=True, choices=("seg", "cls"))
+    parser.add_argument("--num-classes", type=int, default=None, help="checked against the head (default: from it)")
+    parser.add_argument("--out", required=True, type=Path, help="output .htpkg")
+    parser.set_defaults(handler=run)
+
+
+def run(args) -> int:
+    from ..package import save_package
+    from ..weights import import_checkpoints
+
+    print(f"importing {args.arch} {args.task}: backbone {args.backbone}, adapter {args.adapter}", flush=True)
+    config, tensors = import_checkpoints(args.arch, args.backbone, args.adapter, args.task, args.num_classes)
+    sha = save_package(args.out, config, tensors)
+    print(f"wrote {args.out} ({len(tensors)} tensors, {config.num_classes} classes, adapters on layers "
+          f"{config.adapter_layers}, sha256 {sha[:16]}…)")
+    return 0

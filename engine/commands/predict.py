@@ -1,0 +1,51 @@
+"""`ht-engine predict`: masks (PNG) or class probabilities for image files, plus a JSON summary."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+
+def add_load_options(parser) -> None:
+    parser.add_argument("--backend", default="reference", help="reference, optimized, onnx, aoti, tensorrt")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--precision", default="fp32")
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser("predict", help="run a package/artifact on image files")
+    parser.add_argument("artifact", type=Path, help=".htpkg package or built artifact directory")
+    parser.add_argument("inputs", nargs="+", type=Path, help="image files (PNG, JPEG, BMP, TIFF: 8-bit gray/RGB)")
+    parser.add_argument("--out", type=Path, default=Path("predictions"), help="output directory")
+    add_load_options(parser)
+    parser.set_defaults(handler=run)
+
+
+def run(args) -> int:
+    from ..images import overlay, read_image, write_png
+    from ..package import atomic_write
+    from ..runtime import Predictor
+
+    predictor = Predictor.load(args.artifact, backend=args.backend, device=args.device, precision=args.precision)
+    frames = [read_image(path) for path in args.inputs]
+    entries = []
+    for path, frame in zip(args.inputs, frames):
+        result = predictor.predict([frame])[0]
+        entry = {"input": str(path), **result.summary()}
+        entry.pop("index")
+        if result.mask is not None:
+            mask_path = args.out / f"{path.stem}_mask.png"
+            overlay_path = args.out / f"{path.stem}_overlay.png"
+            write_png(mask_path, result.mask)
+            gray = frame if frame.ndim == 2 else frame.mean(axis=2).astype("uint8")
+            write_png(overlay_path, overlay(gray, result.mask))
+            entry.update(mask=str(mask_path), overlay=str(overlay_path))
+        entries.append(entry)
+        print(f"{path}: " + (f"mask {entry['mask']}" if result.mask is not None else
+                             f"{entry['label']} ({max(entry['probabilities'].values()):.3f})"), flush=True)
+    summary = {"artifact": str(args.artifact), "backend": args.backend, "precision": args.precision,
+               "task": predictor.task, "classes": predictor.classes, "results": entries}
+    summary_path = args.out / "predictions.json"
+    atomic_write(summary_path, lambda tmp: tmp.write_text(json.dumps(summary, indent=2)))
+    print(f"summary: {summary_path}")
+    return 0

@@ -1,0 +1,34 @@
+"""Typed errors. Every message says what was wrong and what was expected."""
+
+
+class HTError(Exception):
+    """Base class of every error the engine raises on purpose."""
+
+
+class ConfigError(HTError, ValueError):
+    """A model configuration is invalid or unknown (arch, task, classes, layers)."""
+
+
+class CheckpointError(HTError):
+    """A checkpoint cannot be imported: unreadable, unsafe, or its keys/shapes do not match the arch."""
+
+
+class PackageError(HTError):
+    """A `.htpkg` package (or a built artifact) is missing, corrupt, altered or of an unknown version."""
+
+
+class InputError(HTError, ValueError):
+    """An input tensor, array or frame has the wrong shape, dtype or values."""
+
+
+class BackendError(HTError):
+    """A backend is unknown or cannot run on the requested device/precision."""
+
+
+def summarize_names(names, limit=5):
+    """`a, b, c (+12 more)`: enough names to act on without flooding the terminal."""
+    names = sorted(names)
+    shown = ", ".join(names[:limit])
+    if len(names) > limit:
+        shown += f" (+{len(names) - limit} more)"
+    return shown

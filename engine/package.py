@@ -1,0 +1,87 @@
+"""The `.htpkg` package: one safetensors file, tensors + `{"format","version","config"}` metadata.
+
+The config carries a sha256 over every tensor's name, dtype, shape and bytes (in name order), checked on load, so
+that an altered or truncated package is refused instead of silently producing other numbers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from .config import ModelConfig
+from .errors import ConfigError, PackageError
+
+FORMAT = "htpkg"
+VERSION = 1
+
+
+def tensors_sha256(tensors: dict) -> str:
+    digest = hashlib.sha256()
+    for name in sorted(tensors):
+        tensor = tensors[name].detach().contiguous().cpu()
+        digest.update(f"{name}|{str(tensor.dtype)}|{tuple(tensor.shape)}\n".encode())
+        digest.update(tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+    return digest.hexdigest()
+
+
+def atomic_write(path: Path, write) -> None:
+    """Call `write(tmp_path)` and move the result into place, so no half-written file is ever left at `path`."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_package(path, config: ModelConfig, tensors: dict) -> str:
+    """Write a package atomically; returns the tensor sha256 stored in its config."""
+    config.validate()
+    tensors = {name: t.detach().contiguous().cpu() for name, t in tensors.items()}
+    sha = tensors_sha256(tensors)
+    meta_config = json.loads(config.to_json())
+    meta_config["sha256"] = sha
+    metadata = {"format": FORMAT, "version": str(VERSION), "config": json.dumps(meta_config, sort_keys=True)}
+    atomic_write(Path(path), lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
+    return sha
+
+
+def read_package(path) -> tuple[ModelConfig, dict, str]:
+    """Load and verify a package: `(config, tensors, sha256)`; `PackageError` on anything not intact."""
+    path = Path(path)
+    if not path.is_file():
+        raise PackageError(f"package {path} does not exist")
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            metadata = handle.metadata() or {}
+            tensors = {name: handle.get_tensor(name) for name in handle.keys()}
+    except Exception as exc:  # safetensors raises several types for truncated/garbled headers and data
+        raise PackageError(f"package {path} is not a readable safetensors file (truncated or corrupt?): {exc}") from exc
+    if metadata.get("format") != FORMAT:
+        raise PackageError(f"{path} is not an HT package: metadata format is {metadata.get('format')!r}, "
+                           f"expected {FORMAT!r}")
+    if metadata.get("version") != str(VERSION):
+        raise PackageError(f"{path} has package version {metadata.get('version')!r}; this engine reads {VERSION}")
+    try:
+        raw = json.loads(metadata["config"])
+        expected_sha = raw.pop("sha256")
+        config = ModelConfig.from_dict(raw)
+    except (KeyError, json.JSONDecodeError, TypeError, ConfigError) as exc:
+        raise PackageError(f"package {path} has an invalid config: {exc}") from exc
+    actual_sha = tensors_sha256(tensors)
+    if actual_sha != expected_sha:
+        raise PackageError(f"package {path} is altered or corrupt: tensor sha256 {actual_sha[:16]}… does not match "
+                           f"the recorded {expected_sha[:16]}…")
+    return config, tensors, actual_sha

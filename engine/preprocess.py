@@ -1,0 +1,103 @@
+"""Frame preprocessing, numpy only (the torch-free runtimes use it too).
+
+`resize_like_pil` reproduces Pillow's `Image.resize(size)` default filter (bicubic, a=-0.5, antialiased: the
+kernel support grows with the downscale factor) for 8-bit images, including its fixed-point coefficients (22
+fractional bits) and the uint8 rounding between the horizontal and the vertical pass. Products of the integer
+coefficients and uint8 pixels stay below 2**53, so float64 matrix products are exact.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+
+from .errors import InputError
+
+_PRECISION_BITS = 32 - 8 - 2
+_BICUBIC_A = -0.5
+_BICUBIC_SUPPORT = 2.0
+
+
+def _bicubic(x: np.ndarray) -> np.ndarray:
+    x = np.abs(x)
+    a = _BICUBIC_A
+    near = ((a + 2.0) * x - (a + 3.0)) * x * x + 1.0
+    far = (((x - 5.0) * x + 8.0) * x - 4.0) * a
+    return np.where(x < 1.0, near, np.where(x < 2.0, far, 0.0))
+
+
+@functools.lru_cache(maxsize=64)
+def pil_resize_matrix(in_size: int, out_size: int) -> np.ndarray:
+    """Fixed-point coefficient matrix `[out_size, in_size]` (integers stored as float64) of one resize pass."""
+    scale = in_size / out_size
+    filterscale = max(scale, 1.0)
+    support = _BICUBIC_SUPPORT * filterscale
+    matrix = np.zeros((out_size, in_size), dtype=np.float64)
+    for xx in range(out_size):
+        center = (xx + 0.5) * scale
+        xmin = max(int(center - support + 0.5), 0)
+        xmax = min(int(center + support + 0.5), in_size)
+        taps = np.arange(xmin, xmax, dtype=np.float64)
+        weights = _bicubic((taps - center + 0.5) / filterscale)
+        total = weights.sum()
+        if total != 0.0:
+            weights = weights / total
+        scaled = weights * (1 << _PRECISION_BITS)
+        matrix[xx, xmin:xmax] = np.where(scaled < 0, np.trunc(scaled - 0.5), np.trunc(scaled + 0.5))
+    return matrix
+
+
+def _fixed_point_to_uint8(acc: np.ndarray) -> np.ndarray:
+    rounded = np.floor((acc + (1 << (_PRECISION_BITS - 1))) / (1 << _PRECISION_BITS))
+    return np.clip(rounded, 0, 255).astype(np.uint8)
+
+
+def resize_like_pil(gray: np.ndarray, out_h: int, out_w: int) -> np.ndarray:
+    """uint8 `[H,W]` → uint8 `[out_h,out_w]`, as `PIL.Image.fromarray(gray).resize((out_w,out_h))`."""
+    height, width = gray.shape
+    out = gray
+    if width != out_w:
+        out = _fixed_point_to_uint8(out.astype(np.float64) @ pil_resize_matrix(width, out_w).T)
+    if height != out_h:
+        out = _fixed_point_to_uint8(pil_resize_matrix(height, out_h) @ out.astype(np.float64))
+    return np.ascontiguousarray(out)
+
+
+def to_gray(frame: np.ndarray) -> np.ndarray:
+    """uint8 HxW or HxWx3 (RGB) → uint8 HxW with Pillow's `convert("L")` integer formula (ITU-R 601-2 luma)."""
+    if frame.ndim == 2:
+        return frame
+    rgb = frame.astype(np.uint32)
+    luma = (rgb[..., 0] * 19595 + rgb[..., 1] * 38470 + rgb[..., 2] * 7471 + 0x8000) >> 16
+    return luma.astype(np.uint8)
+
+
+def check_frame(frame, index: int = 0) -> np.ndarray:
+    """A raw frame as a uint8 HxW or HxWx3 array, or an `InputError` saying what it is instead."""
+    array = np.asarray(frame)
+    if array.dtype != np.uint8:
+        raise InputError(f"frame {index}: expected uint8 pixels, got dtype {array.dtype}")
+    if array.ndim == 3 and array.shape[2] == 1:
+        array = array[..., 0]
+    if not (array.ndim == 2 or (array.ndim == 3 and array.shape[2] == 3)):
+        raise InputError(f"frame {index}: expected a HxW (gray) or HxWx3 (RGB) array, got shape {array.shape}")
+    if array.shape[0] < 1 or array.shape[1] < 1:
+        raise InputError(f"frame {index}: empty frame of shape {array.shape}")
+    return array
+
+
+def preprocess_frames(frames, preprocessing: dict) -> np.ndarray:
+    """Raw uint8 frames → float32 `[B,3,S,S]` with the package's preprocessing (gray, PIL resize, scale)."""
+    if preprocessing.get("resize") != "pil_bicubic" or not preprocessing.get("grayscale", False):
+        raise InputError(f"unsupported preprocessing {preprocessing}; this engine implements grayscale + pil_bicubic")
+    size = int(preprocessing["size"])
+    scale = np.float32(preprocessing.get("scale", 1.0 / 255.0))
+    batch = np.empty((len(frames), int(preprocessing.get("channels", 3)), size, size), dtype=np.float32)
+    for index, frame in enumerate(frames):
+        gray = resize_like_pil(to_gray(check_frame(frame, index)), size, size)
+        plane = gray.astype(np.float32) * scale
+        if preprocessing.get("mean") is not None:
+            plane = (plane - np.float32(preprocessing["mean"])) / np.float32(preprocessing["std"])
+        batch[index] = plane
+    return batch
