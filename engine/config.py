@@ -87,6 +87,8 @@ class ModelConfig:
             arch=arch, task=task, num_classes=num_classes, act=spec.act, ln_eps=spec.ln_eps, ln_pre=spec.ln_pre,
             patch_bias=spec.patch_bias, cls_head=spec.cls_head, **overrides,
         )
+        if "preprocessing" not in overrides:
+            cfg.preprocessing["size"] = cfg.image_size
         if not cfg.classes:
             cfg.classes = ["background", "lesion"] if (task == "seg" and num_classes == 2) else [
                 f"class_{i}" for i in range(num_classes)]
@@ -121,6 +123,9 @@ class ModelConfig:
             raise ConfigError(f"width {self.width} is not divisible by heads {self.heads}")
         if self.bottleneck % 4:
             raise ConfigError(f"bottleneck {self.bottleneck} must be divisible by 4 (noise estimator r -> r/4)")
+        if self.preprocessing.get("size") != self.image_size:
+            raise ConfigError(f"preprocessing size {self.preprocessing.get('size')} differs from the model's "
+                              f"image_size {self.image_size}")
         for name in ("adapter_layers", "extract_layers"):
             bad = [i for i in getattr(self, name) if not 0 <= i < self.layers]
             if bad:

@@ -11,13 +11,15 @@ import numpy as np
 @functools.lru_cache(maxsize=64)
 def bilinear_matrix(in_size: int, out_size: int) -> np.ndarray:
     """`[out_size, in_size]` weights of bilinear resampling with align_corners=False (as `F.interpolate`)."""
-    scale = in_size / out_size
+    # The float32 scale and the once-rounded source coordinate reproduce PyTorch's CPU kernel bit for bit, so the
+    # masks agree with `F.interpolate` even on near-ties.
+    scale = float(np.float32(in_size) / np.float32(out_size))
     matrix = np.zeros((out_size, in_size), dtype=np.float32)
     for out_index in range(out_size):
-        source = max((out_index + 0.5) * scale - 0.5, 0.0)
+        source = max(np.float32(scale * (out_index + 0.5) - 0.5), np.float32(0.0))
         low = min(int(np.floor(source)), in_size - 1)
         high = min(low + 1, in_size - 1)
-        frac = source - low
+        frac = min(max(source - np.float32(low), np.float32(0.0)), np.float32(1.0))
         matrix[out_index, low] += 1.0 - frac
         matrix[out_index, high] += frac
     return matrix

@@ -53,14 +53,30 @@ def _fixed_point_to_uint8(acc: np.ndarray) -> np.ndarray:
     return np.clip(rounded, 0, 255).astype(np.uint8)
 
 
+def vertical_pass_first(height: int, width: int, out_h: int, out_w: int) -> bool:
+    """Pillow (13.x) runs the vertical pass first when it shrinks rows more than twice as much as the horizontal
+    pass shrinks columns; the uint8 rounding between the passes makes the order visible in the result."""
+    return max(height - out_h, 0) > 2 * max(width - out_w, 0)
+
+
 def resize_like_pil(gray: np.ndarray, out_h: int, out_w: int) -> np.ndarray:
     """uint8 `[H,W]` → uint8 `[out_h,out_w]`, as `PIL.Image.fromarray(gray).resize((out_w,out_h))`."""
     height, width = gray.shape
-    out = gray
+
+    def horizontal(image):
+        return _fixed_point_to_uint8(image.astype(np.float64) @ pil_resize_matrix(width, out_w).T)
+
+    def vertical(image):
+        return _fixed_point_to_uint8(pil_resize_matrix(height, out_h) @ image.astype(np.float64))
+
+    passes = []
     if width != out_w:
-        out = _fixed_point_to_uint8(out.astype(np.float64) @ pil_resize_matrix(width, out_w).T)
+        passes.append(horizontal)
     if height != out_h:
-        out = _fixed_point_to_uint8(pil_resize_matrix(height, out_h) @ out.astype(np.float64))
+        passes.insert(0 if vertical_pass_first(height, width, out_h, out_w) else len(passes), vertical)
+    out = gray
+    for resample in passes:
+        out = resample(out)
     return np.ascontiguousarray(out)
 
 

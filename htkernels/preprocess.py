@@ -21,9 +21,12 @@ def preprocess_ref(frames: torch.Tensor, row_weights: torch.Tensor, col_weights:
     gray = frames.to(torch.float64)
     height, width = gray.shape[1:]
     out_h, out_w = row_weights.shape[0], col_weights.shape[0]
+    vertical_first = max(height - out_h, 0) > 2 * max(width - out_w, 0)
+    if height != out_h and vertical_first:
+        gray = _round_fixed_point(row_weights.to(torch.float64) @ gray)
     if width != out_w:
         gray = _round_fixed_point(gray @ col_weights.to(torch.float64).t())
-    if height != out_h:
+    if height != out_h and not vertical_first:
         gray = _round_fixed_point(row_weights.to(torch.float64) @ gray)
     plane = (gray * scale).to(out_dtype)
     return plane[:, None].expand(-1, 3, -1, -1).contiguous()

@@ -100,8 +100,12 @@ def _source_shape(cfg: ModelConfig, package_key: str, shape: tuple) -> tuple:
     return shape
 
 
-def import_checkpoints(arch: str, backbone_path, adapter_path, task: str, num_classes: int | None = None):
-    """`(ModelConfig, package tensors)` from a backbone state dict and an authors' `best_model.pth`."""
+def import_checkpoints(arch: str, backbone_path, adapter_path, task: str, num_classes: int | None = None,
+                       dims: dict | None = None):
+    """`(ModelConfig, package tensors)` from a backbone state dict and an authors' `best_model.pth`.
+
+    `dims` overrides the arch's model dimensions (width, layers, ...); the CLI never passes it (tests use it to
+    exercise the real key mapping on tiny models)."""
     spec = arch_spec(arch)
     if task not in ("seg", "cls"):
         raise ConfigError(f"unknown task {task!r}; expected 'seg' or 'cls'")
@@ -135,7 +139,7 @@ def import_checkpoints(arch: str, backbone_path, adapter_path, task: str, num_cl
                               f"{found_classes} outputs")
     classes = num_classes or found_classes or 2
     try:
-        cfg = ModelConfig.for_arch(arch, task, classes, adapter_layers=layers)
+        cfg = ModelConfig.for_arch(arch, task, classes, adapter_layers=layers, **(dims or {}))
     except ConfigError as exc:
         raise CheckpointError(f"adapter file {adapter_path}: {exc}") from exc
     with torch.device("meta"):
