@@ -10,6 +10,7 @@ from .errors import ConfigError
 
 TASKS = ("seg", "cls")
 FILTER_KINDS = ("channel", "spectral")
+ACTIVATIONS = ("gelu", "quick_gelu")
 
 # The authors' training preprocessing: grayscale, PIL bicubic antialiased resize, [0,1], no mean/std, 3 channels.
 AUTHORS_PREPROCESSING = {
@@ -83,10 +84,10 @@ class ModelConfig:
         spec = arch_spec(arch)
         if num_classes is None:
             num_classes = 2
-        cfg = cls(
-            arch=arch, task=task, num_classes=num_classes, act=spec.act, ln_eps=spec.ln_eps, ln_pre=spec.ln_pre,
-            patch_bias=spec.patch_bias, cls_head=spec.cls_head, **overrides,
-        )
+        traits = dict(act=spec.act, ln_eps=spec.ln_eps, ln_pre=spec.ln_pre, patch_bias=spec.patch_bias,
+                      cls_head=spec.cls_head)
+        traits.update(overrides)
+        cfg = cls(arch=arch, task=task, num_classes=num_classes, **traits)
         if "preprocessing" not in overrides:
             cfg.preprocessing["size"] = cfg.image_size
         if not cfg.classes:
@@ -115,6 +116,8 @@ class ModelConfig:
             raise ConfigError(f"num_classes must be a positive integer, got {self.num_classes!r}")
         if len(self.classes) != self.num_classes:
             raise ConfigError(f"{len(self.classes)} class names given for num_classes={self.num_classes}")
+        if self.act not in ACTIVATIONS:
+            raise ConfigError(f"unknown activation {self.act!r}; expected one of {ACTIVATIONS}")
         if self.filter_kind not in FILTER_KINDS:
             raise ConfigError(f"unknown filter kind {self.filter_kind!r}; expected one of {FILTER_KINDS}")
         if self.image_size % self.patch_size:

@@ -216,3 +216,19 @@ def test_cli_failure_leaves_no_output(tmp_path, capsys):
     assert "misshaped" in capsys.readouterr().err
     assert not out.exists()
     assert not out.parent.exists() or not any(out.parent.iterdir())
+
+
+def test_backbone_saved_with_injected_adapters(tmp_path):
+    cfg = small_config("biomedclip-vit-b16")
+    tensors = small_tensors(cfg, seed=12)
+    backbone, adapter = authors_files(cfg, tensors)
+    backbone.update({k[len("clip_model."):]: torch.zeros_like(v) for k, v in adapter["mona"].items()})
+    _, imported = _save_and_import(tmp_path, backbone, adapter)
+    assert all(torch.equal(imported[k], tensors[k]) for k in tensors)
+
+
+def test_activation_override(tmp_path):
+    cfg = small_config("metaclip-vit-b16")
+    backbone, adapter = authors_files(cfg, small_tensors(cfg, seed=13))
+    imported_cfg, _ = _save_and_import(tmp_path, backbone, adapter, arch="metaclip-vit-b16", activation="gelu")
+    assert imported_cfg.act == "gelu"

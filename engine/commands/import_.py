@@ -14,6 +14,8 @@ def register(subparsers) -> None:
     parser.add_argument("--adapter", required=True, type=Path, help="the authors' best_model.pth")
     parser.add_argument("--task", required=True, choices=("seg", "cls"))
     parser.add_argument("--num-classes", type=int, default=None, help="checked against the head (default: from it)")
+    parser.add_argument("--activation", choices=("gelu", "quick_gelu"), default=None,
+                        help="override the arch's MLP activation (e.g. a MetaCLIP backbone trained with GELU)")
     parser.add_argument("--out", required=True, type=Path, help="output .htpkg")
     parser.set_defaults(handler=run)
 
@@ -23,7 +25,8 @@ def run(args) -> int:
     from ..weights import import_checkpoints
 
     print(f"importing {args.arch} {args.task}: backbone {args.backbone}, adapter {args.adapter}", flush=True)
-    config, tensors = import_checkpoints(args.arch, args.backbone, args.adapter, args.task, args.num_classes)
+    config, tensors = import_checkpoints(args.arch, args.backbone, args.adapter, args.task, args.num_classes,
+                                         activation=args.activation)
     sha = save_package(args.out, config, tensors)
     print(f"wrote {args.out} ({len(tensors)} tensors, {config.num_classes} classes, adapters on layers "
           f"{config.adapter_layers}, sha256 {sha[:16]}…)")

@@ -16,7 +16,7 @@ import torch
 from ..config import ModelConfig, arch_spec
 from ..errors import CheckpointError, ConfigError, summarize_names
 from ..model import HTModel
-from .layouts import IGNORED_BACKBONE_KEYS, MONA_PREFIX, authors_layout
+from .layouts import ADAPTER_MARKER, IGNORED_BACKBONE_KEYS, MONA_PREFIX, authors_layout
 
 HEAD_SECTIONS = ("seg_head", "cls_head")
 ADAPTER_SECTIONS = ("reduces", "blocks", "mona")
@@ -101,11 +101,12 @@ def _source_shape(cfg: ModelConfig, package_key: str, shape: tuple) -> tuple:
 
 
 def import_checkpoints(arch: str, backbone_path, adapter_path, task: str, num_classes: int | None = None,
-                       dims: dict | None = None):
+                       dims: dict | None = None, activation: str | None = None):
     """`(ModelConfig, package tensors)` from a backbone state dict and an authors' `best_model.pth`.
 
-    `dims` overrides the arch's model dimensions (width, layers, ...); the CLI never passes it (tests use it to
-    exercise the real key mapping on tiny models)."""
+    `activation` overrides the arch's MLP activation ("gelu" or "quick_gelu") for backbones trained with the other
+    one. `dims` overrides the arch's model dimensions (width, layers, ...); the CLI never passes it (tests use it
+    to exercise the real key mapping on tiny models)."""
     spec = arch_spec(arch)
     if task not in ("seg", "cls"):
         raise ConfigError(f"unknown task {task!r}; expected 'seg' or 'cls'")
@@ -139,7 +140,10 @@ def import_checkpoints(arch: str, backbone_path, adapter_path, task: str, num_cl
                               f"{found_classes} outputs")
     classes = num_classes or found_classes or 2
     try:
-        cfg = ModelConfig.for_arch(arch, task, classes, adapter_layers=layers, **(dims or {}))
+        extra = dict(dims or {})
+        if activation is not None:
+            extra["act"] = activation
+        cfg = ModelConfig.for_arch(arch, task, classes, adapter_layers=layers, **extra)
     except ConfigError as exc:
         raise CheckpointError(f"adapter file {adapter_path}: {exc}") from exc
     with torch.device("meta"):
@@ -151,7 +155,7 @@ def import_checkpoints(arch: str, backbone_path, adapter_path, task: str, num_cl
         expected[section][source_key] = _source_shape(cfg, package_key, shapes[package_key])
         destination[(section, source_key)] = package_key
     provided = {
-        "backbone": {k: v for k, v in backbone.items() if k.startswith("visual.")},
+        "backbone": {k: v for k, v in backbone.items() if k.startswith("visual.") and ADAPTER_MARKER not in k},
         head_section: adapter[head_section], "reduces": adapter["reduces"], "blocks": adapter["blocks"], "mona": mona,
     }
     problems = []

@@ -54,6 +54,9 @@ IGNORED_BACKBONE_KEYS = {
     "openai": ("visual.ln_post.", "visual.proj"),
     "open_clip": ("visual.ln_post.", "visual.proj"),
 }
+# A backbone saved from a model with adapters injected carries them under `...blocks.{i}.mona.`; the adapter file
+# is authoritative for them (the authors' evaluation overwrites them from it), so the backbone's copies are ignored.
+ADAPTER_MARKER = ".mona."
 
 
 def _backbone_entries(cfg: ModelConfig) -> list:
