@@ -81,10 +81,11 @@ class CompiledModel:
 
 
 def prepare(model: torch.nn.Module, precision: str) -> torch.nn.Module:
-    """int8: every `nn.Linear` (backbone, patch and head GEMMs) becomes a dynamically quantized int8 GEMM
-    (engine.optimize.quant); fp32/bf16 models come built in their dtype."""
+    """int8: the transformer blocks' GEMMs (qkv, proj, fc1, fc2: 96% of the FLOPs) become dynamically quantized
+    int8 GEMMs (engine.optimize.quant); the patch embedding and the head stay fp32, which halves the logit error
+    for ~3% of the FLOPs. fp32/bf16 models come built in their dtype."""
     if precision == "int8":
-        quantize_linears(model)
+        quantize_linears(model.blocks)
     return model
 
 

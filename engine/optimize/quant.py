@@ -1,10 +1,12 @@
 """int8 GEMMs for CPU: dynamic quantization written in standard torch ops, so `torch.compile` fuses the
 activation quantization into the neighbouring ops and `torch.export` sees plain tensors.
 
-Scheme: weights int8 symmetric per output channel (scale = max|w_row|/127, quantized once at load); activations
-int8 symmetric per token (per GEMM row, scale = max|x_row|/127, computed at run time); `torch._int_mm` multiplies
-with int32 accumulation (VNNI on CPUs that have it); the result is rescaled by `scale_x ⊗ scale_w` and the fp32
-bias added. Everything outside these GEMMs (LayerNorm, attention softmax, adapters, head) stays fp32.
+Scheme (dynamic quantization): weights int8 symmetric per output channel (scale = max|w_row|/127, quantized once
+at load); activations int8 **asymmetric** per token (per GEMM row: `x ≈ s·(q + 128) + m` with `m = min x_row`,
+`s = (max - min)/255`, computed at run time), which gives skewed inputs such as GELU outputs the full 256 levels;
+`torch._int_mm` multiplies with int32 accumulation (VNNI on CPUs that have it) and the offset is corrected exactly
+with the weight's integer row sums: `x·Wᵀ ≈ s_w ⊙ (s·(q·W_qᵀ + 128·ΣW_q) + m·ΣW_q)`. Everything outside these
+GEMMs (LayerNorm, attention softmax, adapters, the folded head output) stays fp32.
 """
 
 from __future__ import annotations
@@ -21,6 +23,14 @@ def quantize_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.round(x / scale).clamp(-_QMAX, _QMAX).to(torch.int8), scale
 
 
+def quantize_rows_affine(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Asymmetric int8 per row: `(q int8 [M,K], scale [M,1], low [M,1])` with `x ≈ scale·(q + 128) + low`."""
+    low = x.amin(dim=-1, keepdim=True)
+    scale = (x.amax(dim=-1, keepdim=True) - low).clamp_min(1e-12) / 255.0
+    q = torch.round((x - low) / scale).clamp(0, 255) - 128.0
+    return q.to(torch.int8), scale, low
+
+
 class Int8DynamicLinear(nn.Module):
     """Drop-in for an fp32 `nn.Linear` at inference: `y ≈ x·Wᵀ + b` with int8 operands (module docstring)."""
 
@@ -33,14 +43,15 @@ class Int8DynamicLinear(nn.Module):
         # CPU kernel reads fastest (measured equal or better than a contiguous [K,N]).
         self.register_buffer("weight_t", q.t())
         self.register_buffer("weight_scale", scale.reshape(1, -1))
+        self.register_buffer("weight_rowsum", q.float().sum(dim=1).reshape(1, -1))
         bias = linear.bias.detach().float() if linear.bias is not None else torch.zeros(self.out_features)
         self.register_buffer("bias", bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
-        q, scale = quantize_rows(x.reshape(-1, self.in_features).float())
-        acc = torch._int_mm(q, self.weight_t)
-        y = acc.float() * (scale * self.weight_scale) + self.bias
+        q, scale, low = quantize_rows_affine(x.reshape(-1, self.in_features).float())
+        acc = torch._int_mm(q, self.weight_t).float()
+        y = (scale * (acc + 128.0 * self.weight_rowsum) + low * self.weight_rowsum) * self.weight_scale + self.bias
         return y.reshape(*shape[:-1], self.out_features)
 
 
