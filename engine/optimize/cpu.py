@@ -7,7 +7,7 @@ shares one dynamic graph, compiled (or read from the cache) by the first call wi
 
 Environment:
 - `HT_ENGINE_CACHE`: cache root (default `~/.cache/ht-engine`); compiled code lives in `<root>/inductor`
-  unless `TORCHINDUCTOR_CACHE_DIR` is set, which then wins.
+  (inductor's own `TORCHINDUCTOR_CACHE_DIR` is pointed there while the engine compiles or runs, then restored).
 - `HT_ENGINE_COMPILE=0`: run eagerly (no compiler, no C++ toolchain needed).
 """
 
@@ -35,17 +35,19 @@ def compile_enabled() -> bool:
 
 @contextlib.contextmanager
 def inductor_cache_dir():
-    """Point inductor's on-disk caches at the engine's cache for the duration of a compile or call."""
-    if os.environ.get("TORCHINDUCTOR_CACHE_DIR"):
-        yield
-        return
+    """Point inductor's on-disk caches at the engine's cache for the duration of a compile or call (inductor
+    writes its default into the environment on first use, so a value found there says nothing about the user)."""
     path = cache_root() / "inductor"
     path.mkdir(parents=True, exist_ok=True)
+    previous = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
     os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(path)
     try:
         yield
     finally:
-        os.environ.pop("TORCHINDUCTOR_CACHE_DIR", None)
+        if previous is None:
+            os.environ.pop("TORCHINDUCTOR_CACHE_DIR", None)
+        else:
+            os.environ["TORCHINDUCTOR_CACHE_DIR"] = previous
 
 
 class _Region:
@@ -96,9 +98,9 @@ def make_cpu_runner(model: torch.nn.Module, package, precision: str) -> Runner:
     load_seconds = 0.0
     if compile_enabled():
         start = time.perf_counter()
-        forward = CompiledModel(model)
         try:
             with inductor_cache_dir(), torch.inference_mode():
+                forward = CompiledModel(model)
                 forward(torch.rand(1, 3, image_size, image_size, generator=torch.Generator().manual_seed(0)))
         except Exception as exc:  # the compiler raises many types (missing C++ toolchain, lowering errors)
             raise BackendError(f"torch.compile of the optimized model failed ({type(exc).__name__}: {exc}); "
