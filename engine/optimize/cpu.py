@@ -56,11 +56,9 @@ class _Region:
     def __init__(self, module: torch.nn.Module):
         self.compiled = torch.compile(module)
 
-    def __call__(self, x):
-        tensors = x if isinstance(x, list) else [x]
-        if tensors[0].shape[0] > 1:
-            for tensor in tensors:
-                torch._dynamo.mark_dynamic(tensor, 0)
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[0] > 1:
+            torch._dynamo.mark_dynamic(x, 0)
         return self.compiled(x)
 
 
@@ -84,8 +82,8 @@ class CompiledModel:
 
 def prepare(model: torch.nn.Module, precision: str) -> torch.nn.Module:
     """int8: the transformer blocks' GEMMs (qkv, proj, fc1, fc2: 96% of the FLOPs) become dynamically quantized
-    int8 GEMMs (engine.optimize.quant); the patch embedding and the head stay fp32, which halves the logit error
-    for ~3% of the FLOPs. fp32/bf16 models come built in their dtype."""
+    int8 GEMMs (engine.optimize.quant); the patch embedding and the head stay fp32 (~3% of the FLOPs), which took
+    the seg argmax agreement to fp32 of a full-size random model from 98.7% to 99.1%. fp32/bf16 models come built in their dtype."""
     if precision == "int8":
         quantize_linears(model.blocks)
     return model
