@@ -1,8 +1,8 @@
 """`optimized`: the reference model after exact rewrites (engine.optimize), fastest path per device.
 
-CPU: fp32, bf16 (GEMM weights and activations in bf16, adapter spatial math in fp32) or int8 (dynamically quantized
-GEMMs: int8 weights per output channel, activations quantized per tensor at run time), compiled with
-`torch.compile` when it helps, the compiled code cached on disk (see engine.optimize.compile_cache).
+CPU: fp32, bf16 (GEMM weights and activations in bf16, adapter spatial math in fp32) or int8 (the blocks' GEMMs
+dynamically quantized: int8 weights per output channel, activations per token at run time; engine.optimize.quant),
+compiled block by block with `torch.compile`, the compiled code cached on disk (engine.optimize.cpu).
 CUDA: the adapter ops from the Triton provider when available, run through CUDA graphs (engine.optimize.cuda_runner).
 """
 
