@@ -1,0 +1,89 @@
+"""Optional Triton import shared by the op modules, and the launch checks every launcher makes.
+
+Triton is an optional dependency (extra `triton`): without it the references and the `torch.library`
+registrations still import, and a launch says what to install instead of failing at import time.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+from engine.errors import BackendError, InputError
+
+try:
+    import triton
+    import triton.language as tl
+except ImportError:  # the CPU-only runtime does not need Triton
+    triton = None
+    tl = None
+
+
+def _missing_triton(fn):
+    def launch(*args, **kwargs):
+        raise BackendError(f"{fn.__name__} needs Triton: pip install -c constraints.txt '.[triton]'")
+
+    return launch
+
+
+def jit(fn):
+    """`triton.jit` when Triton is installed; otherwise a stub that raises a `BackendError` when launched."""
+    return triton.jit(fn) if triton is not None else _missing_triton(fn)
+
+
+def interpreting() -> bool:
+    """True under `TRITON_INTERPRET=1`, where kernels run on CPU tensors (CI without a GPU)."""
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+def check_launch(op: str, tensors: dict, float_dtypes=(torch.float32, torch.float16, torch.bfloat16)) -> None:
+    """Every tensor on one CUDA device (or any device when interpreting), floating inputs of a supported dtype."""
+    if triton is None:
+        raise BackendError(f"htkernels::{op} on CUDA needs Triton: pip install -c constraints.txt '.[triton]'")
+    devices = {t.device for t in tensors.values() if t is not None}
+    if len(devices) > 1:
+        raise InputError(f"htkernels::{op}: all tensors must be on one device, got {sorted(map(str, devices))}")
+    device = next(iter(devices))
+    if device.type != "cuda" and not interpreting():
+        raise InputError(f"htkernels::{op}: the Triton kernel runs on CUDA tensors, got {device}; "
+                         f"call htkernels.{op}.{op}_ref on CPU or set TRITON_INTERPRET=1 to interpret")
+    for name, tensor in tensors.items():
+        if tensor is not None and tensor.is_floating_point() and tensor.dtype not in float_dtypes:
+            raise InputError(f"htkernels::{op}: {name} has dtype {tensor.dtype}; expected one of {float_dtypes}")
+
+
+def check_shape(op: str, name: str, tensor: torch.Tensor, expected: tuple) -> None:
+    if tuple(tensor.shape) != tuple(expected):
+        raise InputError(f"htkernels::{op}: {name} has shape {list(tensor.shape)}, expected {list(expected)}")
+
+
+def pow2_at_least(n: int, floor: int = 16) -> int:
+    """Block size covering `n`, at least 16 because `tl.dot` needs every dimension ≥ 16."""
+    return max(floor, 1 << max(0, (int(n) - 1).bit_length()))
+
+
+def check_rank(op: str, name: str, tensor: torch.Tensor, layout: str) -> None:
+    """`layout` like "[M, D]": the number of dimensions it names is the rank expected."""
+    if tensor.dim() != layout.count(",") + 1:
+        raise InputError(f"htkernels::{op}: {name} must be {layout}, got shape {list(tensor.shape)}")
+
+
+def cdiv(a: int, b: int) -> int:
+    return (a + b - 1) // b
+
+
+@jit
+def dot_low(a, b, UPCAST: tl.constexpr):
+    """`tl.dot` of two fp16/bf16 tiles with fp32 accumulation.
+
+    With UPCAST the operands (already rounded to their storage dtype) are widened to fp32 first: the same
+    products and sums as the tensor-core dot, used under the interpreter, whose bf16 `tl.dot` is wrong.
+    """
+    if UPCAST:
+        return tl.dot(a.to(tl.float32), b.to(tl.float32), input_precision="ieee")
+    return tl.dot(a, b)
+
+
+def upcast_dot(dtype: torch.dtype) -> bool:
+    return interpreting() and dtype == torch.bfloat16
