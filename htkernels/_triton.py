@@ -74,16 +74,31 @@ def cdiv(a: int, b: int) -> int:
 
 
 @jit
-def dot_low(a, b, UPCAST: tl.constexpr):
+def dot_low(a, b, INTERPRET_BF16: tl.constexpr):
     """`tl.dot` of two fp16/bf16 tiles with fp32 accumulation.
 
-    With UPCAST the operands (already rounded to their storage dtype) are widened to fp32 first: the same
+    With INTERPRET_BF16 the operands (already in their storage dtype) are widened to fp32 first: the same
     products and sums as the tensor-core dot, used under the interpreter, whose bf16 `tl.dot` is wrong.
     """
-    if UPCAST:
+    if INTERPRET_BF16:
         return tl.dot(a.to(tl.float32), b.to(tl.float32), input_precision="ieee")
     return tl.dot(a, b)
 
 
-def upcast_dot(dtype: torch.dtype) -> bool:
+@jit
+def round_bf16(x, INTERPRET_BF16: tl.constexpr):
+    """fp32 `x` rounded to the nearest bf16 value (ties to even) when INTERPRET_BF16, else `x` unchanged.
+
+    The interpreter converts fp32 to bf16 by truncation; the GPU rounds to nearest. Rounding first makes the
+    interpreter's conversion exact, so CI checks the numbers the GPU produces.
+    """
+    if INTERPRET_BF16:
+        bits = x.to(tl.uint32, bitcast=True)
+        bits = (bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000
+        return bits.to(tl.float32, bitcast=True)
+    return x
+
+
+def interpret_bf16(dtype: torch.dtype) -> bool:
+    """The interpreter workarounds of `dot_low` and `round_bf16` apply: interpreting, and bf16 data."""
     return interpreting() and dtype == torch.bfloat16

@@ -4,7 +4,18 @@ from __future__ import annotations
 
 import torch
 
-from ._triton import cdiv, check_launch, check_rank, check_shape, dot_low, jit, pow2_at_least, tl, upcast_dot
+from ._triton import (
+    cdiv,
+    check_launch,
+    check_rank,
+    check_shape,
+    dot_low,
+    interpret_bf16,
+    jit,
+    pow2_at_least,
+    round_bf16,
+    tl,
+)
 
 
 def adapter_in_ref(x: torch.Tensor, w_norm: torch.Tensor, w_raw: torch.Tensor, bias: torch.Tensor,
@@ -24,7 +35,7 @@ def _adapter_in_kernel(
     M, D, R, eps,
     stride_xm, stride_xd, stride_nr, stride_nd, stride_rr, stride_rd, stride_zm, stride_zr,
     BLOCK_M: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr, IEEE_FP32: tl.constexpr,
-    UPCAST: tl.constexpr,
+    INTERPRET_BF16: tl.constexpr,
 ):
     """One program: BLOCK_M rows of x, all r outputs.
 
@@ -67,12 +78,12 @@ def _adapter_in_kernel(
             acc_raw += tl.dot(x, w_raw.to(tl.float32), input_precision="ieee")
         else:
             low = x_raw.dtype
-            acc_norm += dot_low(centred.to(low), w_norm.to(low), UPCAST)
-            acc_raw += dot_low(x_raw, w_raw.to(low), UPCAST)
+            acc_norm += dot_low(centred.to(low), w_norm.to(low), INTERPRET_BF16)
+            acc_raw += dot_low(x_raw, w_raw.to(low), INTERPRET_BF16)
     rstd = 1.0 / tl.sqrt(squares / D + eps)
     bias = tl.load(bias_ptr + outs, mask=out_mask, other=0.0).to(tl.float32)
     z = acc_norm * rstd[:, None] + acc_raw + bias[None, :]
-    tl.store(z_ptr + rows[:, None] * stride_zm + outs[None, :] * stride_zr, z.to(z_ptr.dtype.element_ty),
+    tl.store(z_ptr + rows[:, None] * stride_zm + outs[None, :] * stride_zr, round_bf16(z, INTERPRET_BF16).to(z_ptr.dtype.element_ty),
              mask=row_mask[:, None] & out_mask[None, :])
 
 
@@ -97,7 +108,7 @@ def adapter_in_triton(x: torch.Tensor, w_norm: torch.Tensor, w_raw: torch.Tensor
         x, w_norm, w_raw, bias, z, rows, width, channels, float(eps),
         x.stride(0), x.stride(1), w_norm.stride(0), w_norm.stride(1), w_raw.stride(0), w_raw.stride(1),
         z.stride(0), z.stride(1),
-        BLOCK_M=block_m, BLOCK_R=block_r, BLOCK_D=block_d, IEEE_FP32=x.dtype == torch.float32, UPCAST=upcast_dot(x.dtype),
+        BLOCK_M=block_m, BLOCK_R=block_r, BLOCK_D=block_d, IEEE_FP32=x.dtype == torch.float32, INTERPRET_BF16=interpret_bf16(x.dtype),
         num_warps=4,
     )
     return z

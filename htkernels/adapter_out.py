@@ -4,7 +4,18 @@ from __future__ import annotations
 
 import torch
 
-from ._triton import cdiv, check_launch, check_rank, check_shape, dot_low, jit, pow2_at_least, tl, upcast_dot
+from ._triton import (
+    cdiv,
+    check_launch,
+    check_rank,
+    check_shape,
+    dot_low,
+    interpret_bf16,
+    jit,
+    pow2_at_least,
+    round_bf16,
+    tl,
+)
 
 
 def adapter_out_ref(g: torch.Tensor, w2: torch.Tensor, b2: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
@@ -19,7 +30,7 @@ def _adapter_out_kernel(
     M, D, R,
     stride_gm, stride_gr, stride_wd, stride_wr, stride_rm, stride_rd, stride_ym, stride_yd,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, IEEE_FP32: tl.constexpr,
-    UPCAST: tl.constexpr,
+    INTERPRET_BF16: tl.constexpr,
 ):
     """One program: a BLOCK_M×BLOCK_N tile of y. `y = residual + g @ w2ᵀ + b2` with the bias and the residual
     read in the epilogue, so the GEMM result never goes to memory on its own. fp32 accumulation."""
@@ -38,11 +49,12 @@ def _adapter_out_kernel(
         if IEEE_FP32:
             acc += tl.dot(g.to(tl.float32), w.to(tl.float32), input_precision="ieee")
         else:
-            acc += dot_low(g, w.to(g.dtype), UPCAST)
+            acc += dot_low(g, w.to(g.dtype), INTERPRET_BF16)
     mask = row_mask[:, None] & col_mask[None, :]
     bias = tl.load(b2_ptr + cols, mask=col_mask, other=0.0).to(tl.float32)
     res = tl.load(res_ptr + rows[:, None] * stride_rm + cols[None, :] * stride_rd, mask=mask, other=0.0)
     y = res.to(tl.float32) + acc + bias[None, :]
+    y = round_bf16(y, INTERPRET_BF16)
     tl.store(y_ptr + rows[:, None] * stride_ym + cols[None, :] * stride_yd, y.to(y_ptr.dtype.element_ty), mask=mask)
 
 
@@ -68,7 +80,7 @@ def adapter_out_triton(g: torch.Tensor, w2: torch.Tensor, b2: torch.Tensor, resi
         g.stride(0), g.stride(1), w2.stride(0), w2.stride(1), residual.stride(0), residual.stride(1),
         y.stride(0), y.stride(1),
         BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, IEEE_FP32=g.dtype == torch.float32,
-        UPCAST=upcast_dot(g.dtype), num_warps=4,
+        INTERPRET_BF16=interpret_bf16(g.dtype), num_warps=4,
     )
     return y
 

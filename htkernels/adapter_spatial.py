@@ -9,7 +9,18 @@ import torch.nn.functional as F
 
 from engine.errors import InputError
 
-from ._triton import cdiv, check_launch, check_rank, check_shape, dot_low, jit, pow2_at_least, tl, upcast_dot
+from ._triton import (
+    cdiv,
+    check_launch,
+    check_rank,
+    check_shape,
+    dot_low,
+    interpret_bf16,
+    jit,
+    pow2_at_least,
+    round_bf16,
+    tl,
+)
 
 # ViT-L/14 at 336 px has a 24×24 grid; 32×32 leaves room (the grid sets only loop bounds, not tile sizes).
 MAX_GRID = 32
@@ -90,7 +101,7 @@ def _adapter_spatial_kernel(
     H, W, R, R4,
     stride_zb, stride_zn, stride_zr, stride_fb, stride_fr, stride_fp, stride_gb, stride_gn, stride_gr,
     BLOCK_R: tl.constexpr, BLOCK_R4: tl.constexpr, BLOCK_P: tl.constexpr, IEEE_FP32: tl.constexpr,
-    UPCAST: tl.constexpr,
+    INTERPRET_BF16: tl.constexpr,
 ):
     """One program: image `program_id(0)`, pixels `[BLOCK_P·program_id(1), +BLOCK_P)`, all r channels.
 
@@ -181,14 +192,14 @@ def _adapter_spatial_kernel(
         o = tl.dot(proj.to(tl.float32), t, input_precision="ieee")
     else:
         low = g_ptr.dtype.element_ty
-        o = dot_low(proj.to(low), t.to(low), UPCAST)
+        o = dot_low(proj.to(low), t.to(low), INTERPRET_BF16)
     o += tl.load(proj_bias_ptr + outs, mask=outs < R, other=0.0).to(tl.float32)[:, None]
     g_image = g_ptr + image * stride_gb
     tl.store(g_image + (1 + pixels[None, :]) * stride_gn + outs[:, None] * stride_gr,
-             _gelu_erf(o).to(g_ptr.dtype.element_ty), mask=mask)
+             round_bf16(_gelu_erf(o), INTERPRET_BF16).to(g_ptr.dtype.element_ty), mask=mask)
     if tile == 0:
         cls = tl.load(z_image + channels * stride_zr, mask=channel_mask, other=0.0).to(tl.float32)
-        tl.store(g_image + channels * stride_gr, _gelu_erf(cls).to(g_ptr.dtype.element_ty), mask=channel_mask)
+        tl.store(g_image + channels * stride_gr, round_bf16(_gelu_erf(cls), INTERPRET_BF16).to(g_ptr.dtype.element_ty), mask=channel_mask)
 
 
 def adapter_spatial_triton(z, h: int, w: int, spectral, k3, k5, k7, conv_bias, noise_w1, noise_b1, noise_w2,
@@ -234,7 +245,7 @@ def adapter_spatial_triton(z, h: int, w: int, spectral, k3, k5, k7, conv_bias, n
         z.stride(0), z.stride(1), z.stride(2), filtered.stride(0), filtered.stride(1), filtered.stride(2),
         g.stride(0), g.stride(1), g.stride(2),
         BLOCK_R=block_r, BLOCK_R4=pow2_at_least(reduced, floor=2), BLOCK_P=block_p,
-        IEEE_FP32=z.dtype == torch.float32, UPCAST=upcast_dot(z.dtype), num_warps=4,
+        IEEE_FP32=z.dtype == torch.float32, INTERPRET_BF16=interpret_bf16(z.dtype), num_warps=4,
     )
     return g
 

@@ -8,7 +8,7 @@ import torch
 
 from engine.errors import InputError
 
-from ._triton import cdiv, check_launch, check_shape, jit, tl
+from ._triton import cdiv, check_launch, check_shape, interpret_bf16, jit, round_bf16, tl
 
 _PRECISION_BITS = 22
 
@@ -62,7 +62,7 @@ def _preprocess_kernel(
     H, W, OUT_H, OUT_W, TAPS_V, TAPS_H, scale,
     stride_fb, stride_fh, stride_fw, stride_fc, stride_ob, stride_oc, stride_oh, stride_ow,
     IS_RGB: tl.constexpr, RESIZE_H: tl.constexpr, RESIZE_V: tl.constexpr,
-    BLOCK_I: tl.constexpr, BLOCK_J: tl.constexpr,
+    BLOCK_I: tl.constexpr, BLOCK_J: tl.constexpr, INTERPRET_BF16: tl.constexpr,
 ):
     """One program: a BLOCK_I×BLOCK_J tile of one output image, exact integer arithmetic (int64).
 
@@ -118,7 +118,7 @@ def _preprocess_kernel(
         else:
             value = _gray_pixel(frame, out_rows[:, None], out_cols[None, :], row_mask[:, None] & col_mask[None, :],
                                 stride_fh, stride_fw, stride_fc, IS_RGB)
-    plane = (value.to(tl.float32) * scale).to(out_ptr.dtype.element_ty)
+    plane = round_bf16(value.to(tl.float32) * scale, INTERPRET_BF16).to(out_ptr.dtype.element_ty)
     mask = row_mask[:, None] & col_mask[None, :]
     out = out_ptr + image * stride_ob + out_rows[:, None] * stride_oh + out_cols[None, :] * stride_ow
     tl.store(out, plane, mask=mask)
@@ -169,7 +169,7 @@ def preprocess_triton(frames: torch.Tensor, row_weights: torch.Tensor, col_weigh
         height, width, out_h, out_w, pillow_taps(height, out_h), pillow_taps(width, out_w), float(scale),
         frames.stride(0), frames.stride(1), frames.stride(2), frames.stride(3) if is_rgb else 0,
         out.stride(0), out.stride(1), out.stride(2), out.stride(3),
-        IS_RGB=is_rgb, RESIZE_H=width != out_w, RESIZE_V=height != out_h, BLOCK_I=block_i, BLOCK_J=block_j,
+        IS_RGB=is_rgb, RESIZE_H=width != out_w, RESIZE_V=height != out_h, BLOCK_I=block_i, BLOCK_J=block_j, INTERPRET_BF16=interpret_bf16(out_dtype),
         num_warps=4,
     )
     return out
