@@ -81,8 +81,10 @@ def dot_low(a, b, INTERPRET_BF16: tl.constexpr):
     products and sums as the tensor-core dot, used under the interpreter, whose bf16 `tl.dot` is wrong.
     """
     if INTERPRET_BF16:
-        return tl.dot(a.to(tl.float32), b.to(tl.float32), input_precision="ieee")
-    return tl.dot(a, b)
+        product = tl.dot(a.to(tl.float32), b.to(tl.float32), input_precision="ieee")
+    else:
+        product = tl.dot(a, b)
+    return product
 
 
 @jit
@@ -95,8 +97,10 @@ def round_bf16(x, INTERPRET_BF16: tl.constexpr):
     if INTERPRET_BF16:
         bits = x.to(tl.uint32, bitcast=True)
         bits = (bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000
-        return bits.to(tl.float32, bitcast=True)
-    return x
+        rounded = bits.to(tl.float32, bitcast=True)
+    else:
+        rounded = x
+    return rounded
 
 
 def interpret_bf16(dtype: torch.dtype) -> bool:

@@ -38,13 +38,15 @@ def preprocess_ref(frames: torch.Tensor, row_weights: torch.Tensor, col_weights:
 @jit
 def _gray_pixel(frame_ptr, ys, xs, mask, stride_h, stride_w, stride_c, IS_RGB: tl.constexpr):
     """uint8 luma at (ys, xs) as int64; RGB through Pillow's integer `convert("L")` formula."""
+    base = frame_ptr + ys * stride_h + xs * stride_w
     if IS_RGB:
-        base = frame_ptr + ys * stride_h + xs * stride_w
         red = tl.load(base, mask=mask, other=0).to(tl.int64)
         green = tl.load(base + stride_c, mask=mask, other=0).to(tl.int64)
         blue = tl.load(base + 2 * stride_c, mask=mask, other=0).to(tl.int64)
-        return (red * 19595 + green * 38470 + blue * 7471 + 32768) >> 16
-    return tl.load(frame_ptr + ys * stride_h + xs * stride_w, mask=mask, other=0).to(tl.int64)
+        luma = (red * 19595 + green * 38470 + blue * 7471 + 32768) >> 16
+    else:
+        luma = tl.load(base, mask=mask, other=0).to(tl.int64)
+    return luma
 
 
 @jit

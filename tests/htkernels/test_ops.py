@@ -100,6 +100,7 @@ def test_cuda_runner_graphs_per_batch_size():
 @cuda_only
 @pytest.mark.parametrize("precision", ["bf16", "fp16", "fp32"])
 def test_optimized_backend_on_cuda(tmp_path, precision):
+    pytest.importorskip("safetensors", reason="packages are safetensors files")
     from engine import Predictor
     from engine.model import build_reference_model
     from engine.package import save_package
