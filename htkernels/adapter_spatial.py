@@ -24,6 +24,8 @@ from ._triton import (
 
 # ViT-L/14 at 336 px has a 24×24 grid; 32×32 leaves room (the grid sets only loop bounds, not tile sizes).
 MAX_GRID = 32
+# Below this many 32-pixel tiles (about the SM count of an H100) a launch leaves SMs idle: halve the tiles instead.
+SMALL_LAUNCH_PROGRAMS = 128
 
 
 def adapter_spatial_ref(z, h: int, w: int, spectral, k3, k5, k7, conv_bias, noise_w1, noise_b1, noise_w2, noise_b2,
@@ -227,7 +229,7 @@ def adapter_spatial_triton(z, h: int, w: int, spectral, k3, k5, k7, conv_bias, n
     weights = [t.contiguous() for t in (k3, k5, k7, conv_bias, noise_w1, noise_b1, noise_w2, noise_b2, proj,
                                         proj_bias)]
     block_r = pow2_at_least(channels)
-    block_p = 32 if block_r <= 64 else 16
+    block_p = 32 if block_r <= 64 and batch * cdiv(h * w, 32) >= SMALL_LAUNCH_PROGRAMS else 16
     tiles = cdiv(h * w, block_p)
     if spectral is None:
         filtered = z[:, 1:].transpose(1, 2)  # [B, r, h·w] view of S: F = S

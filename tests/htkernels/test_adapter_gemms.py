@@ -16,7 +16,7 @@ def _randn(generator, *shape, scale=1.0, shift=0.0):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("rows,width,channels", [(1, 48, 16), (37, 80, 16), (100, 96, 24)])
+@pytest.mark.parametrize("rows,width,channels", [(1, 48, 16), (37, 80, 16), (100, 96, 24), (4099, 48, 16)])
 def test_adapter_in_matches_reference(device, poisoned, dtype, rows, width, channels):
     gen = torch.Generator().manual_seed(rows * 1000 + width + channels)
     # A large common offset per row: the kernel must centre before squaring (no E[x²]-E[x]² cancellation).
@@ -41,7 +41,7 @@ def test_adapter_in_accepts_strided_rows(device, poisoned):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("rows,channels,width", [(1, 16, 48), (37, 16, 80), (100, 24, 96)])
+@pytest.mark.parametrize("rows,channels,width", [(1, 16, 48), (37, 16, 80), (100, 24, 96), (4099, 16, 48)])
 def test_adapter_out_matches_reference(device, poisoned, dtype, rows, channels, width):
     gen = torch.Generator().manual_seed(rows * 1000 + width + channels + 1)
     g, w2 = _randn(gen, rows, channels), _randn(gen, width, channels, scale=0.2)

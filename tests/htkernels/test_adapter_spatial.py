@@ -53,6 +53,16 @@ def test_adapter_spatial_low_precision(device, poisoned, dtype, spectral):
     assert_relative(actual.cpu(), expected, RELATIVE[dtype], f"spatial {dtype} spectral={spectral}")
 
 
+@pytest.mark.parametrize("spectral", [False, True])
+def test_adapter_spatial_wide_tiles(device, poisoned, monkeypatch, spectral):
+    """The 32-pixel tiles that large batches get (small batches use 16-pixel tiles)."""
+    import htkernels.adapter_spatial
+
+    monkeypatch.setattr(htkernels.adapter_spatial, "SMALL_LAUNCH_PROGRAMS", 0)
+    actual, expected = run_both(device, torch.float32, 2, 7, 5, 16, spectral, seed=21)
+    assert_relative(actual.cpu(), expected, RELATIVE[torch.float32], f"spatial wide tiles spectral={spectral}")
+
+
 def test_adapter_spatial_largest_grid(device, poisoned):
     actual, expected = run_both(device, torch.float32, 1, 32, 32, 16, False, seed=32)
     assert_relative(actual.cpu(), expected, RELATIVE[torch.float32], "spatial 32x32")
