@@ -387,10 +387,11 @@ def table(results: dict) -> str:
         lines.append("")
         gflop = e2e.get("gflop_per_image")
         lines.append(f"end to end {e2e.get('arch')} {e2e.get('task')}"
-                     + (f", {gflop:.1f} GFLOP/image" if gflop else "") + "  (median ms | img/s | x vs compile | "
-                     "% GEMM | rel err)")
+                     + (f", {gflop:.3g} GFLOP/image" if gflop else "") + "  (median ms | img/s | speed-up vs eager | "
+                     "vs compile | % of GEMM rate | rel err vs fp32 reference)")
         for row in e2e["rows"]:
             base = row.get("compile_reference", {}).get("median_us")
+            eager = row.get("reference", {}).get("median_us")
             for name in ("reference", "compile_reference", "optimized", "optimized_torch_graphs"):
                 cell = row.get(name)
                 if cell is None:
@@ -399,10 +400,11 @@ def table(results: dict) -> str:
                     lines.append(f"  B={row['batch']:<4}{row['dtype']:<6}{name:<24}{cell['error'][:80]}")
                     continue
                 speedup = f"{base / cell['median_us']:.2f}x" if base else "-"
+                over_eager = f"{eager / cell['median_us']:.2f}x" if eager else "-"
                 share = (f"{100 * cell['tflop_per_s'] / gemm_rate:.0f}%"
                          if gemm_rate and "tflop_per_s" in cell else "-")
                 lines.append(f"  B={row['batch']:<4}{row['dtype']:<6}{name:<24}{cell['median_us'] / 1e3:>9.3f} ms"
-                             f"{cell['images_per_s']:>10.0f}/s{speedup:>8}{share:>6}  "
+                             f"{cell['images_per_s']:>10.0f}/s{over_eager:>8}{speedup:>8}{share:>6}  "
                              f"{cell['rel_err_vs_fp32_reference']:.1e}")
     for key in ("errors",):
         for section, message in results.get(key, {}).items():
