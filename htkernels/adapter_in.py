@@ -83,7 +83,8 @@ def _adapter_in_kernel(
     rstd = 1.0 / tl.sqrt(squares / D + eps)
     bias = tl.load(bias_ptr + outs, mask=out_mask, other=0.0).to(tl.float32)
     z = acc_norm * rstd[:, None] + acc_raw + bias[None, :]
-    tl.store(z_ptr + rows[:, None] * stride_zm + outs[None, :] * stride_zr, round_bf16(z, INTERPRET_BF16).to(z_ptr.dtype.element_ty),
+    z = round_bf16(z, INTERPRET_BF16)
+    tl.store(z_ptr + rows[:, None] * stride_zm + outs[None, :] * stride_zr, z.to(z_ptr.dtype.element_ty),
              mask=row_mask[:, None] & out_mask[None, :])
 
 
@@ -108,7 +109,8 @@ def adapter_in_triton(x: torch.Tensor, w_norm: torch.Tensor, w_raw: torch.Tensor
         x, w_norm, w_raw, bias, z, rows, width, channels, float(eps),
         x.stride(0), x.stride(1), w_norm.stride(0), w_norm.stride(1), w_raw.stride(0), w_raw.stride(1),
         z.stride(0), z.stride(1),
-        BLOCK_M=block_m, BLOCK_R=block_r, BLOCK_D=block_d, IEEE_FP32=x.dtype == torch.float32, INTERPRET_BF16=interpret_bf16(x.dtype),
+        BLOCK_M=block_m, BLOCK_R=block_r, BLOCK_D=block_d, IEEE_FP32=x.dtype == torch.float32,
+        INTERPRET_BF16=interpret_bf16(x.dtype),
         num_warps=4,
     )
     return z

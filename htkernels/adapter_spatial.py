@@ -201,7 +201,8 @@ def _adapter_spatial_kernel(
              round_bf16(_gelu_erf(o), INTERPRET_BF16).to(g_ptr.dtype.element_ty), mask=mask)
     if tile == 0:
         cls = tl.load(z_image + channels * stride_zr, mask=channel_mask, other=0.0).to(tl.float32)
-        tl.store(g_image + channels * stride_gr, round_bf16(_gelu_erf(cls), INTERPRET_BF16).to(g_ptr.dtype.element_ty), mask=channel_mask)
+        cls = round_bf16(_gelu_erf(cls), INTERPRET_BF16)
+        tl.store(g_image + channels * stride_gr, cls.to(g_ptr.dtype.element_ty), mask=channel_mask)
 
 
 def adapter_spatial_triton(z, h: int, w: int, spectral, k3, k5, k7, conv_bias, noise_w1, noise_b1, noise_w2,

@@ -171,7 +171,8 @@ def preprocess_triton(frames: torch.Tensor, row_weights: torch.Tensor, col_weigh
         height, width, out_h, out_w, pillow_taps(height, out_h), pillow_taps(width, out_w), float(scale),
         frames.stride(0), frames.stride(1), frames.stride(2), frames.stride(3) if is_rgb else 0,
         out.stride(0), out.stride(1), out.stride(2), out.stride(3),
-        IS_RGB=is_rgb, RESIZE_H=width != out_w, RESIZE_V=height != out_h, BLOCK_I=block_i, BLOCK_J=block_j, INTERPRET_BF16=interpret_bf16(out_dtype),
+        IS_RGB=is_rgb, RESIZE_H=width != out_w, RESIZE_V=height != out_h, BLOCK_I=block_i, BLOCK_J=block_j,
+        INTERPRET_BF16=interpret_bf16(out_dtype),
         num_warps=4,
     )
     return out

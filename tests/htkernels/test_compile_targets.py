@@ -12,7 +12,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 @pytest.mark.parametrize("arch", [90])
 def test_kernels_compile_for_gpu(arch):
-    triton = pytest.importorskip("triton", reason="Triton is not installed (pip install -c constraints.txt '.[triton]')")
+    triton = pytest.importorskip("triton", reason="Triton is not installed (pip install '.[triton]')")
     pinned = [line.split("==")[1].strip() for line in (ROOT / "constraints.txt").read_text().splitlines()
               if line.startswith("triton==")]
     if pinned and triton.__version__ != pinned[0]:
