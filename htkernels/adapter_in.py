@@ -4,6 +4,19 @@ from __future__ import annotations
 
 import torch
 
+from ._triton import (
+    cdiv,
+    check_launch,
+    check_rank,
+    check_shape,
+    dot_low,
+    interpret_bf16,
+    jit,
+    pow2_at_least,
+    round_bf16,
+    tl,
+)
+
 
 def adapter_in_ref(x: torch.Tensor, w_norm: torch.Tensor, w_raw: torch.Tensor, bias: torch.Tensor,
                    eps: float) -> torch.Tensor:
@@ -14,3 +27,107 @@ def adapter_in_ref(x: torch.Tensor, w_norm: torch.Tensor, w_raw: torch.Tensor, b
     normed = (xf - mean) * torch.rsqrt(var + eps)
     z = normed @ w_norm.float().t() + xf @ w_raw.float().t() + bias.float()
     return z.to(x.dtype)
+
+
+@jit
+def _adapter_in_kernel(
+    x_ptr, w_norm_ptr, w_raw_ptr, bias_ptr, z_ptr,  # x [M,D], w_norm/w_raw [r,D], bias [r] → z [M,r]
+    M, D, R, eps,
+    stride_xm, stride_xd, stride_nr, stride_nd, stride_rr, stride_rd, stride_zm, stride_zr,
+    BLOCK_M: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr, IEEE_FP32: tl.constexpr,
+    INTERPRET_BF16: tl.constexpr,
+):
+    """One program: BLOCK_M rows of x, all r outputs.
+
+    Pass 1 over D: row means. Pass 2 over D: the centred variance and both GEMMs, `(x-mean) @ w_normᵀ` and
+    `x @ w_rawᵀ`, so the normalisation is one scale of the first accumulator at the end (no normalised copy of x
+    is ever stored). Centring before the GEMM avoids the cancellation of `E[x²]-E[x]²` on large-mean rows.
+    fp32 inputs use exact fp32 products (`ieee`); fp16/bf16 go through the tensor cores in their own dtype
+    with fp32 accumulation.
+    """
+    pid = tl.program_id(0)
+    rows = pid * BLOCK_M + tl.arange(0, BLOCK_M)
+    row_mask = rows < M
+    outs = tl.arange(0, BLOCK_R)
+    out_mask = outs < R
+
+    total = tl.zeros([BLOCK_M], dtype=tl.float32)
+    for d0 in range(0, D, BLOCK_D):
+        cols = d0 + tl.arange(0, BLOCK_D)
+        mask = row_mask[:, None] & (cols < D)[None, :]
+        x = tl.load(x_ptr + rows[:, None] * stride_xm + cols[None, :] * stride_xd, mask=mask, other=0.0)
+        total += tl.sum(x.to(tl.float32), axis=1)
+    mean = total / D
+
+    squares = tl.zeros([BLOCK_M], dtype=tl.float32)
+    acc_norm = tl.zeros([BLOCK_M, BLOCK_R], dtype=tl.float32)
+    acc_raw = tl.zeros([BLOCK_M, BLOCK_R], dtype=tl.float32)
+    for d0 in range(0, D, BLOCK_D):
+        cols = d0 + tl.arange(0, BLOCK_D)
+        col_mask = cols < D
+        mask = row_mask[:, None] & col_mask[None, :]
+        x_raw = tl.load(x_ptr + rows[:, None] * stride_xm + cols[None, :] * stride_xd, mask=mask, other=0.0)
+        x = x_raw.to(tl.float32)
+        centred = tl.where(mask, x - mean[:, None], 0.0)
+        squares += tl.sum(centred * centred, axis=1)
+        w_mask = col_mask[:, None] & out_mask[None, :]
+        w_norm = tl.load(w_norm_ptr + cols[:, None] * stride_nd + outs[None, :] * stride_nr, mask=w_mask, other=0.0)
+        w_raw = tl.load(w_raw_ptr + cols[:, None] * stride_rd + outs[None, :] * stride_rr, mask=w_mask, other=0.0)
+        if IEEE_FP32:
+            acc_norm += tl.dot(centred, w_norm.to(tl.float32), input_precision="ieee")
+            acc_raw += tl.dot(x, w_raw.to(tl.float32), input_precision="ieee")
+        else:
+            low = x_raw.dtype
+            acc_norm += dot_low(centred.to(low), w_norm.to(low), INTERPRET_BF16)
+            acc_raw += dot_low(x_raw, w_raw.to(low), INTERPRET_BF16)
+    rstd = 1.0 / tl.sqrt(squares / D + eps)
+    bias = tl.load(bias_ptr + outs, mask=out_mask, other=0.0).to(tl.float32)
+    z = acc_norm * rstd[:, None] + acc_raw + bias[None, :]
+    z = round_bf16(z, INTERPRET_BF16)
+    tl.store(z_ptr + rows[:, None] * stride_zm + outs[None, :] * stride_zr, z.to(z_ptr.dtype.element_ty),
+             mask=row_mask[:, None] & out_mask[None, :])
+
+
+def adapter_in_triton(x: torch.Tensor, w_norm: torch.Tensor, w_raw: torch.Tensor, bias: torch.Tensor,
+                      eps: float) -> torch.Tensor:
+    """Launcher of `_adapter_in_kernel`: checks, output allocation, grid. Any strides; output contiguous."""
+    check_launch("adapter_in", dict(x=x, w_norm=w_norm, w_raw=w_raw, bias=bias))
+    check_rank("adapter_in", "x", x, "[M, D]")
+    rows, width = x.shape
+    channels = w_norm.shape[0]
+    check_shape("adapter_in", "w_norm", w_norm, (channels, width))
+    check_shape("adapter_in", "w_raw", w_raw, (channels, width))
+    check_shape("adapter_in", "bias", bias, (channels,))
+    z = torch.empty((rows, channels), device=x.device, dtype=x.dtype)
+    if rows == 0:
+        return z
+    block_m = 16 if rows <= 4096 else 64
+    block_r = pow2_at_least(channels)
+    block_d = 64
+    grid = (cdiv(rows, block_m),)
+    _adapter_in_kernel[grid](
+        x, w_norm, w_raw, bias, z, rows, width, channels, float(eps),
+        x.stride(0), x.stride(1), w_norm.stride(0), w_norm.stride(1), w_raw.stride(0), w_raw.stride(1),
+        z.stride(0), z.stride(1),
+        BLOCK_M=block_m, BLOCK_R=block_r, BLOCK_D=block_d, IEEE_FP32=x.dtype == torch.float32,
+        INTERPRET_BF16=interpret_bf16(x.dtype),
+        num_warps=4,
+    )
+    return z
+
+
+@torch.library.custom_op("htkernels::adapter_in", mutates_args=(), device_types="cpu")
+def adapter_in(x: torch.Tensor, w_norm: torch.Tensor, w_raw: torch.Tensor, bias: torch.Tensor,
+               eps: float) -> torch.Tensor:
+    """The public op: the reference on CPU, the Triton kernel on CUDA."""
+    return adapter_in_ref(x, w_norm, w_raw, bias, eps)
+
+
+@adapter_in.register_kernel("cuda")
+def _adapter_in_cuda(x, w_norm, w_raw, bias, eps):
+    return adapter_in_triton(x, w_norm, w_raw, bias, eps)
+
+
+@adapter_in.register_fake
+def _adapter_in_fake(x, w_norm, w_raw, bias, eps):
+    return x.new_empty((x.shape[0], w_norm.shape[0]))

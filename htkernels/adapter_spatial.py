@@ -2,8 +2,30 @@
 
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 import torch.nn.functional as F
+
+from engine.errors import InputError
+
+from ._triton import (
+    cdiv,
+    check_launch,
+    check_rank,
+    check_shape,
+    dot_low,
+    interpret_bf16,
+    jit,
+    pow2_at_least,
+    round_bf16,
+    tl,
+)
+
+# ViT-L/14 at 336 px has a 24×24 grid; 32×32 leaves room (the grid sets only loop bounds, not tile sizes).
+MAX_GRID = 32
+# Below this many 32-pixel tiles (about the SM count of an H100) a launch leaves SMs idle: halve the tiles instead.
+SMALL_LAUNCH_PROGRAMS = 128
 
 
 def adapter_spatial_ref(z, h: int, w: int, spectral, k3, k5, k7, conv_bias, noise_w1, noise_b1, noise_w2, noise_b2,
@@ -31,3 +53,224 @@ def adapter_spatial_ref(z, h: int, w: int, spectral, k3, k5, k7, conv_bias, nois
     o = torch.einsum("oc,bchw->bohw", proj.float(), t) + proj_bias.float()[None, :, None, None]
     spatial = o.reshape(batch, channels, h * w).transpose(1, 2)
     return F.gelu(torch.cat([zf[:, :1], spatial], dim=1)).to(z.dtype)
+
+
+@jit
+def _gelu_erf(x):
+    return 0.5 * x * (1.0 + tl.math.erf(x * 0.7071067811865476))
+
+
+@jit
+def _circular_filter_kernel(
+    z_ptr, kappa_ptr, f_ptr,  # z [B,1+h·w,r], kappa fp32 [r,h,w] → f fp32 [B,r,h·w]
+    H, W, R,
+    stride_zb, stride_zn, stride_zr, stride_fb, stride_fr, stride_fp,
+    BLOCK_R: tl.constexpr, BLOCK_P: tl.constexpr,
+):
+    """Spectral filter of one image, BLOCK_P pixels × all r channels: `F_c = S_c ⊛ κ_c` (circular).
+
+    `irfft2(rfft2(S) ⊙ φ, s=(h,w))` is linear and shift-invariant in S with a real impulse response, so it is
+    exactly the circular convolution with `κ = irfft2(φ, s=(h,w))` (the C2R transform drops the imaginary
+    parts of the self-conjugate bins for S and for κ alike). No FFT, no complex numbers on the device.
+    """
+    image = tl.program_id(0)
+    pixels = tl.program_id(1) * BLOCK_P + tl.arange(0, BLOCK_P)
+    channels = tl.arange(0, BLOCK_R)
+    hw = H * W
+    pixel_mask = pixels < hw
+    channel_mask = channels < R
+    mask = channel_mask[:, None] & pixel_mask[None, :]
+    py = pixels // W
+    px = pixels % W
+    acc = tl.zeros([BLOCK_R, BLOCK_P], dtype=tl.float32)
+    for q in range(0, hw):
+        qy = q // W
+        qx = q - qy * W
+        s = tl.load(z_ptr + image * stride_zb + (1 + q) * stride_zn + channels * stride_zr, mask=channel_mask,
+                    other=0.0).to(tl.float32)
+        taps = ((py - qy + H) % H) * W + (px - qx + W) % W
+        kappa = tl.load(kappa_ptr + channels[:, None] * hw + taps[None, :], mask=mask, other=0.0)
+        acc += kappa * s[:, None]
+    tl.store(f_ptr + image * stride_fb + channels[:, None] * stride_fr + pixels[None, :] * stride_fp, acc, mask=mask)
+
+
+@jit
+def _adapter_spatial_kernel(
+    z_ptr, f_ptr, g_ptr,  # z [B,1+h·w,r]; f: the filtered image, [B,r,h·w] by strides (z itself without filter)
+    k3_ptr, k5_ptr, k7_ptr, conv_bias_ptr,  # [r,3,3], [r,5,5], [r,7,7], [3,r] (all contiguous)
+    noise_w1_ptr, noise_b1_ptr, noise_w2_ptr, noise_b2_ptr,  # [r/4,r], [r/4], [3,r/4], [3] (contiguous)
+    proj_ptr, proj_bias_ptr,  # [r,r], [r] (contiguous)
+    H, W, R, R4,
+    stride_zb, stride_zn, stride_zr, stride_fb, stride_fr, stride_fp, stride_gb, stride_gn, stride_gr,
+    BLOCK_R: tl.constexpr, BLOCK_R4: tl.constexpr, BLOCK_P: tl.constexpr, IEEE_FP32: tl.constexpr,
+    INTERPRET_BF16: tl.constexpr,
+):
+    """One program: image `program_id(0)`, pixels `[BLOCK_P·program_id(1), +BLOCK_P)`, all r channels.
+
+    1. `pooled = mean_hw(F)` over the whole image (a reduction streamed through registers; each tile of the
+       image recomputes it, which is cheaper than a second launch at the sizes of the model).
+    2. `α = softmax(W_b relu(W_a pooled + b_a) + b_b)`: three scalars per image.
+    3. `T = Σ_k α_k (DW_k(F) + bias_k) + S` as one dynamic 7×7 depthwise kernel `Σ α_k pad(K_k)` applied to
+       the tile, its taps read from F (cached) with zero padding at the image border.
+    4. `O = proj · T + proj_bias` on the tile (r×r GEMM, tensor cores for fp16/bf16), then GELU(erf), stored
+       transposed back to token-major `g[b, 1+p, c]`. Tile 0 also writes the CLS token `GELU(z[b,0])`.
+    """
+    image = tl.program_id(0)
+    tile = tl.program_id(1)
+    hw = H * W
+    channels = tl.arange(0, BLOCK_R)
+    channel_mask = channels < R
+    f_image = f_ptr + image * stride_fb + channels[:, None] * stride_fr
+
+    total = tl.zeros([BLOCK_R], dtype=tl.float32)
+    for p0 in range(0, hw, BLOCK_P):
+        ps = p0 + tl.arange(0, BLOCK_P)
+        f = tl.load(f_image + ps[None, :] * stride_fp, mask=channel_mask[:, None] & (ps < hw)[None, :], other=0.0)
+        total += tl.sum(f.to(tl.float32), axis=1)
+    pooled = total / hw
+
+    hidden_index = tl.arange(0, BLOCK_R4)
+    hidden_mask = hidden_index < R4
+    w1 = tl.load(noise_w1_ptr + hidden_index[:, None] * R + channels[None, :],
+                 mask=hidden_mask[:, None] & channel_mask[None, :], other=0.0).to(tl.float32)
+    hidden = tl.sum(w1 * pooled[None, :], axis=1)
+    hidden += tl.load(noise_b1_ptr + hidden_index, mask=hidden_mask, other=0.0).to(tl.float32)
+    hidden = tl.where(hidden_mask, tl.maximum(hidden, 0.0), 0.0)
+    logit0 = tl.sum(tl.load(noise_w2_ptr + hidden_index, mask=hidden_mask, other=0.0).to(tl.float32) * hidden)
+    logit1 = tl.sum(tl.load(noise_w2_ptr + R4 + hidden_index, mask=hidden_mask, other=0.0).to(tl.float32) * hidden)
+    logit2 = tl.sum(tl.load(noise_w2_ptr + 2 * R4 + hidden_index, mask=hidden_mask, other=0.0).to(tl.float32)
+                    * hidden)
+    logit0 += tl.load(noise_b2_ptr).to(tl.float32)
+    logit1 += tl.load(noise_b2_ptr + 1).to(tl.float32)
+    logit2 += tl.load(noise_b2_ptr + 2).to(tl.float32)
+    top = tl.maximum(tl.maximum(logit0, logit1), logit2)
+    e0 = tl.exp(logit0 - top)
+    e1 = tl.exp(logit1 - top)
+    e2 = tl.exp(logit2 - top)
+    norm = e0 + e1 + e2
+    alpha0 = e0 / norm
+    alpha1 = e1 / norm
+    alpha2 = e2 / norm
+
+    pixels = tile * BLOCK_P + tl.arange(0, BLOCK_P)
+    pixel_mask = pixels < hw
+    mask = channel_mask[:, None] & pixel_mask[None, :]
+    py = pixels // W
+    px = pixels % W
+    z_image = z_ptr + image * stride_zb
+    t = tl.load(z_image + (1 + pixels[None, :]) * stride_zn + channels[:, None] * stride_zr, mask=mask,
+                other=0.0).to(tl.float32)
+    conv_bias = (alpha0 * tl.load(conv_bias_ptr + channels, mask=channel_mask, other=0.0).to(tl.float32)
+                 + alpha1 * tl.load(conv_bias_ptr + R + channels, mask=channel_mask, other=0.0).to(tl.float32)
+                 + alpha2 * tl.load(conv_bias_ptr + 2 * R + channels, mask=channel_mask, other=0.0).to(tl.float32))
+    t += conv_bias[:, None]
+    for dy in tl.static_range(7):
+        for dx in tl.static_range(7):
+            weight = alpha2 * tl.load(k7_ptr + channels * 49 + (dy * 7 + dx), mask=channel_mask,
+                                      other=0.0).to(tl.float32)
+            if dy >= 1:
+                if dy <= 5:
+                    if dx >= 1:
+                        if dx <= 5:
+                            weight += alpha1 * tl.load(k5_ptr + channels * 25 + ((dy - 1) * 5 + dx - 1),
+                                                       mask=channel_mask, other=0.0).to(tl.float32)
+            if dy >= 2:
+                if dy <= 4:
+                    if dx >= 2:
+                        if dx <= 4:
+                            weight += alpha0 * tl.load(k3_ptr + channels * 9 + ((dy - 2) * 3 + dx - 2),
+                                                       mask=channel_mask, other=0.0).to(tl.float32)
+            ys = py + (dy - 3)
+            xs = px + (dx - 3)
+            inside = pixel_mask & (ys >= 0) & (ys < H) & (xs >= 0) & (xs < W)
+            f = tl.load(f_image + (ys * W + xs)[None, :] * stride_fp, mask=channel_mask[:, None] & inside[None, :],
+                        other=0.0)
+            t += weight[:, None] * f.to(tl.float32)
+
+    outs = tl.arange(0, BLOCK_R)
+    proj = tl.load(proj_ptr + outs[:, None] * R + channels[None, :],
+                   mask=(outs < R)[:, None] & channel_mask[None, :], other=0.0)
+    if IEEE_FP32:
+        o = tl.dot(proj.to(tl.float32), t, input_precision="ieee")
+    else:
+        low = g_ptr.dtype.element_ty
+        o = dot_low(proj.to(low), t.to(low), INTERPRET_BF16)
+    o += tl.load(proj_bias_ptr + outs, mask=outs < R, other=0.0).to(tl.float32)[:, None]
+    g_image = g_ptr + image * stride_gb
+    tl.store(g_image + (1 + pixels[None, :]) * stride_gn + outs[:, None] * stride_gr,
+             round_bf16(_gelu_erf(o), INTERPRET_BF16).to(g_ptr.dtype.element_ty), mask=mask)
+    if tile == 0:
+        cls = tl.load(z_image + channels * stride_zr, mask=channel_mask, other=0.0).to(tl.float32)
+        cls = round_bf16(_gelu_erf(cls), INTERPRET_BF16)
+        tl.store(g_image + channels * stride_gr, cls.to(g_ptr.dtype.element_ty), mask=channel_mask)
+
+
+def adapter_spatial_triton(z, h: int, w: int, spectral, k3, k5, k7, conv_bias, noise_w1, noise_b1, noise_w2,
+                           noise_b2, proj, proj_bias) -> torch.Tensor:
+    """Launcher: checks, the spectral impulse response (when a spectral filter is given), grid. `z` any strides."""
+    op = "adapter_spatial"
+    check_launch(op, dict(z=z, spectral=spectral, k3=k3, k5=k5, k7=k7, conv_bias=conv_bias, noise_w1=noise_w1,
+                          noise_b1=noise_b1, noise_w2=noise_w2, noise_b2=noise_b2, proj=proj, proj_bias=proj_bias))
+    check_rank(op, "z", z, "[B, N, r]")
+    batch, tokens, channels = z.shape
+    if not (1 <= h <= MAX_GRID and 1 <= w <= MAX_GRID):
+        raise InputError(f"htkernels::{op}: grid {h}x{w} is outside the supported 1..{MAX_GRID} per side")
+    if tokens != 1 + h * w:
+        raise InputError(f"htkernels::{op}: z has {tokens} tokens, expected 1 + {h}*{w} = {1 + h * w}")
+    reduced = noise_w1.shape[0]
+    for name, tensor, shape in (("k3", k3, (channels, 3, 3)), ("k5", k5, (channels, 5, 5)),
+                                ("k7", k7, (channels, 7, 7)), ("conv_bias", conv_bias, (3, channels)),
+                                ("noise_w1", noise_w1, (reduced, channels)), ("noise_b1", noise_b1, (reduced,)),
+                                ("noise_w2", noise_w2, (3, reduced)), ("noise_b2", noise_b2, (3,)),
+                                ("proj", proj, (channels, channels)), ("proj_bias", proj_bias, (channels,))):
+        check_shape(op, name, tensor, shape)
+    g = torch.empty((batch, tokens, channels), device=z.device, dtype=z.dtype)
+    if batch == 0:
+        return g
+    weights = [t.contiguous() for t in (k3, k5, k7, conv_bias, noise_w1, noise_b1, noise_w2, noise_b2, proj,
+                                        proj_bias)]
+    block_r = pow2_at_least(channels)
+    block_p = 32 if block_r <= 64 and batch * cdiv(h * w, 32) >= SMALL_LAUNCH_PROGRAMS else 16
+    tiles = cdiv(h * w, block_p)
+    if spectral is None:
+        filtered = z[:, 1:].transpose(1, 2)  # [B, r, h·w] view of S: F = S
+    else:
+        check_shape(op, "spectral", spectral, (channels, h, w // 2 + 1, 2))
+        kappa = torch.fft.irfft2(torch.view_as_complex(spectral.float().contiguous()), s=(h, w)).contiguous()
+        filtered = torch.empty((batch, channels, h * w), device=z.device, dtype=torch.float32)
+        _circular_filter_kernel[(batch, tiles)](
+            z, kappa, filtered, h, w, channels,
+            z.stride(0), z.stride(1), z.stride(2), filtered.stride(0), filtered.stride(1), filtered.stride(2),
+            BLOCK_R=block_r, BLOCK_P=block_p, num_warps=4,
+        )
+    _adapter_spatial_kernel[(batch, tiles)](
+        z, filtered, g, *weights, h, w, channels, reduced,
+        z.stride(0), z.stride(1), z.stride(2), filtered.stride(0), filtered.stride(1), filtered.stride(2),
+        g.stride(0), g.stride(1), g.stride(2),
+        BLOCK_R=block_r, BLOCK_R4=pow2_at_least(reduced, floor=2), BLOCK_P=block_p,
+        IEEE_FP32=z.dtype == torch.float32, INTERPRET_BF16=interpret_bf16(z.dtype), num_warps=4,
+    )
+    return g
+
+
+@torch.library.custom_op("htkernels::adapter_spatial", mutates_args=(), device_types="cpu")
+def adapter_spatial(z: torch.Tensor, h: int, w: int, spectral: Optional[torch.Tensor], k3: torch.Tensor,
+                    k5: torch.Tensor, k7: torch.Tensor, conv_bias: torch.Tensor, noise_w1: torch.Tensor,
+                    noise_b1: torch.Tensor, noise_w2: torch.Tensor, noise_b2: torch.Tensor, proj: torch.Tensor,
+                    proj_bias: torch.Tensor) -> torch.Tensor:
+    """The public op: the reference on CPU, the Triton kernels on CUDA."""
+    return adapter_spatial_ref(z, h, w, spectral, k3, k5, k7, conv_bias, noise_w1, noise_b1, noise_w2, noise_b2,
+                               proj, proj_bias)
+
+
+@adapter_spatial.register_kernel("cuda")
+def _adapter_spatial_cuda(z, h, w, spectral, k3, k5, k7, conv_bias, noise_w1, noise_b1, noise_w2, noise_b2, proj,
+                          proj_bias):
+    return adapter_spatial_triton(z, h, w, spectral, k3, k5, k7, conv_bias, noise_w1, noise_b1, noise_w2, noise_b2,
+                                  proj, proj_bias)
+
+
+@adapter_spatial.register_fake
+def _adapter_spatial_fake(z, h, w, spectral, k3, k5, k7, conv_bias, noise_w1, noise_b1, noise_w2, noise_b2, proj,
+                          proj_bias):
+    return torch.empty_like(z, memory_format=torch.contiguous_format)

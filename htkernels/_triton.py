@@ -1,0 +1,108 @@
+"""Optional Triton import shared by the op modules, and the launch checks every launcher makes.
+
+Triton is an optional dependency (extra `triton`): without it the references and the `torch.library`
+registrations still import, and a launch says what to install instead of failing at import time.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+from engine.errors import BackendError, InputError
+
+try:
+    import triton
+    import triton.language as tl
+except ImportError:  # the CPU-only runtime does not need Triton
+    triton = None
+    tl = None
+
+
+def _missing_triton(fn):
+    def launch(*args, **kwargs):
+        raise BackendError(f"{fn.__name__} needs Triton: pip install -c constraints.txt '.[triton]'")
+
+    return launch
+
+
+def jit(fn):
+    """`triton.jit` when Triton is installed; otherwise a stub that raises a `BackendError` when launched."""
+    return triton.jit(fn) if triton is not None else _missing_triton(fn)
+
+
+def interpreting() -> bool:
+    """True under `TRITON_INTERPRET=1`, where kernels run on CPU tensors (CI without a GPU)."""
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+def check_launch(op: str, tensors: dict, float_dtypes=(torch.float32, torch.float16, torch.bfloat16)) -> None:
+    """Every tensor on one CUDA device (or any device when interpreting), floating inputs of a supported dtype."""
+    if triton is None:
+        raise BackendError(f"htkernels::{op} on CUDA needs Triton: pip install -c constraints.txt '.[triton]'")
+    devices = {t.device for t in tensors.values() if t is not None}
+    if len(devices) > 1:
+        raise InputError(f"htkernels::{op}: all tensors must be on one device, got {sorted(map(str, devices))}")
+    device = next(iter(devices))
+    if device.type != "cuda" and not interpreting():
+        raise InputError(f"htkernels::{op}: the Triton kernel runs on CUDA tensors, got {device}; "
+                         f"call htkernels.{op}.{op}_ref on CPU or set TRITON_INTERPRET=1 to interpret")
+    for name, tensor in tensors.items():
+        if tensor is not None and tensor.is_floating_point() and tensor.dtype not in float_dtypes:
+            raise InputError(f"htkernels::{op}: {name} has dtype {tensor.dtype}; expected one of {float_dtypes}")
+
+
+def check_shape(op: str, name: str, tensor: torch.Tensor, expected: tuple) -> None:
+    if tuple(tensor.shape) != tuple(expected):
+        raise InputError(f"htkernels::{op}: {name} has shape {list(tensor.shape)}, expected {list(expected)}")
+
+
+def pow2_at_least(n: int, floor: int = 16) -> int:
+    """Block size covering `n`, at least 16 because `tl.dot` needs every dimension ≥ 16."""
+    return max(floor, 1 << max(0, (int(n) - 1).bit_length()))
+
+
+def check_rank(op: str, name: str, tensor: torch.Tensor, layout: str) -> None:
+    """`layout` like "[M, D]": the number of dimensions it names is the rank expected."""
+    if tensor.dim() != layout.count(",") + 1:
+        raise InputError(f"htkernels::{op}: {name} must be {layout}, got shape {list(tensor.shape)}")
+
+
+def cdiv(a: int, b: int) -> int:
+    return (a + b - 1) // b
+
+
+@jit
+def dot_low(a, b, INTERPRET_BF16: tl.constexpr):
+    """`tl.dot` of two fp16/bf16 tiles with fp32 accumulation.
+
+    With INTERPRET_BF16 the operands (already in their storage dtype) are widened to fp32 first: the same
+    products and sums as the tensor-core dot, used under the interpreter, whose bf16 `tl.dot` is wrong.
+    """
+    if INTERPRET_BF16:
+        product = tl.dot(a.to(tl.float32), b.to(tl.float32), input_precision="ieee")
+    else:
+        product = tl.dot(a, b)
+    return product
+
+
+@jit
+def round_bf16(x, INTERPRET_BF16: tl.constexpr):
+    """fp32 `x` rounded to the nearest bf16 value (ties to even) when INTERPRET_BF16, else `x` unchanged.
+
+    The interpreter converts fp32 to bf16 by truncation; the GPU rounds to nearest. Rounding first makes the
+    interpreter's conversion exact, so CI checks the numbers the GPU produces.
+    """
+    if INTERPRET_BF16:
+        bits = x.to(tl.uint32, bitcast=True)
+        bits = (bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000
+        rounded = bits.to(tl.float32, bitcast=True)
+    else:
+        rounded = x
+    return rounded
+
+
+def interpret_bf16(dtype: torch.dtype) -> bool:
+    """The interpreter workarounds of `dot_low` and `round_bf16` apply: interpreting, and bf16 data."""
+    return interpreting() and dtype == torch.bfloat16

@@ -1,0 +1,59 @@
+"""`TritonAdapterKernels`: the adapter-kernel provider of `engine.optimize.kernels` backed by the Triton ops.
+
+On CUDA tensors each method calls the registered `torch.ops.htkernels.*` op (so `torch.compile` and
+`torch.export` see one opaque op, and CUDA graphs capture the Triton launches). On CPU tensors under
+`TRITON_INTERPRET=1` it calls the Triton launchers directly: that is how CI runs the real kernels without a GPU.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from . import adapter_in as _adapter_in
+from . import adapter_out as _adapter_out
+from . import adapter_spatial as _adapter_spatial
+from . import preprocess as _preprocess
+from ._triton import interpreting, triton
+
+
+class TritonAdapterKernels:
+    """The four ops of htkernels/README.md, same signatures as every other provider."""
+
+    @classmethod
+    def available(cls, device: str) -> tuple[bool, str]:
+        if triton is None:
+            return False, "Triton is not installed (pip install -c constraints.txt '.[triton]')"
+        if str(device).startswith("cuda"):
+            if not torch.cuda.is_available():
+                return False, "no CUDA GPU visible to PyTorch"
+            return True, ""
+        if interpreting():
+            return True, ""
+        return False, f"the Triton kernels run on CUDA devices, not {device!r} (TRITON_INTERPRET=1 interprets them)"
+
+    @staticmethod
+    def adapter_in(x2d, w_norm, w_raw, bias, eps):
+        if x2d.is_cuda:
+            return torch.ops.htkernels.adapter_in(x2d, w_norm, w_raw, bias, float(eps))
+        return _adapter_in.adapter_in_triton(x2d, w_norm, w_raw, bias, eps)
+
+    @staticmethod
+    def adapter_spatial(z, h, w, spectral, k3, k5, k7, conv_bias, noise_w1, noise_b1, noise_w2, noise_b2, proj,
+                        proj_bias):
+        args = (z, int(h), int(w), spectral, k3, k5, k7, conv_bias, noise_w1, noise_b1, noise_w2, noise_b2, proj,
+                proj_bias)
+        if z.is_cuda:
+            return torch.ops.htkernels.adapter_spatial(*args)
+        return _adapter_spatial.adapter_spatial_triton(*args)
+
+    @staticmethod
+    def adapter_out(g2d, w2, b2, residual2d):
+        if g2d.is_cuda:
+            return torch.ops.htkernels.adapter_out(g2d, w2, b2, residual2d)
+        return _adapter_out.adapter_out_triton(g2d, w2, b2, residual2d)
+
+    @staticmethod
+    def preprocess(frames, row_weights, col_weights, scale, out_dtype):
+        if frames.is_cuda:
+            return torch.ops.htkernels.preprocess(frames, row_weights, col_weights, float(scale), out_dtype)
+        return _preprocess.preprocess_triton(frames, row_weights, col_weights, scale, out_dtype)

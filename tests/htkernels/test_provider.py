@@ -1,0 +1,77 @@
+"""The Triton provider in the optimized model: the fused adapter equals the reference adapter (fp32 within 1e-5)."""
+
+import pytest
+import torch
+
+from engine.model import build_reference_model
+from engine.model.adapter import HTAdapter
+from engine.optimize.kernels import get_kernels
+from engine.optimize.model import OptimizedHTModel
+from engine.optimize.rewrites import fold_adapter
+
+from ..helpers import random_images, small_config, small_tensors
+from ..tolerances import RELATIVE, assert_relative
+
+
+def random_adapter(width, channels, filter_kind, grid, seed):
+    torch.manual_seed(seed)
+    adapter = HTAdapter(width, channels, filter_kind, grid).eval()
+    with torch.no_grad():
+        for param in adapter.parameters():  # away from the init (γ = 1e-6, φ = 1), as a trained adapter is
+            param.copy_(torch.randn_like(param) * (0.3 if param.dim() > 1 else 0.5) + (param.dim() == 1) * 0.2)
+    return adapter
+
+
+def fused_adapter(provider, x, folded, grid, dtype):
+    batch, tokens, width = x.shape
+    cast = {name: (value.to(dtype) if name in ("w_norm", "w_raw", "bias", "w2", "b2") else value)
+            for name, value in vars(folded).items() if isinstance(value, torch.Tensor)}
+    xd = x.to(dtype)
+    channels = cast["w_norm"].shape[0]
+    z = provider.adapter_in(xd.view(-1, width), cast["w_norm"], cast["w_raw"], cast["bias"], folded.eps)
+    g = provider.adapter_spatial(z.view(batch, tokens, channels), grid, grid, cast.get("spectral"), cast["k3"],
+                                 cast["k5"], cast["k7"], cast["conv_bias"], cast["noise_w1"], cast["noise_b1"],
+                                 cast["noise_w2"], cast["noise_b2"], cast["proj"], cast["proj_bias"])
+    return provider.adapter_out(g.view(-1, channels), cast["w2"], cast["b2"], xd.view(-1, width)).view_as(xd)
+
+
+@pytest.mark.parametrize("filter_kind", ["channel", "spectral"])
+@pytest.mark.parametrize("batch,grid", [(1, 7), (2, 5)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_fused_adapter_equals_reference_adapter(device, poisoned, filter_kind, batch, grid, dtype):
+    adapter = random_adapter(48, 16, filter_kind, grid, seed=batch * 10 + grid)
+    x = torch.randn(batch, 1 + grid * grid, 48, generator=torch.Generator().manual_seed(grid))
+    with torch.no_grad():
+        expected = adapter.double()(x.double())
+        folded = fold_adapter(adapter.float().state_dict(), filter_kind, 1e-5)
+    folded = type(folded)(**{name: (value.to(device) if isinstance(value, torch.Tensor) else value)
+                             for name, value in vars(folded).items()})
+    actual = fused_adapter(get_kernels("triton")(), x.to(device), folded, grid, dtype)
+    assert actual.dtype == dtype
+    assert_relative(actual.float().cpu(), expected, RELATIVE[dtype], f"adapter {filter_kind} {dtype}")
+
+
+@pytest.mark.parametrize("arch,task,filter_kind", [("biomedclip-vit-b16", "seg", "channel"),
+                                                   ("openai-clip-vit-b16", "cls", "spectral")])
+def test_optimized_model_with_triton_kernels(device, arch, task, filter_kind):
+    cfg = small_config(arch, task, filter_kind, layers=2, extract_layers=[0, 1, 1], adapter_layers=[0, 1])
+    tensors = small_tensors(cfg, seed=3)
+    images = random_images(2, cfg.image_size, seed=4)
+    with torch.inference_mode():
+        expected = build_reference_model(cfg, tensors)(images)
+        model = OptimizedHTModel(cfg, tensors, kernels="triton").eval().to(device)
+        actual = model(images.to(device)).cpu()
+    assert_relative(actual, expected, RELATIVE[torch.float32], f"optimized+triton {arch} {task} {filter_kind}")
+
+
+def test_provider_availability_says_why():
+    provider = get_kernels("triton")
+    usable, reason = provider.available("cpu")
+    from htkernels._triton import interpreting
+
+    assert usable == interpreting()
+    if not usable:
+        assert "CUDA" in reason
+    if not torch.cuda.is_available():
+        usable, reason = provider.available("cuda")
+        assert not usable and "no CUDA GPU" in reason
