@@ -301,6 +301,14 @@ __global__ void __launch_bounds__(kThreads)
 
 constexpr const char* kOp = "adapter_spatial";
 
+// Blocks above the default 48 KiB of dynamic shared memory need an opt-in; skipping the call below that keeps
+// launches cheap and free of non-stream API calls inside CUDA graph capture.
+template <typename Kernel>
+cudaError_t allow_dynamic_shared(Kernel kernel, size_t bytes) {
+  if (bytes <= 48 * 1024) return cudaSuccess;
+  return cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes));
+}
+
 size_t pooled_bytes(int64_t batch, int64_t channels) {
   return detail::align_up(static_cast<size_t>(batch) * channels * sizeof(float), 256);
 }
@@ -329,21 +337,19 @@ Status launch(const void* z_raw, void* g_raw, int64_t batch, int h, int w, int c
 
   cudaError_t error = cudaSuccess;
   if (spectral == nullptr) {
-    pool_kernel<T><<<static_cast<unsigned>(batch), kThreads, 0, stream>>>(z, pooled, hw, channels);
-    error = cudaFuncSetAttribute(mix_kernel<T, T>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                 static_cast<int>(mix_bytes));
+    error = allow_dynamic_shared(mix_kernel<T, T>, mix_bytes);
     if (error != cudaSuccess) return detail::cuda_failure(kOp, "cudaFuncSetAttribute", error);
+    pool_kernel<T><<<static_cast<unsigned>(batch), kThreads, 0, stream>>>(z, pooled, hw, channels);
     mix_kernel<T, T><<<mix_grid, kThreads, mix_bytes, stream>>>(z, z + channels,
                                                                 static_cast<int64_t>(1 + hw) * channels, params, g);
   } else {
+    error = allow_dynamic_shared(mix_kernel<T, float>, mix_bytes);
+    if (error != cudaSuccess) return detail::cuda_failure(kOp, "cudaFuncSetAttribute", error);
     const int half = w / 2 + 1;
     const size_t filter_bytes = (static_cast<size_t>(hw) + 2 * (h + w) + 4 * h * half + kThreads) * sizeof(float);
     const dim3 filter_grid(static_cast<unsigned>(batch), static_cast<unsigned>(channels));
     spectral_filter_kernel<T>
         <<<filter_grid, kThreads, filter_bytes, stream>>>(z, spectral, filtered, pooled, h, w, channels);
-    error = cudaFuncSetAttribute(mix_kernel<T, float>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                 static_cast<int>(mix_bytes));
-    if (error != cudaSuccess) return detail::cuda_failure(kOp, "cudaFuncSetAttribute", error);
     mix_kernel<T, float>
         <<<mix_grid, kThreads, mix_bytes, stream>>>(z, filtered, static_cast<int64_t>(hw) * channels, params, g);
   }
@@ -353,18 +359,6 @@ Status launch(const void* z_raw, void* g_raw, int64_t batch, int h, int w, int c
 }
 
 }  // namespace
-
-const char* dtype_name(DType dtype) {
-  switch (dtype) {
-    case DType::kFloat32:
-      return "float32";
-    case DType::kFloat16:
-      return "float16";
-    case DType::kBFloat16:
-      return "bfloat16";
-  }
-  return "unknown";
-}
 
 size_t adapter_spatial_workspace_bytes(int64_t batch, int64_t h, int64_t w, int64_t channels, bool spectral) {
   if (batch <= 0 || h <= 0 || w <= 0 || channels <= 0) return 0;

@@ -31,8 +31,6 @@ constexpr int64_t kMaxNoiseHidden = 1024;
 constexpr int64_t kMaxFrameSide = 16384;
 constexpr int64_t kMaxImageSide = 4096;
 
-const char* dtype_name(DType dtype);
-
 // Bytes of scratch device memory adapter_spatial needs (pooled means, and the filtered grid for spectral filters).
 size_t adapter_spatial_workspace_bytes(int64_t batch, int64_t h, int64_t w, int64_t channels, bool spectral);
 

@@ -2,6 +2,7 @@
 // Pillow resizes horizontally first, rounds to uint8, then vertically; the coefficient matrices are dense
 // [out, in] but each row has a short run of non-zero taps, so a first kernel finds each row's tap range and the
 // passes only visit those. Integer accumulation (int64) makes every step exact, as the float64 reference is.
+#include <algorithm>
 #include <cmath>
 
 #include "common.cuh"
@@ -152,9 +153,13 @@ Status preprocess(const uint8_t* frames, const int32_t* row_weights, const int32
                                     " is out of range; each side must be in [1, ", kMaxImageSide, "]");
   }
   if (!std::isfinite(scale)) return detail::invalid_argument(kOp, "scale ", scale, " is not finite");
-  const int64_t pixels = batch * height * width;
-  if (batch > 0 && pixels / batch / height != width)
-    return detail::invalid_argument(kOp, "batch ", batch, " is too large");
+  // Every index fits int64 and every grid fits a launch below this many elements per buffer.
+  constexpr int64_t kMaxElements = int64_t{1} << 38;
+  if (batch > kMaxElements / (height * std::max(width * frame_channels, out_w)) ||
+      batch > kMaxElements / (3 * out_h * out_w)) {
+    return detail::invalid_argument(kOp, "batch ", batch, " of ", height, "x", width,
+                                    " frames is too large for one launch; split it");
+  }
   const std::pair<const char*, const void*> required[] = {{"frames", frames},
                                                           {"row_weights", row_weights},
                                                           {"col_weights", col_weights},
