@@ -8,6 +8,7 @@ again on the C++ side (ValueError); the checks here turn tensor mistakes into `I
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 from typing import Optional
 
@@ -35,6 +36,15 @@ def extension_status() -> tuple[bool, str]:
     except BackendError as exc:
         return False, str(exc)
     return True, f"htkernels._C built against CUDA runtime {extension.CUDART_VERSION}"
+
+
+@contextlib.contextmanager
+def _launcher_errors():
+    """The launchers' own argument errors (ValueError, e.g. more channels than the kernel takes) as InputError."""
+    try:
+        yield
+    except ValueError as exc:
+        raise InputError(str(exc)) from exc
 
 
 def _require_cuda(name: str, tensor: torch.Tensor, device: Optional[torch.device] = None) -> None:
@@ -112,7 +122,7 @@ def adapter_spatial_into(out: torch.Tensor, z: torch.Tensor, h: int, w: int, spe
     z = z.contiguous()
     workspace_bytes = extension.adapter_spatial_workspace_bytes(batch, h, w, channels, spectral is not None)
     workspace = torch.empty(max(workspace_bytes, 1), dtype=torch.uint8, device=device)
-    with torch.cuda.device(device):
+    with torch.cuda.device(device), _launcher_errors():
         extension.adapter_spatial(
             z.data_ptr(), out.data_ptr(), dtype_code, batch, h, w, channels, hidden,
             0 if spectral is None else spectral.data_ptr(),
@@ -178,7 +188,7 @@ def preprocess_into(out: torch.Tensor, frames: torch.Tensor, row_weights: torch.
     frames = frames.contiguous()
     workspace_bytes = extension.preprocess_workspace_bytes(batch, height, out_h, out_w)
     workspace = torch.empty(max(workspace_bytes, 1), dtype=torch.uint8, device=device)
-    with torch.cuda.device(device):
+    with torch.cuda.device(device), _launcher_errors():
         extension.preprocess(frames.data_ptr(), rows.data_ptr(), cols.data_ptr(), out.data_ptr(), dtype_code,
                              float(scale), batch, height, width, frame_channels, out_h, out_w, workspace.data_ptr(),
                              workspace_bytes, torch.cuda.current_stream(device).cuda_stream)
