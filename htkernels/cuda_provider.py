@@ -1,14 +1,14 @@
 """`CudaAdapterKernels`: the adapter-kernel provider `kernels="cuda"` of the optimized model (the interface of
 `engine.optimize.kernels`). `adapter_spatial` and `preprocess` run the CUDA C++ kernels of csrc/; `adapter_in` and
-`adapter_out` are plain GEMMs (cuBLAS through torch, fp32 math as the contract says)."""
+`adapter_out` are the torch provider's GEMMs (cuBLAS in the model dtype, fp32 accumulation)."""
 
 from __future__ import annotations
 
 import torch
 
+from engine.optimize.kernels import TorchAdapterKernels
+
 from . import cuda_ops
-from .adapter_in import adapter_in_ref
-from .adapter_out import adapter_out_ref
 
 
 class CudaAdapterKernels:
@@ -30,7 +30,7 @@ class CudaAdapterKernels:
         return True, reason
 
     def adapter_in(self, x2d, w_norm, w_raw, bias, eps):
-        return adapter_in_ref(x2d, w_norm, w_raw, bias, eps)
+        return TorchAdapterKernels.adapter_in(x2d, w_norm, w_raw, bias, eps)
 
     def adapter_spatial(self, z, h, w, spectral, k3, k5, k7, conv_bias, noise_w1, noise_b1, noise_w2, noise_b2, proj,
                         proj_bias):
@@ -38,7 +38,7 @@ class CudaAdapterKernels:
                                         noise_b2, proj, proj_bias)
 
     def adapter_out(self, g2d, w2, b2, residual2d):
-        return adapter_out_ref(g2d, w2, b2, residual2d)
+        return TorchAdapterKernels.adapter_out(g2d, w2, b2, residual2d)
 
     def preprocess(self, frames, row_weights, col_weights, scale, out_dtype=torch.float32):
         return cuda_ops.preprocess(frames, row_weights, col_weights, scale, out_dtype)

@@ -7,12 +7,15 @@ import pytest
 import torch
 
 from engine.errors import InputError
+from engine.model import build_reference_model
+from engine.optimize.model import OptimizedHTModel
 from htkernels import cuda_ops
 from htkernels.adapter_in import adapter_in_ref
 from htkernels.adapter_out import adapter_out_ref
 from htkernels.cuda_provider import CudaAdapterKernels
 from htkernels.preprocess import preprocess_ref
 
+from ..helpers import random_images, small_config, small_tensors
 from ..tolerances import RELATIVE, assert_relative
 from .cuda_support import gpu_marks
 from .inputs import PARAM_NAMES, pil_weights, random_frames, reference_spatial, spatial_inputs
@@ -84,6 +87,12 @@ def test_adapter_spatial_rejects_parameters_on_another_device():
         cuda_ops.adapter_spatial(z, 3, 4, filt, *(params[name] for name in PARAM_NAMES))
 
 
+def test_adapter_spatial_reports_launcher_limits_as_input_errors():
+    z, filt, params = spatial_inputs(1, 2, 2, 129, False, torch.float32, "cuda")
+    with pytest.raises(InputError, match="channels 129 is out of range"):
+        cuda_ops.adapter_spatial(z, 2, 2, filt, *(params[name] for name in PARAM_NAMES))
+
+
 PREPROCESS_CASES = [  # (batch, height, width, out_h, out_w, rgb)
     (1, 30, 41, 16, 16, False),   # downscale, odd
     (3, 9, 13, 16, 16, True),     # upscale, RGB
@@ -138,3 +147,15 @@ def test_provider_runs_every_method():
     rows, cols = pil_weights(20, 16), pil_weights(30, 16)
     assert torch.equal(kernels.preprocess(frames, rows.cuda(), cols.cuda(), 1 / 255, torch.float32).cpu(),
                        preprocess_ref(frames.cpu(), rows, cols, 1 / 255, torch.float32))
+
+
+@pytest.mark.parametrize("filter_kind", ["channel", "spectral"])
+@pytest.mark.parametrize("arch", ["biomedclip-vit-b16", "openai-clip-vit-b16"])
+def test_optimized_model_with_cuda_kernels_equals_reference(arch, filter_kind):
+    cfg = small_config(arch, "seg", filter_kind)
+    tensors = small_tensors(cfg, seed=7)
+    images = random_images(2, cfg.image_size, seed=8)
+    with torch.inference_mode():
+        expected = build_reference_model(cfg, tensors)(images)
+        actual = OptimizedHTModel(cfg, tensors, kernels="cuda").cuda().eval()(images.cuda())
+    assert_relative(actual.cpu(), expected, RELATIVE[torch.float32], f"optimized model, cuda kernels, {arch}")
