@@ -43,10 +43,10 @@ int emu_preprocess(const uint8_t* frames, const int32_t* row_weights, const int3
                    int out_dtype, double scale, int64_t batch, int64_t height, int64_t width, int64_t frame_channels,
                    int64_t out_h, int64_t out_w, void* workspace, size_t workspace_bytes, char* message,
                    size_t capacity) {
-  return report(htk::preprocess(frames, row_weights, col_weights, images, static_cast<htk::DType>(out_dtype), scale,
-                                batch, height, width, frame_channels, out_h, out_w, workspace, workspace_bytes,
-                                nullptr),
-                message, capacity);
+  return report(
+      htk::preprocess(frames, row_weights, col_weights, images, static_cast<htk::DType>(out_dtype), scale, batch,
+                      height, width, frame_channels, out_h, out_w, workspace, workspace_bytes, nullptr),
+      message, capacity);
 }
 
 size_t emu_preprocess_workspace_bytes(int64_t batch, int64_t height, int64_t out_h, int64_t out_w) {
