@@ -9,6 +9,7 @@ Environment:
 - `HTK_CUDA_ARCHS`: `;`- or `,`-separated compute capabilities, e.g. `80;90`; `+PTX` on one also embeds its PTX.
   Default: sm_80, sm_86, sm_89, sm_90 (+ compute_90 PTX for newer GPUs).
 - `CUDA_HOME`: the CUDA toolkit, when `nvcc` is not on PATH.
+- `HTK_CUDA_WERROR=0`: compiler warnings stay warnings (for a toolchain newer than the one CI checks with).
 Without nvcc the build is skipped with a warning.
 """
 
@@ -30,7 +31,8 @@ ROOT = Path(__file__).resolve().parent
 CSRC = ROOT / "csrc"
 DEFAULT_ARCHS = "80;86;89;90+PTX"
 # Our own files build with every warning as an error; third-party headers (pybind11, Python) are system includes.
-HOST_WARNINGS = ["-Wall", "-Wextra", "-Werror"]
+WERROR = os.environ.get("HTK_CUDA_WERROR", "1") not in ("", "0")
+HOST_WARNINGS = ["-Wall", "-Wextra", *(["-Werror"] if WERROR else [])]
 
 
 def _log(message: str) -> None:
@@ -93,7 +95,8 @@ class BuildCudaExtension(build_ext):
         headers = list(CSRC.glob("*.h")) + list(CSRC.glob("*.cuh"))
         newest_header = max((header.stat().st_mtime for header in headers), default=0.0)
         archs = os.environ.get("HTK_CUDA_ARCHS", DEFAULT_ARCHS)
-        flags = ["-std=c++17", "-O3", "-lineinfo", "--expt-relaxed-constexpr", "-Werror", "all-warnings",
+        nvcc_werror = ["-Werror", "all-warnings"] if WERROR else []
+        flags = ["-std=c++17", "-O3", "-lineinfo", "--expt-relaxed-constexpr", *nvcc_werror,
                  "-Xcompiler", ",".join(["-fPIC", *HOST_WARNINGS]), f"-I{CSRC}", *gencode_flags(archs)]
 
         def compile_one(source: str) -> str:
@@ -114,6 +117,8 @@ class BuildCudaExtension(build_ext):
         with ThreadPoolExecutor(max_workers=workers) as pool:
             objects = list(pool.map(compile_one, cuda_sources))
         ext.extra_objects = [*objects, *ext.extra_objects]
+        # setuptools relinks only when a dependency is newer than the module: the objects and headers are ones.
+        ext.depends = [*ext.depends, *objects, *map(str, headers)]
         super().build_extension(ext)
         _log(f"built for HTK_CUDA_ARCHS={archs} in {time.perf_counter() - started:.1f} s")
 

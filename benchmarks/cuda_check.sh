@@ -38,16 +38,25 @@ if ! need_module pybind11 "pybind11==3.1.0"; then
 elif HTK_CUDA_ARCHS="$ARCH" timeout 240 "$PY" setup.py build_ext --inplace >"$DEST/build.log" 2>&1; then
   record build "ok (HTK_CUDA_ARCHS=$ARCH, $(grep -o 'built for.*' "$DEST/build.log" | tail -1))"
 else
-  record build "failed (rc $?, see build.log)"
   tail -20 "$DEST/build.log"
+  # A newer toolchain may warn where CI's does not: report it, and still check the kernels.
+  if HTK_CUDA_WERROR=0 HTK_CUDA_ARCHS="$ARCH" timeout 240 "$PY" setup.py build_ext --inplace \
+    >"$DEST/build_no_werror.log" 2>&1; then
+    record build "failed with warnings as errors, ok without (see build.log)"
+  else
+    record build "failed (see build.log, build_no_werror.log)"
+  fi
 fi
+HAVE_EXT=$("$PY" -c "import htkernels._C" >/dev/null 2>&1 && echo 1 || echo 0)
 
-if [ "${STEP[build]}" != "${STEP[build]#failed}" ]; then
+if [ "$HAVE_EXT" != 1 ]; then
   record tests "skipped (no extension)"
 elif ! need_module pytest pytest; then
   record tests "skipped (pytest not importable and not in $WHEELS)"
 else
-  timeout 150 "$PY" -m pytest -q -rs -p no:cacheprovider tests/csrc --junitxml="$DEST/tests.xml" >"$DEST/tests.log" 2>&1
+  # The emulated kernels are CPU-only and run in CI; here the real ones run.
+  timeout 150 "$PY" -m pytest -q -rs -p no:cacheprovider tests/csrc --ignore=tests/csrc/test_emulated_kernels.py \
+    --junitxml="$DEST/tests.xml" >"$DEST/tests.log" 2>&1
   rc=$?
   tail -3 "$DEST/tests.log"
   if [ $rc -eq 0 ]; then record tests "ok ($(tail -1 "$DEST/tests.log" | tr -d '='))"; else record tests "failed (rc $rc)"; fi
@@ -55,7 +64,7 @@ fi
 
 SANITIZER=$(command -v compute-sanitizer || ls "${CUDA_HOME:-/usr/local/cuda}/bin/compute-sanitizer" 2>/dev/null || true)
 for tool in memcheck racecheck; do
-  if [ "${STEP[build]}" != "${STEP[build]#failed}" ]; then
+  if [ "$HAVE_EXT" != 1 ]; then
     record "$tool" "skipped (no extension)"
   elif [ -z "$SANITIZER" ]; then
     record "$tool" "skipped (compute-sanitizer not found)"
@@ -70,7 +79,7 @@ for tool in memcheck racecheck; do
   fi
 done
 
-if [ "${STEP[build]}" != "${STEP[build]#failed}" ]; then
+if [ "$HAVE_EXT" != 1 ]; then
   record bench "skipped (no extension)"
 elif over_budget; then
   record bench "skipped (time budget of ${BUDGET_S}s spent)"
