@@ -1,5 +1,9 @@
 """The extension is compiled wherever nvcc is (CI compiles it), imports without a GPU, and says so without one."""
 
+import re
+import shutil
+import subprocess
+
 import pytest
 import torch
 
@@ -40,3 +44,12 @@ def test_workspace_sizes():
     assert spectral - identity == 3 * 7 * 5 * 16 * 4
     assert module.adapter_spatial_workspace_bytes(0, 7, 5, 16, True) == 0
     assert module.preprocess_workspace_bytes(2, 30, 16, 24) >= 2 * 30 * 24 + (16 + 24) * 8
+
+
+@pytest.mark.skipif(extension() is None or shutil.which("readelf") is None, reason="needs the extension and readelf")
+def test_extension_needs_neither_libtorch_nor_the_shared_cuda_runtime():
+    # The launchers serve C++ programs and plugins too: no libtorch; the static CUDA runtime lets it import anywhere.
+    dynamic = subprocess.run(["readelf", "-d", extension().__file__], capture_output=True, text=True, check=True).stdout
+    needed = re.findall(r"\(NEEDED\)\s+Shared library: \[([^\]]+)\]", dynamic)
+    assert needed, dynamic
+    assert not [name for name in needed if re.match(r"lib(torch|c10|cudart)", name)], needed
