@@ -38,12 +38,19 @@ inline bool dtype_valid(DType dtype) {
 
 inline size_t align_up(size_t bytes, size_t alignment) { return (bytes + alignment - 1) / alignment * alignment; }
 
-// Largest dynamic shared memory one block may use on the current device (after opting in).
-inline Status max_dynamic_shared_bytes(const char* op, int* bytes) {
+struct DeviceLimits {
+  int max_shared_bytes = 0;  // dynamic shared memory one block may use (after opting in)
+  int multiprocessors = 0;
+};
+
+inline Status device_limits(const char* op, DeviceLimits* limits) {
   int device = 0;
   cudaError_t error = cudaGetDevice(&device);
   if (error != cudaSuccess) return cuda_failure(op, "cudaGetDevice", error);
-  error = cudaDeviceGetAttribute(bytes, cudaDevAttrMaxSharedMemoryPerBlockOptin, device);
+  error = cudaDeviceGetAttribute(&limits->max_shared_bytes, cudaDevAttrMaxSharedMemoryPerBlockOptin, device);
+  if (error == cudaSuccess) {
+    error = cudaDeviceGetAttribute(&limits->multiprocessors, cudaDevAttrMultiProcessorCount, device);
+  }
   if (error != cudaSuccess) return cuda_failure(op, "cudaDeviceGetAttribute", error);
   return Status{};
 }

@@ -31,6 +31,7 @@ SPATIAL_CASES = [  # (batch, h, w, channels): odd, non-square, the model's 14x14
     (2, 32, 32, 64),
     (2, 4, 9, 12),
     (1, 3, 8, 128),
+    (40, 14, 14, 16),  # enough images for full 32-pixel tiles
 ]
 
 

@@ -27,9 +27,12 @@ def test_translation_rewrites_every_launch():
         assert "<<<" not in translated and "emu::launch(" in translated, source.name
 
 
-@pytest.mark.parametrize("dtype", DTYPES, ids=str)
-@pytest.mark.parametrize("spectral", [False, True], ids=["channel", "spectral"])
-@pytest.mark.parametrize("case", SPATIAL_CASES, ids=lambda case: "b{}_{}x{}_r{}".format(*case))
+# One thread per CUDA thread is slow for many blocks: the large batch (the full-tile path) runs once.
+EMULATED_SPATIAL = [(case, spectral, dtype) for case in SPATIAL_CASES for spectral in (False, True) for dtype in DTYPES
+                    if case[0] < 8 or (dtype == torch.float32 and not spectral)]
+
+
+@pytest.mark.parametrize("case, spectral, dtype", EMULATED_SPATIAL, ids=lambda value: str(value).replace(" ", ""))
 def test_emulated_adapter_spatial_matches_reference(library, case, spectral, dtype):
     batch, h, w, channels = case
     z, filt, params = spatial_inputs(batch, h, w, channels, spectral, dtype, "cpu", seed=sum(case) + spectral)
