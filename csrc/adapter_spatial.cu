@@ -13,6 +13,10 @@ namespace {
 
 constexpr int kThreads = 256;
 constexpr int kTaps = 49;
+constexpr int kMaxTilePixels = 32;
+// The projection step gives each thread kMaxTilePixels / (kThreads / channels) pixels at most.
+constexpr int kMaxPixelsPerThread = kMaxTilePixels / (kThreads / static_cast<int>(kMaxAdapterChannels));
+static_assert(kThreads / kMaxAdapterChannels >= 1, "a block must cover every output channel");
 
 __device__ __forceinline__ float gelu_erf(float x) { return 0.5f * x * (1.0f + erff(x * 0.70710678118654752f)); }
 
@@ -281,16 +285,32 @@ __global__ void __launch_bounds__(kThreads)
   }
   __syncthreads();
 
+  // O = proj T + proj_bias and GELU. Each thread owns one output channel and every `groups`-th pixel of the tile,
+  // so one load of a projection weight serves up to kMaxPixelsPerThread pixels.
   T* out = g + b * (1 + hw) * channels;
-  for (int index = threadIdx.x; index < params.tile_pixels * channels; index += kThreads) {
-    const int local = index / channels;
-    const int o = index % channels;
-    const int p = p0 + local;
-    if (p >= hw) continue;
-    float value = params.proj_bias[o];
-    const float* column = tile + local * channels;
-    for (int c = 0; c < channels; ++c) value += proj_t[c * channels + o] * column[c];
-    out[static_cast<int64_t>(1 + p) * channels + o] = detail::from_float<T>(gelu_erf(value));
+  const int groups = kThreads / channels;
+  const int o = threadIdx.x % channels;
+  const int group = threadIdx.x / channels;
+  const int limit = min(params.tile_pixels, hw - p0);
+  const int count = group < min(groups, limit) ? (limit - group + groups - 1) / groups : 0;
+  float acc[kMaxPixelsPerThread];
+#pragma unroll
+  for (int i = 0; i < kMaxPixelsPerThread; ++i) acc[i] = count > 0 ? params.proj_bias[o] : 0.0f;
+  if (count > 0) {
+    for (int c = 0; c < channels; ++c) {
+      const float weight = proj_t[c * channels + o];
+#pragma unroll
+      for (int i = 0; i < kMaxPixelsPerThread; ++i) {
+        if (i < count) acc[i] += weight * tile[(group + i * groups) * channels + c];
+      }
+    }
+  }
+#pragma unroll
+  for (int i = 0; i < kMaxPixelsPerThread; ++i) {
+    if (i < count) {
+      const int64_t token = 1 + p0 + group + i * groups;
+      out[token * channels + o] = detail::from_float<T>(gelu_erf(acc[i]));
+    }
   }
   if (blockIdx.y == 0) {
     const T* cls = z + b * (1 + hw) * channels;
@@ -328,7 +348,7 @@ Status launch(const void* z_raw, void* g_raw, int64_t batch, int h, int w, int c
   // GPU busy when there are few images (batch 1: 7 blocks of 32 pixels for a 14x14 grid, 25 of 8).
   const size_t max_shared = static_cast<size_t>(limits.max_shared_bytes);
   const int64_t enough_blocks = 2 * static_cast<int64_t>(limits.multiprocessors);
-  int tile_pixels = 32;
+  int tile_pixels = kMaxTilePixels;
   while (tile_pixels > 8 && batch * ((hw + tile_pixels - 1) / tile_pixels) < enough_blocks) tile_pixels /= 2;
   while (tile_pixels > 1 && mix_shared_bytes(channels, noise_hidden, tile_pixels) > max_shared) tile_pixels /= 2;
   const size_t mix_bytes = mix_shared_bytes(channels, noise_hidden, tile_pixels);
