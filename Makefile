@@ -4,10 +4,14 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+# The CUDA extension (csrc/, built by setup.py when nvcc exists) is compiled for these GPUs only, to keep the build
+# short; a release build leaves HTK_CUDA_ARCHS unset (sm_80, 86, 89, 90). HTK_SKIP_CUDA_BUILD=1 skips it.
+HTK_CUDA_ARCHS ?= 80;90
+export HTK_CUDA_ARCHS
 
 .PHONY: demo test lint clean
 
-$(STAMP): pyproject.toml constraints.txt setup.py
+$(STAMP): pyproject.toml constraints.txt setup.py $(wildcard csrc/*)
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt torch==2.13.0
 	$(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt -e ".[dev,triton]"

@@ -1,0 +1,44 @@
+"""`CudaAdapterKernels`: the adapter-kernel provider `kernels="cuda"` of the optimized model (the interface of
+`engine.optimize.kernels`). `adapter_spatial` and `preprocess` run the CUDA C++ kernels of csrc/; `adapter_in` and
+`adapter_out` are the torch provider's GEMMs (cuBLAS in the model dtype, fp32 accumulation)."""
+
+from __future__ import annotations
+
+import torch
+
+from engine.optimize.kernels import TorchAdapterKernels
+
+from . import cuda_ops
+
+
+class CudaAdapterKernels:
+    name = "cuda"
+
+    @classmethod
+    def available(cls, device: str) -> tuple[bool, str]:
+        try:
+            kind = torch.device(device).type
+        except (RuntimeError, TypeError) as exc:
+            return False, f"cannot read device {device!r}: {exc}"
+        if kind != "cuda":
+            return False, f"the CUDA C++ kernels run on CUDA devices only, not {device!r}"
+        built, reason = cuda_ops.extension_status()
+        if not built:
+            return False, reason
+        if not torch.cuda.is_available():
+            return False, "no CUDA GPU is visible to torch (torch.cuda.is_available() is False)"
+        return True, reason
+
+    def adapter_in(self, x2d, w_norm, w_raw, bias, eps):
+        return TorchAdapterKernels.adapter_in(x2d, w_norm, w_raw, bias, eps)
+
+    def adapter_spatial(self, z, h, w, spectral, k3, k5, k7, conv_bias, noise_w1, noise_b1, noise_w2, noise_b2, proj,
+                        proj_bias):
+        return cuda_ops.adapter_spatial(z, h, w, spectral, k3, k5, k7, conv_bias, noise_w1, noise_b1, noise_w2,
+                                        noise_b2, proj, proj_bias)
+
+    def adapter_out(self, g2d, w2, b2, residual2d):
+        return TorchAdapterKernels.adapter_out(g2d, w2, b2, residual2d)
+
+    def preprocess(self, frames, row_weights, col_weights, scale, out_dtype=torch.float32):
+        return cuda_ops.preprocess(frames, row_weights, col_weights, scale, out_dtype)
