@@ -9,6 +9,9 @@ from ..errors import BackendError
 
 BACKEND_MODULES = {
     "reference": "engine.backends.reference",
+    "onnx": "engine.backends.onnx",
+    "aoti": "engine.backends.aoti",
+    "tensorrt": "engine.backends.tensorrt",
 }
 
 

@@ -1,0 +1,132 @@
+"""`build_artifact`: package → artifact directory (model file + manifest), written atomically."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import tempfile
+import threading
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+from ..artifacts import (
+    ARTIFACT_BACKENDS,
+    Artifact,
+    BatchRange,
+    make_manifest,
+    open_artifact,
+    staging_directory,
+    write_manifest,
+)
+from ..errors import BackendError
+
+DEFAULT_BATCH = BatchRange(1, 4, 16)
+HEARTBEAT_S = 15.0
+
+
+def tool_versions(names) -> dict:
+    versions = {}
+    for name in names:
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return versions
+
+
+def _quiet(message: str) -> None:
+    return None
+
+
+@contextmanager
+def stage(progress, text: str):
+    """Report `text`, then every HEARTBEAT_S seconds that the stage is still running, then its duration."""
+    progress(f"{text} …")
+    start = time.perf_counter()
+    done = threading.Event()
+
+    def beat():
+        while not done.wait(HEARTBEAT_S):
+            progress(f"  still {text} ({time.perf_counter() - start:.0f} s)")
+
+    thread = threading.Thread(target=beat, name="build-heartbeat", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        done.set()
+        thread.join()
+    progress(f"  {text}: done in {time.perf_counter() - start:.1f} s")
+
+
+def build_artifact(package, backend: str, precision: str, batch: BatchRange, out: Path, progress=_quiet,
+                   device: str = "cpu") -> Artifact:
+    """Build `package` (a path or a `LoadedPackage`) for `backend` into `out`; nothing is left at `out` on failure."""
+    from ..runtime import LoadedPackage, load_package
+
+    if backend not in ARTIFACT_BACKENDS:
+        raise BackendError(f"cannot build backend {backend!r}; artifacts are built for {ARTIFACT_BACKENDS}")
+    batch.validate()
+    if not isinstance(package, LoadedPackage):
+        with stage(progress, f"reading package {package}"):
+            package = load_package(package)
+    config = package.config
+    with staging_directory(out) as directory:
+        if backend == "onnx":
+            artifact, extra = _build_onnx(package, precision, batch, directory, progress)
+        elif backend == "aoti":
+            from .aoti import build_aoti
+
+            artifact, extra = build_aoti(package, precision, batch, directory, progress, stage, device)
+        else:
+            from .tensorrt import build_tensorrt
+
+            artifact, extra = build_tensorrt(package, precision, batch, directory, progress, stage)
+        tools = tool_versions(["ht-engine", "torch", "onnx", "onnxruntime", "onnxscript", "tensorrt"])
+        manifest = make_manifest(backend=backend, precision=precision, batch=batch, config=config,
+                                 package_sha256=package.sha256, artifact=artifact, directory=directory, tools=tools,
+                                 extra=extra)
+        write_manifest(directory, manifest)
+    progress(f"wrote {out} ({backend}, {precision}, batch {batch.min}..{batch.max})")
+    return open_artifact(out)
+
+
+def export_onnx_file(package, precision: str, batch: BatchRange, path: Path, progress) -> "object":
+    """Export the package's graph to `path`; returns the loaded ONNX proto (for the op check)."""
+    import onnx
+
+    from .graph import deployable_model
+    from .onnx_export import export_onnx
+
+    with stage(progress, f"exporting ONNX ({precision})"):
+        model = deployable_model(package.config, package.tensors)
+        export_onnx(model, package.config, path, batch, precision)
+    return onnx.load(str(path))
+
+
+def _build_onnx(package, precision, batch, directory: Path, progress):
+    from .onnx_export import ONNX_PRECISIONS, graph_ops
+    from .trt_ops import unsupported_ops
+
+    if precision not in ONNX_PRECISIONS:
+        raise BackendError(f"backend 'onnx' builds precisions {ONNX_PRECISIONS}, got {precision!r}")
+    proto = export_onnx_file(package, precision, batch, directory / "model.onnx", progress)
+    ops = graph_ops(proto)
+    blocked = unsupported_ops(ops)
+    if blocked:
+        progress(f"  note: TensorRT's ONNX parser would refuse ops {', '.join(blocked)}")
+    return "model.onnx", {"onnx": {"opset": _opset(proto), "ops": sorted(ops), "tensorrt_parser_ok": not blocked}}
+
+
+def _opset(proto) -> int:
+    return max(entry.version for entry in proto.opset_import if entry.domain in ("", "ai.onnx"))
+
+
+def build_temporary_artifact(package, backend: str, precision: str, device: str = "cpu") -> Artifact:
+    """Build into a temporary directory that lives as long as the returned artifact (for `Predictor.load` of a
+    package on an artifact backend)."""
+    holder = tempfile.TemporaryDirectory(prefix=f"ht-{backend}-")
+    artifact = build_artifact(package, backend, precision, DEFAULT_BATCH, Path(holder.name) / "artifact",
+                              device=device)
+    artifact.keepalive = holder
+    return artifact
