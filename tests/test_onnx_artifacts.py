@@ -28,7 +28,9 @@ from tests.helpers import random_images, small_config, small_tensors
 from tests.tolerances import RELATIVE, assert_relative, relative_error
 
 REPO = Path(__file__).resolve().parent.parent
-CASES = {"seg": ("biomedclip-vit-b16", "seg"), "cls": ("openai-clip-vit-b16", "cls")}
+CASES = {"seg": ("biomedclip-vit-b16", "seg", "channel"), "cls": ("openai-clip-vit-b16", "cls", "channel"),
+         "spectral": ("metaclip-vit-b16", "seg", "spectral")}
+BUILDS = [("seg", "fp32"), ("seg", "fp16"), ("cls", "fp32"), ("spectral", "fp32"), ("spectral", "fp16")]
 
 
 @pytest.fixture(scope="module")
@@ -39,9 +41,10 @@ def workdir(tmp_path_factory):
 @pytest.fixture(scope="module")
 def packages(workdir):
     made = {}
-    for name, (arch, task) in CASES.items():
+    for name, (arch, task, filter_kind) in CASES.items():
         size = 96 if task == "seg" else 112
-        cfg = small_config(arch, task, image_size=size, preprocessing=dict(AUTHORS_PREPROCESSING, size=size))
+        cfg = small_config(arch, task, filter_kind, image_size=size,
+                           preprocessing=dict(AUTHORS_PREPROCESSING, size=size))
         tensors = small_tensors(cfg, seed=3)
         path = workdir / f"{name}.htpkg"
         save_package(path, cfg, tensors)
@@ -51,14 +54,9 @@ def packages(workdir):
 
 @pytest.fixture(scope="module")
 def artifacts(workdir, packages):
-    built = {}
-    for name, (path, _) in packages.items():
-        for precision in ("fp32", "fp16"):
-            if name == "cls" and precision == "fp16":
-                continue
-            out = workdir / f"{name}-{precision}"
-            built[name, precision] = build_artifact(path, "onnx", precision, BatchRange(1, 2, 8), out)
-    return built
+    return {(name, precision): build_artifact(packages[name][0], "onnx", precision, BatchRange(1, 2, 8),
+                                              workdir / f"{name}-{precision}")
+            for name, precision in BUILDS}
 
 
 @pytest.mark.parametrize("name", sorted(CASES))
@@ -76,15 +74,16 @@ def test_fp32_matches_reference(packages, artifacts, name, batch):
     assert_relative(predictor.forward(x), expected, RELATIVE[torch.float32], f"onnx fp32 {name} torch in")
 
 
+@pytest.mark.parametrize("name", ["seg", "spectral"])
 @pytest.mark.parametrize("batch", [1, 4])
-def test_fp16_error_is_bounded(packages, artifacts, batch):
-    _, reference = packages["seg"]
-    predictor = Predictor.load(artifacts["seg", "fp16"].directory, backend="onnx", precision="fp16")
+def test_fp16_error_is_bounded(packages, artifacts, name, batch):
+    _, reference = packages[name]
+    predictor = Predictor.load(artifacts[name, "fp16"].directory, backend="onnx", precision="fp16")
     x = random_images(batch, reference.cfg.image_size, seed=20 + batch)
     with torch.no_grad():
         expected = reference(x)
     actual = torch.from_numpy(predictor.forward(x.numpy()))
-    assert_relative(actual, expected, RELATIVE[torch.float16], f"onnx fp16 batch {batch}")
+    assert_relative(actual, expected, RELATIVE[torch.float16], f"onnx fp16 {name} batch {batch}")
     # fp16 really is fp16: it does not reproduce the fp32 result bit for bit
     assert relative_error(actual, expected) > RELATIVE[torch.float64]
 
@@ -226,6 +225,15 @@ def test_op_table_keeps_its_source_and_facts():
     assert "onnx-tensorrt" in table.source and "11.1" in TABLE.name
     assert {"LayerNormalization", "MatMul", "Conv", "Softmax", "Resize"} <= table.supported
     assert "DFT" in table.unsupported
+
+
+@pytest.mark.parametrize("build", BUILDS, ids="-".join)
+def test_exported_graphs_pass_the_tensorrt_op_check(artifacts, build):
+    artifact = artifacts[build]
+    proto = onnx.load(str(artifact.model_file))
+    check_tensorrt_ops(proto, str(artifact.model_file))
+    assert not {"DFT", "STFT"} & graph_ops(proto), "the deployable graph must do its spectral filter as matmuls"
+    assert artifact.manifest["onnx"]["tensorrt_parser_ok"] is True
 
 
 def test_op_check_names_an_unsupported_op():
