@@ -81,7 +81,7 @@ def build_artifact(package, backend: str, precision: str, batch: BatchRange, out
         else:
             from .tensorrt import build_tensorrt
 
-            artifact, extra = build_tensorrt(package, precision, batch, directory, progress, stage)
+            artifact, extra = build_tensorrt(package, precision, batch, directory, progress, stage, device)
         tools = tool_versions(["ht-engine", "torch", "onnx", "onnxruntime", "onnxscript", "tensorrt"])
         manifest = make_manifest(backend=backend, precision=precision, batch=batch, config=config,
                                  package_sha256=package.sha256, artifact=artifact, directory=directory, tools=tools,
