@@ -24,13 +24,15 @@ from engine.export.onnx_export import FP32_OPS, graph_ops
 from engine.export.trt_ops import TABLE, check_tensorrt_ops, op_table
 from engine.model import build_reference_model
 from engine.package import save_package
+from engine.synthetic import synthetic_frame
 from tests.helpers import random_images, small_config, small_tensors
 from tests.tolerances import RELATIVE, assert_relative, relative_error
 
 REPO = Path(__file__).resolve().parent.parent
 CASES = {"seg": ("biomedclip-vit-b16", "seg", "channel"), "cls": ("openai-clip-vit-b16", "cls", "channel"),
          "spectral": ("metaclip-vit-b16", "seg", "spectral")}
-BUILDS = [("seg", "fp32"), ("seg", "fp16"), ("cls", "fp32"), ("spectral", "fp32"), ("spectral", "fp16")]
+BUILDS = [("seg", "fp32"), ("seg", "fp16"), ("seg", "int8"), ("cls", "fp32"), ("spectral", "fp32"),
+          ("spectral", "fp16")]
 
 
 @pytest.fixture(scope="module")
@@ -86,6 +88,31 @@ def test_fp16_error_is_bounded(packages, artifacts, name, batch):
     assert_relative(actual, expected, RELATIVE[torch.float16], f"onnx fp16 {name} batch {batch}")
     # fp16 really is fp16: it does not reproduce the fp32 result bit for bit
     assert relative_error(actual, expected) > RELATIVE[torch.float64]
+
+
+@pytest.mark.parametrize("batch", [1, 4])
+def test_int8_error_is_bounded(packages, artifacts, batch):
+    _, reference = packages["seg"]
+    predictor = Predictor.load(artifacts["seg", "int8"].directory, precision="int8")
+    # int8 activation ranges are calibrated on ultrasound-like frames: test on unseen frames of that kind
+    # (uniform noise images would sit outside the calibrated ranges, as they would outside any real scan).
+    frames = [synthetic_frame(150 + 17 * i, 200 + 23 * i, seed=1000 + batch * 10 + i)[0] for i in range(batch)]
+    x = torch.from_numpy(predictor.preprocess(frames))
+    with torch.no_grad():
+        expected = reference(x)
+    actual = torch.from_numpy(predictor.forward(x.numpy()))
+    assert_relative(actual, expected, RELATIVE[torch.int8], f"onnx int8 batch {batch}")
+    assert relative_error(actual, expected) > RELATIVE[torch.float16], "an int8 graph cannot be this exact"
+
+
+def test_int8_graph_is_explicitly_quantized_with_zero_points_zero(artifacts):
+    proto = onnx.load(str(artifacts["seg", "int8"].model_file))
+    ops = [node.op_type for node in proto.graph.node]
+    assert ops.count("QuantizeLinear") > 0 and ops.count("DequantizeLinear") > 0
+    zero_points = [init for init in proto.graph.initializer if "zero_point" in init.name]
+    assert zero_points and not any(onnx.numpy_helper.to_array(z).any() for z in zero_points)
+    quantized_types = {z.data_type for z in zero_points}
+    assert quantized_types == {onnx.TensorProto.INT8}
 
 
 def test_fp16_keeps_layernorm_and_softmax_in_fp32(artifacts):

@@ -55,12 +55,16 @@ def test_precisions_per_mode():
     assert check_precision("11.1.0", "fp16") == "strongly_typed"
     with pytest.raises(BackendError, match="strongly typed.*not 'bf16'"):
         check_precision("11.1.0", "bf16")
-    for precision in ("int8", "fp8"):
-        with pytest.raises(BackendError, match="Q/DQ"):
-            check_precision("11.1.0", precision)
-    # Strong typing takes the precision from the graph; builder flags start from the fp32 graph.
+    assert check_precision("11.1.0", "int8") == "strongly_typed"
+    assert check_precision("10.9.0", "int8") == "builder_flags"
+    for version in ("10.9.0", "11.1.0"):
+        with pytest.raises(BackendError, match="fp8 engines are not offered"):
+            check_precision(version, "fp8")
+    # Strong typing takes the precision from the graph; builder flags start from the fp32 graph, except int8,
+    # which is explicitly quantized (Q/DQ) in both modes.
     assert onnx_precision("strongly_typed", "fp16") == "fp16"
     assert onnx_precision("builder_flags", "fp16") == "fp32"
+    assert onnx_precision("builder_flags", "int8") == onnx_precision("strongly_typed", "int8") == "int8"
 
 
 def test_profile_shapes():

@@ -12,7 +12,7 @@ from ..artifacts import INPUT_NAME, Artifact
 from ..errors import BackendError
 from .base import Runner
 
-PRECISIONS = ("fp32", "fp16")
+PRECISIONS = ("fp32", "fp16", "int8")
 
 
 def _device_index(device: str) -> int:

@@ -98,18 +98,28 @@ def export_onnx_file(package, precision: str, batch: BatchRange, path: Path, pro
     from .graph import deployable_model
     from .onnx_export import export_onnx
 
-    with stage(progress, f"exporting ONNX ({precision})"):
+    path = Path(path)
+    with stage(progress, f"exporting ONNX ({'fp32' if precision == 'int8' else precision})"):
         model = deployable_model(package.config, package.tensors)
-        export_onnx(model, package.config, path, batch, precision)
+        export_onnx(model, package.config, path, batch, "fp32" if precision == "int8" else precision)
+    if precision == "int8":
+        from .quantize import CALIBRATION_FRAMES, quantize_int8
+
+        fp32_path = path.with_name(path.stem + ".fp32.onnx")
+        path.rename(fp32_path)
+        with stage(progress, f"quantizing to int8 Q/DQ (calibrating on {CALIBRATION_FRAMES} synthetic frames)"):
+            quantize_int8(fp32_path, path, package.config.preprocessing)
+        fp32_path.unlink()
     return onnx.load(str(path))
 
 
 def _build_onnx(package, precision, batch, directory: Path, progress):
-    from .onnx_export import ONNX_PRECISIONS, graph_ops
+    from ..backends.onnx import PRECISIONS
+    from .onnx_export import graph_ops
     from .trt_ops import unsupported_ops
 
-    if precision not in ONNX_PRECISIONS:
-        raise BackendError(f"backend 'onnx' builds precisions {ONNX_PRECISIONS}, got {precision!r}")
+    if precision not in PRECISIONS:
+        raise BackendError(f"backend 'onnx' builds precisions {PRECISIONS}, got {precision!r}")
     proto = export_onnx_file(package, precision, batch, directory / "model.onnx", progress)
     ops = graph_ops(proto)
     blocked = unsupported_ops(ops)
