@@ -164,6 +164,17 @@ def test_predict_runs_raw_frames(artifacts):
     assert [r.mask.shape for r in results] == [(70, 53), (71, 53), (72, 53)]
 
 
+def test_package_on_the_onnx_backend_builds_on_the_fly(packages):
+    path, reference = packages["cls"]
+    predictor = Predictor.load(path, backend="onnx")
+    assert predictor.backend == "onnx" and predictor.sha256 == open_artifact(
+        predictor.runner.run.artifact.directory).manifest["package_sha256"]
+    x = random_images(2, reference.cfg.image_size, seed=70)
+    with torch.no_grad():
+        expected = reference(x)
+    assert_relative(torch.from_numpy(predictor.forward(x.numpy())), expected, RELATIVE[torch.float32], "on the fly")
+
+
 def _copy(artifact, tmp_path) -> Path:
     target = tmp_path / "copy"
     shutil.copytree(artifact.directory, target)
