@@ -63,6 +63,22 @@ def test_refuses_a_package_compiled_for_another_device(built, tmp_path):
 
 def test_refuses_unsupported_precision(tmp_path):
     small_package(tmp_path / "m.htpkg", "biomedclip-vit-b16", "seg", size=48)
-    with pytest.raises(BackendError, match="aoti packages for cpu are built in"):
+    with pytest.raises(BackendError, match="backend 'aoti' builds precisions \\('fp32',\\) on 'cpu'"):
         build_artifact(tmp_path / "m.htpkg", "aoti", "fp16", BatchRange(1, 1, 2), tmp_path / "out")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.htpkg"]
+
+
+@pytest.mark.requires_cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU visible")
+@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+def test_cuda_package_matches_reference(tmp_path, precision):
+    reference = small_package(tmp_path / "m.htpkg", "biomedclip-vit-b16", "seg", "spectral", size=64)
+    artifact = build_artifact(tmp_path / "m.htpkg", "aoti", precision, BatchRange(1, 2, 4), tmp_path / "out",
+                              device="cuda")
+    assert artifact.manifest["aoti"] == {"device_type": "cuda"}
+    predictor = Predictor.load(artifact.directory, device="cuda", precision=precision)
+    x = random_images(4, 64, seed=80)
+    with torch.no_grad():
+        expected = reference(x)
+    tolerance = RELATIVE[torch.float32 if precision == "fp32" else torch.float16]
+    assert_relative(predictor.forward(x.cuda()).cpu(), expected, tolerance, f"aoti cuda {precision}")

@@ -238,7 +238,9 @@ def test_failed_build_leaves_nothing_and_keeps_the_previous_artifact(packages, a
     out = _copy(artifacts["cls", "fp32"], tmp_path)
     before = sorted(p.name for p in out.iterdir())
     with pytest.raises(BackendError, match="precisions"):
-        build_artifact(packages["cls"][0], "onnx", "int4", BatchRange(1, 1, 2), out)
+        build_artifact(packages["cls"][0], "onnx", "bf16", BatchRange(1, 1, 2), out)
+    with pytest.raises(BackendError, match="batch range"):
+        build_artifact(packages["cls"][0], "onnx", "fp32", BatchRange(3, 2, 2), out)
     assert sorted(p.name for p in out.iterdir()) == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["copy"], "no staging directory may be left behind"
     fresh = tmp_path / "fresh"

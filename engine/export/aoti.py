@@ -7,9 +7,10 @@ import warnings
 from pathlib import Path
 
 from ..artifacts import INPUT_NAME, BatchRange
-from ..errors import BackendError
 
-AOTI_PRECISIONS = {"cpu": ("fp32",), "cuda": ("fp32",)}
+# Reduced precision only where the kernels for it are fast (tensor cores); on CPU fp32 is the only sensible choice.
+AOTI_PRECISIONS = {"cpu": ("fp32",), "cuda": ("fp32", "fp16", "bf16")}
+DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
 MODEL_FILE = "model.pt2"
 
 
@@ -35,10 +36,7 @@ def build_aoti(package, precision: str, batch: BatchRange, directory: Path, prog
     from .graph import deployable_model
 
     target = torch_device(device)
-    allowed = AOTI_PRECISIONS[target.type]
-    if precision not in allowed:
-        raise BackendError(f"aoti packages for {target.type} are built in {allowed}, got {precision!r}")
-    model = deployable_model(package.config, package.tensors)
+    model = deployable_model(package.config, package.tensors, getattr(torch, DTYPES[precision]))
     with stage(progress, "exporting the graph (torch.export)"):
         with torch.no_grad():
             program = export_program(model, package.config, batch, target)

@@ -67,6 +67,7 @@ def build_artifact(package, backend: str, precision: str, batch: BatchRange, out
     if backend not in ARTIFACT_BACKENDS:
         raise BackendError(f"cannot build backend {backend!r}; artifacts are built for {ARTIFACT_BACKENDS}")
     batch.validate()
+    _check_precision(backend, precision, device)
     if not isinstance(package, LoadedPackage):
         with stage(progress, f"reading package {package}"):
             package = load_package(package)
@@ -89,6 +90,23 @@ def build_artifact(package, backend: str, precision: str, batch: BatchRange, out
         write_manifest(directory, manifest)
     progress(f"wrote {out} ({backend}, {precision}, batch {batch.min}..{batch.max})")
     return open_artifact(out)
+
+
+def _check_precision(backend: str, precision: str, device: str) -> None:
+    """Refuse a precision the backend cannot build before spending time on the package (TensorRT's depends on the
+    installed version and is checked when it is imported)."""
+    if backend == "onnx":
+        from ..backends.onnx import PRECISIONS
+
+        allowed = PRECISIONS
+    elif backend == "aoti":
+        from .aoti import AOTI_PRECISIONS
+
+        allowed = AOTI_PRECISIONS["cuda" if device.startswith("cuda") else "cpu"]
+    else:
+        return
+    if precision not in allowed:
+        raise BackendError(f"backend {backend!r} builds precisions {allowed} on {device!r}, got {precision!r}")
 
 
 def export_onnx_file(package, precision: str, batch: BatchRange, path: Path, progress) -> "object":
@@ -114,12 +132,9 @@ def export_onnx_file(package, precision: str, batch: BatchRange, path: Path, pro
 
 
 def _build_onnx(package, precision, batch, directory: Path, progress):
-    from ..backends.onnx import PRECISIONS
     from .onnx_export import graph_ops
     from .trt_ops import unsupported_ops
 
-    if precision not in PRECISIONS:
-        raise BackendError(f"backend 'onnx' builds precisions {PRECISIONS}, got {precision!r}")
     proto = export_onnx_file(package, precision, batch, directory / "model.onnx", progress)
     ops = graph_ops(proto)
     blocked = unsupported_ops(ops)

@@ -45,7 +45,8 @@ class ExportAdapterKernels(TorchAdapterKernels):
 
 
 def deployable_model(config, tensors: dict, dtype: torch.dtype = torch.float32) -> torch.nn.Module:
-    """The model to export, in eval mode on CPU (`PackageError` when the tensors do not fit the config)."""
+    """The model to export, in eval mode on CPU (`PackageError` when the tensors do not fit the config). `dtype` is
+    the storage and GEMM dtype; inputs and logits stay float32."""
     from ..optimize.model import OptimizedHTModel
 
     model = OptimizedHTModel(config, tensors, kernels="torch", dtype=dtype).eval()
