@@ -14,8 +14,10 @@ class ExportAdapterKernels(TorchAdapterKernels):
     """The torch provider's ops, except that the noise-weighted depthwise convs run as one static depthwise conv
     with three outputs per channel (the 3×3, 5×5 and 7×7 kernels, zero-padded to 7×7), weighted by α after it.
 
-    The torch provider's single per-sample kernel needs `groups = B·r`; ONNX's and TensorRT's `group` is a static
-    attribute, so that form cannot be exported with a dynamic batch. Both forms are `Σ_k α_k (DW_k(F) + c_k) + S`.
+    The torch provider merges the three kernels into one per-sample 7×7 kernel, applied as unfold + batched dot
+    (a grouped conv would need `groups = B·r`, which ONNX and TensorRT take only as a static attribute). Exported,
+    that is an im2col gather and a large einsum; the static depthwise form here is one Conv that TensorRT fuses.
+    Both forms are `Σ_k α_k (DW_k(F) + c_k) + S`.
     """
 
     @classmethod
@@ -50,5 +52,8 @@ def deployable_model(config, tensors: dict, dtype: torch.dtype = torch.float32) 
     from ..optimize.model import OptimizedHTModel
 
     model = OptimizedHTModel(config, tensors, kernels="torch", dtype=dtype).eval()
-    model.kernels = ExportAdapterKernels()
+    export_kernels = ExportAdapterKernels()
+    for module in model.modules():
+        if hasattr(module, "kernels"):
+            module.kernels = export_kernels
     return model
