@@ -27,7 +27,8 @@ def load(source, device: str, precision: str) -> Runner:
     if built_for != target.type:
         raise BackendError(f"{source.directory} is an aoti package compiled for {built_for!r}; it cannot run on "
                            f"{device!r} (build it with --device {target.type})")
-    compiled = torch._inductor.aoti_load_package(str(source.model_file))
+    index = target.index if target.index is not None else -1
+    compiled = torch._inductor.aoti_load_package(str(source.model_file), device_index=index)
 
     @torch.inference_mode()
     def run(batch: torch.Tensor) -> torch.Tensor:
