@@ -8,6 +8,8 @@ RELATIVE = {
     torch.float32: 1e-5,
     torch.bfloat16: 3e-2,
     torch.float16: 5e-3,
+    # int8 Q/DQ graphs: per-channel symmetric weights, per-tensor activations calibrated by min/max.
+    torch.int8: 1e-1,
 }
 # Equalities that hold exactly in exact arithmetic and differ only by FFT/float rounding.
 EXACT_REWRITE = 1e-6

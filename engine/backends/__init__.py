@@ -10,6 +10,9 @@ from ..errors import BackendError
 BACKEND_MODULES = {
     "reference": "engine.backends.reference",
     "optimized": "engine.backends.optimized",
+    "onnx": "engine.backends.onnx",
+    "aoti": "engine.backends.aoti",
+    "tensorrt": "engine.backends.tensorrt",
 }
 
 

@@ -1,0 +1,39 @@
+"""`aoti`: an AOTInductor package (`.pt2`) built by `ht-engine build --backend aoti`, run without recompiling."""
+
+from __future__ import annotations
+
+from ..artifacts import Artifact
+from ..errors import BackendError
+from .base import Runner
+
+
+def available(device: str) -> tuple[bool, str]:
+    from .torch_common import cuda_status
+
+    return cuda_status(device)
+
+
+def load(source, device: str, precision: str) -> Runner:
+    import torch
+
+    from .torch_common import torch_device
+
+    target = torch_device(device)
+    if not isinstance(source, Artifact):
+        from ..export.build import build_temporary_artifact
+
+        source = build_temporary_artifact(source, "aoti", precision, device=str(target))
+    built_for = source.manifest.get("aoti", {}).get("device_type")
+    if built_for != target.type:
+        raise BackendError(f"{source.directory} is an aoti package compiled for {built_for!r}; it cannot run on "
+                           f"{device!r} (build it with --device {target.type})")
+    index = target.index if target.index is not None else -1
+    compiled = torch._inductor.aoti_load_package(str(source.model_file), device_index=index)
+
+    @torch.inference_mode()
+    def run(batch: torch.Tensor) -> torch.Tensor:
+        return compiled(batch.to(target))
+
+    run.artifact = source
+    return Runner(run=run, uses_torch=True, device=str(target), precision=source.manifest["precision"],
+                  max_batch=source.batch.max)

@@ -1,0 +1,74 @@
+"""`onnx`: an ONNX artifact on ONNX Runtime, numpy in and out. Imports no torch.
+
+On `cuda[:N]` it uses ONNX Runtime's TensorRT and CUDA execution providers where the installed build has them.
+Given a package instead of an artifact, it builds the artifact into a temporary directory first (needs torch).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..artifacts import INPUT_NAME, Artifact
+from ..errors import BackendError
+from .base import Runner
+
+PRECISIONS = ("fp32", "fp16", "int8")
+
+
+def _device_index(device: str) -> int:
+    if device == "cuda":
+        return 0
+    try:
+        return int(device.split(":", 1)[1])
+    except (IndexError, ValueError):
+        raise BackendError(f"invalid device {device!r}; expected 'cpu' or 'cuda[:N]'") from None
+
+
+def providers_for(device: str) -> list:
+    import onnxruntime
+
+    installed = onnxruntime.get_available_providers()
+    if device == "cpu":
+        return ["CPUExecutionProvider"]
+    if not device.startswith("cuda"):
+        raise BackendError(f"device {device!r} is not supported; expected 'cpu' or 'cuda[:N]'")
+    options = {"device_id": _device_index(device)}
+    chosen = [(name, dict(options)) for name in ("TensorrtExecutionProvider", "CUDAExecutionProvider")
+              if name in installed]
+    if not chosen:
+        raise BackendError(f"onnxruntime {onnxruntime.__version__} has no CUDA execution provider "
+                           f"(it has {installed}); install onnxruntime-gpu to run ONNX artifacts on {device}")
+    return chosen + ["CPUExecutionProvider"]
+
+
+def available(device: str) -> tuple[bool, str]:
+    try:
+        providers_for(device)
+    except ImportError:
+        return False, "onnxruntime is not installed (pip install 'ht-engine[runtime]')"
+    except BackendError as exc:
+        return False, str(exc)
+    return True, ""
+
+
+def load(source, device: str, precision: str) -> Runner:
+    if not isinstance(source, Artifact):
+        from ..export.build import build_temporary_artifact
+
+        source = build_temporary_artifact(source, "onnx", precision)
+    import onnxruntime
+
+    if source.manifest["precision"] not in PRECISIONS:
+        raise BackendError(f"ONNX artifacts run in {PRECISIONS}, this one is {source.manifest['precision']!r}")
+    options = onnxruntime.SessionOptions()
+    options.log_severity_level = 3
+    session = onnxruntime.InferenceSession(str(source.model_file), options, providers=providers_for(device))
+    output_names = [output["name"] for output in source.manifest["outputs"]]
+
+    def run(batch: np.ndarray) -> np.ndarray:
+        return session.run(output_names, {INPUT_NAME: batch})[0]
+
+    # Keeps a temporary artifact directory alive as long as the runner.
+    run.artifact = source
+    return Runner(run=run, uses_torch=False, device=device, precision=source.manifest["precision"],
+                  max_batch=source.batch.max)

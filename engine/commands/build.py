@@ -1,0 +1,41 @@
+"""`ht-engine build`: a package → a deployable artifact directory (model file + manifest.json)."""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+from ..artifacts import ARTIFACT_BACKENDS, PRECISIONS
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser("build", help="build an ONNX / TensorRT / AOTInductor artifact from a package")
+    parser.add_argument("package", type=Path, help=".htpkg package")
+    parser.add_argument("--backend", required=True, choices=ARTIFACT_BACKENDS)
+    parser.add_argument("--precision", default="fp32", choices=PRECISIONS)
+    parser.add_argument("--batch", default="1,4,16", help="MIN,OPT,MAX batch sizes the artifact accepts "
+                        "(OPT: the one TensorRT tunes for; default 1,4,16)")
+    parser.add_argument("--device", default=None, help="aoti: cpu or cuda[:N] (default: cpu); tensorrt: the GPU")
+    parser.add_argument("--out", required=True, type=Path, help="output directory (replaced only on success)")
+    parser.set_defaults(handler=run)
+
+
+def run(args) -> int:
+    from ..artifacts import BatchRange
+    from ..export.build import build_artifact
+
+    start = time.perf_counter()
+
+    def progress(message: str) -> None:
+        print(f"[{time.perf_counter() - start:6.1f} s] {message}", file=sys.stderr, flush=True)
+
+    batch = BatchRange.parse(args.batch)
+    device = args.device or ("cuda" if args.backend == "tensorrt" else "cpu")
+    artifact = build_artifact(args.package, args.backend, args.precision, batch, args.out, progress=progress,
+                              device=device)
+    manifest = artifact.manifest
+    print(f"built {artifact.directory}: {manifest['backend']} {manifest['precision']}, "
+          f"batch {batch.min},{batch.opt},{batch.max}, {manifest['artifact']} "
+          f"({artifact.model_file.stat().st_size / 2**20:.1f} MiB)")
+    return 0

@@ -1,0 +1,157 @@
+"""`build_artifact`: package → artifact directory (model file + manifest), written atomically."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import tempfile
+import threading
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+from ..artifacts import (
+    ARTIFACT_BACKENDS,
+    Artifact,
+    BatchRange,
+    make_manifest,
+    open_artifact,
+    staging_directory,
+    write_manifest,
+)
+from ..errors import BackendError
+
+DEFAULT_BATCH = BatchRange(1, 4, 16)
+HEARTBEAT_S = 15.0
+
+
+def tool_versions(names) -> dict:
+    versions = {}
+    for name in names:
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return versions
+
+
+def _quiet(message: str) -> None:
+    return None
+
+
+@contextmanager
+def stage(progress, text: str):
+    """Report `text`, then every HEARTBEAT_S seconds that the stage is still running, then its duration."""
+    progress(f"{text} …")
+    start = time.perf_counter()
+    done = threading.Event()
+
+    def beat():
+        while not done.wait(HEARTBEAT_S):
+            progress(f"  still {text} ({time.perf_counter() - start:.0f} s)")
+
+    thread = threading.Thread(target=beat, name="build-heartbeat", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        done.set()
+        thread.join()
+    progress(f"  {text}: done in {time.perf_counter() - start:.1f} s")
+
+
+def build_artifact(package, backend: str, precision: str, batch: BatchRange, out: Path, progress=_quiet,
+                   device: str = "cpu") -> Artifact:
+    """Build `package` (a path or a `LoadedPackage`) for `backend` into `out`; nothing is left at `out` on failure."""
+    from ..runtime import LoadedPackage, load_package
+
+    if backend not in ARTIFACT_BACKENDS:
+        raise BackendError(f"cannot build backend {backend!r}; artifacts are built for {ARTIFACT_BACKENDS}")
+    batch.validate()
+    _check_precision(backend, precision, device)
+    if not isinstance(package, LoadedPackage):
+        with stage(progress, f"reading package {package}"):
+            package = load_package(package)
+    config = package.config
+    with staging_directory(out) as directory:
+        if backend == "onnx":
+            artifact, extra = _build_onnx(package, precision, batch, directory, progress)
+        elif backend == "aoti":
+            from .aoti import build_aoti
+
+            artifact, extra = build_aoti(package, precision, batch, directory, progress, stage, device)
+        else:
+            from .tensorrt import build_tensorrt
+
+            artifact, extra = build_tensorrt(package, precision, batch, directory, progress, stage, device)
+        tools = tool_versions(["ht-engine", "torch", "onnx", "onnxruntime", "onnxscript", "tensorrt"])
+        manifest = make_manifest(backend=backend, precision=precision, batch=batch, config=config,
+                                 package_sha256=package.sha256, artifact=artifact, directory=directory, tools=tools,
+                                 extra=extra)
+        write_manifest(directory, manifest)
+    progress(f"wrote {out} ({backend}, {precision}, batch {batch.min}..{batch.max})")
+    return open_artifact(out)
+
+
+def _check_precision(backend: str, precision: str, device: str) -> None:
+    """Refuse a precision the backend cannot build before spending time on the package (TensorRT's depends on the
+    installed version and is checked when it is imported)."""
+    if backend == "onnx":
+        from ..backends.onnx import PRECISIONS
+
+        allowed = PRECISIONS
+    elif backend == "aoti":
+        from .aoti import AOTI_PRECISIONS
+
+        allowed = AOTI_PRECISIONS["cuda" if device.startswith("cuda") else "cpu"]
+    else:
+        return
+    if precision not in allowed:
+        raise BackendError(f"backend {backend!r} builds precisions {allowed} on {device!r}, got {precision!r}")
+
+
+def export_onnx_file(package, precision: str, batch: BatchRange, path: Path, progress) -> "object":
+    """Export the package's graph to `path`; returns the loaded ONNX proto (for the op check)."""
+    import onnx
+
+    from .graph import deployable_model
+    from .onnx_export import export_onnx
+
+    path = Path(path)
+    with stage(progress, f"exporting ONNX ({'fp32' if precision == 'int8' else precision})"):
+        model = deployable_model(package.config, package.tensors)
+        export_onnx(model, package.config, path, batch, "fp32" if precision == "int8" else precision)
+    if precision == "int8":
+        from .quantize import CALIBRATION_FRAMES, quantize_int8
+
+        fp32_path = path.with_name(path.stem + ".fp32.onnx")
+        path.rename(fp32_path)
+        with stage(progress, f"quantizing to int8 Q/DQ (calibrating on {CALIBRATION_FRAMES} synthetic frames)"):
+            quantize_int8(fp32_path, path, package.config.preprocessing)
+        fp32_path.unlink()
+    return onnx.load(str(path))
+
+
+def _build_onnx(package, precision, batch, directory: Path, progress):
+    from .onnx_export import graph_ops
+    from .trt_ops import unsupported_ops
+
+    proto = export_onnx_file(package, precision, batch, directory / "model.onnx", progress)
+    ops = graph_ops(proto)
+    blocked = unsupported_ops(ops)
+    if blocked:
+        progress(f"  note: TensorRT's ONNX parser would refuse ops {', '.join(blocked)}")
+    return "model.onnx", {"onnx": {"opset": _opset(proto), "ops": sorted(ops), "tensorrt_parser_ok": not blocked}}
+
+
+def _opset(proto) -> int:
+    return max(entry.version for entry in proto.opset_import if entry.domain in ("", "ai.onnx"))
+
+
+def build_temporary_artifact(package, backend: str, precision: str, device: str = "cpu") -> Artifact:
+    """Build into a temporary directory that lives as long as the returned artifact (for `Predictor.load` of a
+    package on an artifact backend)."""
+    holder = tempfile.TemporaryDirectory(prefix=f"ht-{backend}-")
+    artifact = build_artifact(package, backend, precision, DEFAULT_BATCH, Path(holder.name) / "artifact",
+                              device=device)
+    artifact.keepalive = holder
+    return artifact

@@ -1,0 +1,366 @@
+"""ONNX artifacts: build, manifest, refusal of corrupt/mismatched artifacts, accuracy against the reference, the
+TensorRT op check, and a torch-free runtime."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from engine import Predictor
+from engine.artifacts import MANIFEST, BatchRange, open_artifact
+from engine.config import AUTHORS_PREPROCESSING
+from engine.errors import BackendError, InputError, PackageError
+from engine.export.build import build_artifact
+from engine.export.onnx_export import FP32_OPS, graph_ops
+from engine.export.trt_ops import TABLE, check_tensorrt_ops, op_table
+from engine.model import build_reference_model
+from engine.package import save_package
+from engine.synthetic import synthetic_frame
+from tests.helpers import random_images, small_config, small_tensors
+from tests.tolerances import RELATIVE, assert_relative, relative_error
+
+REPO = Path(__file__).resolve().parent.parent
+CASES = {"seg": ("biomedclip-vit-b16", "seg", "channel"), "cls": ("openai-clip-vit-b16", "cls", "channel"),
+         "spectral": ("metaclip-vit-b16", "seg", "spectral")}
+BUILDS = [("seg", "fp32"), ("seg", "fp16"), ("seg", "int8"), ("cls", "fp32"), ("spectral", "fp32"),
+          ("spectral", "fp16")]
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    return tmp_path_factory.mktemp("onnx")
+
+
+@pytest.fixture(scope="module")
+def packages(workdir):
+    made = {}
+    for name, (arch, task, filter_kind) in CASES.items():
+        size = 96 if task == "seg" else 112
+        cfg = small_config(arch, task, filter_kind, image_size=size,
+                           preprocessing=dict(AUTHORS_PREPROCESSING, size=size))
+        tensors = small_tensors(cfg, seed=3)
+        path = workdir / f"{name}.htpkg"
+        save_package(path, cfg, tensors)
+        made[name] = (path, build_reference_model(cfg, tensors))
+    return made
+
+
+@pytest.fixture(scope="module")
+def artifacts(workdir, packages):
+    return {(name, precision): build_artifact(packages[name][0], "onnx", precision, BatchRange(1, 2, 8),
+                                              workdir / f"{name}-{precision}")
+            for name, precision in BUILDS}
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+@pytest.mark.parametrize("batch", [1, 4])
+def test_fp32_matches_reference(packages, artifacts, name, batch):
+    _, reference = packages[name]
+    predictor = Predictor.load(artifacts[name, "fp32"].directory, backend="onnx")
+    x = random_images(batch, reference.cfg.image_size, seed=10 + batch)
+    with torch.no_grad():
+        expected = reference(x)
+    actual = predictor.forward(x.numpy())
+    assert isinstance(actual, np.ndarray) and actual.dtype == np.float32
+    assert_relative(torch.from_numpy(actual), expected, RELATIVE[torch.float32], f"onnx fp32 {name} batch {batch}")
+    # torch tensors in give torch tensors out
+    assert_relative(predictor.forward(x), expected, RELATIVE[torch.float32], f"onnx fp32 {name} torch in")
+
+
+@pytest.mark.parametrize("name", ["seg", "spectral"])
+@pytest.mark.parametrize("batch", [1, 4])
+def test_fp16_error_is_bounded(packages, artifacts, name, batch):
+    _, reference = packages[name]
+    predictor = Predictor.load(artifacts[name, "fp16"].directory, backend="onnx", precision="fp16")
+    x = random_images(batch, reference.cfg.image_size, seed=20 + batch)
+    with torch.no_grad():
+        expected = reference(x)
+    actual = torch.from_numpy(predictor.forward(x.numpy()))
+    assert_relative(actual, expected, RELATIVE[torch.float16], f"onnx fp16 {name} batch {batch}")
+    # fp16 really is fp16: it does not reproduce the fp32 result bit for bit
+    assert relative_error(actual, expected) > RELATIVE[torch.float64]
+
+
+@pytest.mark.parametrize("batch", [1, 4])
+def test_int8_error_is_bounded(packages, artifacts, batch):
+    _, reference = packages["seg"]
+    predictor = Predictor.load(artifacts["seg", "int8"].directory, precision="int8")
+    # int8 activation ranges are calibrated on ultrasound-like frames: test on unseen frames of that kind
+    # (uniform noise images would sit outside the calibrated ranges, as they would outside any real scan).
+    frames = [synthetic_frame(150 + 17 * i, 200 + 23 * i, seed=1000 + batch * 10 + i)[0] for i in range(batch)]
+    x = torch.from_numpy(predictor.preprocess(frames))
+    with torch.no_grad():
+        expected = reference(x)
+    actual = torch.from_numpy(predictor.forward(x.numpy()))
+    assert_relative(actual, expected, RELATIVE[torch.int8], f"onnx int8 batch {batch}")
+    assert relative_error(actual, expected) > RELATIVE[torch.float16], "an int8 graph cannot be this exact"
+
+
+def test_int8_graph_is_explicitly_quantized_with_zero_points_zero(artifacts):
+    proto = onnx.load(str(artifacts["seg", "int8"].model_file))
+    ops = [node.op_type for node in proto.graph.node]
+    assert ops.count("QuantizeLinear") > 0 and ops.count("DequantizeLinear") > 0
+    zero_points = [init for init in proto.graph.initializer if "zero_point" in init.name]
+    assert zero_points and not any(onnx.numpy_helper.to_array(z).any() for z in zero_points)
+    quantized_types = {z.data_type for z in zero_points}
+    assert quantized_types == {onnx.TensorProto.INT8}
+
+
+def test_fp16_keeps_layernorm_and_softmax_in_fp32(artifacts):
+    proto = onnx.load(str(artifacts["seg", "fp16"].model_file))
+    proto = onnx.shape_inference.infer_shapes(proto)
+    types = {value.name: value.type.tensor_type.elem_type for value in
+             list(proto.graph.value_info) + list(proto.graph.input) + list(proto.graph.output)}
+    types.update({init.name: init.data_type for init in proto.graph.initializer})
+    kept = [node for node in proto.graph.node if node.op_type in FP32_OPS]
+    assert {node.op_type for node in kept} == set(FP32_OPS)
+    for node in kept:
+        for name in list(node.input) + list(node.output):
+            if name in types:
+                assert types[name] == onnx.TensorProto.FLOAT, f"{node.op_type} {node.name}: {name} is not float32"
+    matmul_weights = [init for init in proto.graph.initializer if init.data_type == onnx.TensorProto.FLOAT16]
+    assert matmul_weights, "an fp16 graph must carry fp16 weights"
+    assert proto.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+    assert proto.graph.output[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+
+
+def test_manifest_records_the_build(packages, artifacts):
+    artifact = artifacts["seg", "fp32"]
+    manifest = artifact.manifest
+    cfg = packages["seg"][1].cfg
+    assert manifest["backend"] == "onnx" and manifest["precision"] == "fp32"
+    assert manifest["batch"] == {"min": 1, "opt": 2, "max": 8}
+    assert manifest["inputs"] == [{"name": "images", "dtype": "float32", "shape": [-1, 3, 96, 96]}]
+    assert manifest["outputs"][0]["shape"] == [-1, cfg.num_classes, 96, 96]
+    assert manifest["preprocessing"] == cfg.preprocessing
+    assert manifest["model"]["classes"] == cfg.classes
+    assert manifest["onnx"]["opset"] >= 17
+    assert {"torch", "onnx", "onnxruntime", "ht-engine"} <= set(manifest["tools"])
+    proto = onnx.load(str(artifact.model_file))
+    batch_dim = proto.graph.input[0].type.tensor_type.shape.dim[0]
+    assert batch_dim.dim_param and not batch_dim.dim_value, "batch dimension must be dynamic"
+
+
+def test_batch_range_is_enforced(artifacts):
+    predictor = Predictor.load(artifacts["cls", "fp32"].directory)
+    assert predictor.backend == "onnx"
+    with pytest.raises(InputError, match="maximum batch 8"):
+        predictor.forward(np.random.default_rng(0).random((9, 3, 112, 112), dtype=np.float32))
+
+
+def test_predict_runs_raw_frames(artifacts):
+    predictor = Predictor.load(artifacts["seg", "fp32"].directory)
+    frames = [np.random.default_rng(i).integers(0, 256, (70 + i, 53), dtype=np.uint8) for i in range(3)]
+    results = predictor.predict(frames, batch_size=2)
+    assert [r.mask.shape for r in results] == [(70, 53), (71, 53), (72, 53)]
+
+
+def test_package_on_the_onnx_backend_builds_on_the_fly(packages):
+    path, reference = packages["cls"]
+    predictor = Predictor.load(path, backend="onnx")
+    assert predictor.backend == "onnx" and predictor.sha256 == open_artifact(
+        predictor.runner.run.artifact.directory).manifest["package_sha256"]
+    x = random_images(2, reference.cfg.image_size, seed=70)
+    with torch.no_grad():
+        expected = reference(x)
+    assert_relative(torch.from_numpy(predictor.forward(x.numpy())), expected, RELATIVE[torch.float32], "on the fly")
+
+
+def _copy(artifact, tmp_path) -> Path:
+    target = tmp_path / "copy"
+    shutil.copytree(artifact.directory, target)
+    return target
+
+
+def test_refuses_missing_manifest(artifacts, tmp_path):
+    target = _copy(artifacts["cls", "fp32"], tmp_path)
+    (target / MANIFEST).unlink()
+    with pytest.raises(PackageError, match="without manifest.json"):
+        Predictor.load(target, backend="onnx")
+
+
+def test_refuses_altered_model_file(artifacts, tmp_path):
+    target = _copy(artifacts["cls", "fp32"], tmp_path)
+    data = bytearray((target / "model.onnx").read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    (target / "model.onnx").write_bytes(bytes(data))
+    with pytest.raises(PackageError, match="altered or corrupt"):
+        Predictor.load(target, backend="onnx")
+
+
+def test_refuses_missing_model_file(artifacts, tmp_path):
+    target = _copy(artifacts["cls", "fp32"], tmp_path)
+    (target / "model.onnx").unlink()
+    with pytest.raises(PackageError, match="model.onnx is listed"):
+        Predictor.load(target)
+
+
+def test_refuses_wrong_backend_and_precision(artifacts):
+    directory = artifacts["cls", "fp32"].directory
+    with pytest.raises(PackageError, match="is a 'onnx' artifact; it cannot run on backend 'aoti'"):
+        Predictor.load(directory, backend="aoti")
+    with pytest.raises(PackageError, match="built for precision 'fp32', not 'fp16'"):
+        Predictor.load(directory, backend="onnx", precision="fp16")
+
+
+@pytest.mark.parametrize("field,value,message", [
+    ("format_version", 99, "format version 99"),
+    ("backend", "openvino", "names backend 'openvino'"),
+    ("format", "something", "format 'something'"),
+    ("batch", {"min": 4, "opt": 2, "max": 8}, "invalid batch range"),
+])
+def test_refuses_edited_manifest(artifacts, tmp_path, field, value, message):
+    target = _copy(artifacts["cls", "fp32"], tmp_path)
+    manifest = json.loads((target / MANIFEST).read_text())
+    manifest[field] = value
+    (target / MANIFEST).write_text(json.dumps(manifest))
+    with pytest.raises(PackageError, match=message):
+        open_artifact(target)
+
+
+def test_refuses_garbled_manifest(artifacts, tmp_path):
+    target = _copy(artifacts["cls", "fp32"], tmp_path)
+    (target / MANIFEST).write_text("{not json")
+    with pytest.raises(PackageError, match="not valid JSON"):
+        open_artifact(target)
+
+
+def test_failed_build_leaves_nothing_and_keeps_the_previous_artifact(packages, artifacts, tmp_path):
+    out = _copy(artifacts["cls", "fp32"], tmp_path)
+    before = sorted(p.name for p in out.iterdir())
+    with pytest.raises(BackendError, match="precisions"):
+        build_artifact(packages["cls"][0], "onnx", "bf16", BatchRange(1, 1, 2), out)
+    with pytest.raises(BackendError, match="batch range"):
+        build_artifact(packages["cls"][0], "onnx", "fp32", BatchRange(3, 2, 2), out)
+    assert sorted(p.name for p in out.iterdir()) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["copy"], "no staging directory may be left behind"
+    fresh = tmp_path / "fresh"
+    with pytest.raises(PackageError):
+        build_artifact(tmp_path / "missing.htpkg", "onnx", "fp32", BatchRange(1, 1, 2), fresh)
+    assert not fresh.exists()
+
+
+@pytest.mark.parametrize("text,expected", [("1,4,16", BatchRange(1, 4, 16)), ("3", BatchRange(3, 3, 3))])
+def test_batch_range_parse(text, expected):
+    assert BatchRange.parse(text) == expected
+
+
+@pytest.mark.parametrize("text", ["0,1,2", "4,2,8", "1,2", "a,b,c", "1,2,3,4"])
+def test_batch_range_parse_rejects(text):
+    with pytest.raises(BackendError, match="batch"):
+        BatchRange.parse(text)
+
+
+def test_op_table_keeps_its_source_and_facts():
+    table = op_table()
+    assert "onnx-tensorrt" in table.source and "11.1" in TABLE.name
+    assert {"LayerNormalization", "MatMul", "Conv", "Softmax", "Resize"} <= table.supported
+    assert "DFT" in table.unsupported
+
+
+@pytest.mark.parametrize("build", BUILDS, ids="-".join)
+def test_exported_graphs_pass_the_tensorrt_op_check(artifacts, build):
+    artifact = artifacts[build]
+    proto = onnx.load(str(artifact.model_file))
+    check_tensorrt_ops(proto, str(artifact.model_file))
+    assert not {"DFT", "STFT"} & graph_ops(proto), "the deployable graph must do its spectral filter as matmuls"
+    assert artifact.manifest["onnx"]["tensorrt_parser_ok"] is True
+
+
+def test_op_check_names_an_unsupported_op():
+    x = onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 8, 2])
+    y = onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 8, 2])
+    nodes = [onnx.helper.make_node("Relu", ["x"], ["r"]), onnx.helper.make_node("DFT", ["r"], ["y"])]
+    graph = onnx.helper.make_graph(nodes, "g", [x], [y])
+    proto = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 18)])
+    assert graph_ops(proto) == {"Relu", "DFT"}
+    with pytest.raises(BackendError, match="DFT") as info:
+        check_tensorrt_ops(proto, "test graph")
+    assert "Relu" not in str(info.value)
+    custom = onnx.helper.make_model(onnx.helper.make_graph(
+        [onnx.helper.make_node("Fancy", ["x"], ["y"], domain="com.example")], "g", [x], [y]),
+        opset_imports=[onnx.helper.make_opsetid("", 18), onnx.helper.make_opsetid("com.example", 1)])
+    with pytest.raises(BackendError, match="com.example::Fancy"):
+        check_tensorrt_ops(custom)
+
+
+def test_no_torch_in_the_onnx_runtime_path(artifacts, tmp_path):
+    """A fresh interpreter where importing torch fails loads and runs an ONNX artifact, numpy in and out."""
+    directory = artifacts["seg", "fp32"].directory
+    script = f"""
+import sys
+
+class BlockTorch:
+    def find_spec(self, name, path=None, target=None):
+        if name == "torch" or name.startswith("torch."):
+            raise ImportError("torch is blocked in this test")
+        return None
+
+sys.meta_path.insert(0, BlockTorch())
+import numpy as np
+from engine import Predictor, available_backends
+assert "onnx" in available_backends("cpu")
+predictor = Predictor.load({str(directory)!r})
+x = np.random.default_rng(0).random((2, 3, 96, 96), dtype=np.float32)
+logits = predictor.forward(x)
+assert isinstance(logits, np.ndarray) and logits.shape == (2, 3, 96, 96), logits.shape
+frame = np.random.default_rng(1).integers(0, 256, (61, 77), dtype=np.uint8)
+assert predictor.predict(frame)[0].mask.shape == (61, 77)
+assert not any(m == "torch" or m.startswith("torch.") for m in sys.modules)
+print("ok")
+"""
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300,
+                          cwd=tmp_path)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-3000:]
+
+
+def test_cli_build_and_export_triton(packages, tmp_path, capsys):
+    from google.protobuf import text_format
+
+    model_config_pb2 = pytest.importorskip("tritonclient.grpc.model_config_pb2",
+                                           reason="tritonclient[grpc] (Triton's model-config protobuf) not installed")
+    from engine.cli import main
+
+    out = tmp_path / "artifact"
+    assert main(["build", str(packages["cls"][0]), "--backend", "onnx", "--batch", "1,3,6", "--out", str(out)]) == 0
+    captured = capsys.readouterr()
+    assert "exporting ONNX (fp32)" in captured.err and "done in" in captured.err
+    assert "built" in captured.out
+    repo = tmp_path / "repo"
+    assert main(["export-triton", str(out), "--out", str(repo), "--name", "ht_cls", "--instances", "2"]) == 0
+    model_dir = repo / "ht_cls"
+    assert (model_dir / "1" / "model.onnx").read_bytes() == (out / "model.onnx").read_bytes()
+    config = text_format.Parse((model_dir / "config.pbtxt").read_text(), model_config_pb2.ModelConfig())
+    assert config.name == "ht_cls" and config.platform == "onnxruntime_onnx"
+    assert config.max_batch_size == 6
+    assert [(t.name, list(t.dims), t.data_type) for t in config.input] == [
+        ("images", [3, 112, 112], model_config_pb2.TYPE_FP32)]
+    assert [(t.name, list(t.dims)) for t in config.output] == [("logits", [3])]
+    assert list(config.dynamic_batching.preferred_batch_size) == [3, 6]
+    assert config.instance_group[0].count == 2
+    assert config.instance_group[0].kind == model_config_pb2.ModelInstanceGroup.KIND_GPU
+
+
+def test_export_triton_refuses_what_triton_cannot_serve(artifacts, tmp_path):
+    from engine.export.triton import config_pbtxt, export_triton
+
+    manifest = dict(artifacts["cls", "fp32"].manifest)
+    with pytest.raises(BackendError, match="not 'aoti'"):
+        config_pbtxt(dict(manifest, backend="aoti"), "m")
+    with pytest.raises(BackendError, match="rebuild with --batch 1,2,8"):
+        config_pbtxt(dict(manifest, batch={"min": 2, "opt": 2, "max": 8}), "m")
+    with pytest.raises(BackendError, match="GPU only"):
+        config_pbtxt(dict(manifest, backend="tensorrt"), "m", kind="cpu")
+    with pytest.raises(PackageError, match="without manifest.json"):
+        export_triton(tmp_path, tmp_path / "repo")
+    assert not (tmp_path / "repo").exists()
