@@ -242,7 +242,7 @@ def write_dicom(path, frames: np.ndarray, fps: float = 30.0, photometric: str = 
     YBR_FULL_422 subsamples chroma horizontally (width must be even); gray content survives it exactly.
     """
     from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import (ExplicitVRLittleEndian, RLELossless, UltrasoundMultiFrameImageStorage, generate_uid)
+    from pydicom.uid import ExplicitVRLittleEndian, RLELossless, UltrasoundMultiFrameImageStorage, generate_uid
 
     from .package import atomic_write
 
