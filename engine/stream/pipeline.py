@@ -194,6 +194,12 @@ class StreamPipeline:
         self._cancelled = False
         self._used = False
         self._staging = None
+        # Just-in-time preprocessing under `latest` (see `_wait_for_demand`): smoothed stage times and the
+        # inference cycle in progress.
+        self._infer_cycle = 0
+        self._infer_started: float | None = None
+        self._infer_ema: float | None = None
+        self._preprocess_ema: float | None = None
 
     # -- control -------------------------------------------------------------------------------------------------
     def stop(self) -> None:
@@ -236,10 +242,34 @@ class StreamPipeline:
             except Exception:  # closing must not hide the stream's own outcome
                 pass
 
+    def _wait_for_demand(self, refreshed_cycle: int) -> int:
+        """`latest` only: don't preprocess frames that would wait. While a preprocessed frame waits for the busy
+        inference stage, refresh it once, timed to finish when inference is expected to become free, then wait
+        until inference takes it. On a CPU this keeps preprocessing from stealing cores from inference, and the
+        frame inferred next is at most about one preprocessing time old. Returns the cycle refreshed."""
+        channel = self._to_infer
+        with channel.cond:
+            while channel.items and not channel.closed and not channel.aborted:
+                cycle = self._infer_cycle
+                if refreshed_cycle == cycle or self._infer_started is None or self._infer_ema is None:
+                    channel.cond.wait(0.05)
+                    continue
+                # Aim a little early: waking a thread takes time and inference times vary.
+                lead = 1.5 * (self._preprocess_ema or 0.0) + 0.1 * self._infer_ema + 0.002
+                wake = self._infer_started + self._infer_ema - lead
+                remaining = wake - time.monotonic()
+                if remaining <= 0:
+                    return cycle
+                channel.cond.wait(min(remaining, 0.05))
+        return refreshed_cycle
+
     def _preprocess_stage(self) -> None:
         item = None
+        refreshed_cycle = -1
         try:
             while True:
+                if self.policy == "latest":
+                    refreshed_cycle = self._wait_for_demand(refreshed_cycle)
                 taken = self._to_preprocess.get(1)
                 if taken is None:
                     break
@@ -251,6 +281,8 @@ class StreamPipeline:
                 else:
                     item.batch = batch
                 item.stamps["preprocess_end"] = time.monotonic()
+                self._preprocess_ema = _ema(self._preprocess_ema,
+                                            item.stamps["preprocess_end"] - item.stamps["preprocess_start"])
                 if not self._to_infer.put(item):
                     break
         except Exception as exc:
@@ -277,6 +309,9 @@ class StreamPipeline:
                 if items is None:
                     break
                 start = time.monotonic()
+                with self._to_infer.cond:
+                    self._infer_cycle += 1
+                    self._infer_started = start
                 for item in items:
                     item.stamps["infer_start"] = start
                 if self._staging is not None:
@@ -285,6 +320,7 @@ class StreamPipeline:
                     batch = items[0].batch if len(items) == 1 else np.concatenate([i.batch for i in items])
                     logits = _to_numpy(self.predictor.forward(batch))
                 end = time.monotonic()
+                self._infer_ema = _ema(self._infer_ema, end - start)
                 self.metrics.batch(len(items))
                 for item in items:
                     item.stamps["infer_end"] = end
@@ -447,6 +483,10 @@ def _stage_error(stage: str, exc: BaseException, frames: list) -> StreamError:
                         frame=frames[0] if frames else None)
     error.__cause__ = exc
     return error
+
+
+def _ema(previous: float | None, value: float, weight: float = 0.3) -> float:
+    return value if previous is None else (1 - weight) * previous + weight * value
 
 
 def _to_numpy(logits) -> np.ndarray:
