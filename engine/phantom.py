@@ -175,15 +175,11 @@ def phantom_cine(frames: int = 60, height: int = 480, width: int = 640, fps: flo
     return PhantomCine(images, masks, generator.sector.copy(), float(fps))
 
 
-def _even(n: int) -> int:
-    return n + (n % 2)
-
-
 def write_video(path, frames: np.ndarray, fps: float = 30.0, lossless: bool = False, crf: int = 18) -> None:
     """uint8 `[T,H,W]` (gray) or `[T,H,W,3]` (RGB) → a video file chosen by extension.
 
     `.mp4`: H.264 (full-range YUV so gray levels survive; `lossless` → crf 0, exact for gray frames);
-    `.mkv`/`.avi`: FFV1, lossless. Odd sizes are padded by one edge row/column (4:2:0 needs even sizes).
+    `.mkv`/`.avi`: FFV1, lossless.
     """
     import av
 
@@ -205,17 +201,15 @@ def write_video(path, frames: np.ndarray, fps: float = 30.0, lossless: bool = Fa
         try:
             if suffix == ".mp4":
                 stream = container.add_stream("libx264", rate=_frame_rate(fps))
-                stream.pix_fmt = "yuvj420p"
+                # Full-range YUV keeps all 256 gray levels; 4:2:0 needs even sizes, odd ones use 4:4:4.
+                stream.pix_fmt = "yuvj420p" if not (height % 2 or width % 2) else "yuvj444p"
                 stream.options = {"crf": "0" if lossless else str(crf), "preset": "veryfast"}
-                stream.width, stream.height = _even(width), _even(height)
+                stream.width, stream.height = width, height
             else:
                 stream = container.add_stream("ffv1", rate=_frame_rate(fps))
                 stream.pix_fmt = "gray" if gray else "bgr0"
                 stream.width, stream.height = width, height
             for frame in frames:
-                if suffix == ".mp4" and (height % 2 or width % 2):
-                    pad = ((0, height % 2), (0, width % 2)) + (((0, 0),) if not gray else ())
-                    frame = np.pad(frame, pad, mode="edge")
                 image = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="gray" if gray else "rgb24")
                 for packet in stream.encode(image):
                     container.mux(packet)

@@ -187,7 +187,8 @@ class FolderSource(Source):
 class VideoSource(Source):
     """A video file decoded with PyAV (FFmpeg): MP4, AVI, MKV, MOV, WebM…; timestamps from presentation times.
 
-    Gray-only streams (gray pixel formats, full-range YUV written from gray) decode to HxW; others to RGB.
+    Gray pixel formats decode to HxW, others to RGB (`gray=True` forces the luma plane, e.g. for gray cines
+    stored as YUV; the model converts RGB to gray anyway).
     A file that ends before the frame count its container declares is reported as truncated.
     """
 
@@ -215,7 +216,11 @@ class VideoSource(Source):
             stream = container.streams.video[0]
             stream.thread_type = "AUTO"
             gray = self.gray if self.gray is not None else stream.codec_context.pix_fmt in ("gray", "gray8")
-            declared = stream.frames
+            declared, slack = stream.frames, 0
+            if not declared and container.duration and stream.average_rate:
+                # Containers without a frame count (MKV) still record their duration in the header.
+                declared = int(round(container.duration / 1e6 * float(stream.average_rate)))
+                slack = max(2, declared // 50)
             pixel_format = "gray" if gray else "rgb24"
             decoded = container.decode(stream)
             while True:
@@ -229,7 +234,7 @@ class VideoSource(Source):
                                                                                            DEFAULT_FPS)
                 yield Frame(index, timestamp, self._checked(frame.to_ndarray(format=pixel_format), index))
                 index += 1
-            if declared and index < declared:
+            if declared and index < declared - slack:
                 raise self._error(index, f"the video ended after {index} of the {declared} frames its container "
                                   f"declares (truncated file?)")
             if index == 0:
@@ -328,10 +333,20 @@ class DicomSource(Source):
             pixels = 255 - pixels  # MONOCHROME1: 0 is white
         return pixels
 
-    def _frames(self):
-        from pydicom.pixels import iter_pixels
+    def _pixel_frames(self):
+        from pydicom.pixels import iter_pixels, pixel_array
 
-        pixels_iter = iter_pixels(self.path, as_rgb=True)
+        syntax = str(self.dataset.file_meta.get("TransferSyntaxUID", ""))
+        if self.photometric == "YBR_FULL_422" and syntax in ("1.2.840.10008.1.2", "1.2.840.10008.1.2.1"):
+            # pydicom 3.0's frame iterator misplaces uncompressed 4:2:2 frames after the first few; indexed
+            # reads locate each frame correctly.
+            for index in range(self.frame_count):
+                yield pixel_array(self.path, index=index, as_rgb=True)
+        else:
+            yield from iter_pixels(self.path, as_rgb=True)
+
+    def _frames(self):
+        pixels_iter = self._pixel_frames()
         index = 0
         while True:
             try:
