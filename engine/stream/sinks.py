@@ -165,7 +165,10 @@ class OverlayVideoSink(Sink):
         if mp4:
             self.stream.options = {"crf": str(self.crf), "preset": "veryfast"}
         self.stream.width, self.stream.height = width + width % 2, height + height % 2
-        self.stream.time_base = Fraction(1, 1000)  # millisecond presentation times: variable frame rate
+        # Millisecond presentation times (variable frame rate): frames keep their source timing.
+        self.time_base = Fraction(1, 1000)
+        self.stream.time_base = self.time_base
+        self.stream.codec_context.time_base = self.time_base
         self.size = (height, width)
 
     def write(self, item) -> None:
@@ -184,6 +187,7 @@ class OverlayVideoSink(Sink):
         frame = av.VideoFrame.from_ndarray(rgb, format="rgb24")
         pts = int(round(1000 * (item.frame.timestamp - self.first_timestamp)))
         frame.pts = max(pts, self.last_pts + 1)  # presentation times must increase
+        frame.time_base = self.time_base
         self.last_pts = frame.pts
         for packet in self.stream.encode(frame):
             self.container.mux(packet)
