@@ -270,7 +270,7 @@ def write_dicom(path, frames: np.ndarray, fps: float = 30.0, photometric: str = 
     ds.ImageType = ["DERIVED", "SECONDARY"]
     ds.Manufacturer = "HT engine phantom generator"
     ds.NumberOfFrames = count
-    ds.FrameTime = f"{1000.0 / fps:.6g}"  # ms between frames
+    ds.FrameTime = f"{1000.0 / fps:.10g}"  # ms between frames
     ds.FrameIncrementPointer = 0x00181063  # frames advance by FrameTime
     ds.CineRate = max(1, round(fps))
     ds.RecommendedDisplayFrameRate = max(1, round(fps))

@@ -399,3 +399,23 @@ def test_latency_stats_reservoir_stays_fixed_size():
     assert stats.samples.shape == (100,) and stats.count == 5000
     assert stats.maximum == values.max()
     assert abs(stats.percentile(50) - 0.5) < 0.15
+
+
+@pytest.mark.requires_cuda
+def test_cuda_pinned_async_staging_equals_predict(tmp_path):
+    import torch
+
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA GPU visible: the pinned-memory/async-copy path runs only on a GPU")
+    cfg = small_config(ARCH, task="seg", num_classes=3, image_size=64, layers=2, extract_layers=[0, 1],
+                       adapter_layers=[0, 1], preprocessing={**AUTHORS_PREPROCESSING, "size": 64})
+    path = tmp_path / "gpu.htpkg"
+    save_package(path, cfg, small_tensors(cfg, seed=0))
+    predictor = Predictor.load(path, device="cuda")
+    cine = phantom_cine(6, 45, 70, seed=2)
+    expected = predictor.predict(list(cine.frames), batch_size=1)
+    sink = CollectSink()
+    pipeline = StreamPipeline(predictor, policy="all", max_batch=1, sinks=[sink])
+    pipeline.run(cine.frames)
+    assert pipeline._staging is not None
+    assert_results_equal(sink.results, expected)
