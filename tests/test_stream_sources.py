@@ -241,3 +241,38 @@ def test_missing_paths_and_unknown_inputs(tmp_path):
         open_source(42)
     with pytest.raises(SourceError, match=r"\[T,H,W\]"):
         open_source(np.zeros((4, 4), np.uint8))
+
+
+@pytest.mark.parametrize("colour", [False, True])
+def test_dicom_jpeg_baseline_within_codec_error(tmp_path, cine, colour):
+    """Scanners often export JPEG Baseline cines (colour as YBR_FULL_422); decoded here by pydicom's Pillow plugin."""
+    import io
+
+    import pydicom
+    from PIL import Image
+    from pydicom.encaps import encapsulate
+    from pydicom.uid import JPEGBaseline8Bit
+
+    if not dicom_support()[JPEGBaseline8Bit][1]:
+        pytest.skip("no JPEG Baseline decoder installed for pydicom")
+    frames = np.repeat(cine.frames[..., None], 3, axis=3) if colour else cine.frames
+    path = tmp_path / "plain.dcm"
+    write_dicom(path, frames, fps=FPS, photometric="RGB" if colour else "MONOCHROME2")
+    ds = pydicom.dcmread(path)
+    encoded = []
+    for frame in frames:
+        buffer = io.BytesIO()
+        Image.fromarray(frame).save(buffer, format="JPEG", quality=95, subsampling=1 if colour else 0)
+        encoded.append(buffer.getvalue())
+    ds.PixelData = encapsulate(encoded)
+    ds["PixelData"].VR = "OB"
+    ds.file_meta.TransferSyntaxUID = JPEGBaseline8Bit
+    if colour:
+        ds.PhotometricInterpretation = "YBR_FULL_422"
+    ds.save_as(path, enforce_file_format=True)
+    _, stamps, pixels = read_all(open_source(path))
+    decoded = np.stack(pixels).astype(np.float64)
+    assert decoded.shape == frames.shape
+    psnr = 10 * np.log10(255.0 ** 2 / np.mean((decoded - frames) ** 2))
+    assert 30.0 < psnr < 99.0, f"JPEG quality 95 should be lossy but close: PSNR {psnr:.1f} dB"
+    np.testing.assert_allclose(stamps, np.arange(len(frames)) / FPS, atol=1e-6)

@@ -243,13 +243,13 @@ class StreamPipeline:
                 pass
 
     def _wait_for_demand(self, refreshed_cycle: int) -> int:
-        """`latest` only: don't preprocess frames that would wait. While a preprocessed frame waits for the busy
-        inference stage, refresh it once, timed to finish when inference is expected to become free, then wait
-        until inference takes it. On a CPU this keeps preprocessing from stealing cores from inference, and the
+        """`latest` only: don't preprocess frames that would wait. While the inference channel is full (max_batch
+        preprocessed frames wait for the busy inference stage), refresh its oldest frame once, timed to finish
+        when inference is expected to become free, then wait until inference takes them. On a CPU this keeps preprocessing from stealing cores from inference, and the
         frame inferred next is at most about one preprocessing time old. Returns the cycle refreshed."""
         channel = self._to_infer
         with channel.cond:
-            while channel.items and not channel.closed and not channel.aborted:
+            while len(channel.items) >= channel.capacity and not channel.closed and not channel.aborted:
                 cycle = self._infer_cycle
                 if refreshed_cycle == cycle or self._infer_started is None or self._infer_ema is None:
                     channel.cond.wait(0.05)
