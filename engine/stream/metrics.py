@@ -71,6 +71,10 @@ class StreamMetrics:
         with self._lock:
             self.dropped[where] += count
 
+    def cancel(self, count: int) -> None:
+        with self._lock:
+            self.cancelled += count
+
     def batch(self, size: int) -> None:
         with self._lock:
             self.batch_sizes[size] = self.batch_sizes.get(size, 0) + 1

@@ -209,7 +209,7 @@ class StreamPipeline:
         for channel in (getattr(self, "_to_preprocess", None), getattr(self, "_to_infer", None)):
             if channel is not None:
                 channel.abort()
-                self.metrics.cancelled += len(channel.discard())
+                self.metrics.cancel(len(channel.discard()))
 
     def _fail(self, error: BaseException, upstream: list) -> None:
         with self._error_lock:

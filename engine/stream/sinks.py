@@ -163,7 +163,8 @@ class OverlayVideoSink(Sink):
         self.stream = self.container.add_stream("libx264" if mp4 else "ffv1", rate=30)
         self.stream.pix_fmt = "yuv420p" if mp4 else "bgr0"
         if mp4:
-            self.stream.options = {"crf": str(self.crf), "preset": "veryfast"}
+            # One encoder thread: the encoder shares the CPU with inference; frames come one at a time anyway.
+            self.stream.options = {"crf": str(self.crf), "preset": "veryfast", "threads": "1"}
         self.stream.width, self.stream.height = width + width % 2, height + height % 2
         # Millisecond presentation times (variable frame rate): frames keep their source timing.
         self.time_base = Fraction(1, 1000)
