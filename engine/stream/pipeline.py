@@ -165,7 +165,8 @@ class StreamPipeline:
     budget_ms: under `latest`, frames older than this when a batch forms are dropped (the newest never is).
     sinks: objects with `open(info)`, `write(StreamResult)`, `close()` (see `engine.stream.sinks`).
     on_progress: called about every `progress_interval_s` with `StreamMetrics.snapshot()` (for live consoles).
-    join_timeout_s: how long to wait for each stage to stop before reporting it as hung.
+    join_timeout_s: once stopping, how long the stages may go without progress (no frame delivered, no stage
+        finished) before they are reported as hung.
     """
 
     def __init__(self, predictor, policy: str = "latest", max_batch: int = 1, batch_wait_ms: float = 2.0,
@@ -233,8 +234,9 @@ class StreamPipeline:
         except HTError as exc:
             self._fail(exc, [])
         except Exception as exc:
-            self._fail(StreamError(f"{source.name}: the source failed: {type(exc).__name__}: {exc}",
-                                   source=source.name), [])
+            index = self.metrics.frames_in
+            self._fail(StreamError(f"{source.name}, frame {index}: the source failed: {type(exc).__name__}: {exc}",
+                                   source=source.name, frame=index), [])
         finally:
             self._to_preprocess.close()
             try:
@@ -245,8 +247,9 @@ class StreamPipeline:
     def _wait_for_demand(self, refreshed_cycle: int) -> int:
         """`latest` only: don't preprocess frames that would wait. While the inference channel is full (max_batch
         preprocessed frames wait for the busy inference stage), refresh its oldest frame once, timed to finish
-        when inference is expected to become free, then wait until inference takes them. On a CPU this keeps preprocessing from stealing cores from inference, and the
-        frame inferred next is at most about one preprocessing time old. Returns the cycle refreshed."""
+        when inference is expected to become free, then wait until inference takes them. On a CPU this keeps
+        preprocessing from stealing cores from inference, and the frame inferred next is about one preprocessing
+        time old. Returns the cycle refreshed."""
         channel = self._to_infer
         with channel.cond:
             while len(channel.items) >= channel.capacity and not channel.closed and not channel.aborted:
