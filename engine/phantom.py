@@ -266,6 +266,13 @@ def write_dicom(path, frames: np.ndarray, fps: float = 30.0, photometric: str = 
     ds.Modality = "US"
     ds.PatientName = "PHANTOM^SYNTHETIC"
     ds.PatientID = "PHANTOM"
+    # Type 2 attributes of the Patient/Study/Series/Instance modules: present, empty when unknown.
+    ds.PatientBirthDate, ds.PatientSex = "", ""
+    ds.StudyDate, ds.StudyTime, ds.StudyID = "", "", ""
+    ds.AccessionNumber, ds.ReferringPhysicianName = "", ""
+    ds.SeriesNumber, ds.InstanceNumber = 1, 1
+    ds.PatientOrientation = ""
+    ds.LossyImageCompression = "00"
     ds.StudyDescription = "HT engine synthetic phantom cine"
     ds.ImageType = ["DERIVED", "SECONDARY"]
     ds.Manufacturer = "HT engine phantom generator"
