@@ -276,3 +276,13 @@ def test_dicom_jpeg_baseline_within_codec_error(tmp_path, cine, colour):
     psnr = 10 * np.log10(255.0 ** 2 / np.mean((decoded - frames) ** 2))
     assert 30.0 < psnr < 99.0, f"JPEG quality 95 should be lossy but close: PSNR {psnr:.1f} dB"
     np.testing.assert_allclose(stamps, np.arange(len(frames)) / FPS, atol=1e-6)
+
+
+def test_stream_modules_import_no_torch():
+    """Streaming must work with the torch-free runtimes (ONNX/TensorRT artifacts)."""
+    import subprocess
+    import sys
+
+    code = "import sys, engine.stream, engine.phantom; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120)
+    assert out.stdout.strip() == "False"

@@ -12,7 +12,6 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import InputError
-from ..images import colorize_mask
 
 
 class Sink:
@@ -106,6 +105,8 @@ class PngMaskSink(Sink):
 
 def draw_overlay(pixels: np.ndarray, result, alpha: float = 0.35) -> np.ndarray:
     """RGB uint8 frame with the mask tinted in its class colours and outlined (seg), or a probability bar (cls)."""
+    from ..images import colorize_mask  # lazily: engine.images pulls in the package module (torch)
+
     rgb = np.repeat(pixels[..., None], 3, axis=2) if pixels.ndim == 2 else pixels.copy()
     if result.mask is not None:
         mask = result.mask
