@@ -419,3 +419,25 @@ def test_cuda_pinned_async_staging_equals_predict(tmp_path):
     pipeline.run(cine.frames)
     assert pipeline._staging is not None
     assert_results_equal(sink.results, expected)
+
+
+def test_draw_overlay_tints_outlines_and_leaves_background():
+    from engine.postprocess import FrameResult
+    from engine.stream import draw_overlay
+
+    pixels = np.random.default_rng(1).integers(0, 256, size=(21, 30), dtype=np.uint8)
+    mask = np.zeros((21, 30), dtype=np.uint8)
+    mask[5:15, 8:20] = 1
+    out = draw_overlay(pixels, FrameResult(0, 21, 30, mask=mask, classes=["bg", "lesion"]), alpha=0.5)
+    far = np.ones_like(mask, dtype=bool)
+    far[3:17, 6:22] = False
+    np.testing.assert_array_equal(out[far], np.repeat(pixels[far][:, None], 3, axis=1))
+    np.testing.assert_array_equal(out[4, 10], [255, 64, 64])  # contour just outside the lesion
+    np.testing.assert_array_equal(out[5, 10], [255, 64, 64])  # and just inside
+    inner = pixels[10, 12].astype(np.uint16)
+    np.testing.assert_array_equal(out[10, 12], (128 * inner + 128 * np.array([255, 64, 64])) >> 8)
+
+    probabilities = np.array([0.25, 0.75], dtype=np.float32)
+    out = draw_overlay(pixels, FrameResult(0, 21, 30, probabilities=probabilities, classes=["a", "b"]))
+    bar = max(4, 21 // 40)
+    assert (out[:bar, :22].reshape(-1, 3) == [64, 200, 64]).all() and (out[:bar, 23:] == 0).all()
