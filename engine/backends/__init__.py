@@ -9,6 +9,7 @@ from ..errors import BackendError
 
 BACKEND_MODULES = {
     "reference": "engine.backends.reference",
+    "optimized": "engine.backends.optimized",
 }
 
 

@@ -1,0 +1,58 @@
+"""`optimized`: the reference model after exact rewrites (engine.optimize), fastest path per device.
+
+CPU: fp32, bf16 (GEMM weights and activations in bf16, adapter spatial math in fp32) or int8 (dynamically quantized
+GEMMs: int8 weights per output channel, activations quantized per tensor at run time), compiled with
+`torch.compile` when it helps, the compiled code cached on disk (see engine.optimize.compile_cache).
+CUDA: the adapter ops from the Triton provider when available, run through CUDA graphs (engine.optimize.cuda_runner).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..errors import BackendError, PackageError
+from .base import Runner
+from .torch_common import cuda_status, torch_device
+
+CPU_PRECISIONS = ("fp32", "bf16", "int8")
+CUDA_PRECISIONS = ("fp32", "bf16", "fp16")
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16, "int8": torch.float32}
+
+
+def available(device: str) -> tuple[bool, str]:
+    return cuda_status(device)
+
+
+def build_model(package, precision: str, kernels: str = "torch"):
+    from ..optimize.model import OptimizedHTModel
+
+    try:
+        return OptimizedHTModel(package.config, package.tensors, kernels=kernels, dtype=DTYPES[precision]).eval()
+    except (RuntimeError, ValueError) as exc:
+        raise PackageError(f"package tensors do not fit the model of its config: {exc}") from exc
+
+
+def load(package, device: str, precision: str) -> Runner:
+    target = torch_device(device)
+    if target.type == "cuda":
+        return _load_cuda(package, target, precision)
+    if precision not in CPU_PRECISIONS:
+        raise BackendError(f"backend 'optimized' runs on CPU in {CPU_PRECISIONS}, got precision {precision!r}")
+    from ..optimize.cpu import make_cpu_runner
+
+    return make_cpu_runner(build_model(package, precision), package, precision)
+
+
+def _load_cuda(package, target: torch.device, precision: str) -> Runner:
+    if precision not in CUDA_PRECISIONS:
+        raise BackendError(f"backend 'optimized' runs on CUDA in {CUDA_PRECISIONS}, got precision {precision!r}")
+    from ..optimize.kernels import get_kernels
+
+    try:
+        usable, _ = get_kernels("triton").available(str(target))
+    except BackendError:  # the Triton provider is not installed: the torch ops still run on the GPU
+        usable = False
+    model = build_model(package, precision, kernels="triton" if usable else "torch").to(target)
+    from ..optimize.cuda_runner import make_cuda_runner
+
+    return make_cuda_runner(model, str(target), precision, max_batch=None)

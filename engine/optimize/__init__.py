@@ -1,0 +1,1 @@
+"""The optimizer: exact rewrites of the reference model, adapter-kernel providers and the optimized model."""

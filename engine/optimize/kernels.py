@@ -1,0 +1,95 @@
+"""Adapter-kernel providers: the same four ops (htkernels/README.md contracts) from plain torch, Triton or CUDA.
+
+Providers are looked up lazily by name so that importing this module pulls in neither Triton nor a CUDA build.
+The `torch` provider uses only standard torch ops, so a model built on it exports (`torch.export`, ONNX) and
+compiles (`torch.compile`) like any other module.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+import torch
+import torch.nn.functional as F
+
+from ..errors import BackendError
+from . import rewrites
+
+KERNEL_PROVIDERS = {
+    "torch": "engine.optimize.kernels:TorchAdapterKernels",
+    "triton": "htkernels.triton_provider:TritonAdapterKernels",
+    "cuda": "htkernels.cuda_provider:CudaAdapterKernels",
+}
+
+
+def get_kernels(name: str):
+    """The provider class registered under `name` (import errors become a `BackendError` naming the provider)."""
+    if name not in KERNEL_PROVIDERS:
+        raise BackendError(f"unknown adapter-kernel provider {name!r}; expected one of {', '.join(KERNEL_PROVIDERS)}")
+    module_name, class_name = KERNEL_PROVIDERS[name].split(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise BackendError(f"adapter-kernel provider {name!r} cannot be imported ({module_name}): {exc}") from exc
+    return getattr(module, class_name)
+
+
+class TorchAdapterKernels:
+    """Reference-exact adapter ops in standard torch ops, with the exact rewrites of `rewrites` applied:
+    the three depthwise convs (+ residual when the filter was folded away) as one per-sample 7×7 depthwise conv,
+    spectral filters as 14×14 DFT matrix products. Small bottleneck math runs in fp32 whatever the storage dtype."""
+
+    _dft_cache: dict = {}
+
+    @classmethod
+    def available(cls, device: str) -> tuple[bool, str]:
+        return True, ""
+
+    @staticmethod
+    def adapter_in(x2d, w_norm, w_raw, bias, eps):
+        normed = F.layer_norm(x2d, (x2d.shape[-1],), eps=eps)
+        return torch.addmm(bias, normed, w_norm.t()) + x2d @ w_raw.t()
+
+    @classmethod
+    def _dft(cls, h: int, w: int, device) -> dict:
+        key = (h, w, str(device))
+        if torch.compiler.is_compiling():
+            # Tensors made while tracing are fake or symbolic: never cache them (the compiler folds these anyway).
+            return {n: m.to(device) for n, m in rewrites.dft_matrices(h, w).items()}
+        if key not in cls._dft_cache:
+            cls._dft_cache[key] = {n: m.to(device) for n, m in rewrites.dft_matrices(h, w).items()}
+        return cls._dft_cache[key]
+
+    @classmethod
+    def adapter_spatial(cls, z, h, w, spectral, k3, k5, k7, conv_bias, noise_w1, noise_b1, noise_w2, noise_b2,
+                        proj, proj_bias):
+        batch, tokens, channels = z.shape
+        zf = z.float()
+        s = zf[:, 1:].transpose(1, 2).reshape(batch, channels, h, w)
+        if spectral is None:
+            filtered = s
+        else:
+            filtered = rewrites.spectral_filter_dft(s, spectral.float(), cls._dft(h, w, z.device))
+        pooled = filtered.mean(dim=(2, 3))
+        hidden = torch.relu(F.linear(pooled, noise_w1.float(), noise_b1.float()))
+        alpha = torch.softmax(F.linear(hidden, noise_w2.float(), noise_b2.float()), dim=-1)
+        kernel, conv_bias_b = rewrites.merged_depthwise_kernel(alpha, k3.float(), k5.float(), k7.float(),
+                                                               conv_bias.float(), identity=spectral is None)
+        size = kernel.shape[-1]
+        t = F.conv2d(filtered.reshape(1, batch * channels, h, w), kernel.reshape(batch * channels, 1, size, size),
+                     conv_bias_b.reshape(-1), padding=size // 2, groups=batch * channels)
+        t = t.reshape(batch, channels, h * w).transpose(1, 2)
+        if spectral is not None:
+            t = t + zf[:, 1:]
+        o = F.linear(t, proj.float(), proj_bias.float())
+        return F.gelu(torch.cat([zf[:, :1], o], dim=1)).to(z.dtype)
+
+    @staticmethod
+    def adapter_out(g2d, w2, b2, residual2d):
+        return torch.addmm(b2, g2d, w2.t()) + residual2d
+
+    @staticmethod
+    def preprocess(frames, row_weights, col_weights, scale, out_dtype):
+        from htkernels.preprocess import preprocess_ref
+
+        return preprocess_ref(frames, row_weights, col_weights, scale, out_dtype)

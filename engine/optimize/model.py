@@ -1,0 +1,183 @@
+"""`OptimizedHTModel`: the reference model after the exact rewrites of `rewrites`, adapters through a kernel provider.
+
+Differences from the reference, all exact in exact arithmetic: blocks past the last extracted layer are gone; the
+patch conv is a GEMM on unfolded patches; each adapter runs as `adapter_in` (LN-mix folded into W1) →
+`adapter_spatial` (filter folded away or done as DFT matmuls, one per-sample 7×7 depthwise conv, `(I+P)`, GELU)
+→ `adapter_out` (W2 + residual); the head's output layer is folded into each level's last linear and, for seg,
+runs before the bilinear upsample (on 14×14 pixels instead of 224×224).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..config import ModelConfig
+from ..errors import PackageError
+from . import rewrites
+from .kernels import get_kernels
+
+
+def _linear(weight: torch.Tensor, bias: torch.Tensor | None, dtype) -> nn.Linear:
+    layer = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None)
+    with torch.no_grad():
+        layer.weight.copy_(weight)
+        if bias is not None:
+            layer.bias.copy_(bias)
+    return layer.to(dtype).requires_grad_(False)
+
+
+def _norm(weight: torch.Tensor, bias: torch.Tensor, eps: float, dtype) -> nn.LayerNorm:
+    norm = nn.LayerNorm(weight.shape[0], eps=eps)
+    with torch.no_grad():
+        norm.weight.copy_(weight)
+        norm.bias.copy_(bias)
+    return norm.to(dtype).requires_grad_(False)
+
+
+def _quick_gelu(x: torch.Tensor) -> torch.Tensor:
+    return x * torch.sigmoid(1.702 * x)
+
+
+class FoldedAdapterModule(nn.Module):
+    """Holds one `FoldedAdapter` as buffers: the D-sized GEMM weights in the model dtype, the small spatial
+    tensors in fp32 (their math is fp32 whatever the storage dtype)."""
+
+    _GEMM = ("w_norm", "w_raw", "bias", "w2", "b2")
+
+    def __init__(self, folded: rewrites.FoldedAdapter, dtype):
+        super().__init__()
+        self.eps = folded.eps
+        self.has_spectral = folded.spectral is not None
+        for field in dataclasses.fields(folded):
+            value = getattr(folded, field.name)
+            if isinstance(value, torch.Tensor):
+                self.register_buffer(field.name, value.to(dtype if field.name in self._GEMM else torch.float32))
+        if not self.has_spectral:
+            self.spectral = None
+
+
+class OptimizedBlock(nn.Module):
+    def __init__(self, t: dict, prefix: str, cfg: ModelConfig, adapter: FoldedAdapterModule | None, dtype):
+        super().__init__()
+        self.heads = cfg.heads
+        self.norm1 = _norm(t[prefix + "norm1.weight"], t[prefix + "norm1.bias"], cfg.ln_eps, dtype)
+        self.qkv = _linear(t[prefix + "attn.qkv.weight"], t[prefix + "attn.qkv.bias"], dtype)
+        self.proj = _linear(t[prefix + "attn.proj.weight"], t[prefix + "attn.proj.bias"], dtype)
+        self.norm2 = _norm(t[prefix + "norm2.weight"], t[prefix + "norm2.bias"], cfg.ln_eps, dtype)
+        self.fc1 = _linear(t[prefix + "mlp.fc1.weight"], t[prefix + "mlp.fc1.bias"], dtype)
+        self.fc2 = _linear(t[prefix + "mlp.fc2.weight"], t[prefix + "mlp.fc2.bias"], dtype)
+        self.quick_gelu = cfg.act == "quick_gelu"
+        self.adapter = adapter
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        batch, tokens, width = x.shape
+        qkv = self.qkv(self.norm1(x)).reshape(batch, tokens, 3, self.heads, width // self.heads).permute(2, 0, 3, 1, 4)
+        attended = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2])
+        x = x + self.proj(attended.transpose(1, 2).reshape(batch, tokens, width))
+        hidden = self.fc1(self.norm2(x))
+        hidden = _quick_gelu(hidden) if self.quick_gelu else F.gelu(hidden)
+        return x + self.fc2(hidden)
+
+
+class OptimizedHTModel(nn.Module):
+    """`forward(images float32 [B,3,S,S]) -> float32 logits`, the same numbers as the reference model."""
+
+    def __init__(self, cfg: ModelConfig, tensors: dict, kernels: str = "torch", dtype: torch.dtype = torch.float32):
+        super().__init__()
+        self.cfg = cfg
+        self.dtype = dtype
+        self.kernels = get_kernels(kernels)()
+        self.grid = cfg.grid
+        self.patch = cfg.patch_size
+        self.extract = list(cfg.extract_layers)
+        try:
+            self._build(cfg, rewrites.prune_dead_blocks(tensors, cfg.layers, cfg.extract_layers), dtype)
+        except KeyError as exc:
+            raise PackageError(f"package tensors lack {exc} needed by the optimized model of config {cfg.arch}")
+
+    def _build(self, cfg: ModelConfig, t: dict, dtype) -> None:
+        width = cfg.width
+        patch_weight = t["backbone.patch_embed.weight"].reshape(width, -1)
+        self.patch_embed = _linear(patch_weight, t.get("backbone.patch_embed.bias"), dtype)
+        pos = t["backbone.pos_embed"].float()
+        self.register_buffer("cls_pos", (t["backbone.cls_token"].float() + pos[0]).reshape(1, 1, width).to(dtype))
+        self.register_buffer("patch_pos", pos[1:].unsqueeze(0).to(dtype))
+        self.ln_pre = _norm(t["backbone.ln_pre.weight"], t["backbone.ln_pre.bias"], cfg.ln_eps, dtype) \
+            if cfg.ln_pre else None
+        blocks = []
+        for index in range(rewrites.live_blocks(cfg.layers, cfg.extract_layers)):
+            prefix = f"backbone.blocks.{index}."
+            adapter = None
+            if index in cfg.adapter_layers:
+                adapter_tensors = {k[len(prefix) + 8:]: v for k, v in t.items() if k.startswith(prefix + "adapter.")}
+                folded = rewrites.fold_adapter(adapter_tensors, cfg.filter_kind, cfg.adapter_ln_eps)
+                adapter = FoldedAdapterModule(folded, dtype)
+            blocks.append(OptimizedBlock(t, prefix, cfg, adapter, dtype))
+        self.blocks = nn.ModuleList(blocks)
+        self._build_head(cfg, t, dtype)
+
+    def _build_head(self, cfg: ModelConfig, t: dict, dtype) -> None:
+        levels = len(cfg.extract_layers)
+        self.reduces = nn.ModuleList(
+            _linear(t[f"head.reduces.{i}.weight"], t[f"head.reduces.{i}.bias"], dtype) for i in range(levels))
+        self.level_norms = nn.ModuleList(
+            _norm(t[f"head.levels.{i}.0.weight"], t[f"head.levels.{i}.0.bias"], 1e-5, dtype) for i in range(levels))
+        self.level_fc1 = nn.ModuleList(
+            _linear(t[f"head.levels.{i}.1.weight"], t[f"head.levels.{i}.1.bias"], dtype) for i in range(levels))
+        last_w = [t[f"head.levels.{i}.3.weight"] for i in range(levels)]
+        last_b = [t[f"head.levels.{i}.3.bias"] for i in range(levels)]
+        self.mlp_cls = cfg.task == "cls" and cfg.cls_head == "mlp"
+        first = "head.hidden" if self.mlp_cls else "head.out"
+        weights, bias = rewrites.fold_head_output(last_w, last_b, t[first + ".weight"], t[first + ".bias"])
+        # The folded [C, levels·512] matrix is small; fp32 keeps the logits' last rounding out of bf16.
+        self.register_buffer("head_weight", torch.cat(weights, dim=1).contiguous())
+        self.register_buffer("head_bias", bias)
+        if self.mlp_cls:
+            self.register_buffer("cls_out_weight", t["head.out.weight"].float().contiguous())
+            self.register_buffer("cls_out_bias", t["head.out.bias"].float().contiguous())
+
+    def _adapter(self, x: torch.Tensor, a: FoldedAdapterModule) -> torch.Tensor:
+        batch, tokens, width = x.shape
+        k = self.kernels
+        r = a.w_norm.shape[0]
+        z = k.adapter_in(x.view(-1, width), a.w_norm, a.w_raw, a.bias, a.eps)
+        g = k.adapter_spatial(z.view(batch, tokens, r), self.grid, self.grid, a.spectral, a.k3, a.k5, a.k7,
+                              a.conv_bias, a.noise_w1, a.noise_b1, a.noise_w2, a.noise_b2, a.proj, a.proj_bias)
+        y = k.adapter_out(g.view(-1, r), a.w2, a.b2, x.view(-1, width))
+        return y.view(batch, tokens, width)
+
+    def features(self, images: torch.Tensor) -> list:
+        batch = images.shape[0]
+        g, p = self.grid, self.patch
+        patches = images.to(self.dtype).reshape(batch, 3, g, p, g, p).permute(0, 2, 4, 1, 3, 5)
+        x = self.patch_embed(patches.reshape(batch, g * g, -1)) + self.patch_pos
+        x = torch.cat([self.cls_pos.expand(batch, -1, -1), x], dim=1)
+        if self.ln_pre is not None:
+            x = self.ln_pre(x)
+        found = {}
+        for index, block in enumerate(self.blocks):
+            x = block(x)
+            if block.adapter is not None:
+                x = self._adapter(x, block.adapter)
+            found[index] = x
+        return [found[i] for i in self.extract]
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        batch = images.shape[0]
+        hidden = []
+        for feature, reduce, norm, fc1 in zip(self.features(images), self.reduces, self.level_norms, self.level_fc1):
+            hidden.append(F.gelu(fc1(norm(reduce(feature[:, 1:])))))
+        stacked = torch.cat(hidden, dim=-1).float()
+        if self.cfg.task == "seg":
+            logits = F.linear(stacked, self.head_weight, self.head_bias)
+            maps = logits.transpose(1, 2).reshape(batch, -1, self.grid, self.grid)
+            size = self.cfg.image_size
+            return F.interpolate(maps, size=(size, size), mode="bilinear", align_corners=False)
+        pooled = F.linear(stacked.mean(dim=1), self.head_weight, self.head_bias)
+        if self.mlp_cls:
+            pooled = F.linear(torch.relu(pooled), self.cls_out_weight, self.cls_out_bias)
+        return pooled
