@@ -32,3 +32,16 @@ def summarize_names(names, limit=5):
     if len(names) > limit:
         shown += f" (+{len(names) - limit} more)"
     return shown
+
+
+class StreamError(HTError):
+    """A stream stopped: a stage failed or did not stop in time. `frame` is the frame index involved, if any."""
+
+    def __init__(self, message: str, *, source: str | None = None, frame: int | None = None):
+        super().__init__(message)
+        self.source = source
+        self.frame = frame
+
+
+class SourceError(StreamError, InputError):
+    """A frame source cannot be opened or read (missing file, bad format, truncated data, a failing callable)."""

@@ -1,0 +1,115 @@
+"""`ht-engine stream`: run a package/artifact over a video, DICOM cine, image folder; overlay video + latency report."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from .predict import add_load_options
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser("stream", help="stream a video / DICOM cine / image folder through a model")
+    parser.add_argument("artifact", type=Path, help=".htpkg package or built artifact directory")
+    parser.add_argument("source", help="video file (mp4, avi, mkv…), multi-frame DICOM, or a folder of images")
+    parser.add_argument("--policy", choices=("latest", "all"), default="latest",
+                        help="latest: real time, drop stale frames (default); all: every frame, in order")
+    parser.add_argument("--max-batch", type=int, default=1, help="largest micro-batch (default 1)")
+    parser.add_argument("--budget-ms", type=float, default=None,
+                        help="latest policy: drop frames older than this when a batch forms")
+    parser.add_argument("--realtime", action=argparse_bool(), default=None,
+                        help="replay the file at its own frame rate, as a scanner would (default: on for latest, "
+                             "off for all)")
+    parser.add_argument("--fps", type=float, default=None,
+                        help="frame rate of image folders and DICOM files without timing tags (default 30)")
+    parser.add_argument("--out", type=Path, default=None, help="overlay video (.mp4 or .mkv)")
+    parser.add_argument("--report", type=Path, default=None, help="metrics report (JSON)")
+    parser.add_argument("--jsonl", type=Path, default=None, help="one JSON line per processed frame")
+    parser.add_argument("--masks", type=Path, default=None, help="folder for PNG masks (segmentation models)")
+    parser.add_argument("--quiet", action="store_true", help="no live progress line")
+    add_load_options(parser)
+    parser.set_defaults(handler=run)
+
+
+def argparse_bool():
+    import argparse
+
+    return argparse.BooleanOptionalAction
+
+
+def format_progress(snapshot: dict) -> str:
+    return (f"frames in {snapshot['frames_in']:6d}  processed {snapshot['processed']:6d}  "
+            f"dropped {snapshot['dropped']:6d}  {snapshot['fps']:6.1f} fps  "
+            f"latency p50 {snapshot['latency_p50_ms']:7.1f} ms  p99 {snapshot['latency_p99_ms']:7.1f} ms")
+
+
+def progress_printer():
+    live = sys.stderr.isatty()
+
+    def show(snapshot: dict) -> None:
+        print(("\r" if live else "") + format_progress(snapshot), end="" if live else "\n", file=sys.stderr,
+              flush=True)
+
+    return show, live
+
+
+def format_report(report: dict) -> str:
+    e2e = report["latency_ms"]["end_to_end"]
+    lines = [f"{report['processed']} of {report['frames_in']} frames processed, {report['dropped']} dropped "
+             f"({report['policy']} policy, max batch {report['max_batch']}), {report['throughput_fps']:.1f} fps "
+             f"over {report['wall_s']:.1f} s"]
+    if e2e.get("count"):
+        lines.append(f"end-to-end latency ms: p50 {e2e['p50']:.1f}  p95 {e2e['p95']:.1f}  p99 {e2e['p99']:.1f}  "
+                     f"max {e2e['max']:.1f}")
+        stages = "  ".join(f"{stage} {report['latency_ms'][stage]['p50']:.1f}"
+                           for stage in ("queue", "preprocess", "infer", "postprocess", "sink"))
+        lines.append(f"stage latency p50 ms: {stages}")
+    return "\n".join(lines)
+
+
+def warm_up(predictor, max_batch: int = 1) -> None:
+    """One forward per batch size before the clock starts: first calls allocate, compile or autotune."""
+    import numpy as np
+
+    size = predictor.image_size
+    for batch in sorted({1, max_batch}):
+        predictor.forward(np.full((batch, 3, size, size), 0.5, dtype=np.float32))
+
+
+def run(args) -> int:
+    from ..package import atomic_write
+    from ..runtime import Predictor
+    from ..stream import JsonLinesSink, OverlayVideoSink, PngMaskSink, StreamPipeline
+
+    predictor = Predictor.load(args.artifact, backend=args.backend, device=args.device, precision=args.precision)
+    sinks = []
+    if args.out is not None:
+        sinks.append(OverlayVideoSink(args.out))
+    if args.jsonl is not None:
+        sinks.append(JsonLinesSink(args.jsonl))
+    if args.masks is not None:
+        sinks.append(PngMaskSink(args.masks))
+    warm_up(predictor, args.max_batch)
+    realtime = args.policy == "latest" if args.realtime is None else args.realtime
+    show, live = progress_printer()
+    pipeline = StreamPipeline(predictor, policy=args.policy, max_batch=args.max_batch, budget_ms=args.budget_ms,
+                              sinks=sinks, on_progress=None if args.quiet else show,
+                              progress_interval_s=0.5 if live else 5.0)
+    context = {"artifact": str(args.artifact), "backend": args.backend, "device": args.device,
+               "precision": args.precision}
+    try:
+        pipeline.run(args.source, fps=args.fps, realtime=realtime, context=context)
+    finally:
+        if live and not args.quiet:
+            print(file=sys.stderr)
+        if pipeline.report is not None:
+            if args.report is not None:
+                atomic_write(args.report, lambda tmp: tmp.write_text(json.dumps(pipeline.report, indent=2)))
+            print(format_report(pipeline.report))
+            outputs = [(label, path) for label, path in (("overlay video", args.out), ("report", args.report),
+                                                          ("per-frame JSON lines", args.jsonl),
+                                                          ("masks", args.masks)) if path is not None]
+            for label, path in outputs:
+                print(f"{label}: {path}")
+    return 0

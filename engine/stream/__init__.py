@@ -1,0 +1,39 @@
+"""Real-time streams: sources (video, DICOM, folders, arrays, live callables) → pipelined inference → sinks.
+
+    from engine import Predictor
+    from engine.stream import stream, OverlayVideoSink
+
+    report = stream(Predictor.load("model.htpkg"), "cine.dcm", policy="latest", realtime=True,
+                    sinks=[OverlayVideoSink("overlay.mp4")])
+"""
+
+from .metrics import LatencyStats, StreamMetrics
+from .pipeline import POLICIES, Channel, StreamPipeline, StreamResult, stream
+from .sinks import (
+                    CallbackSink,
+                    CollectSink,
+                    JsonLinesSink,
+                    OverlayVideoSink,
+                    PngMaskSink,
+                    Sink,
+                    draw_overlay,
+                    frame_record,
+)
+from .sources import (
+                    ArraySource,
+                    DicomSource,
+                    FolderSource,
+                    Frame,
+                    LiveSource,
+                    Source,
+                    VideoSource,
+                    dicom_support,
+                    open_source,
+)
+
+__all__ = [
+    "ArraySource", "CallbackSink", "Channel", "CollectSink", "DicomSource", "FolderSource", "Frame", "JsonLinesSink",
+    "LatencyStats", "LiveSource", "OverlayVideoSink", "POLICIES", "PngMaskSink", "Sink", "Source", "StreamMetrics",
+    "StreamPipeline", "StreamResult", "VideoSource", "dicom_support", "draw_overlay", "frame_record", "open_source",
+    "stream",
+]

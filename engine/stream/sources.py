@@ -1,0 +1,408 @@
+"""Frame sources: video files, DICOM cine loops, image folders, numpy arrays and live callables/iterables.
+
+A source is an iterable of `Frame(index, timestamp, pixels)`; `timestamp` is in seconds on the source's own clock
+(presentation time for video, frame timing tags for DICOM, capture time for live sources). Every failure is a
+`SourceError` that names the source and the frame index where it happened.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import HTError, SourceError
+from ..preprocess import check_frame
+
+VIDEO_SUFFIXES = (".mp4", ".m4v", ".mov", ".avi", ".mkv", ".webm", ".mpg", ".mpeg", ".wmv", ".ts")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+DICOM_SUFFIXES = (".dcm", ".dicom")
+DEFAULT_FPS = 30.0
+# Transfer syntaxes whose pixel data can be read, given the decoders pydicom finds installed (see `dicom_support`).
+_COMPRESSED_SYNTAXES = {
+    "1.2.840.10008.1.2.5": "RLE Lossless",
+    "1.2.840.10008.1.2.4.50": "JPEG Baseline (8-bit)",
+    "1.2.840.10008.1.2.4.51": "JPEG Extended",
+    "1.2.840.10008.1.2.4.57": "JPEG Lossless",
+    "1.2.840.10008.1.2.4.70": "JPEG Lossless SV1",
+    "1.2.840.10008.1.2.4.80": "JPEG-LS Lossless",
+    "1.2.840.10008.1.2.4.81": "JPEG-LS Near-Lossless",
+    "1.2.840.10008.1.2.4.90": "JPEG 2000 Lossless",
+    "1.2.840.10008.1.2.4.91": "JPEG 2000",
+    "1.2.840.10008.1.2.1.99": "Deflated Explicit VR Little Endian",
+}
+
+
+@dataclass
+class Frame:
+    """One source frame: its index in the source, its timestamp (s) and uint8 pixels (HxW gray or HxWx3 RGB)."""
+
+    index: int
+    timestamp: float
+    pixels: np.ndarray
+
+
+class Source:
+    """Base of every source. Subclasses implement `_frames()` (yield `Frame`s); `name` appears in every error."""
+
+    name = "source"
+    #: files and arrays have their own clock; `realtime=True` replays them at that clock (as a scanner would)
+    has_clock = True
+
+    def __init__(self, realtime: bool = False):
+        self.realtime = realtime
+
+    def _frames(self):
+        raise NotImplementedError
+
+    def __iter__(self):
+        start_wall = None
+        start_stamp = 0.0
+        for frame in self._frames():
+            if self.realtime and self.has_clock:
+                if start_wall is None:
+                    start_wall, start_stamp = time.monotonic(), frame.timestamp
+                delay = start_wall + (frame.timestamp - start_stamp) - time.monotonic()
+                if delay > 0:
+                    time.sleep(delay)
+            yield frame
+
+    def close(self) -> None:
+        """Release files/devices. Iteration also releases them when it ends or fails."""
+
+    def _error(self, frame: int | None, what: str, cause: BaseException | None = None) -> SourceError:
+        where = f"{self.name}" + (f", frame {frame}" if frame is not None else "")
+        detail = f": {type(cause).__name__}: {cause}" if cause is not None else ""
+        return SourceError(f"{where}: {what}{detail}", source=self.name, frame=frame)
+
+    def _checked(self, pixels, index: int) -> np.ndarray:
+        try:
+            return check_frame(pixels, index)
+        except HTError as exc:
+            raise self._error(index, "frame is not a uint8 gray/RGB image", exc) from exc
+
+
+class ArraySource(Source):
+    """A numpy array `[T,H,W]` (gray) or `[T,H,W,3]` (RGB); timestamps `index / fps`."""
+
+    def __init__(self, frames, fps: float = DEFAULT_FPS, realtime: bool = False, name: str = "array"):
+        super().__init__(realtime)
+        frames = np.asarray(frames)
+        if frames.ndim not in (3, 4) or (frames.ndim == 4 and frames.shape[3] not in (1, 3)):
+            raise SourceError(f"{name}: expected a [T,H,W] or [T,H,W,3] array, got shape {frames.shape}", source=name)
+        if not fps > 0:
+            raise SourceError(f"{name}: fps must be positive, got {fps}", source=name)
+        self.frames, self.fps, self.name = frames, float(fps), name
+
+    def __len__(self) -> int:
+        return len(self.frames)
+
+    def _frames(self):
+        for index in range(len(self.frames)):
+            yield Frame(index, index / self.fps, self._checked(self.frames[index], index))
+
+
+class LiveSource(Source):
+    """Frames from your code: an iterable, or a callable returning the next frame (None = end of stream).
+
+    An item is a frame (uint8 array) or a `(timestamp_seconds, frame)` pair; frames without one are stamped with
+    the capture time (seconds since the first frame). Exceptions raised by your code stop the stream with a
+    `SourceError` naming the frame index; frames before it are still processed.
+    """
+
+    has_clock = False
+
+    def __init__(self, producer, name: str | None = None):
+        super().__init__(realtime=False)
+        if not (callable(producer) or hasattr(producer, "__iter__")):
+            raise SourceError(f"a live source must be callable or iterable, got {type(producer).__name__}")
+        self.producer = producer
+        self.name = name or f"live source {getattr(producer, '__name__', type(producer).__name__)}"
+
+    def _items(self):
+        if callable(self.producer) and not hasattr(self.producer, "__iter__"):
+            while True:
+                item = self.producer()
+                if item is None:
+                    return
+                yield item
+        else:
+            yield from self.producer
+
+    def _frames(self):
+        items = self._items()
+        start = None
+        index = 0
+        while True:
+            try:
+                item = next(items)
+            except StopIteration:
+                return
+            except Exception as exc:
+                raise self._error(index, "the frame producer raised", exc) from exc
+            now = time.monotonic()
+            start = now if start is None else start
+            if isinstance(item, tuple) and len(item) == 2:
+                timestamp, pixels = float(item[0]), item[1]
+            else:
+                timestamp, pixels = now - start, item
+            yield Frame(index, timestamp, self._checked(pixels, index))
+            index += 1
+
+
+def _natural_key(path: Path):
+    return [int(part) if part.isdigit() else part.lower() for part in re.split(r"(\d+)", path.name)]
+
+
+class FolderSource(Source):
+    """Image files of a folder in natural order (frame2 before frame10); timestamps `index / fps`."""
+
+    def __init__(self, folder, fps: float = DEFAULT_FPS, realtime: bool = False):
+        super().__init__(realtime)
+        self.folder = Path(folder)
+        self.name = str(self.folder)
+        self.fps = float(fps)
+        self.paths = sorted((p for p in self.folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES), key=_natural_key)
+        if not self.paths:
+            raise SourceError(f"{self.folder}: no image files ({', '.join(IMAGE_SUFFIXES)}) in this folder",
+                              source=self.name)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def _frames(self):
+        from ..images import read_image
+
+        for index, path in enumerate(self.paths):
+            try:
+                pixels = read_image(path)
+            except HTError as exc:
+                raise self._error(index, f"cannot read {path.name}", exc) from exc
+            yield Frame(index, index / self.fps, self._checked(pixels, index))
+
+
+class VideoSource(Source):
+    """A video file decoded with PyAV (FFmpeg): MP4, AVI, MKV, MOV, WebM…; timestamps from presentation times.
+
+    Gray pixel formats decode to HxW, others to RGB (`gray=True` forces the luma plane, e.g. for gray cines
+    stored as YUV; the model converts RGB to gray anyway).
+    A file that ends before the frame count its container declares is reported as truncated.
+    """
+
+    def __init__(self, path, realtime: bool = False, gray: bool | None = None):
+        super().__init__(realtime)
+        self.path = Path(path)
+        self.name = str(self.path)
+        self.gray = gray
+        if not self.path.is_file():
+            raise SourceError(f"{self.path}: video file does not exist", source=self.name, frame=None)
+
+    def _frames(self):
+        try:
+            import av
+        except ImportError as exc:
+            raise self._error(None, "reading video needs PyAV: pip install 'ht-engine[stream]'") from exc
+        try:
+            container = av.open(str(self.path))
+        except Exception as exc:  # FFmpeg raises a family of av.error.* types and OSError
+            raise self._error(0, "cannot open the video (corrupt, truncated or not a video)", exc) from exc
+        index = 0
+        try:
+            if not container.streams.video:
+                raise self._error(0, "the file has no video stream")
+            stream = container.streams.video[0]
+            stream.thread_type = "AUTO"
+            gray = self.gray if self.gray is not None else stream.codec_context.pix_fmt in ("gray", "gray8")
+            declared, slack = stream.frames, 0
+            if not declared and container.duration and stream.average_rate:
+                # Containers without a frame count (MKV) still record their duration in the header.
+                declared = int(round(container.duration / 1e6 * float(stream.average_rate)))
+                slack = max(2, declared // 50)
+            pixel_format = "gray" if gray else "rgb24"
+            decoded = container.decode(stream)
+            while True:
+                try:
+                    frame = next(decoded)
+                except StopIteration:
+                    break
+                except Exception as exc:
+                    raise self._error(index, "decoding failed (truncated or corrupt video)", exc) from exc
+                timestamp = float(frame.time) if frame.time is not None else index / float(stream.average_rate or
+                                                                                           DEFAULT_FPS)
+                yield Frame(index, timestamp, self._checked(frame.to_ndarray(format=pixel_format), index))
+                index += 1
+            if declared and index < declared - slack:
+                raise self._error(index, f"the video ended after {index} of the {declared} frames its container "
+                                  f"declares (truncated file?)")
+            if index == 0:
+                raise self._error(0, "the video stream holds no decodable frame (truncated or empty file)")
+        finally:
+            container.close()
+
+
+def dicom_support() -> dict:
+    """Transfer syntaxes readable now: {uid: (name, available, plugins)}, from pydicom's installed decoders."""
+    from pydicom.pixels import get_decoder
+
+    support = {
+        "1.2.840.10008.1.2": ("Implicit VR Little Endian", True, ("pydicom",)),
+        "1.2.840.10008.1.2.1": ("Explicit VR Little Endian", True, ("pydicom",)),
+        "1.2.840.10008.1.2.2": ("Explicit VR Big Endian", True, ("pydicom",)),
+    }
+    for uid, name in _COMPRESSED_SYNTAXES.items():
+        try:
+            decoder = get_decoder(uid)
+            support[uid] = (name, bool(decoder.is_available), tuple(decoder.available_plugins))
+        except (NotImplementedError, ValueError):
+            support[uid] = (name, uid == "1.2.840.10008.1.2.1.99", ("pydicom",))  # deflate is a file encoding
+    return support
+
+
+class DicomSource(Source):
+    """A multi-frame DICOM (ultrasound cine) read frame by frame with pydicom.
+
+    MONOCHROME1/2, RGB and YBR_FULL(_422) (converted to RGB); 8-bit, or more bits scaled down to 8. Timestamps
+    from FrameTimeVector, FrameTime, CineRate or RecommendedDisplayFrameRate (in that order; else `fps`).
+    """
+
+    def __init__(self, path, realtime: bool = False, fps: float = DEFAULT_FPS):
+        super().__init__(realtime)
+        self.path = Path(path)
+        self.name = str(self.path)
+        if not self.path.is_file():
+            raise SourceError(f"{self.path}: DICOM file does not exist", source=self.name)
+        try:
+            import pydicom
+        except ImportError as exc:
+            raise SourceError(f"{self.path}: reading DICOM needs pydicom: pip install 'ht-engine[stream]'",
+                              source=self.name) from exc
+        try:
+            # Deferred reading: element values over 1 KB (the pixel data) stay on disk until decoded.
+            self.dataset = pydicom.dcmread(self.path, defer_size="1 KB")
+        except Exception as exc:
+            raise self._error(None, "not a readable DICOM file", exc) from exc
+        ds = self.dataset
+        missing = [key for key in ("Rows", "Columns", "BitsAllocated", "SamplesPerPixel",
+                                   "PhotometricInterpretation") if key not in ds]
+        if "PixelData" not in ds:
+            missing.append("PixelData")
+        if missing:
+            raise self._error(0, f"no Image Pixel module: missing {', '.join(missing)} (is this an image object?)")
+        self.frame_count = int(ds.get("NumberOfFrames", 1) or 1)
+        self.photometric = str(ds.PhotometricInterpretation)
+        if self.photometric not in ("MONOCHROME1", "MONOCHROME2", "RGB", "YBR_FULL", "YBR_FULL_422"):
+            raise self._error(0, f"photometric interpretation {self.photometric} is not supported; expected "
+                              f"MONOCHROME1/2, RGB, YBR_FULL or YBR_FULL_422")
+        syntax = str(ds.file_meta.get("TransferSyntaxUID", "1.2.840.10008.1.2"))
+        support = dicom_support()
+        if syntax in support and not support[syntax][1]:
+            raise self._error(0, f"pixel data is compressed as {support[syntax][0]} ({syntax}) and no installed "
+                              f"decoder handles it (install pylibjpeg / python-gdcm plugins for pydicom)")
+        self.timestamps = self._timestamps(fps)
+
+    def __len__(self) -> int:
+        return self.frame_count
+
+    def _timestamps(self, fps: float) -> np.ndarray:
+        ds = self.dataset
+        count = self.frame_count
+        if "FrameTimeVector" in ds and len(ds.FrameTimeVector) == count:
+            # The vector holds the increment before each frame (ms); its first entry is 0 by definition.
+            increments = np.array([float(v) for v in ds.FrameTimeVector], dtype=np.float64)
+            increments[0] = 0.0
+            return np.cumsum(increments) / 1000.0
+        if "FrameTime" in ds and float(ds.FrameTime) > 0:
+            return np.arange(count) * float(ds.FrameTime) / 1000.0
+        for key in ("CineRate", "RecommendedDisplayFrameRate"):
+            if key in ds and float(ds.get(key)) > 0:
+                return np.arange(count) / float(ds.get(key))
+        return np.arange(count) / float(fps)
+
+    def _to_uint8(self, pixels: np.ndarray) -> np.ndarray:
+        ds = self.dataset
+        if pixels.dtype != np.uint8:
+            bits = int(ds.get("BitsStored", ds.BitsAllocated))
+            pixels = pixels.astype(np.int64)
+            if int(ds.get("PixelRepresentation", 0)):
+                pixels = pixels + (1 << (bits - 1))  # signed → offset binary before dropping low bits
+            pixels = np.clip(pixels >> max(bits - 8, 0), 0, 255).astype(np.uint8)
+        if self.photometric == "MONOCHROME1":
+            pixels = 255 - pixels  # MONOCHROME1: 0 is white
+        return pixels
+
+    def _pixel_frames(self):
+        from pydicom.pixels import iter_pixels, pixel_array
+
+        syntax = str(self.dataset.file_meta.get("TransferSyntaxUID", ""))
+        if self.photometric == "YBR_FULL_422" and syntax in ("1.2.840.10008.1.2", "1.2.840.10008.1.2.1"):
+            # pydicom 3.0's frame iterator misplaces uncompressed 4:2:2 frames after the first few; indexed
+            # reads locate each frame correctly.
+            for index in range(self.frame_count):
+                yield pixel_array(self.path, index=index, as_rgb=True)
+        else:
+            yield from iter_pixels(self.path, as_rgb=True)
+
+    def _frames(self):
+        pixels_iter = self._pixel_frames()
+        index = 0
+        while True:
+            try:
+                pixels = next(pixels_iter)
+            except StopIteration:
+                break
+            except Exception as exc:
+                raise self._error(index, "cannot decode the pixel data (truncated or corrupt file?)", exc) from exc
+            if index >= self.frame_count:
+                break
+            timestamp = float(self.timestamps[index])
+            yield Frame(index, timestamp, self._checked(self._to_uint8(pixels), index))
+            index += 1
+        if index < self.frame_count:
+            raise self._error(index, f"pixel data ends after {index} of {self.frame_count} frames (truncated file)")
+
+
+def _is_dicom(path: Path) -> bool:
+    if path.suffix.lower() in DICOM_SUFFIXES:
+        return True
+    try:
+        with open(path, "rb") as handle:
+            handle.seek(128)
+            return handle.read(4) == b"DICM"
+    except OSError:
+        return False
+
+
+def open_source(spec, fps: float | None = None, realtime: bool = False) -> Source:
+    """Any supported input → a `Source`.
+
+    `spec`: a `Source`; a path to a video file, a DICOM file or a folder of images; a numpy array `[T,H,W(,3)]`;
+    a callable returning frames (None ends); or an iterable of frames / `(timestamp, frame)` pairs.
+    `fps` is the frame rate of arrays, folders and DICOM files without timing tags (default 30).
+    `realtime` replays files and arrays at their own frame rate, as a scanner would deliver them.
+    """
+    rate = DEFAULT_FPS if fps is None else float(fps)
+    if isinstance(spec, Source):
+        spec.realtime = realtime or spec.realtime
+        return spec
+    if isinstance(spec, np.ndarray):
+        return ArraySource(spec, fps=rate, realtime=realtime)
+    if isinstance(spec, (str, Path)):
+        path = Path(spec)
+        if path.is_dir():
+            return FolderSource(path, fps=rate, realtime=realtime)
+        if not path.exists():
+            raise SourceError(f"{path}: no such file or folder (expected a video, a DICOM file or a folder of "
+                              f"images)", source=str(path))
+        if _is_dicom(path):
+            return DicomSource(path, realtime=realtime, fps=rate)
+        if path.suffix.lower() in IMAGE_SUFFIXES:
+            raise SourceError(f"{path}: a single image is not a stream; use `ht-engine predict` or pass its folder",
+                              source=str(path))
+        return VideoSource(path, realtime=realtime)
+    if callable(spec) or hasattr(spec, "__iter__"):
+        return LiveSource(spec)
+    raise SourceError(f"cannot stream from a {type(spec).__name__}: expected a path, a numpy array, a callable or an "
+                      f"iterable of frames")
