@@ -15,7 +15,16 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from engine.backends import BACKEND_MODULES
 from engine.backends.base import Runner
-from engine.bench import BenchOptions, LatencyStats, PeakMemory, count_flops, format_table, run_bench, time_calls
+from engine.bench import (
+                          BenchOptions,
+                          LatencyStats,
+                          PeakMemory,
+                          count_flops,
+                          format_table,
+                          gemm_rate,
+                          run_bench,
+                          time_calls,
+)
 from engine.bench.flops import dft_filter_flops
 from engine.bench.report import ReportError, validate_report, write_plot
 from engine.cli import main
@@ -113,6 +122,14 @@ def test_peak_memory_sees_a_transient_allocation():
     block = np.ones(48 * 2**20, dtype=np.uint8)  # touched pages, so they are resident
     del block
     assert memory.peak() - before >= 40 * 2**20
+
+
+def test_gemm_rate_reports_peak_and_median():
+    rate = gemm_rate("fp32", "cpu", size=96, duration_s=0.0)
+    assert rate["size"] == 96 and rate["runs"] >= 3
+    assert rate["min_ms"] <= rate["median_ms"]
+    assert rate["gflops"] == pytest.approx(2 * 96 ** 3 / (rate["min_ms"] * 1e6))
+    assert rate["gflops"] >= rate["median_gflops"] > 0
 
 
 # ---------------------------------------------------------------- the suite
@@ -248,7 +265,7 @@ def test_cli_bench_writes_a_valid_json_and_prints_the_table(small_package, tmp_p
     out = tmp_path / "bench.json"
     rc = main(["bench", str(small_package), "--backends", "reference,optimized", "--precisions", "fp32,int8",
                "--batch", "1", "--duration", "0", "--warmup", "0", "--min-runs", "1", "--no-compile",
-               "--json", str(out)])
+               "--gemm-size", "64", "--json", str(out)])
     printed = capsys.readouterr().out
     assert rc == 0
     report = json.loads(out.read_text())
@@ -276,3 +293,20 @@ def test_plot_is_a_png(report, tmp_path):
     path = tmp_path / "bench.png"
     write_plot(report, path)
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.requires_cuda
+def test_cuda_cases_use_device_events_and_device_memory(small_package):
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA GPU visible: device-event timing and CUDA memory peaks need one")
+    report = run_bench(fast_options(small_package, device="cuda", backends=["reference", "optimized"],
+                                    precisions=["fp32", "fp16"], batches=[1, 3]))
+    validate_report(report)
+    assert report["machine"]["gpu"]["name"] and "fp16" in report["gemm"]
+    ok = [c for c in report["cases"] if c["status"] == "ok"]
+    assert {(c["backend"], c["precision"]) for c in ok} >= {("reference", "fp32"), ("optimized", "fp32")}
+    for case in ok:
+        assert case["timer"] == "cuda_events" and case["memory_kind"] == "cuda_max_allocated"
+        assert case["peak_memory_bytes"] > 0
+    fp32 = [c for c in ok if c["backend"] == "optimized" and c["precision"] == "fp32"]
+    assert all(c["max_rel_error"] <= RELATIVE[torch.float32] for c in fp32)

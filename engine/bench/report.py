@@ -75,7 +75,7 @@ def format_header(report: dict) -> str:
         f"git {str(machine['git']['sha'])[:10]}",
         f"model {model['arch']} {model['task']} ({model['package']}): {flops['pruned']['total'] / 1e9:.2f} GFLOP/frame "
         f"after the exact rewrites, {flops['reference']['total'] / 1e9:.2f} as the reference runs it",
-        f"GEMM rate measured now (GFLOP/s): {gemm}; latency over timed runs after warm-up; "
+        f"GEMM peak measured now (GFLOP/s): {gemm}; latency over timed runs after warm-up; "
         f"x eager / x compiled = speed-up vs the baseline at the same batch",
     ])
 

@@ -48,7 +48,7 @@ class BenchOptions:
     compiled_baseline: bool = True
     time_limit_s: float | None = None
     seed: int = 0
-    gemm_duration_s: float = 0.5
+    gemm_duration_s: float = 1.0
     gemm_size: int | None = None  # None: 1024 on CPU, 4096 on CUDA
 
 
@@ -341,7 +341,8 @@ def run_bench(options: BenchOptions, progress=_noop, command: str | None = None)
     for precision in gemm_precisions:
         suite.gemm[precision] = gemm_rate(precision, options.device, size=options.gemm_size,
                                             duration_s=options.gemm_duration_s)
-        progress(f"GEMM rate {precision}: {suite.gemm[precision]['gflops']:.1f} GFLOP/s "
+        progress(f"GEMM rate {precision}: {suite.gemm[precision]['gflops']:.1f} GFLOP/s peak, "
+                 f"{suite.gemm[precision]['median_gflops']:.1f} median "
                  f"({suite.gemm[precision]['size']}³ matmul)")
     settings = {key: (str(value) if isinstance(value, Path) else value)
                 for key, value in asdict(options).items()}

@@ -60,6 +60,8 @@ def register(subparsers) -> None:
     parser.add_argument("--time-limit", type=float, default=150.0,
                         help="seconds after which cases not yet started are reported as skipped (default 150; "
                              "0 for no limit)")
+    parser.add_argument("--gemm-size", type=int, default=None,
+                        help="side of the square matmul that measures the GEMM peak (default 1024 CPU, 4096 GPU)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the inputs (and of a generated package)")
     parser.add_argument("--json", type=Path, default=None, help="write the report as JSON here")
     parser.add_argument("--plot", type=Path, default=None,
@@ -93,8 +95,8 @@ def run(args) -> int:
         except ImportError:
             raise ReportError("--plot needs matplotlib, which is not installed: pip install 'ht-engine[bench]' "
                               "(or drop --plot)") from None
-    if args.duration < 0 or args.warmup < 0 or args.min_runs < 1:
-        raise InputError("--duration and --warmup must be >= 0 and --min-runs >= 1")
+    if args.duration < 0 or args.warmup < 0 or args.min_runs < 1 or (args.gemm_size or 1) < 1:
+        raise InputError("--duration and --warmup must be >= 0, --min-runs and --gemm-size >= 1")
     command = "ht-engine " + " ".join(shlex.quote(arg) for arg in sys.argv[1:]) if sys.argv[1:] else None
     with tempfile.TemporaryDirectory(prefix="ht-bench-") as scratch:
         source = args.artifact
@@ -105,7 +107,7 @@ def run(args) -> int:
         options = BenchOptions(source=source, package=args.package, backends=args.backends,
                                precisions=args.precisions, batches=args.batch, device=args.device,
                                duration_s=args.duration, warmup_runs=args.warmup, min_runs=args.min_runs,
-                               compiled_baseline=args.compiled_baseline, seed=args.seed,
+                               compiled_baseline=args.compiled_baseline, seed=args.seed, gemm_size=args.gemm_size,
                                time_limit_s=args.time_limit or None)
         report = run_bench(options, progress=lambda message: print(message, flush=True), command=command)
     print()
