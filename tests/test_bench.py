@@ -26,7 +26,7 @@ from engine.bench import (
                           time_calls,
 )
 from engine.bench.flops import dft_filter_flops
-from engine.bench.report import ReportError, validate_report, write_plot
+from engine.bench.report import ReportError, format_markdown, validate_report, write_plot
 from engine.cli import main
 from engine.config import ModelConfig
 from engine.model import build_reference_model
@@ -286,6 +286,33 @@ def test_cli_plot_without_matplotlib_is_a_clear_error_before_any_work(small_pack
 def test_cli_refuses_artifact_and_arch_together(small_package, capsys):
     assert main(["bench", str(small_package), "--arch", "biomedclip-vit-b16"]) == 2
     assert "not both" in capsys.readouterr().err
+
+
+def test_markdown_section_has_a_row_per_case_and_names_the_command(report):
+    text = format_markdown({**report, "command": "ht-engine bench x.htpkg --batch 1,2"})
+    rows = [line for line in text.splitlines() if line.startswith("| ") and "---" not in line]
+    assert len(rows) == 1 + len(report["cases"])
+    assert all(row.count("|") == rows[0].count("|") for row in rows)
+    assert "`ht-engine bench x.htpkg --batch 1,2`" in text and "unsupported: " in text
+
+
+def test_stream_benchmark_script_runs_both_policies_at_both_rates(small_package, tmp_path, capsys):
+    pytest.importorskip("av", reason="the stream benchmark writes MP4 (pip install -e '.[stream]')")
+    from benchmarks import bench_stream
+
+    out = tmp_path / "stream.json"
+    rc = bench_stream.main([str(small_package), "--backend", "reference", "--frames", "4", "--height", "40",
+                            "--width", "56", "--json", str(out)])
+    assert rc == 0
+    runs = json.loads(out.read_text())["runs"]
+    assert [(r["policy"], r["input_rate_fps"]) for r in runs] == [
+        ("latest", 30.0), ("all", 30.0), ("latest", 60.0), ("all", 60.0)]
+    for run in runs:
+        assert run["frames_in"] == 4 and run["processed"] + run["dropped"] == 4
+        assert run["latency_ms"]["end_to_end"]["count"] == run["processed"]
+    assert all(run["processed"] == 4 for run in runs if run["policy"] == "all")
+    table = capsys.readouterr().out.split("e2e p50 ms")[1].splitlines()[1:5]
+    assert [line.split()[:2] for line in table] == [["latest", "30"], ["all", "30"], ["latest", "60"], ["all", "60"]]
 
 
 def test_plot_is_a_png(report, tmp_path):

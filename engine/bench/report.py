@@ -80,6 +80,44 @@ def format_header(report: dict) -> str:
     ])
 
 
+def format_markdown(report: dict) -> str:
+    """A Markdown section for a README: machine, command, FLOPs, GEMM peak and the measured cases."""
+    machine, model, flops = report["machine"], report["model"], report["flops_per_frame"]
+    gpu = machine["gpu"]
+    device = (f"{gpu['name']} (driver {gpu['driver']}, CUDA {gpu['cuda_runtime']})" if gpu
+              else f"{machine['cpu']['model']}, {machine['cpu']['logical_cores']} logical cores, "
+                   f"{machine['cpu']['torch_threads']} torch threads")
+    gemm = ", ".join(f"{k} {v['gflops']:.0f}" for k, v in report["gemm"].items())
+    lines = [
+        f"Measured {machine['date']} on {device}; torch {machine['libraries']['torch']}, git "
+        f"{str(machine['git']['sha'])[:10]}{' (dirty)' if machine['git']['dirty'] else ''}, 1-minute load average "
+        f"{_num(machine['cpu']['load_average_1m'], '.1f')}.",
+        f"Command: `{report['command'] or 'ht-engine bench'}`. Model: {model['arch']} {model['task']}, "
+        f"{flops['pruned']['total'] / 1e9:.2f} GFLOP/frame after the exact rewrites "
+        f"({flops['reference']['total'] / 1e9:.2f} as the reference runs it). GEMM peak measured in the same run "
+        f"(GFLOP/s): {gemm}.",
+        "",
+        "| backend | precision | batch | median ms | p99 ms | frames/s | × eager | × torch.compile | % GEMM peak "
+        "| peak MiB | first load s | max rel. error |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for case in report["cases"]:
+        name = {"eager": "reference (eager)", "compiled": "torch.compile(reference)"}.get(case["role"],
+                                                                                          case["backend"])
+        if case["latency_ms"] is None:
+            lines.append(f"| {name} | {case['precision']} | {case['batch']} | {case['status']}: "
+                         f"{case['message'].replace('|', '/')} |||||||||")
+            continue
+        lat, peak, fraction = case["latency_ms"], case["peak_memory_bytes"], case["gemm_fraction"]
+        lines.append(" | ".join([
+            f"| {name}", case["precision"], str(case["batch"]), _num(lat["median_ms"], ".1f"),
+            _num(lat["p99_ms"], ".1f"), _num(case["throughput_fps"], ".2f"), _num(case["speedup_vs_eager"], ".2f"),
+            _num(case["speedup_vs_compiled"], ".2f"), _num(None if fraction is None else 100 * fraction, ".0f"),
+            _num(None if peak is None else peak / 2**20, ".0f"), _num(case["first_load_s"], ".1f"),
+            _num(case["max_rel_error"], ".1e")]) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def validate_report(report: dict) -> None:
     """Raise `ReportError` when `report` does not match engine/data/bench_schema.json (needs `jsonschema`)."""
     try:

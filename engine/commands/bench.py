@@ -64,6 +64,8 @@ def register(subparsers) -> None:
                         help="side of the square matmul that measures the GEMM peak (default 1024 CPU, 4096 GPU)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the inputs (and of a generated package)")
     parser.add_argument("--json", type=Path, default=None, help="write the report as JSON here")
+    parser.add_argument("--markdown", type=Path, default=None,
+                        help="write the table as a Markdown section (machine, command, results) here")
     parser.add_argument("--plot", type=Path, default=None,
                         help="write latency distributions and throughput vs batch here (PNG; needs matplotlib)")
     parser.set_defaults(handler=run)
@@ -84,7 +86,7 @@ def _generated_package(args, directory: Path) -> Path:
 
 def run(args) -> int:
     from ..bench import BenchOptions, format_header, format_table, run_bench, validate_report, write_json, write_plot
-    from ..bench.report import ReportError
+    from ..bench.report import ReportError, format_markdown
     from ..errors import InputError
 
     if args.artifact is not None and (args.arch or args.task):
@@ -123,6 +125,12 @@ def run(args) -> int:
             print(f"note: {exc}; writing the report unvalidated", file=sys.stderr)
         write_json(report, args.json)
         print(f"report: {args.json}")
+    if args.markdown is not None:
+        from ..package import atomic_write
+
+        text = format_markdown(report)
+        atomic_write(args.markdown, lambda tmp: tmp.write_text(text))
+        print(f"markdown: {args.markdown}")
     if args.plot is not None:
         write_plot(report, args.plot)
         print(f"plot: {args.plot}")
