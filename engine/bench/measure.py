@@ -55,13 +55,17 @@ def timer_kind(device: str, uses_torch: bool) -> str:
 
 
 def time_calls(call, *, timer: str, warmup_runs: int, duration_s: float, min_runs: int = 1,
-               max_runs: int = 100_000) -> list:
+               max_runs: int = 100_000, device: str = "cuda") -> list:
     """Run `call()` `warmup_runs` times untimed, then timed until `duration_s` of wall time has passed and at
-    least `min_runs` ran (at most `max_runs`). Returns the latencies in milliseconds."""
+    least `min_runs` ran (at most `max_runs`). Returns the latencies in milliseconds. With `cuda_events`, the
+    events go on the current stream of `device`, where the torch runners enqueue their work."""
     for _ in range(warmup_runs):
         call()
     if timer == "cuda_events":
-        return _time_cuda(call, duration_s, min_runs, max_runs)
+        import torch
+
+        with torch.cuda.device(torch.device(device)):
+            return _time_cuda(call, duration_s, min_runs, max_runs)
     samples = []
     deadline = time.perf_counter_ns() + int(duration_s * 1e9)
     while len(samples) < max_runs and (len(samples) < min_runs or time.perf_counter_ns() < deadline):
@@ -163,7 +167,7 @@ def gemm_rate(precision: str, device: str = "cpu", size: int | None = None, dura
     timer = "cuda_events" if device.startswith("cuda") else "perf_counter_ns"
     with torch.inference_mode():
         samples = time_calls(lambda: torch.matmul(a, b), timer=timer, warmup_runs=1, duration_s=duration_s,
-                             min_runs=3)
+                             min_runs=3, device=device)
     median_ms, min_ms = float(np.median(samples)), float(np.min(samples))
     flops = 2.0 * size ** 3
     return {"precision": precision, "size": size, "runs": len(samples), "median_ms": median_ms, "min_ms": min_ms,

@@ -181,7 +181,8 @@ class _Suite:
             timer = timer_kind(self.device, runner.uses_torch)
             with torch.inference_mode():
                 samples = time_calls(call, timer=timer, warmup_runs=self.options.warmup_runs,
-                                     duration_s=self.options.duration_s, min_runs=self.options.min_runs)
+                                     duration_s=self.options.duration_s, min_runs=self.options.min_runs,
+                                     device=self.device)
         except HTError as exc:
             case.update(status="error", message=f"{type(exc).__name__}: {exc}")
             return case
