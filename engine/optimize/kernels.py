@@ -75,10 +75,12 @@ class TorchAdapterKernels:
         alpha = torch.softmax(F.linear(hidden, noise_w2.float(), noise_b2.float()), dim=-1)
         kernel, conv_bias_b = rewrites.merged_depthwise_kernel(alpha, k3.float(), k5.float(), k7.float(),
                                                                conv_bias.float(), identity=spectral is None)
+        # The per-sample depthwise conv as unfold + batched dot: a grouped conv would need `groups = B·r`, an int
+        # that pins the batch size in compiled and exported graphs.
         size = kernel.shape[-1]
-        t = F.conv2d(filtered.reshape(1, batch * channels, h, w), kernel.reshape(batch * channels, 1, size, size),
-                     conv_bias_b.reshape(-1), padding=size // 2, groups=batch * channels)
-        t = t.reshape(batch, channels, h * w).transpose(1, 2)
+        columns = F.unfold(filtered, size, padding=size // 2).view(batch, channels, size * size, h * w)
+        t = torch.einsum("bckp,bck->bpc", columns, kernel.reshape(batch, channels, size * size))
+        t = t + conv_bias_b[:, None, :]
         if spectral is not None:
             t = t + zf[:, 1:]
         o = F.linear(t, proj.float(), proj_bias.float())

@@ -61,9 +61,15 @@ class FoldedAdapterModule(nn.Module):
 
 
 class OptimizedBlock(nn.Module):
-    def __init__(self, t: dict, prefix: str, cfg: ModelConfig, adapter: FoldedAdapterModule | None, dtype):
+    """One transformer block and its adapter (if any): the unit that `torch.compile` compiles once and reuses
+    for every block of the same shape."""
+
+    def __init__(self, t: dict, prefix: str, cfg: ModelConfig, adapter: FoldedAdapterModule | None, dtype,
+                 kernels):
         super().__init__()
         self.heads = cfg.heads
+        self.grid = cfg.grid
+        self.kernels = kernels
         self.norm1 = _norm(t[prefix + "norm1.weight"], t[prefix + "norm1.bias"], cfg.ln_eps, dtype)
         self.qkv = _linear(t[prefix + "attn.qkv.weight"], t[prefix + "attn.qkv.bias"], dtype)
         self.proj = _linear(t[prefix + "attn.proj.weight"], t[prefix + "attn.proj.bias"], dtype)
@@ -80,65 +86,8 @@ class OptimizedBlock(nn.Module):
         x = x + self.proj(attended.transpose(1, 2).reshape(batch, tokens, width))
         hidden = self.fc1(self.norm2(x))
         hidden = _quick_gelu(hidden) if self.quick_gelu else F.gelu(hidden)
-        return x + self.fc2(hidden)
-
-
-class OptimizedHTModel(nn.Module):
-    """`forward(images float32 [B,3,S,S]) -> float32 logits`, the same numbers as the reference model."""
-
-    def __init__(self, cfg: ModelConfig, tensors: dict, kernels: str = "torch", dtype: torch.dtype = torch.float32):
-        super().__init__()
-        self.cfg = cfg
-        self.dtype = dtype
-        self.kernels = get_kernels(kernels)()
-        self.grid = cfg.grid
-        self.patch = cfg.patch_size
-        self.extract = list(cfg.extract_layers)
-        try:
-            self._build(cfg, rewrites.prune_dead_blocks(tensors, cfg.layers, cfg.extract_layers), dtype)
-        except KeyError as exc:
-            raise PackageError(f"package tensors lack {exc} needed by the optimized model of config {cfg.arch}")
-
-    def _build(self, cfg: ModelConfig, t: dict, dtype) -> None:
-        width = cfg.width
-        patch_weight = t["backbone.patch_embed.weight"].reshape(width, -1)
-        self.patch_embed = _linear(patch_weight, t.get("backbone.patch_embed.bias"), dtype)
-        pos = t["backbone.pos_embed"].float()
-        self.register_buffer("cls_pos", (t["backbone.cls_token"].float() + pos[0]).reshape(1, 1, width).to(dtype))
-        self.register_buffer("patch_pos", pos[1:].unsqueeze(0).to(dtype))
-        self.ln_pre = _norm(t["backbone.ln_pre.weight"], t["backbone.ln_pre.bias"], cfg.ln_eps, dtype) \
-            if cfg.ln_pre else None
-        blocks = []
-        for index in range(rewrites.live_blocks(cfg.layers, cfg.extract_layers)):
-            prefix = f"backbone.blocks.{index}."
-            adapter = None
-            if index in cfg.adapter_layers:
-                adapter_tensors = {k[len(prefix) + 8:]: v for k, v in t.items() if k.startswith(prefix + "adapter.")}
-                folded = rewrites.fold_adapter(adapter_tensors, cfg.filter_kind, cfg.adapter_ln_eps)
-                adapter = FoldedAdapterModule(folded, dtype)
-            blocks.append(OptimizedBlock(t, prefix, cfg, adapter, dtype))
-        self.blocks = nn.ModuleList(blocks)
-        self._build_head(cfg, t, dtype)
-
-    def _build_head(self, cfg: ModelConfig, t: dict, dtype) -> None:
-        levels = len(cfg.extract_layers)
-        self.reduces = nn.ModuleList(
-            _linear(t[f"head.reduces.{i}.weight"], t[f"head.reduces.{i}.bias"], dtype) for i in range(levels))
-        self.level_norms = nn.ModuleList(
-            _norm(t[f"head.levels.{i}.0.weight"], t[f"head.levels.{i}.0.bias"], 1e-5, dtype) for i in range(levels))
-        self.level_fc1 = nn.ModuleList(
-            _linear(t[f"head.levels.{i}.1.weight"], t[f"head.levels.{i}.1.bias"], dtype) for i in range(levels))
-        last_w = [t[f"head.levels.{i}.3.weight"] for i in range(levels)]
-        last_b = [t[f"head.levels.{i}.3.bias"] for i in range(levels)]
-        self.mlp_cls = cfg.task == "cls" and cfg.cls_head == "mlp"
-        first = "head.hidden" if self.mlp_cls else "head.out"
-        weights, bias = rewrites.fold_head_output(last_w, last_b, t[first + ".weight"], t[first + ".bias"])
-        # The folded [C, levels·512] matrix is small; fp32 keeps the logits' last rounding out of bf16.
-        self.register_buffer("head_weight", torch.cat(weights, dim=1).contiguous())
-        self.register_buffer("head_bias", bias)
-        if self.mlp_cls:
-            self.register_buffer("cls_out_weight", t["head.out.weight"].float().contiguous())
-            self.register_buffer("cls_out_bias", t["head.out.bias"].float().contiguous())
+        x = x + self.fc2(hidden)
+        return x if self.adapter is None else self._adapter(x, self.adapter)
 
     def _adapter(self, x: torch.Tensor, a: FoldedAdapterModule) -> torch.Tensor:
         batch, tokens, width = x.shape
@@ -150,34 +99,110 @@ class OptimizedHTModel(nn.Module):
         y = k.adapter_out(g.view(-1, r), a.w2, a.b2, x.view(-1, width))
         return y.view(batch, tokens, width)
 
-    def features(self, images: torch.Tensor) -> list:
+
+class Embedding(nn.Module):
+    """Patch GEMM on unfolded patches (the stride-p conv), CLS and position embeddings, optional `ln_pre`."""
+
+    def __init__(self, cfg: ModelConfig, t: dict, dtype):
+        super().__init__()
+        width = cfg.width
+        self.grid, self.patch, self.dtype = cfg.grid, cfg.patch_size, dtype
+        self.proj = _linear(t["backbone.patch_embed.weight"].reshape(width, -1), t.get("backbone.patch_embed.bias"),
+                            dtype)
+        pos = t["backbone.pos_embed"].float()
+        self.register_buffer("cls_pos", (t["backbone.cls_token"].float() + pos[0]).reshape(1, 1, width).to(dtype))
+        self.register_buffer("patch_pos", pos[1:].unsqueeze(0).to(dtype))
+        self.ln_pre = _norm(t["backbone.ln_pre.weight"], t["backbone.ln_pre.bias"], cfg.ln_eps, dtype) \
+            if cfg.ln_pre else None
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
         batch = images.shape[0]
         g, p = self.grid, self.patch
         patches = images.to(self.dtype).reshape(batch, 3, g, p, g, p).permute(0, 2, 4, 1, 3, 5)
-        x = self.patch_embed(patches.reshape(batch, g * g, -1)) + self.patch_pos
+        x = self.proj(patches.reshape(batch, g * g, -1)) + self.patch_pos
         x = torch.cat([self.cls_pos.expand(batch, -1, -1), x], dim=1)
-        if self.ln_pre is not None:
-            x = self.ln_pre(x)
+        return self.ln_pre(x) if self.ln_pre is not None else x
+
+
+class Head(nn.Module):
+    """Per level reduce → LN → Linear → GELU, then the folded output layer (`rewrites.fold_head_output`) on the
+    concatenated levels; seg upsamples the C-channel logits (conv before upsample), cls pools first."""
+
+    def __init__(self, cfg: ModelConfig, t: dict, dtype):
+        super().__init__()
+        levels = len(cfg.extract_layers)
+        self.task, self.grid, self.image_size = cfg.task, cfg.grid, cfg.image_size
+        self.reduces = nn.ModuleList(
+            _linear(t[f"head.reduces.{i}.weight"], t[f"head.reduces.{i}.bias"], dtype) for i in range(levels))
+        self.norms = nn.ModuleList(
+            _norm(t[f"head.levels.{i}.0.weight"], t[f"head.levels.{i}.0.bias"], 1e-5, dtype) for i in range(levels))
+        self.fc1 = nn.ModuleList(
+            _linear(t[f"head.levels.{i}.1.weight"], t[f"head.levels.{i}.1.bias"], dtype) for i in range(levels))
+        last_w = [t[f"head.levels.{i}.3.weight"] for i in range(levels)]
+        last_b = [t[f"head.levels.{i}.3.bias"] for i in range(levels)]
+        self.mlp_cls = cfg.task == "cls" and cfg.cls_head == "mlp"
+        first = "head.hidden" if self.mlp_cls else "head.out"
+        weights, bias = rewrites.fold_head_output(last_w, last_b, t[first + ".weight"], t[first + ".bias"])
+        # The folded [C', levels·512] matrix is small: fp32 keeps the logits' last rounding out of bf16/int8.
+        self.register_buffer("out_weight", torch.cat(weights, dim=1).contiguous())
+        self.register_buffer("out_bias", bias)
+        if self.mlp_cls:
+            self.register_buffer("cls_out_weight", t["head.out.weight"].float().contiguous())
+            self.register_buffer("cls_out_bias", t["head.out.bias"].float().contiguous())
+
+    def forward(self, features: list) -> torch.Tensor:
+        hidden = [F.gelu(fc1(norm(reduce(feature[:, 1:]))))
+                  for feature, reduce, norm, fc1 in zip(features, self.reduces, self.norms, self.fc1)]
+        stacked = torch.cat(hidden, dim=-1).float()
+        batch = stacked.shape[0]
+        if self.task == "seg":
+            logits = F.linear(stacked, self.out_weight, self.out_bias)
+            maps = logits.transpose(1, 2).reshape(batch, -1, self.grid, self.grid)
+            size = self.image_size
+            return F.interpolate(maps, size=(size, size), mode="bilinear", align_corners=False)
+        pooled = F.linear(stacked.mean(dim=1), self.out_weight, self.out_bias)
+        if self.mlp_cls:
+            pooled = F.linear(torch.relu(pooled), self.cls_out_weight, self.cls_out_bias)
+        return pooled
+
+
+class OptimizedHTModel(nn.Module):
+    """`forward(images float32 [B,3,S,S]) -> float32 logits`, the same numbers as the reference model.
+
+    Made of regions (`embed`, `blocks[i]`, `head`) that the CPU runner compiles one by one: identical blocks share
+    one compiled graph, which keeps compile time and the on-disk cache small."""
+
+    def __init__(self, cfg: ModelConfig, tensors: dict, kernels: str = "torch", dtype: torch.dtype = torch.float32):
+        super().__init__()
+        self.cfg = cfg
+        self.dtype = dtype
+        self.kernels = get_kernels(kernels)()
+        self.extract = list(cfg.extract_layers)
+        t = rewrites.prune_dead_blocks(tensors, cfg.layers, cfg.extract_layers)
+        try:
+            self.embed = Embedding(cfg, t, dtype)
+            blocks = []
+            for index in range(rewrites.live_blocks(cfg.layers, cfg.extract_layers)):
+                prefix = f"backbone.blocks.{index}."
+                adapter = None
+                if index in cfg.adapter_layers:
+                    sub = {k[len(prefix + "adapter."):]: v for k, v in t.items() if k.startswith(prefix + "adapter.")}
+                    adapter = FoldedAdapterModule(rewrites.fold_adapter(sub, cfg.filter_kind, cfg.adapter_ln_eps),
+                                                  dtype)
+                blocks.append(OptimizedBlock(t, prefix, cfg, adapter, dtype, self.kernels))
+            self.blocks = nn.ModuleList(blocks)
+            self.head = Head(cfg, t, dtype)
+        except KeyError as exc:
+            raise PackageError(f"package tensors lack {exc}, needed by the optimized model of a {cfg.arch} "
+                               f"{cfg.task} config") from None
+
+    def features(self, images: torch.Tensor) -> list:
+        x = self.embed(images)
         found = {}
         for index, block in enumerate(self.blocks):
             x = block(x)
-            if block.adapter is not None:
-                x = self._adapter(x, block.adapter)
             found[index] = x
         return [found[i] for i in self.extract]
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        batch = images.shape[0]
-        hidden = []
-        for feature, reduce, norm, fc1 in zip(self.features(images), self.reduces, self.level_norms, self.level_fc1):
-            hidden.append(F.gelu(fc1(norm(reduce(feature[:, 1:])))))
-        stacked = torch.cat(hidden, dim=-1).float()
-        if self.cfg.task == "seg":
-            logits = F.linear(stacked, self.head_weight, self.head_bias)
-            maps = logits.transpose(1, 2).reshape(batch, -1, self.grid, self.grid)
-            size = self.cfg.image_size
-            return F.interpolate(maps, size=(size, size), mode="bilinear", align_corners=False)
-        pooled = F.linear(stacked.mean(dim=1), self.head_weight, self.head_bias)
-        if self.mlp_cls:
-            pooled = F.linear(torch.relu(pooled), self.cls_out_weight, self.cls_out_bias)
-        return pooled
+        return self.head(self.features(images))
