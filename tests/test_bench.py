@@ -134,6 +134,15 @@ def test_gemm_rate_reports_peak_and_median():
 
 # ---------------------------------------------------------------- the suite
 
+@pytest.fixture(scope="module", autouse=True)
+def eager_optimized_backend():
+    """The optimized CPU backend compiles on load; these tests are about the bench, not the compiler (its own tests
+    cover it), so it runs eagerly here and the suite stays fast on a cold compile cache."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("HT_ENGINE_COMPILE", "0")
+        yield
+
+
 @pytest.fixture(scope="module")
 def small_package(tmp_path_factory):
     cfg = small_config("biomedclip-vit-b16", "seg", num_classes=3)
