@@ -197,6 +197,8 @@ def report(small_package):
 def test_report_validates_and_lists_every_case_with_its_correctness(report):
     validate_report(report)
     json.dumps(report, allow_nan=False)
+    assert report["machine"]["environment"]["HT_ENGINE_COMPILE"] == "0"  # set by the fixture above
+    assert report["flops_per_frame"]["pruned"]["total"] < report["flops_per_frame"]["reference"]["total"]
     seen = {(c["backend"], c["precision"], c["batch"]): c for c in report["cases"]}
     expected = {(b, p, n) for b in ("reference", "optimized") for p in ("fp32", "bf16") for n in (1, 2)}
     assert set(seen) == expected and len(report["cases"]) == len(expected)

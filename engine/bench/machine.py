@@ -14,6 +14,9 @@ LIBRARIES = ("torch", "numpy", "triton", "onnxruntime", "onnxruntime-gpu", "onnx
              "pillow")
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
+# Environment variables that change what runs or how fast (recorded when set).
+ENVIRONMENT = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "CUDA_VISIBLE_DEVICES", "HT_ENGINE_COMPILE", "HT_ENGINE_CACHE",
+               "TORCHINDUCTOR_CACHE_DIR", "TRITON_INTERPRET")
 
 
 def cpu_model() -> str:
@@ -74,5 +77,6 @@ def machine_info(device: str) -> dict:
                 "load_average_1m": os.getloadavg()[0] if hasattr(os, "getloadavg") else None},
         "gpu": gpu_info(device),
         "libraries": library_versions(),
+        "environment": {name: os.environ[name] for name in ENVIRONMENT if name in os.environ},
         "git": git_state(),
     }
