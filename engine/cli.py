@@ -8,7 +8,7 @@ import sys
 
 from .errors import HTError
 
-COMMAND_MODULES = ("import_", "init", "predict", "demo", "build", "export_triton", "stream", "phantom")
+COMMAND_MODULES = ("import_", "init", "predict", "demo", "build", "export_triton", "stream", "phantom", "bench")
 
 
 def build_parser() -> argparse.ArgumentParser:

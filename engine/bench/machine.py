@@ -1,0 +1,82 @@
+"""What a benchmark ran on: CPU and GPU model, driver, library versions, git commit, date."""
+
+from __future__ import annotations
+
+import datetime
+import os
+import platform
+import subprocess
+from importlib import metadata
+from pathlib import Path
+
+# Distributions whose versions change the numbers (missing ones are recorded as null).
+LIBRARIES = ("torch", "numpy", "triton", "onnxruntime", "onnxruntime-gpu", "onnx", "tensorrt", "safetensors",
+             "pillow")
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+# Environment variables that change what runs or how fast (recorded when set).
+ENVIRONMENT = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "CUDA_VISIBLE_DEVICES", "HT_ENGINE_COMPILE", "HT_ENGINE_CACHE",
+               "TORCHINDUCTOR_CACHE_DIR", "TRITON_INTERPRET")
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def library_versions() -> dict:
+    versions = {}
+    for name in LIBRARIES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    return versions
+
+
+def _run(command: list, cwd: Path | None = None) -> str | None:
+    try:
+        done = subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=10, check=False)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return done.stdout.strip() if done.returncode == 0 else None
+
+
+def git_state() -> dict:
+    sha = _run(["git", "rev-parse", "HEAD"], REPO_ROOT)
+    status = _run(["git", "status", "--porcelain", "--untracked-files=no"], REPO_ROOT) if sha else None
+    return {"sha": sha, "dirty": bool(status) if status is not None else None}
+
+
+def gpu_info(device: str) -> dict | None:
+    if not device.startswith("cuda"):
+        return None
+    import torch
+
+    index = torch.device(device).index or 0
+    props = torch.cuda.get_device_properties(index)
+    driver = _run(["nvidia-smi", f"--id={index}", "--query-gpu=driver_version", "--format=csv,noheader"])
+    return {"name": props.name, "capability": f"{props.major}.{props.minor}", "memory_bytes": int(props.total_memory),
+            "multiprocessors": int(props.multi_processor_count), "driver": driver, "cuda_runtime": torch.version.cuda}
+
+
+def machine_info(device: str) -> dict:
+    import torch
+
+    return {
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "hostname": platform.node(),
+        "os": platform.platform(),
+        "python": platform.python_version(),
+        "cpu": {"model": cpu_model(), "logical_cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+                "load_average_1m": os.getloadavg()[0] if hasattr(os, "getloadavg") else None},
+        "gpu": gpu_info(device),
+        "libraries": library_versions(),
+        "environment": {name: os.environ[name] for name in ENVIRONMENT if name in os.environ},
+        "git": git_state(),
+    }

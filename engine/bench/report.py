@@ -1,0 +1,183 @@
+"""Rendering a bench report: the console table, the JSON file (checked against the schema in the repo), plots."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from ..errors import HTError
+
+SCHEMA_PATH = Path(__file__).resolve().parents[1] / "data" / "bench_schema.json"
+
+COLUMNS = ("backend", "prec", "batch", "median ms", "p90 ms", "p99 ms", "max ms", "runs", "frames/s", "x eager",
+           "x compiled", "GFLOP/s", "% GEMM", "peak MiB", "1st load s", "max rel err")
+
+
+def load_schema() -> dict:
+    return json.loads(SCHEMA_PATH.read_text())
+
+
+def _num(value, fmt: str) -> str:
+    return "-" if value is None else format(value, fmt)
+
+
+def table_rows(report: dict) -> list:
+    rows = []
+    for case in report["cases"]:
+        name = case["backend"] + {"eager": " (eager)", "compiled": ""}.get(case["role"], "")
+        head = [name, case["precision"], str(case["batch"])]
+        if case["latency_ms"] is None:
+            rows.append(head + [f"{case['status']}: {case['message']}"])
+            continue
+        lat = case["latency_ms"]
+        peak = case["peak_memory_bytes"]
+        rows.append(head + [
+            _num(lat["median_ms"], ".2f"), _num(lat["p90_ms"], ".2f"), _num(lat["p99_ms"], ".2f"),
+            _num(lat["max_ms"], ".2f"), str(lat["runs"]), _num(case["throughput_fps"], ".2f"),
+            _num(case["speedup_vs_eager"], ".2f"), _num(case["speedup_vs_compiled"], ".2f"),
+            _num(case["gflops_per_s"], ".1f"),
+            _num(None if case["gemm_fraction"] is None else 100 * case["gemm_fraction"], ".1f"),
+            _num(None if peak is None else peak / 2**20, ".0f"), _num(case["first_load_s"], ".2f"),
+            _num(case["max_rel_error"], ".2e") + ("" if case["status"] == "ok" else f" ({case['message']})"),
+        ])
+    return rows
+
+
+def format_table(report: dict) -> str:
+    """The report as a fixed-width table; cases without timings show their status and why in one cell."""
+    rows = table_rows(report)
+    full = [row for row in rows if len(row) == len(COLUMNS)]
+    widths = [max([len(c)] + [len(row[i]) for row in full]) for i, c in enumerate(COLUMNS)]
+    lines = ["  ".join(c.rjust(w) if i > 2 else c.ljust(w) for i, (c, w) in enumerate(zip(COLUMNS, widths)))]
+    lines.append("  ".join("-" * w for w in widths))
+    for row in rows:
+        cells = [cell.rjust(widths[i]) if 2 < i < len(COLUMNS) - 1 else cell.ljust(widths[i])
+                 for i, cell in enumerate(row[:3])]
+        rest = row[3:]
+        if len(row) == len(COLUMNS):
+            cells += [cell.rjust(widths[3 + i]) for i, cell in enumerate(rest)]
+        else:
+            cells += rest
+        lines.append("  ".join(cells).rstrip())
+    return "\n".join(lines)
+
+
+def format_header(report: dict) -> str:
+    machine = report["machine"]
+    flops = report["flops_per_frame"]
+    gemm = ", ".join(f"{k} {v['gflops']:.1f}" for k, v in report["gemm"].items())
+    gpu = machine["gpu"]
+    device = f"GPU {gpu['name']} (driver {gpu['driver']}, CUDA {gpu['cuda_runtime']})" if gpu else "CPU"
+    model = report["model"]
+    return "\n".join([
+        f"ht-engine bench on {device}; CPU {machine['cpu']['model']} ({machine['cpu']['logical_cores']} logical "
+        f"cores, torch {machine['libraries']['torch']}, {machine['cpu']['torch_threads']} threads), "
+        f"git {str(machine['git']['sha'])[:10]}",
+        f"model {model['arch']} {model['task']} ({model['package']}): {flops['pruned']['total'] / 1e9:.2f} GFLOP/frame "
+        f"after the exact rewrites, {flops['reference']['total'] / 1e9:.2f} as the reference runs it",
+        f"GEMM peak measured now (GFLOP/s): {gemm}; latency over timed runs after warm-up; "
+        f"x eager / x compiled = speed-up vs the baseline at the same batch",
+    ])
+
+
+def format_markdown(report: dict) -> str:
+    """A Markdown section for a README: machine, command, FLOPs, GEMM peak and the measured cases."""
+    machine, model, flops = report["machine"], report["model"], report["flops_per_frame"]
+    gpu = machine["gpu"]
+    device = (f"{gpu['name']} (driver {gpu['driver']}, CUDA {gpu['cuda_runtime']})" if gpu
+              else f"{machine['cpu']['model']}, {machine['cpu']['logical_cores']} logical cores, "
+                   f"{machine['cpu']['torch_threads']} torch threads")
+    gemm = ", ".join(f"{k} {v['gflops']:.0f}" for k, v in report["gemm"].items())
+    lines = [
+        f"Measured {machine['date']} on {device}; torch {machine['libraries']['torch']}, git "
+        f"{str(machine['git']['sha'])[:10]}{' (dirty)' if machine['git']['dirty'] else ''}, 1-minute load average "
+        f"{_num(machine['cpu']['load_average_1m'], '.1f')}.",
+        f"Command: `{report['command'] or 'ht-engine bench'}`. Model: {model['arch']} {model['task']}, "
+        f"{flops['pruned']['total'] / 1e9:.2f} GFLOP/frame after the exact rewrites "
+        f"({flops['reference']['total'] / 1e9:.2f} as the reference runs it). GEMM peak measured in the same run "
+        f"(GFLOP/s): {gemm}.",
+        "",
+        "| backend | precision | batch | median ms | p99 ms | frames/s | × eager | × torch.compile | % GEMM peak "
+        "| peak MiB | first load s | max rel. error |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for case in report["cases"]:
+        name = {"eager": "reference (eager)", "compiled": "torch.compile(reference)"}.get(case["role"],
+                                                                                          case["backend"])
+        if case["latency_ms"] is None:
+            lines.append(f"| {name} | {case['precision']} | {case['batch']} | {case['status']}: "
+                         f"{case['message'].replace('|', '/')} |||||||||")
+            continue
+        lat, peak, fraction = case["latency_ms"], case["peak_memory_bytes"], case["gemm_fraction"]
+        lines.append(" | ".join([
+            f"| {name}", case["precision"], str(case["batch"]), _num(lat["median_ms"], ".1f"),
+            _num(lat["p99_ms"], ".1f"), _num(case["throughput_fps"], ".2f"), _num(case["speedup_vs_eager"], ".2f"),
+            _num(case["speedup_vs_compiled"], ".2f"), _num(None if fraction is None else 100 * fraction, ".0f"),
+            _num(None if peak is None else peak / 2**20, ".0f"), _num(case["first_load_s"], ".1f"),
+            _num(case["max_rel_error"], ".1e")]) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def validate_report(report: dict) -> None:
+    """Raise `ReportError` when `report` does not match engine/data/bench_schema.json (needs `jsonschema`)."""
+    try:
+        import jsonschema
+    except ImportError as exc:
+        raise ReportError("validating a bench report needs jsonschema (pip install 'ht-engine[bench]')") from exc
+    try:
+        jsonschema.validate(report, load_schema())
+    except jsonschema.ValidationError as exc:
+        location = "/".join(str(p) for p in exc.absolute_path) or "<root>"
+        raise ReportError(f"bench report does not match its schema at {location}: {exc.message}") from exc
+
+
+class ReportError(HTError):
+    """A bench report cannot be validated, written or plotted."""
+
+
+def write_json(report: dict, path: Path) -> None:
+    from ..package import atomic_write
+
+    text = json.dumps(report, indent=2, allow_nan=False) + "\n"
+    atomic_write(Path(path), lambda tmp: tmp.write_text(text))
+
+
+def write_plot(report: dict, path: Path) -> None:
+    """Two panels as PNG: the latency distribution of each measured case, and throughput against batch size."""
+    try:
+        import matplotlib
+    except ImportError as exc:
+        raise ReportError("--plot needs matplotlib, which is not installed: pip install 'ht-engine[bench]' "
+                          "(or drop --plot)") from exc
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    measured = [case for case in report["cases"] if case["samples_ms"]]
+    if not measured:
+        raise ReportError("no case produced timings: nothing to plot")
+    figure, (left, right) = plt.subplots(1, 2, figsize=(14, 5.5))
+    labels = [f"{c['backend']}\n{c['precision']} b{c['batch']}" for c in measured]
+    left.boxplot([c["samples_ms"] for c in measured], showfliers=True, whis=(1, 99))
+    left.set_xticks(range(1, len(labels) + 1), labels, rotation=45, ha="right", fontsize=8)
+    left.set_yscale("log")
+    left.set_ylabel("latency per batch (ms, log scale)")
+    left.set_title("latency distribution (box: quartiles, whiskers: p1-p99)")
+    series = {}
+    for case in measured:
+        series.setdefault(f"{case['backend']} {case['precision']}", []).append((case["batch"],
+                                                                                case["throughput_fps"]))
+    for name, points in series.items():
+        points.sort()
+        right.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=name)
+    right.set_xscale("log", base=2)
+    right.set_xlabel("batch size")
+    right.set_ylabel("throughput (frames/s)")
+    right.set_title("throughput vs batch")
+    right.legend(fontsize=8)
+    gpu = report["machine"]["gpu"]
+    device = gpu["name"] if gpu else report["machine"]["cpu"]["model"]
+    figure.suptitle(f"ht-engine bench: {report['model']['arch']} {report['model']['task']} on {device}")
+    figure.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=110)
+    plt.close(figure)

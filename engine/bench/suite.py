@@ -1,0 +1,367 @@
+"""The benchmark suite: every backend × precision × batch next to the eager reference and `torch.compile` of it.
+
+Backends are discovered through the registry (`engine.backends.BACKEND_MODULES`) and loaded with
+`Predictor.load(path, backend=, device=, precision=)`, so a backend that lands later is measured without changes
+here. A precision a backend does not run (`BackendError`) is reported as `unsupported`, any other failure as
+`error`, both with the message; the run goes on.
+
+Per (backend, precision): load once (`load_s`). Per batch: the first call (`first_call_s`, where lazy compilers
+compile; `first_load_s = load_s + first_call_s`), whose output gives the correctness column (max relative error
+to the eager reference on the same inputs), then warm-up runs and timed runs of the backend's runner on a batch
+already on the device. Peak memory covers that batch's runs (weights included).
+"""
+
+from __future__ import annotations
+
+import gc
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..backends import BACKEND_MODULES, backend_status
+from ..errors import BackendError, HTError, PackageError
+from .flops import count_flops
+from .machine import machine_info
+from .measure import LatencyStats, PeakMemory, gemm_rate, throughput_fps, time_calls, timer_kind
+
+SCHEMA_NAME = "ht-engine-bench"
+SCHEMA_VERSION = 1
+EAGER = "reference"
+COMPILED = "compiled-reference"
+# Which measured GEMM rate a precision's achieved FLOP rate is compared with (int8/fp8: none is measured).
+GEMM_FOR_PRECISION = {"fp32": "fp32", "bf16": "bf16", "fp16": "fp16"}
+
+
+@dataclass
+class BenchOptions:
+    source: Path  # a .htpkg package or a built artifact directory
+    package: Path | None = None  # the package an artifact was built from (baselines, correctness)
+    backends: list | None = None  # None: every registered backend
+    precisions: list = field(default_factory=lambda: ["fp32"])
+    batches: list = field(default_factory=lambda: [1])
+    device: str = "cpu"
+    duration_s: float = 2.0
+    warmup_runs: int = 1
+    min_runs: int = 3
+    compiled_baseline: bool = True
+    time_limit_s: float | None = None
+    seed: int = 0
+    gemm_duration_s: float = 1.0
+    gemm_size: int | None = None  # None: 1024 on CPU, 4096 on CUDA
+
+
+def _noop(_message: str) -> None:
+    pass
+
+
+def _case(backend: str, precision: str, batch: int, role: str, status: str = "ok", message: str = "") -> dict:
+    return {"backend": backend, "precision": precision, "batch": batch, "role": role, "status": status,
+            "message": message, "load_s": None, "first_call_s": None, "first_load_s": None, "timer": None,
+            "latency_ms": None, "samples_ms": [], "throughput_fps": None, "peak_memory_bytes": None,
+            "memory_kind": None, "max_rel_error": None, "speedup_vs_eager": None, "speedup_vs_compiled": None,
+            "gflops_per_s": None, "gemm_fraction": None, "gemm_precision": None}
+
+
+def relative_error(actual, expected) -> float | None:
+    """max|actual - expected| / max|expected| in float64; None when `actual` has NaN/inf."""
+    import torch
+
+    actual = torch.as_tensor(np.asarray(actual) if not hasattr(actual, "detach") else actual.detach())
+    actual = actual.cpu().double()
+    expected = torch.as_tensor(expected).double()
+    if tuple(actual.shape) != tuple(expected.shape):
+        raise BackendError(f"output shape {tuple(actual.shape)} differs from the reference's {tuple(expected.shape)}")
+    if not bool(torch.isfinite(actual).all()):
+        return None
+    return float((actual - expected).abs().max() / expected.abs().max().clamp_min(1e-30))
+
+
+def _synchronize(device: str) -> None:
+    if device.startswith("cuda"):
+        import torch
+
+        torch.cuda.synchronize(device)
+
+
+class _Suite:
+    def __init__(self, options: BenchOptions, progress):
+        self.options = options
+        self.progress = progress
+        self.device = options.device
+        self.started = time.perf_counter()
+        self.cases: list = []
+        self.reference_outputs: dict = {}
+        self.inputs: dict = {}
+
+    def out_of_time(self) -> bool:
+        limit = self.options.time_limit_s
+        return limit is not None and time.perf_counter() - self.started > limit
+
+    def batch_input(self, batch: int):
+        import torch
+
+        if batch not in self.inputs:
+            generator = torch.Generator().manual_seed(self.options.seed * 1000 + batch)
+            size = self.config.image_size
+            self.inputs[batch] = torch.rand(batch, 3, size, size, generator=generator)
+        return self.inputs[batch]
+
+    def skipped_all(self, backend, precision, role, status, message) -> None:
+        for batch in self.options.batches:
+            self.cases.append(_case(backend, precision, batch, role, status, message))
+        self.progress(f"  {backend} {precision}: {status}: {message}")
+
+    def measure(self, backend: str, precision: str, role: str, make_predictor) -> None:
+        if self.out_of_time():
+            self.skipped_all(backend, precision, role, "skipped", self.time_limit_message())
+            return
+        self.progress(f"{backend} {precision}: loading")
+        memory = PeakMemory(self.device)
+        start = time.perf_counter()
+        try:
+            predictor = make_predictor()
+        except BackendError as exc:
+            self.skipped_all(backend, precision, role, "unsupported", str(exc))
+            return
+        except Exception as exc:  # a backend that fails to load must not take the other measurements with it
+            self.skipped_all(backend, precision, role, "error", f"load failed: {type(exc).__name__}: {exc}")
+            return
+        load_s = time.perf_counter() - start
+        try:
+            for batch in self.options.batches:
+                self.cases.append(self.measure_batch(predictor, backend, precision, role, batch, load_s, memory))
+        finally:
+            del predictor
+            gc.collect()
+            if self.device.startswith("cuda"):
+                import torch
+
+                torch.cuda.empty_cache()
+
+    def time_limit_message(self) -> str:
+        return (f"the time limit of {self.options.time_limit_s:g} s was reached before this case started "
+                f"(raise --time-limit)")
+
+    def measure_batch(self, predictor, backend, precision, role, batch, load_s, memory) -> dict:
+        import torch
+
+        case = _case(backend, precision, batch, role)
+        case["load_s"] = load_s
+        # A backend that finished loading is measured at its first batch whatever the clock says: its load time is
+        # already spent, and that one case is what the limit would otherwise throw away.
+        if batch != self.options.batches[0] and self.out_of_time():
+            case.update(status="skipped", message=self.time_limit_message())
+            return case
+        runner = predictor.runner
+        if runner.max_batch is not None and batch > runner.max_batch:
+            case.update(status="unsupported", message=f"batch {batch} exceeds this artifact's maximum batch "
+                        f"{runner.max_batch}")
+            return case
+        images = self.batch_input(batch)
+        if runner.uses_torch:
+            device_images = images.to(self.device).contiguous()
+        else:
+            device_images = images.numpy()
+
+        def call():
+            return runner.run(device_images)
+
+        try:
+            memory.reset()
+            start = time.perf_counter()
+            with torch.inference_mode():
+                output = call()
+            _synchronize(self.device)
+            case["first_call_s"] = time.perf_counter() - start
+            case["first_load_s"] = load_s + case["first_call_s"]
+            self.check_output(case, output)
+            del output
+            timer = timer_kind(self.device, runner.uses_torch)
+            with torch.inference_mode():
+                samples = time_calls(call, timer=timer, warmup_runs=self.options.warmup_runs,
+                                     duration_s=self.options.duration_s, min_runs=self.options.min_runs,
+                                     device=self.device)
+        except HTError as exc:
+            case.update(status="error", message=f"{type(exc).__name__}: {exc}")
+            return case
+        except Exception as exc:  # a crash at one batch is reported; the other cases still run
+            case.update(status="error", message=f"run failed: {type(exc).__name__}: {exc}")
+            return case
+        case["peak_memory_bytes"] = memory.peak()
+        case["memory_kind"] = memory.kind
+        stats = LatencyStats.from_samples(samples)
+        case.update(timer=timer, latency_ms=stats.to_dict(), samples_ms=[round(s, 4) for s in samples],
+                    throughput_fps=throughput_fps(batch, samples))
+        case["gflops_per_s"] = self.flops_per_frame * case["throughput_fps"] / 1e9
+        gemm = self.gemm.get(GEMM_FOR_PRECISION.get(precision, ""))
+        if gemm is not None:
+            case["gemm_precision"] = gemm["precision"]
+            case["gemm_fraction"] = case["gflops_per_s"] / gemm["gflops"]
+        error = "" if case["max_rel_error"] is not None or role == "eager" else "; outputs contain NaN/inf"
+        self.progress(f"  batch {batch}: median {stats.median_ms:.2f} ms over {stats.runs} runs, "
+                      f"{case['throughput_fps']:.2f} frames/s, max rel err {_fmt_err(case['max_rel_error'])}{error}")
+        return case
+
+    def check_output(self, case: dict, output) -> None:
+        batch = case["batch"]
+        if case["role"] == "eager":
+            reference = output.detach().float().cpu() if hasattr(output, "detach") else np.asarray(output)
+            self.reference_outputs[batch] = reference
+            case["max_rel_error"] = 0.0
+            return
+        if batch not in self.reference_outputs:
+            case["message"] = "no eager reference output at this batch to compare with"
+            return
+        case["max_rel_error"] = relative_error(output, self.reference_outputs[batch])
+        if case["max_rel_error"] is None:
+            case.update(status="error", message="outputs contain NaN or infinite values")
+
+    def run(self, package_path: Path, artifact: dict | None) -> list:
+        from ..runtime import Predictor
+
+        options = self.options
+        backends, precisions = selected_cases(options, artifact)
+        self.measure(EAGER, "fp32", "eager",
+                     lambda: Predictor.load(package_path, backend="reference", device=self.device))
+        if options.compiled_baseline:
+            self.measure(COMPILED, "fp32", "compiled", lambda: compiled_reference(package_path, self.device))
+        for backend in backends:
+            usable, reason = backend_status(backend, self.device)
+            for precision in precisions:
+                if backend == EAGER and precision == "fp32" and artifact is None:
+                    continue  # measured above as the eager baseline
+                if not usable:
+                    self.skipped_all(backend, precision, "backend", "unsupported",
+                                     f"backend {backend!r} cannot run on {self.device!r}: {reason}")
+                    continue
+                path = options.source if artifact is not None else package_path
+                self.measure(backend, precision, "backend",
+                             lambda b=backend, p=precision, s=path: Predictor.load(s, backend=b, device=self.device,
+                                                                                 precision=p))
+        add_speedups(self.cases)
+        return self.cases
+
+
+def selected_cases(options: BenchOptions, artifact: dict | None) -> tuple:
+    """`(backends, precisions)` to measure; an artifact source fixes both to the artifact's own."""
+    if artifact is not None:
+        return [artifact["backend"]], [artifact["precision"]]
+    backends = list(options.backends) if options.backends else list(BACKEND_MODULES)
+    unknown = [name for name in backends if name not in BACKEND_MODULES]
+    if unknown:
+        raise BackendError(f"unknown backend {', '.join(map(repr, unknown))}; this engine has: "
+                           f"{', '.join(BACKEND_MODULES)}")
+    return backends, list(options.precisions)
+
+
+def compiled_reference(package_path: Path, device: str):
+    """A Predictor over `torch.compile` of the eager reference model (default mode), the second baseline."""
+    import torch
+
+    from ..backends.base import Runner
+    from ..backends.reference import load_model
+    from ..runtime import Predictor, load_package
+
+    package = load_package(package_path)
+    model = torch.compile(load_model(package.config, package.tensors).to(device))
+
+    def run(batch):
+        return model(batch)
+
+    cfg = package.config
+    return Predictor(Runner(run=run, uses_torch=True, device=device, precision="fp32"), task=cfg.task,
+                     classes=cfg.classes, preprocessing=cfg.preprocessing, image_size=cfg.image_size,
+                     backend=COMPILED, source=Path(package_path), sha256=package.sha256)
+
+
+def add_speedups(cases: list) -> None:
+    """Ratios of each case's median latency to the eager and compiled baselines at the same batch (>1: faster)."""
+    baseline = {}
+    for case in cases:
+        if case["role"] in ("eager", "compiled") and case["status"] == "ok":
+            baseline[(case["role"], case["batch"])] = case["latency_ms"]["median_ms"]
+    for case in cases:
+        if case["status"] != "ok":
+            continue
+        median = case["latency_ms"]["median_ms"]
+        for role in ("eager", "compiled"):
+            reference = baseline.get((role, case["batch"]))
+            if reference is not None and median > 0:
+                case[f"speedup_vs_{role}"] = reference / median
+
+
+def _fmt_err(value) -> str:
+    return "n/a" if value is None else f"{value:.2e}"
+
+
+def resolve_source(options: BenchOptions) -> tuple:
+    """`(package path, artifact manifest or None)`; an artifact needs the package it was built from."""
+    from ..artifacts import read_manifest
+
+    source = Path(options.source)
+    if not source.exists():
+        raise PackageError(f"{source} does not exist: expected a .htpkg package or a built artifact directory")
+    if not source.is_dir():
+        if options.package is not None:
+            raise BackendError("--package is only for artifact sources; the source is already a package")
+        return source, None
+    manifest = read_manifest(source)
+    if options.package is None:
+        raise PackageError(f"{source} is a built {manifest.get('backend')!r} artifact: give the package it was "
+                           f"built from with --package M.htpkg (the eager and compiled baselines and the "
+                           f"correctness column run it)")
+    return Path(options.package), manifest
+
+
+def run_bench(options: BenchOptions, progress=_noop, command: str | None = None) -> dict:
+    """Measure everything `options` asks for and return the report (a JSON-able dict, see bench_schema.json)."""
+    import torch
+
+    from ..runtime import load_package
+
+    package_path, artifact = resolve_source(options)
+    selected_cases(options, artifact)
+    for batch in options.batches:
+        if batch < 1:
+            raise BackendError(f"batch sizes must be >= 1, got {batch}")
+    suite = _Suite(options, progress)
+    package = load_package(package_path)
+    if artifact is not None and artifact.get("package_sha256") not in (None, package.sha256):
+        raise PackageError(f"{options.source} was built from a package with sha256 "
+                           f"{artifact['package_sha256'][:16]}…, not from {package_path} ({package.sha256[:16]}…)")
+    cfg = package.config
+    sha256 = package.sha256
+    suite.config = cfg
+    pruned, full = count_flops(cfg, pruned=True), count_flops(cfg, pruned=False)
+    suite.flops_per_frame = pruned.total
+    del package
+    progress(f"model {cfg.arch} {cfg.task}: {pruned.total / 1e9:.2f} GFLOP/frame after the exact rewrites "
+             f"({full.total / 1e9:.2f} as the reference runs it)")
+    gemm_precisions = ["fp32", "bf16"] + (["fp16"] if options.device.startswith("cuda") else [])
+    suite.gemm = {}
+    for precision in gemm_precisions:
+        suite.gemm[precision] = gemm_rate(precision, options.device, size=options.gemm_size,
+                                            duration_s=options.gemm_duration_s)
+        progress(f"GEMM rate {precision}: {suite.gemm[precision]['gflops']:.1f} GFLOP/s peak, "
+                 f"{suite.gemm[precision]['median_gflops']:.1f} median "
+                 f"({suite.gemm[precision]['size']}³ matmul)")
+    settings = {key: (str(value) if isinstance(value, Path) else value)
+                for key, value in asdict(options).items()}
+    report = {
+        "schema": SCHEMA_NAME,
+        "schema_version": SCHEMA_VERSION,
+        "command": command,
+        "machine": machine_info(options.device),
+        "model": {"source": str(options.source), "package": str(package_path), "arch": cfg.arch, "task": cfg.task,
+                  "num_classes": cfg.num_classes, "image_size": cfg.image_size, "filter_kind": cfg.filter_kind,
+                  "layers": cfg.layers, "extract_layers": list(cfg.extract_layers), "sha256": sha256},
+        "settings": settings,
+        "flops_per_frame": {"pruned": pruned.to_dict(), "reference": full.to_dict()},
+        "gemm": suite.gemm,
+        "cases": suite.run(package_path, artifact),
+    }
+    report["settings"]["torch_threads"] = torch.get_num_threads()
+    report["wall_s"] = time.perf_counter() - suite.started
+    return report

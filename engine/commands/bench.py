@@ -1,0 +1,137 @@
+"""`ht-engine bench`: latency, throughput, memory, load time and correctness of every backend, side by side with
+the eager reference and `torch.compile` of it, as a console table, JSON (engine/data/bench_schema.json) and PNG."""
+
+from __future__ import annotations
+
+import shlex
+import sys
+import tempfile
+from pathlib import Path
+
+from ..config import ARCHS
+
+DEFAULT_ARCH = "biomedclip-vit-b16"
+DEFAULT_TASK = "seg"
+
+
+def _csv(kind):
+    def parse(text: str) -> list:
+        items = [item.strip() for item in text.split(",") if item.strip()]
+        if not items:
+            raise ValueError(f"empty {kind} list")
+        return [int(item) for item in items] if kind == "batch" else items
+
+    parse.__name__ = f"comma-separated {kind}"
+    return parse
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "bench", help="benchmark every backend x precision x batch against the eager and compiled reference",
+        description="Measure latency (median/p90/p99/max), throughput, peak memory, first-load time, FLOP rate and "
+                    "max error to the reference for each backend x precision x batch, next to the eager reference "
+                    "and torch.compile(reference) in the same process. Defaults finish in about 2-3 minutes on a "
+                    "2-core CPU.")
+    parser.add_argument("artifact", nargs="?", type=Path,
+                        help=".htpkg package or built artifact directory (default: a seeded random package of "
+                             "--arch/--task)")
+    parser.add_argument("--arch", choices=sorted(ARCHS), default=None,
+                        help=f"benchmark a seeded random package of this arch (default {DEFAULT_ARCH})")
+    parser.add_argument("--task", choices=("seg", "cls"), default=None, help=f"with --arch (default {DEFAULT_TASK})")
+    parser.add_argument("--num-classes", type=int, default=2, help="with --arch (default 2)")
+    parser.add_argument("--filter", dest="filter_kind", choices=("channel", "spectral"), default="channel",
+                        help="with --arch: the adapters' frequency filter (default channel)")
+    parser.add_argument("--package", type=Path, default=None,
+                        help="for an artifact source: the package it was built from (baselines, correctness)")
+    parser.add_argument("--backends", type=_csv("backend"), default=None,
+                        help="comma-separated backends (default: every registered backend; those that cannot run "
+                             "on --device are listed as unsupported)")
+    parser.add_argument("--precisions", type=_csv("precision"), default=["fp32"],
+                        help="comma-separated precisions tried on every backend, e.g. fp32,bf16,fp16,int8 "
+                             "(default fp32); a backend that lacks one reports it as unsupported")
+    parser.add_argument("--batch", type=_csv("batch"), default=[1], help="comma-separated batch sizes (default 1)")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default cpu)")
+    parser.add_argument("--duration", type=float, default=2.0,
+                        help="seconds of timed runs per case after warm-up (default 2; at least --min-runs run)")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed runs per case after the first call (default 1)")
+    parser.add_argument("--min-runs", type=int, default=3, help="timed runs per case at least (default 3)")
+    parser.add_argument("--no-compile", dest="compiled_baseline", action="store_false",
+                        help="skip the torch.compile(reference) baseline")
+    parser.add_argument("--time-limit", type=float, default=120.0,
+                        help="seconds after which backends not yet loaded (and further batch sizes) are reported "
+                             "as skipped, so that the defaults end in about 3 minutes (default 120; 0: no limit)")
+    parser.add_argument("--gemm-size", type=int, default=None,
+                        help="side of the square matmul that measures the GEMM peak (default 1024 CPU, 4096 GPU)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the inputs (and of a generated package)")
+    parser.add_argument("--json", type=Path, default=None, help="write the report as JSON here")
+    parser.add_argument("--markdown", type=Path, default=None,
+                        help="write the table as a Markdown section (machine, command, results) here")
+    parser.add_argument("--plot", type=Path, default=None,
+                        help="write latency distributions and throughput vs batch here (PNG; needs matplotlib)")
+    parser.set_defaults(handler=run)
+
+
+def _generated_package(args, directory: Path) -> Path:
+    from ..config import ModelConfig
+    from ..package import save_package
+    from ..weights import random_package_tensors
+
+    arch, task = args.arch or DEFAULT_ARCH, args.task or DEFAULT_TASK
+    config = ModelConfig.for_arch(arch, task, args.num_classes, filter_kind=args.filter_kind)
+    path = directory / f"{arch}-{task}-seed{args.seed}.htpkg"
+    # Output-bias calibration only matters for masks that look plausible; timings and errors do not need it.
+    save_package(path, config, random_package_tensors(config, args.seed, calibrate=False))
+    return path
+
+
+def run(args) -> int:
+    from ..bench import BenchOptions, format_header, format_table, run_bench, validate_report, write_json, write_plot
+    from ..bench.report import ReportError, format_markdown
+    from ..errors import InputError
+
+    if args.artifact is not None and (args.arch or args.task):
+        raise InputError("give either ARTIFACT or --arch/--task (a generated package), not both")
+    if args.plot is not None:
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            raise ReportError("--plot needs matplotlib, which is not installed: pip install 'ht-engine[bench]' "
+                              "(or drop --plot)") from None
+    if args.duration < 0 or args.warmup < 0 or args.min_runs < 1 or (args.gemm_size or 1) < 1:
+        raise InputError("--duration and --warmup must be >= 0, --min-runs and --gemm-size >= 1")
+    command = "ht-engine " + " ".join(shlex.quote(arg) for arg in sys.argv[1:]) if sys.argv[1:] else None
+    with tempfile.TemporaryDirectory(prefix="ht-bench-") as scratch:
+        source = args.artifact
+        if source is None:
+            print(f"writing a seeded random {args.arch or DEFAULT_ARCH} {args.task or DEFAULT_TASK} package",
+                  flush=True)
+            source = _generated_package(args, Path(scratch))
+        options = BenchOptions(source=source, package=args.package, backends=args.backends,
+                               precisions=args.precisions, batches=args.batch, device=args.device,
+                               duration_s=args.duration, warmup_runs=args.warmup, min_runs=args.min_runs,
+                               compiled_baseline=args.compiled_baseline, seed=args.seed, gemm_size=args.gemm_size,
+                               time_limit_s=args.time_limit or None)
+        report = run_bench(options, progress=lambda message: print(message, flush=True), command=command)
+    print()
+    print(format_header(report))
+    print(format_table(report))
+    print(f"done in {report['wall_s']:.0f} s")
+    if args.json is not None:
+        try:
+            validate_report(report)
+        except ReportError as exc:
+            if "needs jsonschema" not in str(exc):
+                raise
+            print(f"note: {exc}; writing the report unvalidated", file=sys.stderr)
+        write_json(report, args.json)
+        print(f"report: {args.json}")
+    if args.markdown is not None:
+        from ..package import atomic_write
+
+        text = format_markdown(report)
+        atomic_write(args.markdown, lambda tmp: tmp.write_text(text))
+        print(f"markdown: {args.markdown}")
+    if args.plot is not None:
+        write_plot(report, args.plot)
+        print(f"plot: {args.plot}")
+    return 0

@@ -1,0 +1,350 @@
+"""`ht-engine bench`: FLOP counter, measurement core, report schema, correctness column, unsupported precisions."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+import types
+
+import numpy as np
+import pytest
+import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.utils.flop_counter import FlopCounterMode
+
+from engine.backends import BACKEND_MODULES
+from engine.backends.base import Runner
+from engine.bench import (
+                          BenchOptions,
+                          LatencyStats,
+                          PeakMemory,
+                          count_flops,
+                          format_table,
+                          gemm_rate,
+                          run_bench,
+                          time_calls,
+)
+from engine.bench.flops import dft_filter_flops
+from engine.bench.report import ReportError, format_markdown, validate_report, write_plot
+from engine.cli import main
+from engine.config import ModelConfig
+from engine.model import build_reference_model
+from engine.package import save_package
+
+from .helpers import random_images, small_config, small_tensors
+from .tolerances import RELATIVE
+
+pytest.importorskip("jsonschema", reason="the bench schema tests need jsonschema (pip install -e '.[dev]')")
+
+
+# ---------------------------------------------------------------- FLOP counter
+
+@pytest.mark.parametrize("arch, task, filter_kind", [
+    ("biomedclip-vit-b16", "seg", "channel"), ("openai-clip-vit-b16", "seg", "spectral"),
+    ("openai-clip-vit-b16", "cls", "channel"), ("biomedclip-vit-b16", "cls", "spectral")])
+def test_reference_flops_equal_torch_flop_counter(arch, task, filter_kind):
+    """The unpruned count equals torch's FLOP counter on the eager reference, plus what that counter does not see:
+    the FFT filter (counted as dense DFT products) and the bilinear upsample (4 taps per output pixel)."""
+    cfg = small_config(arch, task, filter_kind, num_classes=3)
+    model = build_reference_model(cfg, small_tensors(cfg))
+    batch = 2
+    with FlopCounterMode(display=False) as counter, torch.inference_mode(), sdpa_kernel(SDPBackend.MATH):
+        model(random_images(batch, cfg.image_size, seed=5))
+    measured = counter.get_total_flops() // batch
+    unseen = len(cfg.adapter_layers) * cfg.bottleneck * dft_filter_flops(cfg.grid, cfg.grid)
+    if task == "seg":
+        unseen += 2 * 4 * cfg.image_size ** 2 * cfg.head_dim
+    assert count_flops(cfg, pruned=False).total == measured + unseen
+
+
+def test_pruned_flops_count_only_live_blocks():
+    cfg = small_config("biomedclip-vit-b16", extract_layers=[0, 1], adapter_layers=[0, 1, 2, 3])
+    live = dataclasses.replace(cfg, layers=2, adapter_layers=[0, 1])
+    pruned, full = count_flops(cfg, pruned=True), count_flops(cfg, pruned=False)
+    assert pruned.blocks == 2 and full.blocks == 4
+    assert pruned.attention == count_flops(live, pruned=False).attention == full.attention // 2
+    assert pruned.mlp == full.mlp // 2
+    # Two live adapters, each without the FFT and with one merged 7x7 conv instead of 3x3 + 5x5 + 7x7.
+    r, pixels = cfg.bottleneck, cfg.grid ** 2
+    per_adapter_saving = r * dft_filter_flops(cfg.grid, cfg.grid) + 2 * r * pixels * (9 + 25)
+    assert pruned.adapters == 2 * (full.adapters // 4 - per_adapter_saving)
+
+
+def test_seg_head_rewrite_runs_the_classifier_before_the_upsample():
+    cfg = small_config("biomedclip-vit-b16", "seg", num_classes=3)
+    pruned, full = count_flops(cfg, pruned=True), count_flops(cfg, pruned=False)
+    size2, dim, pixels, levels = cfg.image_size ** 2, cfg.head_dim, cfg.grid ** 2, len(cfg.extract_layers)
+    # Reference: third level linear (dim→dim) per level, upsample of dim channels, 1x1 conv at full resolution.
+    # Rewritten: that linear and the 1x1 conv folded into one dim→C per level, upsample of C channels.
+    saved = levels * 2 * pixels * dim * (dim - 3) + 2 * 4 * size2 * (dim - 3) + 2 * size2 * dim * 3
+    assert full.heads - pruned.heads == saved
+
+
+def test_full_size_seg_count_matches_the_design_card():
+    """Design card §7: the seg model needs ≈ 30.5 GFLOP per frame after pruning (10 of 12 blocks)."""
+    cfg = ModelConfig.for_arch("biomedclip-vit-b16", "seg", 2)
+    pruned = count_flops(cfg, pruned=True)
+    assert pruned.blocks == 10
+    assert abs(pruned.total / 1e9 - 30.5) < 0.05, pruned.to_dict()
+    assert count_flops(cfg, pruned=False).total > pruned.total * 1.15
+
+
+# ---------------------------------------------------------------- measurement core
+
+def test_time_calls_runs_warmup_then_at_least_min_runs():
+    calls = []
+    samples = time_calls(lambda: calls.append(1), timer="perf_counter_ns", warmup_runs=4, duration_s=0.0,
+                         min_runs=7)
+    assert len(samples) == 7 and len(calls) == 11
+    assert all(s >= 0 for s in samples)
+    capped = time_calls(lambda: None, timer="perf_counter_ns", warmup_runs=0, duration_s=60.0, max_runs=5)
+    assert len(capped) == 5
+
+
+def test_latency_stats_percentiles():
+    rng = np.random.default_rng(3)
+    samples = rng.gamma(2.0, 3.0, size=501)
+    stats = LatencyStats.from_samples(samples)
+    ordered = np.sort(samples)
+    assert stats.runs == 501
+    assert stats.median_ms == ordered[250]  # odd count: the middle sample exactly
+    assert stats.p90_ms == pytest.approx(ordered[450]) and stats.p99_ms == pytest.approx(ordered[495])
+    assert stats.max_ms == ordered[-1] and stats.min_ms == ordered[0]
+    with pytest.raises(ValueError):
+        LatencyStats.from_samples([])
+
+
+def test_peak_memory_sees_a_transient_allocation():
+    memory = PeakMemory("cpu")
+    memory.reset()
+    before = memory.current()
+    block = np.ones(48 * 2**20, dtype=np.uint8)  # touched pages, so they are resident
+    del block
+    assert memory.peak() - before >= 40 * 2**20
+
+
+def test_gemm_rate_reports_peak_and_median():
+    rate = gemm_rate("fp32", "cpu", size=96, duration_s=0.0)
+    assert rate["size"] == 96 and rate["runs"] >= 3
+    assert rate["min_ms"] <= rate["median_ms"]
+    assert rate["gflops"] == pytest.approx(2 * 96 ** 3 / (rate["min_ms"] * 1e6))
+    assert rate["gflops"] >= rate["median_gflops"] > 0
+
+
+# ---------------------------------------------------------------- the suite
+
+@pytest.fixture(scope="module", autouse=True)
+def eager_optimized_backend():
+    """The optimized CPU backend compiles on load; these tests are about the bench, not the compiler (its own tests
+    cover it), so it runs eagerly here and the suite stays fast on a cold compile cache."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("HT_ENGINE_COMPILE", "0")
+        yield
+
+
+@pytest.fixture(scope="module")
+def small_package(tmp_path_factory):
+    cfg = small_config("biomedclip-vit-b16", "seg", num_classes=3)
+    path = tmp_path_factory.mktemp("bench") / "small.htpkg"
+    save_package(path, cfg, small_tensors(cfg, seed=2))
+    return path
+
+
+def fast_options(package, **overrides) -> BenchOptions:
+    fields = dict(source=package, precisions=["fp32"], batches=[1, 2], duration_s=0.0, warmup_runs=0, min_runs=1,
+                  compiled_baseline=False, gemm_size=64, gemm_duration_s=0.0)
+    fields.update(overrides)
+    return BenchOptions(**fields)
+
+
+def _fake_backend(transform=None, fail_at_run: bool = False) -> types.ModuleType:
+    """A registry module whose runner returns the eager reference's output through `transform`."""
+    module = types.ModuleType("fake_bench_backend")
+
+    def available(device):
+        return True, ""
+
+    def load(package, device, precision):
+        if precision != "fp32":
+            from engine.errors import BackendError
+
+            raise BackendError(f"fake backend runs fp32 only, not {precision}")
+        model = build_reference_model(package.config, package.tensors)
+
+        @torch.inference_mode()
+        def run(batch):
+            if fail_at_run:
+                raise RuntimeError("kernel launch failed")
+            return transform(model(batch))
+
+        return Runner(run=run, uses_torch=True, device="cpu", precision=precision)
+
+    module.available, module.load = available, load
+    return module
+
+
+def _cases(report, backend):
+    return [case for case in report["cases"] if case["backend"] == backend]
+
+
+@pytest.fixture(scope="module")
+def report(small_package):
+    return run_bench(fast_options(small_package, backends=["reference", "optimized"], precisions=["fp32", "bf16"],
+                                  min_runs=2))
+
+
+def test_report_validates_and_lists_every_case_with_its_correctness(report):
+    validate_report(report)
+    json.dumps(report, allow_nan=False)
+    assert report["machine"]["environment"]["HT_ENGINE_COMPILE"] == "0"  # set by the fixture above
+    assert report["flops_per_frame"]["pruned"]["total"] < report["flops_per_frame"]["reference"]["total"]
+    seen = {(c["backend"], c["precision"], c["batch"]): c for c in report["cases"]}
+    expected = {(b, p, n) for b in ("reference", "optimized") for p in ("fp32", "bf16") for n in (1, 2)}
+    assert set(seen) == expected and len(report["cases"]) == len(expected)
+    for batch in (1, 2):
+        eager = seen[("reference", "fp32", batch)]
+        assert eager["role"] == "eager" and eager["status"] == "ok" and eager["max_rel_error"] == 0.0
+        assert eager["speedup_vs_eager"] == pytest.approx(1.0)
+        optimized = seen[("optimized", "fp32", batch)]
+        assert optimized["status"] == "ok", optimized["message"]
+        assert 0.0 <= optimized["max_rel_error"] <= RELATIVE[torch.float32]
+        assert optimized["latency_ms"]["runs"] >= 2 and optimized["throughput_fps"] > 0
+        assert optimized["gemm_precision"] == "fp32" and optimized["gemm_fraction"] > 0
+        assert optimized["peak_memory_bytes"] > 0 and optimized["first_load_s"] >= optimized["load_s"] > 0
+        bf16 = seen[("optimized", "bf16", batch)]
+        assert bf16["status"] == "ok" and 0.0 < bf16["max_rel_error"] <= RELATIVE[torch.bfloat16]
+    unsupported = seen[("reference", "bf16", 1)]
+    assert unsupported["status"] == "unsupported" and "fp32" in unsupported["message"]
+    assert unsupported["latency_ms"] is None and unsupported["max_rel_error"] is None
+    table = format_table(report)
+    assert table.count("\n") == len(report["cases"]) + 1
+    assert "unsupported: backend 'reference' runs in" in table
+
+
+def test_a_fast_wrong_backend_cannot_hide_and_a_crash_does_not_stop_the_run(small_package, monkeypatch):
+    monkeypatch.setitem(sys.modules, "fake_wrong", _fake_backend(lambda y: y * 1.25))
+    monkeypatch.setitem(sys.modules, "fake_crash", _fake_backend(fail_at_run=True))
+    monkeypatch.setitem(sys.modules, "fake_nan", _fake_backend(lambda y: y.masked_fill(y > y.median(), np.nan)))
+    for name in ("fake_wrong", "fake_crash", "fake_nan"):
+        monkeypatch.setitem(BACKEND_MODULES, name, name)
+    report = run_bench(fast_options(small_package, backends=["fake_crash", "fake_wrong", "fake_nan"],
+                                    precisions=["fp32", "fp16"], batches=[2]))
+    validate_report(report)
+    wrong = _cases(report, "fake_wrong")
+    assert [c["precision"] for c in wrong] == ["fp32", "fp16"]
+    assert wrong[0]["status"] == "ok" and wrong[0]["max_rel_error"] == pytest.approx(0.25, rel=1e-5)
+    assert wrong[1]["status"] == "unsupported" and "fp32 only" in wrong[1]["message"]
+    crash = _cases(report, "fake_crash")[0]
+    assert crash["status"] == "error" and "kernel launch failed" in crash["message"]
+    nan = _cases(report, "fake_nan")[0]
+    assert nan["status"] == "error" and nan["max_rel_error"] is None and "NaN" in nan["message"]
+
+
+def test_unknown_backend_is_refused_with_the_known_names(small_package):
+    from engine.errors import BackendError
+
+    with pytest.raises(BackendError, match="unknown backend 'tensorrtt'.*reference"):
+        run_bench(fast_options(small_package, backends=["tensorrtt"], batches=[1]))
+
+
+def test_time_limit_skips_cases_not_yet_started(small_package):
+    report = run_bench(fast_options(small_package, backends=["optimized"], batches=[1], time_limit_s=1e-9))
+    validate_report(report)
+    assert {c["status"] for c in report["cases"]} == {"skipped"}
+    assert all("time limit" in c["message"] for c in report["cases"])
+
+
+def test_schema_rejects_a_broken_report(report):
+    broken = json.loads(json.dumps(report))
+    broken["cases"][0]["status"] = "fast"
+    with pytest.raises(ReportError, match="cases/0/status"):
+        validate_report(broken)
+    missing = json.loads(json.dumps(report))
+    del missing["cases"][0]["max_rel_error"]
+    with pytest.raises(ReportError, match="max_rel_error"):
+        validate_report(missing)
+    timed_without_latency = json.loads(json.dumps(report))
+    timed_without_latency["cases"][0]["latency_ms"] = None
+    with pytest.raises(ReportError):
+        validate_report(timed_without_latency)
+
+
+# ---------------------------------------------------------------- CLI
+
+def test_cli_bench_writes_a_valid_json_and_prints_the_table(small_package, tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    rc = main(["bench", str(small_package), "--backends", "reference,optimized", "--precisions", "fp32,int8",
+               "--batch", "1", "--duration", "0", "--warmup", "0", "--min-runs", "1", "--no-compile",
+               "--gemm-size", "64", "--json", str(out)])
+    printed = capsys.readouterr().out
+    assert rc == 0
+    report = json.loads(out.read_text())
+    validate_report(report)
+    assert {(c["backend"], c["precision"]) for c in report["cases"]} == {
+        ("reference", "fp32"), ("reference", "int8"), ("optimized", "fp32"), ("optimized", "int8")}
+    assert "median ms" in printed and "max rel err" in printed and f"report: {out}" in printed
+
+
+def test_cli_plot_without_matplotlib_is_a_clear_error_before_any_work(small_package, tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    rc = main(["bench", str(small_package), "--plot", str(tmp_path / "p.png")])
+    err = capsys.readouterr().err
+    assert rc == 2 and "--plot needs matplotlib" in err and "ht-engine[bench]" in err
+    assert not (tmp_path / "p.png").exists()
+
+
+def test_cli_refuses_artifact_and_arch_together(small_package, capsys):
+    assert main(["bench", str(small_package), "--arch", "biomedclip-vit-b16"]) == 2
+    assert "not both" in capsys.readouterr().err
+
+
+def test_markdown_section_has_a_row_per_case_and_names_the_command(report):
+    text = format_markdown({**report, "command": "ht-engine bench x.htpkg --batch 1,2"})
+    rows = [line for line in text.splitlines() if line.startswith("| ") and "---" not in line]
+    assert len(rows) == 1 + len(report["cases"])
+    assert all(row.count("|") == rows[0].count("|") for row in rows)
+    assert "`ht-engine bench x.htpkg --batch 1,2`" in text and "unsupported: " in text
+
+
+def test_stream_benchmark_script_runs_both_policies_at_both_rates(small_package, tmp_path, capsys):
+    pytest.importorskip("av", reason="the stream benchmark writes MP4 (pip install -e '.[stream]')")
+    from benchmarks import bench_stream
+
+    out = tmp_path / "stream.json"
+    rc = bench_stream.main([str(small_package), "--backend", "reference", "--frames", "4", "--height", "40",
+                            "--width", "56", "--json", str(out)])
+    assert rc == 0
+    runs = json.loads(out.read_text())["runs"]
+    assert [(r["policy"], r["input_rate_fps"]) for r in runs] == [
+        ("latest", 30.0), ("all", 30.0), ("latest", 60.0), ("all", 60.0)]
+    for run in runs:
+        assert run["frames_in"] == 4 and run["processed"] + run["dropped"] == 4
+        assert run["latency_ms"]["end_to_end"]["count"] == run["processed"]
+    assert all(run["processed"] == 4 for run in runs if run["policy"] == "all")
+    table = capsys.readouterr().out.split("e2e p50 ms")[1].splitlines()[1:5]
+    assert [line.split()[:2] for line in table] == [["latest", "30"], ["all", "30"], ["latest", "60"], ["all", "60"]]
+
+
+def test_plot_is_a_png(report, tmp_path):
+    pytest.importorskip("matplotlib", reason="plots need matplotlib (pip install -e '.[bench]')")
+    path = tmp_path / "bench.png"
+    write_plot(report, path)
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.requires_cuda
+def test_cuda_cases_use_device_events_and_device_memory(small_package):
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA GPU visible: device-event timing and CUDA memory peaks need one")
+    report = run_bench(fast_options(small_package, device="cuda", backends=["reference", "optimized"],
+                                    precisions=["fp32", "fp16"], batches=[1, 3]))
+    validate_report(report)
+    assert report["machine"]["gpu"]["name"] and "fp16" in report["gemm"]
+    ok = [c for c in report["cases"] if c["status"] == "ok"]
+    assert {(c["backend"], c["precision"]) for c in ok} >= {("reference", "fp32"), ("optimized", "fp32")}
+    for case in ok:
+        assert case["timer"] == "cuda_events" and case["memory_kind"] == "cuda_max_allocated"
+        assert case["peak_memory_bytes"] > 0
+    fp32 = [c for c in ok if c["backend"] == "optimized" and c["precision"] == "fp32"]
+    assert all(c["max_rel_error"] <= RELATIVE[torch.float32] for c in fp32)
