@@ -16,6 +16,8 @@ import torch
 
 from engine.errors import BackendError, InputError
 
+from .preprocess import pillow_vertical_first
+
 _DTYPE_CODES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
 _BUILD_HINT = ("build it with nvcc on PATH: `pip install -e .` or `HTK_CUDA_ARCHS=90 python3 setup.py build_ext "
                "--inplace` (pybind11 must be importable); see docs/cuda.md")
@@ -184,6 +186,11 @@ def preprocess_into(out: torch.Tensor, frames: torch.Tensor, row_weights: torch.
     if tuple(out.shape) != (batch, 3, out_h, out_w) or not out.is_contiguous():
         raise InputError(f"out: expected a contiguous tensor of shape {[batch, 3, out_h, out_w]}, "
                          f"got {list(out.shape)} (contiguous={out.is_contiguous()})")
+    if pillow_vertical_first(height, width, out_h, out_w):
+        # The kernel runs the horizontal pass first; on the transposed frame that is Pillow's vertical-first order.
+        transposed = torch.empty((batch, 3, out_w, out_h), dtype=out.dtype, device=device)
+        preprocess_into(transposed, frames.transpose(1, 2), cols, rows, scale)
+        return out.copy_(transposed.transpose(2, 3))
     extension = load_extension()
     frames = frames.contiguous()
     workspace_bytes = extension.preprocess_workspace_bytes(batch, height, out_h, out_w)

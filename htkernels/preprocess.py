@@ -18,6 +18,11 @@ def _round_fixed_point(acc: torch.Tensor) -> torch.Tensor:
                        0, 255)
 
 
+def pillow_vertical_first(height: int, width: int, out_h: int, out_w: int) -> bool:
+    """Pillow 13's pass order: vertical first iff it shrinks rows more than twice as much as columns shrink."""
+    return height != out_h and width != out_w and max(height - out_h, 0) > 2 * max(width - out_w, 0)
+
+
 def preprocess_ref(frames: torch.Tensor, row_weights: torch.Tensor, col_weights: torch.Tensor, scale: float,
                    out_dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """frames uint8 `[B,H,W]` or `[B,H,W,3]`, row_weights int32 `[S,H]`, col_weights int32 `[S,W]` → `[B,3,S,S]`."""
@@ -27,7 +32,7 @@ def preprocess_ref(frames: torch.Tensor, row_weights: torch.Tensor, col_weights:
     gray = frames.to(torch.float64)
     height, width = gray.shape[1:]
     out_h, out_w = row_weights.shape[0], col_weights.shape[0]
-    vertical_first = max(height - out_h, 0) > 2 * max(width - out_w, 0)
+    vertical_first = pillow_vertical_first(height, width, out_h, out_w)
     if height != out_h and vertical_first:
         gray = _round_fixed_point(row_weights.to(torch.float64) @ gray)
     if width != out_w:
@@ -161,6 +166,10 @@ def preprocess_triton(frames: torch.Tensor, row_weights: torch.Tensor, col_weigh
     out_h, out_w = row_weights.shape[0], col_weights.shape[0]
     check_shape(op, "row_weights", row_weights, (out_h, height))
     check_shape(op, "col_weights", col_weights, (out_w, width))
+    if pillow_vertical_first(height, width, out_h, out_w):
+        # The kernel runs the horizontal pass first; on the transposed frame that is Pillow's vertical-first order.
+        transposed = preprocess_triton(frames.transpose(1, 2), col_weights, row_weights, scale, out_dtype)
+        return transposed.transpose(2, 3).contiguous()
     out = torch.empty((batch, 3, out_h, out_w), device=frames.device, dtype=out_dtype)
     if batch == 0:
         return out
