@@ -19,7 +19,6 @@ import argparse
 import datetime
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -33,6 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from engine import Predictor  # noqa: E402
+from engine.bench.machine import cpu_model  # noqa: E402
 from engine.config import AUTHORS_PREPROCESSING, ModelConfig  # noqa: E402
 from engine.model import build_reference_model  # noqa: E402
 from engine.optimize.flops import optimized_flops  # noqa: E402
@@ -50,16 +50,6 @@ from engine import Predictor
 p = Predictor.load({path!r}, backend="optimized", precision={precision!r})
 print(time.perf_counter() - t)
 """
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def cpu_flags() -> list:
