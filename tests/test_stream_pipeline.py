@@ -32,7 +32,7 @@ ARCH = "biomedclip-vit-b16"
 
 
 def stream_threads():
-    return [t for t in threading.enumerate() if t.name.startswith(THREAD_PREFIX)]
+    return [t for t in threading.enumerate() if t.name.startswith(THREAD_PREFIX) and t.is_alive()]
 
 
 @pytest.fixture(autouse=True)

@@ -442,6 +442,10 @@ class StreamPipeline:
     def _wait(self, threads) -> bool:
         """Wait for every stage, with live progress; on Ctrl-C cancel and keep waiting. True if interrupted."""
         interrupted = False
+
+        def progress():
+            return self.metrics.processed, sum(t.is_alive() for t in threads)
+
         last_progress = time.monotonic()
         while True:
             try:
@@ -458,19 +462,22 @@ class StreamPipeline:
                 interrupted = True
                 self.stop()
         # Stopping (error or cancel): the stages drain what they hold. A stage is hung when nothing moved for
-        # `join_timeout_s`: no frame delivered and no stage finished.
-        def progress():
-            return self.metrics.processed, sum(t.is_alive() for t in threads)
-
-        seen, deadline = progress(), time.monotonic() + self.join_timeout_s
-        while any(t.is_alive() for t in threads) and time.monotonic() < deadline:
+        # `join_timeout_s`: no frame delivered and no stage finished. The whole loop body is guarded, so a Ctrl-C
+        # arriving at any point of it cancels and keeps joining instead of leaving stage threads behind.
+        seen, deadline = None, None
+        while True:
             try:
-                next(t for t in threads if t.is_alive()).join(timeout=0.05)
+                if deadline is None:
+                    seen, deadline = progress(), time.monotonic() + self.join_timeout_s
+                alive = [t for t in threads if t.is_alive()]
+                if not alive or time.monotonic() >= deadline:
+                    break
+                alive[0].join(timeout=0.05)
+                if progress() != seen:
+                    seen, deadline = progress(), time.monotonic() + self.join_timeout_s
             except KeyboardInterrupt:
                 interrupted = True
                 self.stop()
-            if progress() != seen:
-                seen, deadline = progress(), time.monotonic() + self.join_timeout_s
         hung = [t.name for t in threads if t.is_alive()]
         if hung:
             for channel in (self._to_preprocess, self._to_infer, self._to_postprocess, self._to_sinks):
