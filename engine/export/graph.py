@@ -6,7 +6,6 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ..optimize import rewrites
 from ..optimize.kernels import TorchAdapterKernels
 
 
@@ -23,17 +22,10 @@ class ExportAdapterKernels(TorchAdapterKernels):
     @classmethod
     def adapter_spatial(cls, z, h, w, spectral, k3, k5, k7, conv_bias, noise_w1, noise_b1, noise_w2, noise_b2,
                         proj, proj_bias):
-        batch, tokens, channels = z.shape
-        zf = z.float()
+        batch, _, channels = z.shape
+        zf, filtered, alpha = cls.filtered_and_noise_weights(z, h, w, spectral, noise_w1, noise_b1, noise_w2,
+                                                             noise_b2)
         spatial = zf[:, 1:]
-        s = spatial.transpose(1, 2).reshape(batch, channels, h, w)
-        if spectral is None:
-            filtered = s
-        else:
-            filtered = rewrites.spectral_filter_dft(s, spectral.float(), cls._dft(h, w, z.device))
-        pooled = filtered.mean(dim=(2, 3))
-        hidden = torch.relu(F.linear(pooled, noise_w1.float(), noise_b1.float()))
-        alpha = torch.softmax(F.linear(hidden, noise_w2.float(), noise_b2.float()), dim=-1)
         size = k7.shape[-1]
         padded = [F.pad(k.float(), [(size - k.shape[-1]) // 2] * 4) for k in (k3, k5)] + [k7.float()]
         kernels = torch.stack(padded, dim=1).reshape(3 * channels, 1, size, size)

@@ -61,9 +61,9 @@ class TorchAdapterKernels:
         return cls._dft_cache[key]
 
     @classmethod
-    def adapter_spatial(cls, z, h, w, spectral, k3, k5, k7, conv_bias, noise_w1, noise_b1, noise_w2, noise_b2,
-                        proj, proj_bias):
-        batch, tokens, channels = z.shape
+    def filtered_and_noise_weights(cls, z, h, w, spectral, noise_w1, noise_b1, noise_w2, noise_b2):
+        """`(z in fp32, F [B,r,h,w], α [B,3])`: the frequency filter and the noise estimator of `adapter_spatial`."""
+        batch, _, channels = z.shape
         zf = z.float()
         s = zf[:, 1:].transpose(1, 2).reshape(batch, channels, h, w)
         if spectral is None:
@@ -73,6 +73,14 @@ class TorchAdapterKernels:
         pooled = filtered.mean(dim=(2, 3))
         hidden = torch.relu(F.linear(pooled, noise_w1.float(), noise_b1.float()))
         alpha = torch.softmax(F.linear(hidden, noise_w2.float(), noise_b2.float()), dim=-1)
+        return zf, filtered, alpha
+
+    @classmethod
+    def adapter_spatial(cls, z, h, w, spectral, k3, k5, k7, conv_bias, noise_w1, noise_b1, noise_w2, noise_b2,
+                        proj, proj_bias):
+        batch, _, channels = z.shape
+        zf, filtered, alpha = cls.filtered_and_noise_weights(z, h, w, spectral, noise_w1, noise_b1, noise_w2,
+                                                             noise_b2)
         kernel, conv_bias_b = rewrites.merged_depthwise_kernel(alpha, k3.float(), k5.float(), k7.float(),
                                                                conv_bias.float(), identity=spectral is None)
         # The per-sample depthwise conv as unfold + batched dot: a grouped conv would need `groups = B·r`, an int
