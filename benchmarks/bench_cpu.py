@@ -7,7 +7,7 @@ Providers: the reference model eager, `torch.compile(reference)` (default induct
 backend at each precision loaded through `Predictor.load`. Timed round-robin (one call of each provider per
 round) so that load changes on a shared machine hit all providers alike; reports median, p90, spread, ratios to
 both baselines (ratio of medians and median of the per-round ratios), the useful GFLOP/s (FLOPs of the optimized
-model, engine.optimize.flops) and its fraction of the GEMM rate measured in the same process at that precision.
+model, engine.bench.flops) and its fraction of the GEMM rate measured in the same process at that precision.
 Also measured: the first load (compile into an empty cache) and a second load in a fresh process (cache hit),
 the error of bf16/int8 to fp32 on synthetic ultrasound frames, and a per-op profile of each optimized precision.
 Writes `benchmarks/results/cpu.md` and `cpu.json`.
@@ -32,10 +32,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from engine import Predictor  # noqa: E402
+from engine.bench.flops import count_flops  # noqa: E402
 from engine.bench.machine import cpu_model  # noqa: E402
 from engine.config import AUTHORS_PREPROCESSING, ModelConfig  # noqa: E402
 from engine.model import build_reference_model  # noqa: E402
-from engine.optimize.flops import optimized_flops  # noqa: E402
 from engine.package import read_package, save_package  # noqa: E402
 from engine.preprocess import preprocess_frames  # noqa: E402
 from engine.synthetic import synthetic_frame  # noqa: E402
@@ -222,7 +222,7 @@ def main(argv=None) -> int:
                     run(images)
                     times[name].append(time.perf_counter() - start)
         rates = {name.split()[-1]: gemm_flops / statistics.median(times.pop(name)) / 1e9 for name in gemms}
-        flops = optimized_flops(cfg, batch)["total"]
+        flops = count_flops(cfg, pruned=True).total * batch
         rows = {}
         for name, t in times.items():
             row = summary(t)

@@ -73,9 +73,9 @@ def spatial_rows() -> list:
                 dtype_code = {torch.float32: 0, torch.float16: 1}[dtype]
 
                 def launcher():
-                    extension.adapter_spatial(z.data_ptr(), out.data_ptr(), dtype_code, batch, h, w, channels,
-                                              channels // 4, 0 if filt is None else filt.data_ptr(), *pointers,
-                                              workspace.data_ptr(), workspace_bytes, stream)
+                    cuda_ops.launch(extension.adapter_spatial, z.data_ptr(), out.data_ptr(), dtype_code, batch, h, w,
+                                    channels, channels // 4, 0 if filt is None else filt.data_ptr(), *pointers,
+                                    workspace.data_ptr(), workspace_bytes, stream)
 
                 providers = {
                     "reference": lambda: adapter_spatial_ref(z, h, w, filt, *args),

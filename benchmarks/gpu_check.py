@@ -34,6 +34,10 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+GRAPH_PROVIDERS = ("eager_ref", "torch_provider", "triton", "cuda")  # kernels also timed inside a CUDA graph
+# The eager reference's seg head upsamples 512 channels to 224² before its 1×1 conv: past this batch the output
+# exceeds INT_MAX elements (a limit of the CUDA upsample kernel), so larger batches run in chunks of this size.
+REFERENCE_CHUNK = 64
 
 
 class Timer:
@@ -214,16 +218,31 @@ def bench_kernels(args, device, timer, results, save, deadline):
                     row[name] = timer(fn) | {"rel_err": err}
                 except Exception as exc:  # noqa: BLE001
                     row[name] = {"error": f"{type(exc).__name__}: {exc}"[:300]}
+                    continue
+                if device.type == "cuda" and name in GRAPH_PROVIDERS:
+                    # Device time per call without the launch overhead (what a CUDA-graph forward pays).
+                    try:
+                        row[name]["graph_us"] = graph_time(timer, fn, repeat=20)["median_us"]
+                    except Exception as exc:  # noqa: BLE001
+                        row[name]["graph_error"] = f"{type(exc).__name__}: {exc}"[:300]
         rows.append(row)
         save()
-    if device.type == "cuda":
-        bench_adapter_block(device, timer, results, width, channels, grid, save)
 
 
 def bench_adapter_block(device, timer, results, width, channels, grid, save):
-    """The three adapter kernels of one block at batch 1 inside a CUDA graph: the ≤ 25 µs per block target."""
-    from engine.optimize.kernels import TorchAdapterKernels
+    """The three adapter kernels of one block at batch 1 inside a CUDA graph: the ≤ 25 µs per block target.
 
+    Providers: `triton` (all three Triton kernels), `cuda` (the CUDA C++ spatial kernel, cuBLAS GEMMs),
+    `triton_gemms_cuda_spatial` (Triton in/out around the CUDA C++ spatial kernel) and `torch_provider`."""
+    from engine.optimize.kernels import TorchAdapterKernels
+    from htkernels.triton_provider import TritonAdapterKernels
+
+    cuda_impl, _ = cuda_provider(device)
+    triton_impl = TritonAdapterKernels()
+    providers = {"triton": (triton_impl, triton_impl), "torch_provider": (TorchAdapterKernels, TorchAdapterKernels)}
+    if cuda_impl is not None:
+        providers["cuda"] = (cuda_impl, cuda_impl)
+        providers["triton_gemms_cuda_spatial"] = (triton_impl, cuda_impl)
     block = results.setdefault("adapter_block_batch1", {})
     for dtype_name in ("bf16", "fp32"):
         dtype = DTYPES[dtype_name]
@@ -231,43 +250,35 @@ def bench_adapter_block(device, timer, results, width, channels, grid, save):
         spatial = kernel_inputs("adapter_spatial", 1, dtype, device, width, channels, grid)[3:]
         _, w2, b2, _ = kernel_inputs("adapter_out", 1, dtype, device, width, channels, grid)
         tokens = 1 + grid * grid
-        for name, k in (("triton", None), ("torch_provider", TorchAdapterKernels)):
-            def adapter(k=k):
-                if k is None:
-                    z = torch.ops.htkernels.adapter_in(x, w_norm, w_raw, bias, eps)
-                    g = torch.ops.htkernels.adapter_spatial(z.view(1, tokens, channels), grid, grid, *spatial)
-                    return torch.ops.htkernels.adapter_out(g.view(-1, channels), w2, b2, x)
-                z = k.adapter_in(x, w_norm, w_raw, bias, eps)
-                g = k.adapter_spatial(z.view(1, tokens, channels), grid, grid, *spatial)
-                return k.adapter_out(g.view(-1, channels), w2, b2, x)
+        for name, (gemms, spatial_kernels) in providers.items():
+            def adapter(gemms=gemms, spatial_kernels=spatial_kernels):
+                z = gemms.adapter_in(x, w_norm, w_raw, bias, eps)
+                g = spatial_kernels.adapter_spatial(z.view(1, tokens, channels), grid, grid, *spatial)
+                return gemms.adapter_out(g.view(-1, channels), w2, b2, x)
 
-            try:
-                with torch.inference_mode():
-                    block[f"{name}_{dtype_name}_eager"] = timer(adapter)
-                    block[f"{name}_{dtype_name}_graph"] = graph_time(timer, adapter, repeat=20)
-            except Exception as exc:  # noqa: BLE001
-                block[f"{name}_{dtype_name}"] = {"error": f"{type(exc).__name__}: {exc}"[:300]}
+            for mode in ("eager", "graph"):
+                key = f"{name}_{dtype_name}_{mode}"
+                try:
+                    with torch.inference_mode():
+                        block[key] = timer(adapter) if mode == "eager" else graph_time(timer, adapter, repeat=20)
+                except Exception as exc:  # noqa: BLE001
+                    block[key] = {"error": f"{type(exc).__name__}: {exc}"[:300]}
             save()
 
 
 # ------------------------------------------------------------------------------------------------ end to end
 
 
-def model_flops(cfg, tensors, device) -> float:
-    """FLOPs of one image through the pruned optimized model (plain-torch ops; the adapters' share is tiny)."""
-    from torch.utils.flop_counter import FlopCounterMode
-
-    from engine.optimize.model import OptimizedHTModel
-
-    model = OptimizedHTModel(cfg, tensors, kernels="torch").eval().to(device)
-    counter = FlopCounterMode(display=False)
-    with torch.inference_mode(), counter:
-        model(torch.rand(1, 3, cfg.image_size, cfg.image_size, device=device))
-    return float(counter.get_total_flops())
+def chunked(model, images: torch.Tensor) -> torch.Tensor:
+    """`model(images)`, in chunks of REFERENCE_CHUNK images past that size (see REFERENCE_CHUNK)."""
+    if images.shape[0] <= REFERENCE_CHUNK:
+        return model(images)
+    return torch.cat([model(part) for part in images.split(REFERENCE_CHUNK)])
 
 
 def bench_end_to_end(args, device, timer, results, save, deadline):
     from engine.backends.base import Runner
+    from engine.bench.flops import count_flops
     from engine.config import ModelConfig
     from engine.model import build_reference_model
     from engine.optimize.model import OptimizedHTModel
@@ -280,10 +291,8 @@ def bench_end_to_end(args, device, timer, results, save, deadline):
         cfg = ModelConfig.for_arch("biomedclip-vit-b16", "seg", 2)
     tensors = random_package_tensors(cfg, seed=0, calibrate=False)
     e2e = results.setdefault("end_to_end", {"arch": cfg.arch, "task": cfg.task, "rows": []})
-    try:
-        e2e["gflop_per_image"] = model_flops(cfg, tensors, device) / 1e9
-    except Exception as exc:  # noqa: BLE001
-        e2e["gflop_per_image_error"] = f"{type(exc).__name__}: {exc}"[:300]
+    # The work the model needs (the exact rewrites applied), counted from the config as `ht-engine bench` does.
+    e2e["gflop_per_image"] = count_flops(cfg, pruned=True).total / 1e9
     dtype = DTYPES[args.dtype]
     reference = build_reference_model(cfg, tensors).to(device)
     reference_lp = build_reference_model(cfg, tensors).to(device=device, dtype=dtype)
@@ -303,6 +312,8 @@ def bench_end_to_end(args, device, timer, results, save, deadline):
 
             torch_model = OptimizedHTModel(cfg, tensors, kernels="torch", dtype=dtype).eval().to(device)
             runners["optimized_torch_graphs"] = make_cuda_runner(torch_model, str(device), args.dtype)
+            if cuda_provider(device)[0] is not None:
+                runners["optimized_cuda"] = optimized.load(Package, str(device), args.dtype, kernels="cuda")
         else:
             model = OptimizedHTModel(cfg, tensors, kernels="torch", dtype=dtype).eval()
             runners["optimized"] = Runner(run=model, uses_torch=True, device="cpu", precision=args.dtype)
@@ -312,12 +323,14 @@ def bench_end_to_end(args, device, timer, results, save, deadline):
         row = {"batch": batch, "dtype": args.dtype}
         images = torch.rand(batch, 3, cfg.image_size, cfg.image_size, device=device,
                             generator=torch.Generator(device=device).manual_seed(batch))
+        if batch > REFERENCE_CHUNK:
+            row["reference_chunk"] = REFERENCE_CHUNK
         with torch.inference_mode():
-            truth = reference(images)
-            candidates = {"reference": lambda: reference_lp(images.to(dtype))}
+            truth = chunked(reference, images)
+            candidates = {"reference": lambda: chunked(reference_lp, images.to(dtype))}
             if compiled is not None:
                 if time.monotonic() < deadline:
-                    candidates["compile_reference"] = lambda: compiled(images.to(dtype))
+                    candidates["compile_reference"] = lambda: chunked(compiled, images.to(dtype))
                 else:
                     row["compile_reference"] = {"error": "skipped: time budget spent"}
             for name, runner in runners.items():
@@ -363,17 +376,19 @@ def table(results: dict) -> str:
         lines.append(f"bf16 GEMM {gemm['n']}^3: {gemm_rate:.1f} TFLOP/s")
     lines.append("")
     names = ["eager_ref", "compile_ref", "torch_provider", "triton", "cuda"]
-    lines.append(f"{'kernel':<26}{'shape':<30}{'dtype':<10}" + "".join(f"{n + ' us':>18}" for n in names))
+    lines.append("kernels: median us per call with launches (in a CUDA graph) and max rel. error to fp64")
+    lines.append(f"{'kernel':<26}{'shape':<30}{'dtype':<10}" + "".join(f"{n:>22}" for n in names))
     for row in results.get("kernels", []):
         cells = []
         for name in names:
             cell = row.get(name)
             if cell is None:
-                cells.append(f"{'-':>18}")
+                cells.append(f"{'-':>22}")
             elif "error" in cell:
-                cells.append(f"{'error':>18}")
+                cells.append(f"{'error':>22}")
             else:
-                cells.append(f"{cell['median_us']:>12.1f} e{cell['rel_err']:.0e}"[-18:].rjust(18))
+                graph = f"({cell['graph_us']:.1f})" if "graph_us" in cell else ""
+                cells.append(f"{cell['median_us']:.1f}{graph} e{cell['rel_err']:.0e}".rjust(22))
         lines.append(f"{row['op']:<26}{row['shape']:<30}{row['dtype']:<10}" + "".join(cells))
     block = results.get("adapter_block_batch1", {})
     if block:
@@ -392,7 +407,10 @@ def table(results: dict) -> str:
         for row in e2e["rows"]:
             base = row.get("compile_reference", {}).get("median_us")
             eager = row.get("reference", {}).get("median_us")
-            for name in ("reference", "compile_reference", "optimized", "optimized_torch_graphs"):
+            if row.get("reference_chunk"):
+                lines.append(f"  B={row['batch']}: both references run in chunks of {row['reference_chunk']} images "
+                             "(their upsample output would exceed INT_MAX elements)")
+            for name in ("reference", "compile_reference", "optimized", "optimized_cuda", "optimized_torch_graphs"):
                 cell = row.get(name)
                 if cell is None:
                     continue
@@ -420,7 +438,7 @@ def main(argv=None) -> int:
     parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile baselines")
     parser.add_argument("--batches", default="1,8,64,256")
     parser.add_argument("--kernel-batches", default="1,64")
-    parser.add_argument("--sections", default="gemm,e2e,kernels")
+    parser.add_argument("--sections", default="gemm,block,e2e,kernels")
     parser.add_argument("--budget-s", type=float, default=300.0,
                         help="seconds this script may take: no new torch.compile past 60%% (end to end) and 85%% "
                              "(kernels) of it")
@@ -448,7 +466,9 @@ def main(argv=None) -> int:
         out_path.write_text(json.dumps(results, indent=1, default=str))
 
     timer = Timer(device, args.warmup, args.reps)
+    block_shape = (48, 16, 5) if args.tiny else (768, 64, 14)  # width, r, grid
     sections = {"gemm": lambda: bench_gemm(args, device, timer, results, save),
+                "block": lambda: bench_adapter_block(device, timer, results, *block_shape, save),
                 "kernels": lambda: bench_kernels(args, device, timer, results, save, started + 0.85 * args.budget_s),
                 "e2e": lambda: bench_end_to_end(args, device, timer, results, save, started + 0.6 * args.budget_s)}
     for name in args.sections.split(","):

@@ -52,8 +52,14 @@ class Predictor:
         self.sha256 = sha256
 
     @classmethod
-    def load(cls, path, backend: str = "reference", device: str = "cpu", precision: str = "fp32") -> "Predictor":
+    def load(cls, path, backend: str = "reference", device: str = "cpu", precision: str = "fp32", *,
+             kernels: str | None = None) -> "Predictor":
+        """`kernels` picks the adapter kernels of `backend="optimized"`: "triton" (the default on CUDA when Triton
+        is installed), "cuda" (the CUDA C++ kernels of htkernels._C) or "torch" (plain torch ops, the CPU path)."""
         path = Path(path)
+        if kernels is not None and backend != "optimized":
+            raise BackendError(f"kernels={kernels!r} selects the adapter kernels of backend 'optimized'; "
+                               f"backend {backend!r} has no kernel choice")
         if path.is_dir():
             from .artifacts import load_artifact_predictor
 
@@ -65,7 +71,8 @@ class Predictor:
         if not usable:
             raise BackendError(f"backend {backend!r} cannot run on {device!r}: {reason}")
         package = load_package(path)
-        runner = module.load(package, device, precision)
+        runner = module.load(package, device, precision) if kernels is None else \
+            module.load(package, device, precision, kernels=kernels)
         cfg = package.config
         return cls(runner, task=cfg.task, classes=cfg.classes, preprocessing=cfg.preprocessing,
                    image_size=cfg.image_size, backend=backend, source=path, sha256=package.sha256)
@@ -96,7 +103,8 @@ class Predictor:
             if not bool(torch.isfinite(x).all()):
                 raise InputError("forward input contains NaN or infinite values")
             if self.runner.uses_torch:
-                return self.runner.run(x.contiguous())
+                out = self.runner.run(x.contiguous())
+                return out if out.device == x.device else out.to(x.device)  # logits where the input lives
             return torch.from_numpy(np.asarray(self.runner.run(x.detach().cpu().numpy()))).to(x.device)
         if not isinstance(x, np.ndarray):
             raise InputError(f"forward expects a torch tensor or numpy array, got {type(x).__name__}")

@@ -3,12 +3,11 @@
 Same contracts as the reference/Triton ops (htkernels/README.md). The compiled extension `htkernels._C` is optional:
 the ops are registered (with fake implementations, so tracing works anywhere) whether or not it was built, and a
 call on CUDA tensors without it raises a `BackendError` that says how to build it. The launchers check every size
-again on the C++ side (ValueError); the checks here turn tensor mistakes into `InputError`s that name the argument.
+again on the C++ side and return a status that `launch` raises; the checks here turn tensor mistakes into `InputError`s that name the argument.
 """
 
 from __future__ import annotations
 
-import contextlib
 import importlib
 from typing import Optional
 
@@ -18,6 +17,7 @@ from engine.errors import BackendError, InputError
 
 from .preprocess import pillow_vertical_first
 
+_STATUS_OK, _STATUS_INVALID_ARGUMENT = 0, 1  # htk::StatusCode (csrc/htk.h); 2 is a CUDA failure
 _DTYPE_CODES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
 _BUILD_HINT = ("build it with nvcc on PATH: `pip install -e .` or `HTK_CUDA_ARCHS=90 python3 setup.py build_ext "
                "--inplace` (pybind11 must be importable); see docs/cuda.md")
@@ -40,13 +40,17 @@ def extension_status() -> tuple[bool, str]:
     return True, f"htkernels._C built against CUDA runtime {extension.CUDART_VERSION}"
 
 
-@contextlib.contextmanager
-def _launcher_errors():
-    """The launchers' own argument errors (ValueError, e.g. more channels than the kernel takes) as InputError."""
-    try:
-        yield
-    except ValueError as exc:
-        raise InputError(str(exc)) from exc
+def launch(launcher, *args, **kwargs) -> None:
+    """Call one of `htkernels._C`'s launchers and raise its failure as a typed error.
+
+    The launchers return `(code, message)` rather than throwing (no C++ exception crosses the extension): a bad
+    argument is an `InputError` (a ValueError), a CUDA failure (no GPU, a failed launch) a `BackendError`."""
+    code, message = launcher(*args, **kwargs)
+    if code == _STATUS_OK:
+        return
+    if code == _STATUS_INVALID_ARGUMENT:
+        raise InputError(message)
+    raise BackendError(message)
 
 
 def _require_cuda(name: str, tensor: torch.Tensor, device: Optional[torch.device] = None) -> None:
@@ -124,9 +128,9 @@ def adapter_spatial_into(out: torch.Tensor, z: torch.Tensor, h: int, w: int, spe
     z = z.contiguous()
     workspace_bytes = extension.adapter_spatial_workspace_bytes(batch, h, w, channels, spectral is not None)
     workspace = torch.empty(max(workspace_bytes, 1), dtype=torch.uint8, device=device)
-    with torch.cuda.device(device), _launcher_errors():
-        extension.adapter_spatial(
-            z.data_ptr(), out.data_ptr(), dtype_code, batch, h, w, channels, hidden,
+    with torch.cuda.device(device):
+        launch(
+            extension.adapter_spatial, z.data_ptr(), out.data_ptr(), dtype_code, batch, h, w, channels, hidden,
             0 if spectral is None else spectral.data_ptr(),
             *(params[name].data_ptr() for name in ("k3", "k5", "k7", "conv_bias", "noise_w1", "noise_b1", "noise_w2",
                                                    "noise_b2", "proj", "proj_bias")),
@@ -195,10 +199,10 @@ def preprocess_into(out: torch.Tensor, frames: torch.Tensor, row_weights: torch.
     frames = frames.contiguous()
     workspace_bytes = extension.preprocess_workspace_bytes(batch, height, out_h, out_w)
     workspace = torch.empty(max(workspace_bytes, 1), dtype=torch.uint8, device=device)
-    with torch.cuda.device(device), _launcher_errors():
-        extension.preprocess(frames.data_ptr(), rows.data_ptr(), cols.data_ptr(), out.data_ptr(), dtype_code,
-                             float(scale), batch, height, width, frame_channels, out_h, out_w, workspace.data_ptr(),
-                             workspace_bytes, torch.cuda.current_stream(device).cuda_stream)
+    with torch.cuda.device(device):
+        launch(extension.preprocess, frames.data_ptr(), rows.data_ptr(), cols.data_ptr(), out.data_ptr(), dtype_code,
+               float(scale), batch, height, width, frame_channels, out_h, out_w, workspace.data_ptr(),
+               workspace_bytes, torch.cuda.current_stream(device).cuda_stream)
     return out
 
 

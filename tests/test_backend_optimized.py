@@ -31,6 +31,15 @@ def test_optimized_fp32_predictor_equals_reference(seg_package):
     assert_relative(torch.from_numpy(predictor.forward(images.numpy())), expected, RELATIVE[torch.float32], "numpy")
 
 
+def test_kernel_choice_is_checked(seg_package):
+    with pytest.raises(BackendError, match="backend 'reference' has no kernel choice"):
+        Predictor.load(seg_package, backend="reference", kernels="triton")
+    with pytest.raises(BackendError, match="kernels='cuda' needs a CUDA device"):
+        Predictor.load(seg_package, backend="optimized", kernels="cuda")
+    with pytest.raises(BackendError, match="kernels='triton' needs a CUDA device"):
+        Predictor.load(seg_package, backend="optimized", kernels="triton")
+
+
 def test_optimized_rejects_unknown_precision(seg_package):
     with pytest.raises(BackendError, match="precision 'fp8'"):
         Predictor.load(seg_package, backend="optimized", precision="fp8")

@@ -3,7 +3,8 @@
 CPU: fp32, bf16 (GEMM weights and activations in bf16, adapter spatial math in fp32) or int8 (the blocks' GEMMs
 dynamically quantized: int8 weights per output channel, activations per token at run time; engine.optimize.quant),
 compiled block by block with `torch.compile`, the compiled code cached on disk (engine.optimize.cpu).
-CUDA: the adapter ops from the Triton provider when available, run through CUDA graphs (engine.optimize.cuda_runner).
+CUDA: the adapter ops from the Triton provider when available (or the CUDA C++ kernels with `kernels="cuda"`), run
+through CUDA graphs (engine.optimize.cuda_runner).
 """
 
 from __future__ import annotations
@@ -32,10 +33,15 @@ def build_model(package, precision: str, kernels: str = "torch"):
         raise PackageError(f"package tensors do not fit the model of its config: {exc}") from exc
 
 
-def load(package, device: str, precision: str) -> Runner:
+def load(package, device: str, precision: str, kernels: str | None = None) -> Runner:
+    """`kernels`: the adapter-kernel provider (engine.optimize.kernels.KERNEL_PROVIDERS); default Triton on CUDA
+    when it is installed, else the torch ops."""
     target = torch_device(device)
     if target.type == "cuda":
-        return _load_cuda(package, target, precision)
+        return _load_cuda(package, target, precision, kernels)
+    if kernels not in (None, "torch"):
+        raise BackendError(f"backend 'optimized' on CPU runs the torch adapter ops; kernels={kernels!r} needs a "
+                           "CUDA device")
     if precision not in CPU_PRECISIONS:
         raise BackendError(f"backend 'optimized' runs on CPU in {CPU_PRECISIONS}, got precision {precision!r}")
     from ..optimize.cpu import make_cpu_runner
@@ -43,16 +49,22 @@ def load(package, device: str, precision: str) -> Runner:
     return make_cpu_runner(build_model(package, precision), package, precision)
 
 
-def _load_cuda(package, target: torch.device, precision: str) -> Runner:
+def _load_cuda(package, target: torch.device, precision: str, kernels: str | None) -> Runner:
     if precision not in CUDA_PRECISIONS:
         raise BackendError(f"backend 'optimized' runs on CUDA in {CUDA_PRECISIONS}, got precision {precision!r}")
     from ..optimize.kernels import get_kernels
 
-    try:
-        usable, _ = get_kernels("triton").available(str(target))
-    except BackendError:  # the Triton provider is not installed: the torch ops still run on the GPU
-        usable = False
-    model = build_model(package, precision, kernels="triton" if usable else "torch").to(target)
+    if kernels is None:
+        try:
+            usable, _ = get_kernels("triton").available(str(target))
+        except BackendError:  # the Triton provider is not installed: the torch ops still run on the GPU
+            usable = False
+        kernels = "triton" if usable else "torch"
+    else:
+        usable, reason = get_kernels(kernels).available(str(target))
+        if not usable:
+            raise BackendError(f"kernels={kernels!r} cannot run on {target}: {reason}")
+    model = build_model(package, precision, kernels=kernels).to(target)
     from ..optimize.cuda_runner import make_cuda_runner
 
     return make_cuda_runner(model, str(target), precision, max_batch=None)

@@ -66,8 +66,9 @@ def merged_depthwise_kernel(alpha, k3, k5, k7, conv_bias, identity: bool):
         pad = (size - small.shape[-1]) // 2
         kernel = kernel + alpha[:, index, None, None, None] * F.pad(small, (pad, pad, pad, pad))[None]
     if identity:
-        centre = torch.zeros(size, size, dtype=kernel.dtype, device=kernel.device)
-        centre[size // 2, size // 2] = 1.0
+        # Built on the device by padding a 1×1 one (an indexed scalar store would copy from the host, which a
+        # CUDA graph capture refuses).
+        centre = F.pad(torch.ones((1, 1), dtype=kernel.dtype, device=kernel.device), (size // 2,) * 4)
         kernel = kernel + centre
     bias = alpha @ conv_bias
     return kernel, bias

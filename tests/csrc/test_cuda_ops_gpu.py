@@ -160,3 +160,20 @@ def test_optimized_model_with_cuda_kernels_equals_reference(arch, filter_kind):
         expected = build_reference_model(cfg, tensors)(images)
         actual = OptimizedHTModel(cfg, tensors, kernels="cuda").cuda().eval()(images.cuda())
     assert_relative(actual.cpu(), expected, RELATIVE[torch.float32], f"optimized model, cuda kernels, {arch}")
+
+
+@pytest.mark.parametrize("kernels", ["cuda", "triton", "torch"])
+def test_predictor_selects_the_kernels_and_replays_graphs(tmp_path, kernels):
+    """`Predictor.load(..., backend="optimized", kernels=...)` on CUDA: CUDA graphs per batch size, reference numbers."""
+    from engine import Predictor
+    from engine.package import save_package
+
+    cfg = small_config("biomedclip-vit-b16", "seg", "spectral")
+    path = tmp_path / "seg.htpkg"
+    save_package(path, cfg, small_tensors(cfg, seed=9))
+    reference = Predictor.load(path, backend="reference")
+    predictor = Predictor.load(path, backend="optimized", device="cuda", precision="fp32", kernels=kernels)
+    for batch in (1, 3, 1):  # the second batch-1 call replays the first graph
+        images = random_images(batch, cfg.image_size, seed=10 + batch)
+        assert_relative(predictor.forward(images), reference.forward(images), RELATIVE[torch.float32],
+                        f"optimized predictor, kernels={kernels}, batch {batch}")

@@ -1,11 +1,15 @@
-"""The C++ launchers' argument checks, called through `htkernels._C` with raw addresses: every bad argument is a
-ValueError that names it, before any GPU work. The addresses below are never dereferenced, because every call here
-fails a check first (or, for a valid call, fails to find a GPU on a machine without one)."""
+"""The C++ launchers' argument checks, called through `htkernels._C` with raw addresses: every bad argument comes
+back as a status that `cuda_ops.launch` raises as an InputError (a ValueError) naming it, before any GPU work.
+The addresses below are never dereferenced, because every call here fails a check first (or, for a valid call,
+fails to find a GPU on a machine without one)."""
 
 import math
 
 import pytest
 import torch
+
+from engine.errors import BackendError, InputError
+from htkernels.cuda_ops import launch
 
 from .cuda_support import extension, skip_without_extension
 
@@ -49,28 +53,37 @@ def preprocess_args(**changes):
     (dict(workspace_bytes=16), "workspace has 16 bytes, needs"),
 ])
 def test_adapter_spatial_rejects(changes, message):
-    with pytest.raises(ValueError, match=r"^adapter_spatial: ") as error:
-        extension().adapter_spatial(**spatial_args(**changes))
+    with pytest.raises(InputError, match=r"^adapter_spatial: ") as error:
+        launch(extension().adapter_spatial, **spatial_args(**changes))
     assert message in str(error.value)
 
 
 @pytest.mark.parametrize("name", ["z", "g", "k3", "k5", "k7", "conv_bias", "noise_w1", "noise_b1", "noise_w2",
                                   "noise_b2", "proj", "proj_bias", "workspace"])
 def test_adapter_spatial_rejects_null_pointers(name):
-    with pytest.raises(ValueError, match=f"adapter_spatial: {name} is a null pointer"):
-        extension().adapter_spatial(**spatial_args(**{name: 0}))
+    with pytest.raises(InputError, match=f"adapter_spatial: {name} is a null pointer"):
+        launch(extension().adapter_spatial, **spatial_args(**{name: 0}))
 
 
 def test_adapter_spatial_spectral_needs_the_larger_workspace():
     module = extension()
     small = module.adapter_spatial_workspace_bytes(2, 7, 5, 16, False)
     module_args = spatial_args(workspace_bytes=small, spectral=FAKE)
-    with pytest.raises(ValueError, match=f"workspace has {small} bytes, needs"):
-        module.adapter_spatial(**module_args)
+    with pytest.raises(InputError, match=f"workspace has {small} bytes, needs"):
+        launch(module.adapter_spatial, **module_args)
+
+
+def test_launchers_return_their_status_instead_of_throwing():
+    module = extension()
+    code, message = module.adapter_spatial(**spatial_args(h=33))
+    assert code == module.STATUS_INVALID_ARGUMENT and message.startswith("adapter_spatial: grid 33x5 is out of range")
+    code, message = module.preprocess(**preprocess_args(out_h=0))
+    assert code == module.STATUS_INVALID_ARGUMENT and message.startswith("preprocess: ")
+    assert module.adapter_spatial(**spatial_args(batch=0)) == (module.STATUS_OK, "")
 
 
 def test_adapter_spatial_empty_batch_is_a_no_op():
-    assert extension().adapter_spatial(**spatial_args(batch=0)) is None
+    assert launch(extension().adapter_spatial, **spatial_args(batch=0)) is None
 
 
 @pytest.mark.parametrize("changes, message", [
@@ -87,30 +100,30 @@ def test_adapter_spatial_empty_batch_is_a_no_op():
     (dict(workspace_bytes=100), "workspace has 100 bytes, needs"),
 ])
 def test_preprocess_rejects(changes, message):
-    with pytest.raises(ValueError, match=r"^preprocess: ") as error:
-        extension().preprocess(**preprocess_args(**changes))
+    with pytest.raises(InputError, match=r"^preprocess: ") as error:
+        launch(extension().preprocess, **preprocess_args(**changes))
     assert message in str(error.value)
 
 
 @pytest.mark.parametrize("name", ["frames", "row_weights", "col_weights", "images", "workspace"])
 def test_preprocess_rejects_null_pointers(name):
-    with pytest.raises(ValueError, match=f"preprocess: {name} is a null pointer"):
-        extension().preprocess(**preprocess_args(**{name: 0}))
+    with pytest.raises(InputError, match=f"preprocess: {name} is a null pointer"):
+        launch(extension().preprocess, **preprocess_args(**{name: 0}))
 
 
 def test_preprocess_empty_batch_is_a_no_op():
-    assert extension().preprocess(**preprocess_args(batch=0)) is None
+    assert launch(extension().preprocess, **preprocess_args(batch=0)) is None
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="valid fake addresses must never reach a real GPU")
-def test_valid_calls_without_gpu_raise_a_clear_runtime_error():
+def test_valid_calls_without_gpu_raise_a_clear_backend_error():
     module = extension()
-    with pytest.raises(RuntimeError, match="adapter_spatial: .*needs a CUDA GPU"):
-        module.adapter_spatial(**spatial_args())
-    with pytest.raises(RuntimeError, match="adapter_spatial: .*needs a CUDA GPU"):
-        module.adapter_spatial(**spatial_args(spectral=FAKE))
-    with pytest.raises(RuntimeError, match="preprocess: .*needs a CUDA GPU"):
-        module.preprocess(**preprocess_args())
+    with pytest.raises(BackendError, match="adapter_spatial: .*needs a CUDA GPU"):
+        launch(module.adapter_spatial, **spatial_args())
+    with pytest.raises(BackendError, match="adapter_spatial: .*needs a CUDA GPU"):
+        launch(module.adapter_spatial, **spatial_args(spectral=FAKE))
+    with pytest.raises(BackendError, match="preprocess: .*needs a CUDA GPU"):
+        launch(module.preprocess, **preprocess_args())
     # The process is intact: the checks still answer after the failed launches.
-    with pytest.raises(ValueError, match="grid 33x5"):
-        module.adapter_spatial(**spatial_args(h=33))
+    with pytest.raises(InputError, match="grid 33x5"):
+        launch(module.adapter_spatial, **spatial_args(h=33))
