@@ -266,6 +266,67 @@ def bench_adapter_block(device, timer, results, width, channels, grid, save):
             save()
 
 
+# Launch configurations swept at batch 1 (bf16): the first of each list is the launcher's default there.
+TUNING = {
+    "adapter_in": [dict(block_m=16, block_d=64, num_warps=4), dict(block_m=8, block_d=64, num_warps=4),
+                   dict(block_m=16, block_d=128, num_warps=4), dict(block_m=32, block_d=64, num_warps=4),
+                   dict(block_m=16, block_d=64, num_warps=2), dict(block_m=16, block_d=64, num_warps=8)],
+    "adapter_spatial": [dict(block_p=16, num_warps=4), dict(block_p=8, num_warps=4), dict(block_p=32, num_warps=4),
+                        dict(block_p=8, num_warps=2), dict(block_p=16, num_warps=2), dict(block_p=16, num_warps=8)],
+    "adapter_out": [dict(block_m=32, block_n=64, num_warps=4), dict(block_m=16, block_n=64, num_warps=4),
+                    dict(block_m=32, block_n=128, num_warps=4), dict(block_m=64, block_n=64, num_warps=4),
+                    dict(block_m=16, block_n=128, num_warps=8), dict(block_m=32, block_n=64, num_warps=8)],
+}
+
+
+def bench_tuning(device, timer, results, width, channels, grid, save, deadline):
+    """Each Triton kernel of the batch-1 adapter under the launch configurations of TUNING, in CUDA graphs, then the
+    block with the fastest configuration of each: the data the launchers' batch-1 defaults come from."""
+    from htkernels.adapter_in import adapter_in_triton
+    from htkernels.adapter_out import adapter_out_triton
+    from htkernels.adapter_spatial import adapter_spatial_triton
+
+    dtype = DTYPES["bf16"]
+    x, w_norm, w_raw, bias, eps = kernel_inputs("adapter_in", 1, dtype, device, width, channels, grid)
+    spatial = kernel_inputs("adapter_spatial", 1, dtype, device, width, channels, grid)
+    _, w2, b2, _ = kernel_inputs("adapter_out", 1, dtype, device, width, channels, grid)
+    g2d = torch.randn(x.shape[0], channels, device=device, dtype=dtype)
+    calls = {
+        "adapter_in": lambda tuning: adapter_in_triton(x, w_norm, w_raw, bias, eps, tuning=tuning),
+        "adapter_spatial": lambda tuning: adapter_spatial_triton(*spatial, tuning=tuning),
+        "adapter_out": lambda tuning: adapter_out_triton(g2d, w2, b2, x, tuning=tuning),
+    }
+    tuning = results.setdefault("tuning_batch1_bf16", {})
+    best = {}
+    with torch.inference_mode():
+        for op, configs in TUNING.items():
+            rows = tuning.setdefault(op, [])
+            for config in configs:
+                if time.monotonic() > deadline:
+                    rows.append({"config": config, "error": "skipped: time budget spent"})
+                    continue
+                try:
+                    stats = graph_time(timer, lambda config=config: calls[op](config), repeat=20)
+                    rows.append({"config": config, "graph_us": stats["median_us"]})
+                    if op not in best or stats["median_us"] < best[op][1]:
+                        best[op] = (config, stats["median_us"])
+                except Exception as exc:  # noqa: BLE001
+                    rows.append({"config": config, "error": f"{type(exc).__name__}: {exc}"[:300]})
+            save()
+        if len(best) == 3:
+            tokens = 1 + grid * grid
+
+            def block():
+                zz = adapter_in_triton(x, w_norm, w_raw, bias, eps, tuning=best["adapter_in"][0])
+                g = adapter_spatial_triton(zz.view(1, tokens, channels), *spatial[1:],
+                                           tuning=best["adapter_spatial"][0])
+                return adapter_out_triton(g.view(-1, channels), w2, b2, x, tuning=best["adapter_out"][0])
+
+            tuning["best_block"] = {"configs": {op: config for op, (config, _) in best.items()},
+                                    "graph_us": graph_time(timer, block, repeat=20)["median_us"]}
+    save()
+
+
 # ------------------------------------------------------------------------------------------------ end to end
 
 
@@ -365,6 +426,10 @@ def bench_gemm(args, device, timer, results, save):
 # ---------------------------------------------------------------------------------------------------- table
 
 
+def _short(config: dict) -> str:
+    return "/".join(f"{key.split('_')[-1][0]}{value}" for key, value in config.items())
+
+
 def table(results: dict) -> str:
     lines = []
     env = results.get("environment", {})
@@ -397,6 +462,17 @@ def table(results: dict) -> str:
         for name, cell in block.items():
             value = f"{cell['median_us']:.1f} us" if "median_us" in cell else cell.get("error", "")
             lines.append(f"  {name:<32}{value}")
+    tuning = results.get("tuning_batch1_bf16", {})
+    if tuning:
+        lines.append("")
+        lines.append("launch configurations, batch 1 bf16, us per call in a CUDA graph (first = default):")
+        for op, rows in tuning.items():
+            if op == "best_block":
+                continue
+            cells = [f"{row['graph_us']:.1f}" if "graph_us" in row else "err" for row in rows]
+            lines.append(f"  {op:<16}" + "  ".join(f"{_short(row['config'])}={cell}" for row, cell in zip(rows, cells)))
+        if "best_block" in tuning:
+            lines.append(f"  block with the best of each: {tuning['best_block']['graph_us']:.1f} us")
     e2e = results.get("end_to_end", {})
     if e2e.get("rows"):
         lines.append("")
@@ -438,7 +514,7 @@ def main(argv=None) -> int:
     parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile baselines")
     parser.add_argument("--batches", default="1,8,64,256")
     parser.add_argument("--kernel-batches", default="1,64")
-    parser.add_argument("--sections", default="gemm,block,e2e,kernels")
+    parser.add_argument("--sections", default="gemm,block,tune,e2e,kernels")
     parser.add_argument("--budget-s", type=float, default=300.0,
                         help="seconds this script may take: no new torch.compile past 60%% (end to end) and 85%% "
                              "(kernels) of it")
@@ -469,6 +545,7 @@ def main(argv=None) -> int:
     block_shape = (48, 16, 5) if args.tiny else (768, 64, 14)  # width, r, grid
     sections = {"gemm": lambda: bench_gemm(args, device, timer, results, save),
                 "block": lambda: bench_adapter_block(device, timer, results, *block_shape, save),
+                "tune": lambda: bench_tuning(device, timer, results, *block_shape, save, time.monotonic() + 60),
                 "kernels": lambda: bench_kernels(args, device, timer, results, save, started + 0.85 * args.budget_s),
                 "e2e": lambda: bench_end_to_end(args, device, timer, results, save, started + 0.6 * args.budget_s)}
     for name in args.sections.split(","):

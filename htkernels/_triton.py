@@ -106,3 +106,12 @@ def round_bf16(x, INTERPRET_BF16: tl.constexpr):
 def interpret_bf16(dtype: torch.dtype) -> bool:
     """The interpreter workarounds of `dot_low` and `round_bf16` apply: interpreting, and bf16 data."""
     return interpreting() and dtype == torch.bfloat16
+
+
+def launch_config(op: str, defaults: dict, tuning) -> dict:
+    """The launch configuration: `defaults` with the keys of `tuning` (a sweep's override) replaced."""
+    tuning = tuning or {}
+    unknown = sorted(set(tuning) - set(defaults))
+    if unknown:
+        raise InputError(f"htkernels::{op}: unknown tuning keys {unknown}; this launcher takes {sorted(defaults)}")
+    return defaults | tuning

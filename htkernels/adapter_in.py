@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 
 from ._triton import (
@@ -12,6 +14,7 @@ from ._triton import (
     dot_low,
     interpret_bf16,
     jit,
+    launch_config,
     pow2_at_least,
     round_bf16,
     tl,
@@ -89,8 +92,11 @@ def _adapter_in_kernel(
 
 
 def adapter_in_triton(x: torch.Tensor, w_norm: torch.Tensor, w_raw: torch.Tensor, bias: torch.Tensor,
-                      eps: float) -> torch.Tensor:
-    """Launcher of `_adapter_in_kernel`: checks, output allocation, grid. Any strides; output contiguous."""
+                      eps: float, tuning: Optional[dict] = None) -> torch.Tensor:
+    """Launcher of `_adapter_in_kernel`: checks, output allocation, grid. Any strides; output contiguous.
+
+    `tuning` overrides the launch configuration (`block_m`, `block_d`, `num_warps`; benchmarks/gpu_check.py sweeps
+    them); the defaults are the best measured at the model's shapes."""
     check_launch("adapter_in", dict(x=x, w_norm=w_norm, w_raw=w_raw, bias=bias))
     check_rank("adapter_in", "x", x, "[M, D]")
     rows, width = x.shape
@@ -101,9 +107,9 @@ def adapter_in_triton(x: torch.Tensor, w_norm: torch.Tensor, w_raw: torch.Tensor
     z = torch.empty((rows, channels), device=x.device, dtype=x.dtype)
     if rows == 0:
         return z
-    block_m = 16 if rows <= 4096 else 64
+    config = launch_config("adapter_in", dict(block_m=16 if rows <= 4096 else 64, block_d=64, num_warps=4), tuning)
+    block_m, block_d = config["block_m"], config["block_d"]
     block_r = pow2_at_least(channels)
-    block_d = 64
     grid = (cdiv(rows, block_m),)
     _adapter_in_kernel[grid](
         x, w_norm, w_raw, bias, z, rows, width, channels, float(eps),
@@ -111,7 +117,7 @@ def adapter_in_triton(x: torch.Tensor, w_norm: torch.Tensor, w_raw: torch.Tensor
         z.stride(0), z.stride(1),
         BLOCK_M=block_m, BLOCK_R=block_r, BLOCK_D=block_d, IEEE_FP32=x.dtype == torch.float32,
         INTERPRET_BF16=interpret_bf16(x.dtype),
-        num_warps=4,
+        num_warps=config["num_warps"],
     )
     return z
 

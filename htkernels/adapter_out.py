@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 
 from ._triton import (
@@ -12,6 +14,7 @@ from ._triton import (
     dot_low,
     interpret_bf16,
     jit,
+    launch_config,
     pow2_at_least,
     round_bf16,
     tl,
@@ -58,8 +61,11 @@ def _adapter_out_kernel(
     tl.store(y_ptr + rows[:, None] * stride_ym + cols[None, :] * stride_yd, y.to(y_ptr.dtype.element_ty), mask=mask)
 
 
-def adapter_out_triton(g: torch.Tensor, w2: torch.Tensor, b2: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
-    """Launcher of `_adapter_out_kernel`: checks, output allocation (dtype of `residual`), grid. Any strides."""
+def adapter_out_triton(g: torch.Tensor, w2: torch.Tensor, b2: torch.Tensor, residual: torch.Tensor,
+                       tuning: Optional[dict] = None) -> torch.Tensor:
+    """Launcher of `_adapter_out_kernel`: checks, output allocation (dtype of `residual`), grid. Any strides.
+
+    `tuning` overrides the launch configuration (`block_m`, `block_n`, `num_warps`)."""
     check_launch("adapter_out", dict(g=g, w2=w2, b2=b2, residual=residual))
     check_rank("adapter_out", "g", g, "[M, r]")
     check_rank("adapter_out", "residual", residual, "[M, D]")
@@ -71,8 +77,9 @@ def adapter_out_triton(g: torch.Tensor, w2: torch.Tensor, b2: torch.Tensor, resi
     y = torch.empty((rows, width), device=residual.device, dtype=residual.dtype)
     if rows == 0:
         return y
-    block_m = 32 if rows <= 4096 else 64
-    block_n = 64 if rows <= 4096 else 128
+    config = launch_config("adapter_out", dict(block_m=32 if rows <= 4096 else 64,
+                                               block_n=64 if rows <= 4096 else 128, num_warps=4), tuning)
+    block_m, block_n = config["block_m"], config["block_n"]
     block_k = min(pow2_at_least(channels), 64)
     grid = (cdiv(rows, block_m), cdiv(width, block_n))
     _adapter_out_kernel[grid](
@@ -80,7 +87,7 @@ def adapter_out_triton(g: torch.Tensor, w2: torch.Tensor, b2: torch.Tensor, resi
         g.stride(0), g.stride(1), w2.stride(0), w2.stride(1), residual.stride(0), residual.stride(1),
         y.stride(0), y.stride(1),
         BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, IEEE_FP32=g.dtype == torch.float32,
-        INTERPRET_BF16=interpret_bf16(g.dtype), num_warps=4,
+        INTERPRET_BF16=interpret_bf16(g.dtype), num_warps=config["num_warps"],
     )
     return y
 

@@ -17,6 +17,7 @@ from ._triton import (
     dot_low,
     interpret_bf16,
     jit,
+    launch_config,
     pow2_at_least,
     round_bf16,
     tl,
@@ -206,8 +207,10 @@ def _adapter_spatial_kernel(
 
 
 def adapter_spatial_triton(z, h: int, w: int, spectral, k3, k5, k7, conv_bias, noise_w1, noise_b1, noise_w2,
-                           noise_b2, proj, proj_bias) -> torch.Tensor:
-    """Launcher: checks, the spectral impulse response (when a spectral filter is given), grid. `z` any strides."""
+                           noise_b2, proj, proj_bias, tuning: Optional[dict] = None) -> torch.Tensor:
+    """Launcher: checks, the spectral impulse response (when a spectral filter is given), grid. `z` any strides.
+
+    `tuning` overrides the launch configuration of the main kernel (`block_p`, `num_warps`)."""
     op = "adapter_spatial"
     check_launch(op, dict(z=z, spectral=spectral, k3=k3, k5=k5, k7=k7, conv_bias=conv_bias, noise_w1=noise_w1,
                           noise_b1=noise_b1, noise_w2=noise_w2, noise_b2=noise_b2, proj=proj, proj_bias=proj_bias))
@@ -230,7 +233,9 @@ def adapter_spatial_triton(z, h: int, w: int, spectral, k3, k5, k7, conv_bias, n
     weights = [t.contiguous() for t in (k3, k5, k7, conv_bias, noise_w1, noise_b1, noise_w2, noise_b2, proj,
                                         proj_bias)]
     block_r = pow2_at_least(channels)
-    block_p = 32 if block_r <= 64 and batch * cdiv(h * w, 32) >= SMALL_LAUNCH_PROGRAMS else 16
+    config = launch_config(op, dict(block_p=32 if block_r <= 64 and batch * cdiv(h * w, 32) >= SMALL_LAUNCH_PROGRAMS
+                                    else 16, num_warps=4), tuning)
+    block_p = config["block_p"]
     tiles = cdiv(h * w, block_p)
     if spectral is None:
         filtered = z[:, 1:].transpose(1, 2)  # [B, r, h·w] view of S: F = S
@@ -248,7 +253,7 @@ def adapter_spatial_triton(z, h: int, w: int, spectral, k3, k5, k7, conv_bias, n
         z.stride(0), z.stride(1), z.stride(2), filtered.stride(0), filtered.stride(1), filtered.stride(2),
         g.stride(0), g.stride(1), g.stride(2),
         BLOCK_R=block_r, BLOCK_R4=pow2_at_least(reduced, floor=2), BLOCK_P=block_p,
-        IEEE_FP32=z.dtype == torch.float32, INTERPRET_BF16=interpret_bf16(z.dtype), num_warps=4,
+        IEEE_FP32=z.dtype == torch.float32, INTERPRET_BF16=interpret_bf16(z.dtype), num_warps=config["num_warps"],
     )
     return g
 

@@ -72,3 +72,31 @@ def test_gemm_launchers_reject_bad_shapes(device):
     with pytest.raises(InputError, match="residual"):
         adapter_out_triton(torch.randn(5, 16, device=device), torch.randn(48, 16, device=device),
                            torch.randn(48, device=device), torch.randn(6, 48, device=device))
+
+
+@pytest.mark.parametrize("tuning", [dict(block_m=32, block_d=32, num_warps=2), dict(block_m=8, num_warps=8)])
+def test_adapter_in_tuning_keeps_the_result(device, poisoned, tuning):
+    gen = torch.Generator().manual_seed(11)
+    args = [t.to(device) for t in (_randn(gen, 37, 80), _randn(gen, 16, 80, scale=0.1),
+                                   _randn(gen, 16, 80, scale=0.1), _randn(gen, 16))]
+    expected = adapter_in_ref(*[t.cpu().double() for t in args], 1e-5)
+    assert_relative(adapter_in_triton(*args, 1e-5, tuning=tuning).cpu(), expected, RELATIVE[torch.float32],
+                    f"adapter_in {tuning}")
+
+
+@pytest.mark.parametrize("tuning", [dict(block_m=16, block_n=128, num_warps=8), dict(block_m=64, num_warps=2)])
+def test_adapter_out_tuning_keeps_the_result(device, poisoned, tuning):
+    gen = torch.Generator().manual_seed(12)
+    args = [t.to(device) for t in (_randn(gen, 37, 16), _randn(gen, 80, 16), _randn(gen, 80), _randn(gen, 37, 80))]
+    expected = adapter_out_ref(*[t.cpu().double() for t in args])
+    assert_relative(adapter_out_triton(*args, tuning=tuning).cpu(), expected, RELATIVE[torch.float32],
+                    f"adapter_out {tuning}")
+
+
+def test_tuning_rejects_unknown_keys(device):
+    from engine.errors import InputError
+
+    x = torch.randn(5, 48, device=device)
+    with pytest.raises(InputError, match=r"unknown tuning keys \['block_k'\]"):
+        adapter_in_triton(x, torch.randn(16, 48, device=device), torch.randn(16, 48, device=device),
+                          torch.randn(16, device=device), 1e-5, tuning=dict(block_k=32))

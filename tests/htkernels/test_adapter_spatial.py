@@ -88,3 +88,12 @@ def test_adapter_spatial_rejects_bad_grid(device):
         adapter_spatial_triton(z.to(device), 5, 4, None, **weights)
     with pytest.raises(InputError, match="grid"):
         adapter_spatial_triton(torch.randn(1, 1 + 33 * 2, 16, device=device), 33, 2, None, **weights)
+
+
+@pytest.mark.parametrize("tuning", [dict(block_p=8, num_warps=2), dict(block_p=32, num_warps=8)])
+def test_adapter_spatial_tuning_keeps_the_result(device, poisoned, tuning):
+    z, filt, weights = spatial_args(2, 5, 7, 16, True, seed=13)
+    weights = {k: v.to(device) for k, v in weights.items()}
+    actual = adapter_spatial_triton(z.to(device), 5, 7, filt.to(device), **weights, tuning=tuning)
+    expected = adapter_spatial_ref(z.double(), 5, 7, filt.double(), **{k: v.cpu().double() for k, v in weights.items()})
+    assert_relative(actual.cpu(), expected, RELATIVE[torch.float32], f"spatial {tuning}")
