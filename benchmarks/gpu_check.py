@@ -268,9 +268,9 @@ def bench_adapter_block(device, timer, results, width, channels, grid, save):
 
 # Launch configurations swept at batch 1 (bf16): the first of each list is the launcher's default there.
 TUNING = {
-    "adapter_in": [dict(block_m=16, block_d=64, num_warps=4), dict(block_m=8, block_d=64, num_warps=4),
+    "adapter_in": [dict(block_m=8, block_d=64, num_warps=4), dict(block_m=16, block_d=64, num_warps=4),
                    dict(block_m=16, block_d=128, num_warps=4), dict(block_m=32, block_d=64, num_warps=4),
-                   dict(block_m=16, block_d=64, num_warps=2), dict(block_m=16, block_d=64, num_warps=8)],
+                   dict(block_m=8, block_d=64, num_warps=2), dict(block_m=8, block_d=64, num_warps=8)],
     "adapter_spatial": [dict(block_p=16, num_warps=4), dict(block_p=8, num_warps=4), dict(block_p=32, num_warps=4),
                         dict(block_p=8, num_warps=2), dict(block_p=16, num_warps=2), dict(block_p=16, num_warps=8)],
     "adapter_out": [dict(block_m=32, block_n=64, num_warps=4), dict(block_m=16, block_n=64, num_warps=4),

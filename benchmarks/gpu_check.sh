@@ -11,7 +11,10 @@
 #      end-to-end forward at batch 1, 8, 64, 256 vs the eager reference and torch.compile(reference)
 #   5. the table, last
 # Writes gpu_check.json, gpu_check.log and pytest_*.log under $OUT when set, else under benchmarks/results/.
-# GPU_CHECK_BUDGET_S (default 345) is the whole script's wall-clock budget.
+# GPU_CHECK_BUDGET_S (default 345) is the whole script's wall-clock budget. A rerun of a part:
+#   GPU_CHECK_TESTS (comma-separated test groups, default all; "none" skips the tests),
+#   GPU_CHECK_SECTIONS (sections of gpu_check.py, default all), GPU_CHECK_BATCHES (end-to-end batch sizes).
+# A test group that crashes (exit 139) is rerun under gdb, when there is one, for the native backtrace.
 set -u
 cd "$(dirname "$0")/.." || exit 1
 ROOT=$(pwd)
@@ -36,6 +39,8 @@ STATUS=0
 
 section "environment"
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv 2>&1 || echo "nvidia-smi unavailable"
+echo "nvcc: $(nvcc --version 2>/dev/null | grep -o 'release [0-9.]*' || echo none)  g++: $(g++ -dumpfullversion 2>/dev/null \
+  || echo none)  gdb: $(command -v gdb || echo none)  LD_LIBRARY_PATH=${LD_LIBRARY_PATH:-}"
 "$PY" - <<'PYEOF' || STATUS=1
 import torch
 print("python", __import__("platform").python_version(), "torch", torch.__version__, "cuda", torch.version.cuda,
@@ -78,7 +83,9 @@ else
 fi
 
 section "GPU tests"
-if "$PY" -c "import pytest" 2>/dev/null; then
+if [ "${GPU_CHECK_TESTS:-all}" = none ]; then
+  echo "skipped (GPU_CHECK_TESTS=none)"
+elif "$PY" -c "import pytest" 2>/dev/null; then
   # Five pytest processes side by side (Triton's JIT compiles on the CPU; the machine has cores to spare), each
   # with its own log; a crash in one (exit 139) does not stop the others. The emulated CUDA kernels are CPU-only.
   TEST_LIMIT=$(limit 130)
@@ -89,8 +96,10 @@ if "$PY" -c "import pytest" 2>/dev/null; then
     [csrc]="tests/csrc --ignore=tests/csrc/test_emulated_kernels.py"
     [requires_cuda]="-m requires_cuda tests --ignore=tests/htkernels --ignore=tests/csrc"
   )
+  SELECTED=${GPU_CHECK_TESTS:-all}
   declare -A PIDS=()
   for name in "${!GROUPS_[@]}"; do
+    [[ $SELECTED == all || ,$SELECTED, == *",$name,"* ]] || continue
     # shellcheck disable=SC2086  # the group holds several arguments
     timeout "$TEST_LIMIT" "$PY" -X faulthandler -m pytest -q -rs -p no:cacheprovider -o addopts="" \
         -k "not compile_targets" ${GROUPS_[$name]} > "$OUTDIR/pytest_$name.log" 2>&1 &
@@ -102,6 +111,14 @@ if "$PY" -c "import pytest" 2>/dev/null; then
     summary=$(grep -E "passed|failed|error|skipped|no tests ran" "$OUTDIR/pytest_$name.log" | tail -1)
     echo "  $name: exit $rc  ${summary:-(no summary; see pytest_$name.log)}"
     (( rc != 0 && rc != 5 )) && { grep -E "^(FAILED|ERROR)|Fatal Python" "$OUTDIR/pytest_$name.log" | head -8; STATUS=1; }
+    if (( rc == 139 )) && command -v gdb >/dev/null 2>&1; then
+      crashed=$(grep -oE "File \"$ROOT/tests/[^\"]+\", line [0-9]+ in test_[A-Za-z0-9_]+" "$OUTDIR/pytest_$name.log" \
+        | tail -1 | sed -E "s#File \"$ROOT/([^\"]+)\", line [0-9]+ in (.*)#\1::\2#")
+      # shellcheck disable=SC2086
+      timeout "$(limit 60)" gdb -q -batch -ex run -ex bt -ex "info sharedlibrary" --args "$PY" -m pytest -q -x \
+        -p no:cacheprovider -o addopts="" ${crashed:-${GROUPS_[$name]}} > "$OUTDIR/gdb_$name.log" 2>&1
+      echo "  $name: native backtrace in gdb_$name.log"; grep -E "^#[0-9]+ " "$OUTDIR/gdb_$name.log" | head -12
+    fi
   done
 else
   echo "pytest not installed: running the kernel checks of the benchmark only (errors are in its JSON)"
@@ -110,6 +127,7 @@ fi
 section "benchmarks"
 BENCH_LIMIT=$(limit 400)
 timeout "$BENCH_LIMIT" "$PY" benchmarks/gpu_check.py --out "$JSON" --budget-s "$BENCH_LIMIT" \
+    ${GPU_CHECK_SECTIONS:+--sections "$GPU_CHECK_SECTIONS"} ${GPU_CHECK_BATCHES:+--batches "$GPU_CHECK_BATCHES"} \
     > "$OUTDIR/bench_stdout.log" 2>&1
 rc=$?
 (( rc != 0 )) && { echo "benchmarks: exit $rc (124 = time budget)"; tail -20 "$OUTDIR/bench_stdout.log"; STATUS=1; }

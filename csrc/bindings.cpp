@@ -21,7 +21,7 @@ T* as_pointer(std::uintptr_t address) {
 
 using StatusTuple = std::pair<int, std::string>;
 
-StatusTuple as_tuple(const htk::Status& status) { return {static_cast<int>(status.code), status.message}; }
+StatusTuple as_tuple(const htk::Status& status) { return {static_cast<int>(status.code), std::string(status.message)}; }
 
 htk::DType dtype_from_code(int code) { return static_cast<htk::DType>(code); }
 

@@ -5,31 +5,57 @@
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
+#include <algorithm>
 #include <cstdint>
-#include <sstream>
-#include <utility>
+#include <cstdio>
+#include <type_traits>
 
 #include "htk.h"
 
 namespace htk {
 namespace detail {
 
+// Status messages are built with snprintf into the Status itself: no iostreams, no locale, no heap.
+inline void append(Status& status, size_t& used, const char* text) {
+  if (used + 1 >= kStatusMessageCapacity) return;
+  const int written = std::snprintf(status.message + used, kStatusMessageCapacity - used, "%s", text);
+  if (written > 0) used = std::min(kStatusMessageCapacity - 1, used + static_cast<size_t>(written));
+}
+
+template <typename T>
+void append(Status& status, size_t& used, T value) {
+  char text[32];
+  if constexpr (std::is_floating_point_v<T>) {
+    std::snprintf(text, sizeof(text), "%g", static_cast<double>(value));
+  } else if constexpr (std::is_signed_v<T>) {
+    std::snprintf(text, sizeof(text), "%lld", static_cast<long long>(value));
+  } else {
+    std::snprintf(text, sizeof(text), "%llu", static_cast<unsigned long long>(value));
+  }
+  append(status, used, static_cast<const char*>(text));
+}
+
 template <typename... Parts>
-Status invalid_argument(const char* op, Parts&&... parts) {
-  std::ostringstream message;
-  message << op << ": ";
-  (message << ... << std::forward<Parts>(parts));
-  return Status{StatusCode::kInvalidArgument, message.str()};
+Status make_status(StatusCode code, const char* op, const Parts&... parts) {
+  Status status;
+  status.code = code;
+  size_t used = 0;
+  append(status, used, op);
+  append(status, used, ": ");
+  (append(status, used, parts), ...);
+  return status;
+}
+
+template <typename... Parts>
+Status invalid_argument(const char* op, const Parts&... parts) {
+  return make_status(StatusCode::kInvalidArgument, op, parts...);
 }
 
 // A CUDA failure with the op and the step named, plus the hint a user without a GPU needs.
 inline Status cuda_failure(const char* op, const char* step, cudaError_t error) {
-  std::ostringstream message;
-  message << op << ": " << step << " failed: " << cudaGetErrorString(error) << " (" << cudaGetErrorName(error) << ")";
-  if (error == cudaErrorNoDevice || error == cudaErrorInsufficientDriver) {
-    message << "; this kernel needs a CUDA GPU and its driver";
-  }
-  return Status{StatusCode::kCudaError, message.str()};
+  const bool no_gpu = error == cudaErrorNoDevice || error == cudaErrorInsufficientDriver;
+  return make_status(StatusCode::kCudaError, op, step, " failed: ", cudaGetErrorString(error), " (",
+                     cudaGetErrorName(error), ")", no_gpu ? "; this kernel needs a CUDA GPU and its driver" : "");
 }
 
 inline bool dtype_valid(DType dtype) {

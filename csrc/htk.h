@@ -8,7 +8,6 @@
 
 #include <cstddef>
 #include <cstdint>
-#include <string>
 
 namespace htk {
 
@@ -17,9 +16,13 @@ enum class DType : int { kFloat32 = 0, kFloat16 = 1, kBFloat16 = 2 };
 
 enum class StatusCode : int { kOk = 0, kInvalidArgument = 1, kCudaError = 2 };
 
+// A launcher's result. Plain data (no heap, no std::string), so it crosses library and compiler boundaries intact:
+// the message is NUL-terminated, empty when ok, cut at kStatusMessageCapacity - 1 characters.
+constexpr size_t kStatusMessageCapacity = 512;
+
 struct Status {
   StatusCode code = StatusCode::kOk;
-  std::string message;
+  char message[kStatusMessageCapacity] = {};
 
   bool ok() const { return code == StatusCode::kOk; }
 };

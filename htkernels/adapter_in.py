@@ -107,7 +107,10 @@ def adapter_in_triton(x: torch.Tensor, w_norm: torch.Tensor, w_raw: torch.Tensor
     z = torch.empty((rows, channels), device=x.device, dtype=x.dtype)
     if rows == 0:
         return z
-    config = launch_config("adapter_in", dict(block_m=16 if rows <= 4096 else 64, block_d=64, num_warps=4), tuning)
+    # 8-row tiles at batch 1-2 (197-394 rows: 25-50 programs; 8.3 µs vs 9.5 µs for 16 rows on an H100, bf16,
+    # benchmarks/results/gpu-h100-2026-11-27), 16 up to 4096 rows, 64 beyond.
+    block_m = 8 if rows <= 512 else 16 if rows <= 4096 else 64
+    config = launch_config("adapter_in", dict(block_m=block_m, block_d=64, num_warps=4), tuning)
     block_m, block_d = config["block_m"], config["block_d"]
     block_r = pow2_at_least(channels)
     grid = (cdiv(rows, block_m),)

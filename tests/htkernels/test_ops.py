@@ -18,12 +18,14 @@ cuda_only = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CU
 
 
 def op_cases(device):
+    """The same seeded inputs on any device (every tensor drawn from one CPU generator, then moved)."""
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(9, 48, generator=gen).to(device)
     cases = {
-        "adapter_in": (x, torch.randn(16, 48).to(device), torch.randn(16, 48).to(device), torch.randn(16).to(device),
-                       1e-5),
-        "adapter_out": (torch.randn(9, 16).to(device), torch.randn(48, 16).to(device), torch.randn(48).to(device), x),
+        "adapter_in": (x, torch.randn(16, 48, generator=gen).to(device), torch.randn(16, 48, generator=gen).to(device),
+                       torch.randn(16, generator=gen).to(device), 1e-5),
+        "adapter_out": (torch.randn(9, 16, generator=gen).to(device), torch.randn(48, 16, generator=gen).to(device),
+                        torch.randn(48, generator=gen).to(device), x),
     }
     for name, spectral in (("adapter_spatial", False), ("adapter_spatial_spectral", True)):
         z, filt, weights = spatial_args(2, 3, 5, 16, spectral, seed=1)

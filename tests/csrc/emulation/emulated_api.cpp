@@ -19,7 +19,7 @@ const char* cudaGetErrorString(cudaError_t) { return "emulated device"; }
 const char* cudaGetErrorName(cudaError_t) { return "emulated device"; }
 
 static int report(const htk::Status& status, char* message, size_t capacity) {
-  std::strncpy(message, status.message.c_str(), capacity - 1);
+  std::strncpy(message, status.message, capacity - 1);
   message[capacity - 1] = '\0';
   return static_cast<int>(status.code);
 }
