@@ -119,3 +119,16 @@ def test_compiled_fp32_equals_reference_and_reuses_cache(tmp_path, monkeypatch):
         assert_relative(predictor.forward(images), reference.forward(images), RELATIVE[torch.float32],
                         f"compiled optimized, batch {batch}")
     assert any((tmp_path / "cache" / "inductor").rglob("*")), "compiled code was not written to the engine cache"
+
+
+@pytest.mark.parametrize("filter_kind,usable,expected", [
+    ("channel", {"triton", "cuda"}, "triton"), ("spectral", {"triton", "cuda"}, "cuda"),
+    ("spectral", {"triton"}, "triton"), ("channel", {"cuda"}, "cuda"), ("channel", set(), "torch"),
+])
+def test_default_cuda_kernels(monkeypatch, filter_kind, usable, expected):
+    from engine.backends import optimized
+    from engine.config import ModelConfig
+
+    monkeypatch.setattr(optimized, "_provider_usable", lambda name, device: name in usable)
+    config = ModelConfig.for_arch("biomedclip-vit-b16", "seg", 2, filter_kind=filter_kind)
+    assert optimized.default_cuda_kernels(config, "cuda") == expected

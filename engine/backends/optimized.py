@@ -3,8 +3,8 @@
 CPU: fp32, bf16 (GEMM weights and activations in bf16, adapter spatial math in fp32) or int8 (the blocks' GEMMs
 dynamically quantized: int8 weights per output channel, activations per token at run time; engine.optimize.quant),
 compiled block by block with `torch.compile`, the compiled code cached on disk (engine.optimize.cpu).
-CUDA: the adapter ops from the Triton provider when available (or the CUDA C++ kernels with `kernels="cuda"`), run
-through CUDA graphs (engine.optimize.cuda_runner).
+CUDA: the adapter ops from the Triton provider (the CUDA C++ kernels for spectral filters, see
+`default_cuda_kernels`; `kernels=` chooses), run through CUDA graphs (engine.optimize.cuda_runner).
 """
 
 from __future__ import annotations
@@ -49,17 +49,33 @@ def load(package, device: str, precision: str, kernels: str | None = None) -> Ru
     return make_cpu_runner(build_model(package, precision), package, precision)
 
 
+def _provider_usable(name: str, device: str) -> bool:
+    from ..optimize.kernels import get_kernels
+
+    try:
+        return get_kernels(name).available(device)[0]
+    except BackendError:  # not installed (Triton) or not built (htkernels._C)
+        return False
+
+
+def default_cuda_kernels(config, device: str) -> str:
+    """The adapter kernels `optimized` uses on CUDA unless told: Triton; for spectral filters the CUDA C++ kernels
+    when built (their spatial op does the filter as DFT products on chip: 29 µs per call at batch 1 on an H100 vs
+    162 µs for the Triton circular convolution, benchmarks/results/gpu-h100-2026-11-27); torch ops without either."""
+    if config.filter_kind == "spectral" and _provider_usable("cuda", device):
+        return "cuda"
+    if _provider_usable("triton", device):
+        return "triton"
+    return "cuda" if _provider_usable("cuda", device) else "torch"
+
+
 def _load_cuda(package, target: torch.device, precision: str, kernels: str | None) -> Runner:
     if precision not in CUDA_PRECISIONS:
         raise BackendError(f"backend 'optimized' runs on CUDA in {CUDA_PRECISIONS}, got precision {precision!r}")
     from ..optimize.kernels import get_kernels
 
     if kernels is None:
-        try:
-            usable, _ = get_kernels("triton").available(str(target))
-        except BackendError:  # the Triton provider is not installed: the torch ops still run on the GPU
-            usable = False
-        kernels = "triton" if usable else "torch"
+        kernels = default_cuda_kernels(package.config, str(target))
     else:
         usable, reason = get_kernels(kernels).available(str(target))
         if not usable:
