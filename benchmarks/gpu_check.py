@@ -547,7 +547,7 @@ def main(argv=None) -> int:
                 "block": lambda: bench_adapter_block(device, timer, results, *block_shape, save),
                 "tune": lambda: bench_tuning(device, timer, results, *block_shape, save, time.monotonic() + 60),
                 "kernels": lambda: bench_kernels(args, device, timer, results, save, started + 0.85 * args.budget_s),
-                "e2e": lambda: bench_end_to_end(args, device, timer, results, save, started + 0.6 * args.budget_s)}
+                "e2e": lambda: bench_end_to_end(args, device, timer, results, save, started + 0.75 * args.budget_s)}
     for name in args.sections.split(","):
         begin = time.monotonic()
         try:
