@@ -269,13 +269,15 @@ def bench_adapter_block(device, timer, results, width, channels, grid, save):
 # Launch configurations swept at batch 1 (bf16): the first of each list is the launcher's default there.
 TUNING = {
     "adapter_in": [dict(block_m=8, block_d=64, num_warps=4), dict(block_m=16, block_d=64, num_warps=4),
-                   dict(block_m=16, block_d=128, num_warps=4), dict(block_m=32, block_d=64, num_warps=4),
-                   dict(block_m=8, block_d=64, num_warps=2), dict(block_m=8, block_d=64, num_warps=8)],
-    "adapter_spatial": [dict(block_p=16, num_warps=4), dict(block_p=8, num_warps=4), dict(block_p=32, num_warps=4),
-                        dict(block_p=8, num_warps=2), dict(block_p=16, num_warps=2), dict(block_p=16, num_warps=8)],
+                   dict(block_m=8, block_d=64, num_warps=4, single_pass=True),
+                   dict(block_m=8, block_d=128, num_warps=4, single_pass=True),
+                   dict(block_m=16, block_d=64, num_warps=4, single_pass=True),
+                   dict(block_m=8, block_d=64, num_warps=2, single_pass=True)],
+    "adapter_spatial": [dict(block_p=16, num_warps=4), dict(block_p=8, num_warps=4),
+                        dict(block_p=16, num_warps=4, pool_block=64), dict(block_p=16, num_warps=4, pool_block=32),
+                        dict(block_p=8, num_warps=4, pool_block=64), dict(block_p=16, num_warps=8, pool_block=64)],
     "adapter_out": [dict(block_m=32, block_n=64, num_warps=4), dict(block_m=16, block_n=64, num_warps=4),
-                    dict(block_m=32, block_n=128, num_warps=4), dict(block_m=64, block_n=64, num_warps=4),
-                    dict(block_m=16, block_n=128, num_warps=8), dict(block_m=32, block_n=64, num_warps=8)],
+                    dict(block_m=32, block_n=128, num_warps=4), dict(block_m=16, block_n=128, num_warps=8)],
 }
 
 
@@ -427,7 +429,10 @@ def bench_gemm(args, device, timer, results, save):
 
 
 def _short(config: dict) -> str:
-    return "/".join(f"{key.split('_')[-1][0]}{value}" for key, value in config.items())
+    names = {"block_m": "m", "block_d": "d", "block_n": "n", "block_p": "p", "num_warps": "w", "single_pass": "1pass",
+             "pool_block": "pool"}
+    return "/".join(names.get(key, key) + ("" if value is True else str(value)) for key, value in config.items()
+                    if value is not False)
 
 
 def table(results: dict) -> str:

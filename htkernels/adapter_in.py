@@ -38,7 +38,7 @@ def _adapter_in_kernel(
     M, D, R, eps,
     stride_xm, stride_xd, stride_nr, stride_nd, stride_rr, stride_rd, stride_zm, stride_zr,
     BLOCK_M: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr, IEEE_FP32: tl.constexpr,
-    INTERPRET_BF16: tl.constexpr,
+    INTERPRET_BF16: tl.constexpr, SINGLE_PASS: tl.constexpr,
 ):
     """One program: BLOCK_M rows of x, all r outputs.
 
@@ -47,12 +47,55 @@ def _adapter_in_kernel(
     is ever stored). Centring before the GEMM avoids the cancellation of `E[x²]-E[x]²` on large-mean rows.
     fp32 inputs use exact fp32 products (`ieee`); fp16/bf16 go through the tensor cores in their own dtype
     with fp32 accumulation.
+
+    SINGLE_PASS (a launch-configuration choice, half the serial loop): one pass over D on `s = x - x[:, 0]`
+    (shifted data: the row's first value takes the offset out, so `E[s²]-E[s]²` does not cancel), accumulating
+    `Σs`, `Σs²`, `s @ w_normᵀ`, `x @ w_rawᵀ` and the column sums of w_norm; then
+    `LN(x) @ w_normᵀ = rstd·(s @ w_normᵀ - mean(s)·colsum(w_norm))`.
     """
     pid = tl.program_id(0)
     rows = pid * BLOCK_M + tl.arange(0, BLOCK_M)
     row_mask = rows < M
     outs = tl.arange(0, BLOCK_R)
     out_mask = outs < R
+
+    if SINGLE_PASS:
+        shift = tl.load(x_ptr + rows * stride_xm, mask=row_mask, other=0.0).to(tl.float32)
+        total = tl.zeros([BLOCK_M], dtype=tl.float32)
+        squares = tl.zeros([BLOCK_M], dtype=tl.float32)
+        colsum = tl.zeros([BLOCK_R], dtype=tl.float32)
+        acc_norm = tl.zeros([BLOCK_M, BLOCK_R], dtype=tl.float32)
+        acc_raw = tl.zeros([BLOCK_M, BLOCK_R], dtype=tl.float32)
+        for d0 in range(0, D, BLOCK_D):
+            cols = d0 + tl.arange(0, BLOCK_D)
+            col_mask = cols < D
+            mask = row_mask[:, None] & col_mask[None, :]
+            x_raw = tl.load(x_ptr + rows[:, None] * stride_xm + cols[None, :] * stride_xd, mask=mask, other=0.0)
+            shifted = tl.where(mask, x_raw.to(tl.float32) - shift[:, None], 0.0)
+            total += tl.sum(shifted, axis=1)
+            squares += tl.sum(shifted * shifted, axis=1)
+            w_mask = col_mask[:, None] & out_mask[None, :]
+            w_norm = tl.load(w_norm_ptr + cols[:, None] * stride_nd + outs[None, :] * stride_nr, mask=w_mask,
+                             other=0.0)
+            w_raw = tl.load(w_raw_ptr + cols[:, None] * stride_rd + outs[None, :] * stride_rr, mask=w_mask,
+                            other=0.0)
+            if IEEE_FP32:
+                colsum += tl.sum(w_norm.to(tl.float32), axis=0)
+                acc_norm += tl.dot(shifted, w_norm.to(tl.float32), input_precision="ieee")
+                acc_raw += tl.dot(x_raw.to(tl.float32), w_raw.to(tl.float32), input_precision="ieee")
+            else:
+                low = x_raw.dtype
+                colsum += tl.sum(w_norm.to(low).to(tl.float32), axis=0)
+                acc_norm += dot_low(shifted.to(low), w_norm.to(low), INTERPRET_BF16)
+                acc_raw += dot_low(x_raw, w_raw.to(low), INTERPRET_BF16)
+        shifted_mean = total / D
+        rstd = 1.0 / tl.sqrt(tl.maximum(squares / D - shifted_mean * shifted_mean, 0.0) + eps)
+        bias = tl.load(bias_ptr + outs, mask=out_mask, other=0.0).to(tl.float32)
+        z = (acc_norm - shifted_mean[:, None] * colsum[None, :]) * rstd[:, None] + acc_raw + bias[None, :]
+        z = round_bf16(z, INTERPRET_BF16)
+        tl.store(z_ptr + rows[:, None] * stride_zm + outs[None, :] * stride_zr, z.to(z_ptr.dtype.element_ty),
+                 mask=row_mask[:, None] & out_mask[None, :])
+        return
 
     total = tl.zeros([BLOCK_M], dtype=tl.float32)
     for d0 in range(0, D, BLOCK_D):
@@ -95,8 +138,8 @@ def adapter_in_triton(x: torch.Tensor, w_norm: torch.Tensor, w_raw: torch.Tensor
                       eps: float, tuning: Optional[dict] = None) -> torch.Tensor:
     """Launcher of `_adapter_in_kernel`: checks, output allocation, grid. Any strides; output contiguous.
 
-    `tuning` overrides the launch configuration (`block_m`, `block_d`, `num_warps`; benchmarks/gpu_check.py sweeps
-    them); the defaults are the best measured at the model's shapes."""
+    `tuning` overrides the launch configuration (`block_m`, `block_d`, `num_warps`, `single_pass`;
+    benchmarks/gpu_check.py sweeps them); the defaults are the best measured at the model's shapes."""
     check_launch("adapter_in", dict(x=x, w_norm=w_norm, w_raw=w_raw, bias=bias))
     check_rank("adapter_in", "x", x, "[M, D]")
     rows, width = x.shape
@@ -110,7 +153,7 @@ def adapter_in_triton(x: torch.Tensor, w_norm: torch.Tensor, w_raw: torch.Tensor
     # 8-row tiles at batch 1-2 (197-394 rows: 25-50 programs; 8.3 µs vs 9.5 µs for 16 rows on an H100, bf16,
     # benchmarks/results/gpu-h100-2026-11-27), 16 up to 4096 rows, 64 beyond.
     block_m = 8 if rows <= 512 else 16 if rows <= 4096 else 64
-    config = launch_config("adapter_in", dict(block_m=block_m, block_d=64, num_warps=4), tuning)
+    config = launch_config("adapter_in", dict(block_m=block_m, block_d=64, num_warps=4, single_pass=False), tuning)
     block_m, block_d = config["block_m"], config["block_d"]
     block_r = pow2_at_least(channels)
     grid = (cdiv(rows, block_m),)
@@ -119,7 +162,7 @@ def adapter_in_triton(x: torch.Tensor, w_norm: torch.Tensor, w_raw: torch.Tensor
         x.stride(0), x.stride(1), w_norm.stride(0), w_norm.stride(1), w_raw.stride(0), w_raw.stride(1),
         z.stride(0), z.stride(1),
         BLOCK_M=block_m, BLOCK_R=block_r, BLOCK_D=block_d, IEEE_FP32=x.dtype == torch.float32,
-        INTERPRET_BF16=interpret_bf16(x.dtype),
+        INTERPRET_BF16=interpret_bf16(x.dtype), SINGLE_PASS=bool(config["single_pass"]),
         num_warps=config["num_warps"],
     )
     return z

@@ -104,7 +104,7 @@ def _adapter_spatial_kernel(
     H, W, R, R4,
     stride_zb, stride_zn, stride_zr, stride_fb, stride_fr, stride_fp, stride_gb, stride_gn, stride_gr,
     BLOCK_R: tl.constexpr, BLOCK_R4: tl.constexpr, BLOCK_P: tl.constexpr, IEEE_FP32: tl.constexpr,
-    INTERPRET_BF16: tl.constexpr,
+    INTERPRET_BF16: tl.constexpr, POOL_CHUNKS: tl.constexpr, BLOCK_POOL: tl.constexpr,
 ):
     """One program: image `program_id(0)`, pixels `[BLOCK_P·program_id(1), +BLOCK_P)`, all r channels.
 
@@ -124,10 +124,20 @@ def _adapter_spatial_kernel(
     f_image = f_ptr + image * stride_fb + channels[:, None] * stride_fr
 
     total = tl.zeros([BLOCK_R], dtype=tl.float32)
-    for p0 in range(0, hw, BLOCK_P):
-        ps = p0 + tl.arange(0, BLOCK_P)
-        f = tl.load(f_image + ps[None, :] * stride_fp, mask=channel_mask[:, None] & (ps < hw)[None, :], other=0.0)
-        total += tl.sum(f.to(tl.float32), axis=1)
+    if POOL_CHUNKS > 0:
+        # Unrolled (a launch-configuration choice): every chunk's load is independent and can be in flight at once,
+        # instead of one load per iteration of a runtime loop.
+        for chunk in tl.static_range(POOL_CHUNKS):
+            ps = chunk * BLOCK_POOL + tl.arange(0, BLOCK_POOL)
+            f = tl.load(f_image + ps[None, :] * stride_fp, mask=channel_mask[:, None] & (ps < hw)[None, :],
+                        other=0.0)
+            total += tl.sum(f.to(tl.float32), axis=1)
+    else:
+        for p0 in range(0, hw, BLOCK_P):
+            ps = p0 + tl.arange(0, BLOCK_P)
+            f = tl.load(f_image + ps[None, :] * stride_fp, mask=channel_mask[:, None] & (ps < hw)[None, :],
+                        other=0.0)
+            total += tl.sum(f.to(tl.float32), axis=1)
     pooled = total / hw
 
     hidden_index = tl.arange(0, BLOCK_R4)
@@ -210,7 +220,8 @@ def adapter_spatial_triton(z, h: int, w: int, spectral, k3, k5, k7, conv_bias, n
                            noise_b2, proj, proj_bias, tuning: Optional[dict] = None) -> torch.Tensor:
     """Launcher: checks, the spectral impulse response (when a spectral filter is given), grid. `z` any strides.
 
-    `tuning` overrides the launch configuration of the main kernel (`block_p`, `num_warps`)."""
+    `tuning` overrides the launch configuration of the main kernel (`block_p`, `num_warps`, `pool_block`: 0 reduces
+    the image mean in a runtime loop of `block_p`-pixel steps, N in ⌈h·w/N⌉ unrolled N-pixel chunks)."""
     op = "adapter_spatial"
     check_launch(op, dict(z=z, spectral=spectral, k3=k3, k5=k5, k7=k7, conv_bias=conv_bias, noise_w1=noise_w1,
                           noise_b1=noise_b1, noise_w2=noise_w2, noise_b2=noise_b2, proj=proj, proj_bias=proj_bias))
@@ -234,8 +245,11 @@ def adapter_spatial_triton(z, h: int, w: int, spectral, k3, k5, k7, conv_bias, n
                                         proj_bias)]
     block_r = pow2_at_least(channels)
     config = launch_config(op, dict(block_p=32 if block_r <= 64 and batch * cdiv(h * w, 32) >= SMALL_LAUNCH_PROGRAMS
-                                    else 16, num_warps=4), tuning)
-    block_p = config["block_p"]
+                                    else 16, num_warps=4, pool_block=0), tuning)
+    block_p, pool_block = config["block_p"], config["pool_block"]
+    if pool_block and (pool_block & (pool_block - 1) or cdiv(h * w, pool_block) > 64):
+        raise InputError(f"htkernels::{op}: tuning pool_block={pool_block} must be a power of two with at most 64 "
+                         f"chunks over the {h}x{w} grid (0: the runtime loop)")
     tiles = cdiv(h * w, block_p)
     if spectral is None:
         filtered = z[:, 1:].transpose(1, 2)  # [B, r, h·w] view of S: F = S
@@ -254,6 +268,7 @@ def adapter_spatial_triton(z, h: int, w: int, spectral, k3, k5, k7, conv_bias, n
         g.stride(0), g.stride(1), g.stride(2),
         BLOCK_R=block_r, BLOCK_R4=pow2_at_least(reduced, floor=2), BLOCK_P=block_p,
         IEEE_FP32=z.dtype == torch.float32, INTERPRET_BF16=interpret_bf16(z.dtype), num_warps=config["num_warps"],
+        POOL_CHUNKS=cdiv(h * w, pool_block) if pool_block else 0, BLOCK_POOL=pool_block or block_p,
     )
     return g
 

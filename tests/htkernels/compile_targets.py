@@ -44,15 +44,19 @@ def main() -> int:
 
     for dtype in ("fp32", "bf16"):  # fp16 takes the bf16 code path (tensor-core dot in the storage dtype)
         flags = dict(IEEE_FP32=dtype == "fp32", INTERPRET_BF16=False)
-        for block_m, block_n in ((16, 32), (64, 64)):  # the launchers' small-M and large-M tiles
-            build(ain._adapter_in_kernel, {n: f"*{dtype}" for n in ("x_ptr", "w_norm_ptr", "w_raw_ptr", "z_ptr")},
-                  ("eps",), dict(BLOCK_M=block_m, BLOCK_R=64, BLOCK_D=64, **flags))
+        for block_m, block_n in ((8, 32), (16, 32), (64, 64)):  # the launchers' small-M and large-M tiles
+            for single_pass in (False, True):
+                build(ain._adapter_in_kernel,
+                      {n: f"*{dtype}" for n in ("x_ptr", "w_norm_ptr", "w_raw_ptr", "z_ptr")}, ("eps",),
+                      dict(BLOCK_M=block_m, BLOCK_R=64, BLOCK_D=64, SINGLE_PASS=single_pass, **flags))
             build(aout._adapter_out_kernel,
                   {n: f"*{dtype}" for n in ("g_ptr", "w2_ptr", "b2_ptr", "res_ptr", "y_ptr")}, (),
                   dict(BLOCK_M=block_n, BLOCK_N=2 * block_n, BLOCK_K=64, **flags))
         for block_p in (16, 32):
-            build(asp._adapter_spatial_kernel, {"z_ptr": f"*{dtype}", "g_ptr": f"*{dtype}"}, (),
-                  dict(BLOCK_R=64, BLOCK_R4=16, BLOCK_P=block_p, **flags))
+            for pool_chunks, block_pool in ((0, block_p), (4, 64)):  # runtime loop, unrolled chunks (14x14 grid)
+                build(asp._adapter_spatial_kernel, {"z_ptr": f"*{dtype}", "g_ptr": f"*{dtype}"}, (),
+                      dict(BLOCK_R=64, BLOCK_R4=16, BLOCK_P=block_p, POOL_CHUNKS=pool_chunks, BLOCK_POOL=block_pool,
+                           **flags))
             build(asp._circular_filter_kernel, {"z_ptr": f"*{dtype}"}, (), dict(BLOCK_R=64, BLOCK_P=block_p))
     integer = {n: "*i32" for n in ("row_w_ptr", "col_w_ptr", "row_start_ptr", "col_start_ptr")}
     variants = [("fp32", rgb, resize_h, resize_v) for rgb in (False, True)

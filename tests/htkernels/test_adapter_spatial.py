@@ -90,10 +90,23 @@ def test_adapter_spatial_rejects_bad_grid(device):
         adapter_spatial_triton(torch.randn(1, 1 + 33 * 2, 16, device=device), 33, 2, None, **weights)
 
 
-@pytest.mark.parametrize("tuning", [dict(block_p=8, num_warps=2), dict(block_p=32, num_warps=8)])
-def test_adapter_spatial_tuning_keeps_the_result(device, poisoned, tuning):
-    z, filt, weights = spatial_args(2, 5, 7, 16, True, seed=13)
+@pytest.mark.parametrize("tuning", [dict(block_p=8, num_warps=2), dict(block_p=32, num_warps=8),
+                                    dict(pool_block=16), dict(block_p=8, pool_block=64)])
+@pytest.mark.parametrize("spectral", [False, True])
+def test_adapter_spatial_tuning_keeps_the_result(device, poisoned, tuning, spectral):
+    z, filt, weights = spatial_args(2, 5, 7, 16, spectral, seed=13)
     weights = {k: v.to(device) for k, v in weights.items()}
-    actual = adapter_spatial_triton(z.to(device), 5, 7, filt.to(device), **weights, tuning=tuning)
-    expected = adapter_spatial_ref(z.double(), 5, 7, filt.double(), **{k: v.cpu().double() for k, v in weights.items()})
-    assert_relative(actual.cpu(), expected, RELATIVE[torch.float32], f"spatial {tuning}")
+    actual = adapter_spatial_triton(z.to(device), 5, 7, None if filt is None else filt.to(device), **weights,
+                                    tuning=tuning)
+    expected = adapter_spatial_ref(z.double(), 5, 7, None if filt is None else filt.double(),
+                                   **{k: v.cpu().double() for k, v in weights.items()})
+    assert_relative(actual.cpu(), expected, RELATIVE[torch.float32], f"spatial {tuning} spectral={spectral}")
+
+
+def test_adapter_spatial_rejects_a_bad_pool_block(device):
+    from engine.errors import InputError
+
+    z, _, weights = spatial_args(1, 5, 5, 16, False, seed=0)
+    weights = {k: v.to(device) for k, v in weights.items()}
+    with pytest.raises(InputError, match="pool_block=24 must be a power of two"):
+        adapter_spatial_triton(z.to(device), 5, 5, None, **weights, tuning=dict(pool_block=24))
