@@ -61,49 +61,16 @@ def _adapter_in_kernel(
 
     if SINGLE_PASS:
         shift = tl.load(x_ptr + rows * stride_xm, mask=row_mask, other=0.0).to(tl.float32)
-        total = tl.zeros([BLOCK_M], dtype=tl.float32)
-        squares = tl.zeros([BLOCK_M], dtype=tl.float32)
+        shifted_total = tl.zeros([BLOCK_M], dtype=tl.float32)
         colsum = tl.zeros([BLOCK_R], dtype=tl.float32)
-        acc_norm = tl.zeros([BLOCK_M, BLOCK_R], dtype=tl.float32)
-        acc_raw = tl.zeros([BLOCK_M, BLOCK_R], dtype=tl.float32)
+    else:
+        total = tl.zeros([BLOCK_M], dtype=tl.float32)
         for d0 in range(0, D, BLOCK_D):
             cols = d0 + tl.arange(0, BLOCK_D)
-            col_mask = cols < D
-            mask = row_mask[:, None] & col_mask[None, :]
-            x_raw = tl.load(x_ptr + rows[:, None] * stride_xm + cols[None, :] * stride_xd, mask=mask, other=0.0)
-            shifted = tl.where(mask, x_raw.to(tl.float32) - shift[:, None], 0.0)
-            total += tl.sum(shifted, axis=1)
-            squares += tl.sum(shifted * shifted, axis=1)
-            w_mask = col_mask[:, None] & out_mask[None, :]
-            w_norm = tl.load(w_norm_ptr + cols[:, None] * stride_nd + outs[None, :] * stride_nr, mask=w_mask,
-                             other=0.0)
-            w_raw = tl.load(w_raw_ptr + cols[:, None] * stride_rd + outs[None, :] * stride_rr, mask=w_mask,
-                            other=0.0)
-            if IEEE_FP32:
-                colsum += tl.sum(w_norm.to(tl.float32), axis=0)
-                acc_norm += tl.dot(shifted, w_norm.to(tl.float32), input_precision="ieee")
-                acc_raw += tl.dot(x_raw.to(tl.float32), w_raw.to(tl.float32), input_precision="ieee")
-            else:
-                low = x_raw.dtype
-                colsum += tl.sum(w_norm.to(low).to(tl.float32), axis=0)
-                acc_norm += dot_low(shifted.to(low), w_norm.to(low), INTERPRET_BF16)
-                acc_raw += dot_low(x_raw, w_raw.to(low), INTERPRET_BF16)
-        shifted_mean = total / D
-        rstd = 1.0 / tl.sqrt(tl.maximum(squares / D - shifted_mean * shifted_mean, 0.0) + eps)
-        bias = tl.load(bias_ptr + outs, mask=out_mask, other=0.0).to(tl.float32)
-        z = (acc_norm - shifted_mean[:, None] * colsum[None, :]) * rstd[:, None] + acc_raw + bias[None, :]
-        z = round_bf16(z, INTERPRET_BF16)
-        tl.store(z_ptr + rows[:, None] * stride_zm + outs[None, :] * stride_zr, z.to(z_ptr.dtype.element_ty),
-                 mask=row_mask[:, None] & out_mask[None, :])
-        return
-
-    total = tl.zeros([BLOCK_M], dtype=tl.float32)
-    for d0 in range(0, D, BLOCK_D):
-        cols = d0 + tl.arange(0, BLOCK_D)
-        mask = row_mask[:, None] & (cols < D)[None, :]
-        x = tl.load(x_ptr + rows[:, None] * stride_xm + cols[None, :] * stride_xd, mask=mask, other=0.0)
-        total += tl.sum(x.to(tl.float32), axis=1)
-    mean = total / D
+            mask = row_mask[:, None] & (cols < D)[None, :]
+            x = tl.load(x_ptr + rows[:, None] * stride_xm + cols[None, :] * stride_xd, mask=mask, other=0.0)
+            total += tl.sum(x.to(tl.float32), axis=1)
+        shift = total / D  # the mean: the loop below then accumulates centred values
 
     squares = tl.zeros([BLOCK_M], dtype=tl.float32)
     acc_norm = tl.zeros([BLOCK_M, BLOCK_R], dtype=tl.float32)
@@ -114,19 +81,29 @@ def _adapter_in_kernel(
         mask = row_mask[:, None] & col_mask[None, :]
         x_raw = tl.load(x_ptr + rows[:, None] * stride_xm + cols[None, :] * stride_xd, mask=mask, other=0.0)
         x = x_raw.to(tl.float32)
-        centred = tl.where(mask, x - mean[:, None], 0.0)
-        squares += tl.sum(centred * centred, axis=1)
+        shifted = tl.where(mask, x - shift[:, None], 0.0)
+        squares += tl.sum(shifted * shifted, axis=1)
         w_mask = col_mask[:, None] & out_mask[None, :]
         w_norm = tl.load(w_norm_ptr + cols[:, None] * stride_nd + outs[None, :] * stride_nr, mask=w_mask, other=0.0)
         w_raw = tl.load(w_raw_ptr + cols[:, None] * stride_rd + outs[None, :] * stride_rr, mask=w_mask, other=0.0)
         if IEEE_FP32:
-            acc_norm += tl.dot(centred, w_norm.to(tl.float32), input_precision="ieee")
+            w_norm = w_norm.to(tl.float32)
+            acc_norm += tl.dot(shifted, w_norm, input_precision="ieee")
             acc_raw += tl.dot(x, w_raw.to(tl.float32), input_precision="ieee")
         else:
             low = x_raw.dtype
-            acc_norm += dot_low(centred.to(low), w_norm.to(low), INTERPRET_BF16)
+            w_norm = w_norm.to(low)
+            acc_norm += dot_low(shifted.to(low), w_norm, INTERPRET_BF16)
             acc_raw += dot_low(x_raw, w_raw.to(low), INTERPRET_BF16)
-    rstd = 1.0 / tl.sqrt(squares / D + eps)
+        if SINGLE_PASS:
+            shifted_total += tl.sum(shifted, axis=1)
+            colsum += tl.sum(w_norm.to(tl.float32), axis=0)
+    if SINGLE_PASS:
+        shifted_mean = shifted_total / D
+        rstd = 1.0 / tl.sqrt(tl.maximum(squares / D - shifted_mean * shifted_mean, 0.0) + eps)
+        acc_norm = acc_norm - shifted_mean[:, None] * colsum[None, :]
+    else:
+        rstd = 1.0 / tl.sqrt(squares / D + eps)
     bias = tl.load(bias_ptr + outs, mask=out_mask, other=0.0).to(tl.float32)
     z = acc_norm * rstd[:, None] + acc_raw + bias[None, :]
     z = round_bf16(z, INTERPRET_BF16)
