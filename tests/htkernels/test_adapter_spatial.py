@@ -110,3 +110,14 @@ def test_adapter_spatial_rejects_a_bad_pool_block(device):
     weights = {k: v.to(device) for k, v in weights.items()}
     with pytest.raises(InputError, match="pool_block=24 must be a power of two"):
         adapter_spatial_triton(z.to(device), 5, 5, None, **weights, tuning=dict(pool_block=24))
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_adapter_spatial_unrolled_mean_low_precision(device, poisoned, dtype):
+    z, _, weights = spatial_args(2, 5, 6, 16, False, seed=3)
+    z = z.to(device=device, dtype=dtype)
+    weights = {k: v.to(device=device, dtype=dtype) for k, v in weights.items()}
+    actual = adapter_spatial_triton(z, 5, 6, None, **weights, tuning=dict(pool_block=16))
+    expected = adapter_spatial_ref(z.cpu().double(), 5, 6, None, **{k: v.cpu().double() for k, v in weights.items()})
+    assert actual.dtype == dtype
+    assert_relative(actual.cpu(), expected, RELATIVE[dtype], f"spatial pool_block=16 {dtype}")
