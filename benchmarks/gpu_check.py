@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import functools
 import json
 import os
 import platform
@@ -229,6 +230,27 @@ def bench_kernels(args, device, timer, results, save, deadline):
         save()
 
 
+def block_inputs(dtype, device, width: int, channels: int, grid: int) -> tuple:
+    """Batch-1 inputs of one adapter: adapter_in's `(x, w_norm, w_raw, bias, eps)`, adapter_spatial's arguments
+    (z first) and adapter_out's `(w2, b2)`."""
+    spatial = kernel_inputs("adapter_spatial", 1, dtype, device, width, channels, grid)
+    _, w2, b2, _ = kernel_inputs("adapter_out", 1, dtype, device, width, channels, grid)
+    return kernel_inputs("adapter_in", 1, dtype, device, width, channels, grid), spatial, (w2, b2)
+
+
+def adapter_block(inputs: tuple, adapter_in, adapter_spatial, adapter_out):
+    """The adapter of `block_inputs` as one call: adapter_in → adapter_spatial → adapter_out (+ residual x)."""
+    (x, w_norm, w_raw, bias, eps), spatial, (w2, b2) = inputs
+    z_shape = spatial[0].shape
+
+    def run():
+        z = adapter_in(x, w_norm, w_raw, bias, eps)
+        g = adapter_spatial(z.view(z_shape), *spatial[1:])
+        return adapter_out(g.view(-1, z_shape[-1]), w2, b2, x)
+
+    return run
+
+
 def bench_adapter_block(device, timer, results, width, channels, grid, save):
     """The three adapter kernels of one block at batch 1 inside a CUDA graph: the ≤ 25 µs per block target.
 
@@ -245,17 +267,9 @@ def bench_adapter_block(device, timer, results, width, channels, grid, save):
         providers["triton_gemms_cuda_spatial"] = (triton_impl, cuda_impl)
     block = results.setdefault("adapter_block_batch1", {})
     for dtype_name in ("bf16", "fp32"):
-        dtype = DTYPES[dtype_name]
-        x, w_norm, w_raw, bias, eps = kernel_inputs("adapter_in", 1, dtype, device, width, channels, grid)
-        spatial = kernel_inputs("adapter_spatial", 1, dtype, device, width, channels, grid)[3:]
-        _, w2, b2, _ = kernel_inputs("adapter_out", 1, dtype, device, width, channels, grid)
-        tokens = 1 + grid * grid
+        inputs = block_inputs(DTYPES[dtype_name], device, width, channels, grid)
         for name, (gemms, spatial_kernels) in providers.items():
-            def adapter(gemms=gemms, spatial_kernels=spatial_kernels):
-                z = gemms.adapter_in(x, w_norm, w_raw, bias, eps)
-                g = spatial_kernels.adapter_spatial(z.view(1, tokens, channels), grid, grid, *spatial)
-                return gemms.adapter_out(g.view(-1, channels), w2, b2, x)
-
+            adapter = adapter_block(inputs, gemms.adapter_in, spatial_kernels.adapter_spatial, gemms.adapter_out)
             for mode in ("eager", "graph"):
                 key = f"{name}_{dtype_name}_{mode}"
                 try:
@@ -289,9 +303,8 @@ def bench_tuning(device, timer, results, width, channels, grid, save, deadline):
     from htkernels.adapter_spatial import adapter_spatial_triton
 
     dtype = DTYPES["bf16"]
-    x, w_norm, w_raw, bias, eps = kernel_inputs("adapter_in", 1, dtype, device, width, channels, grid)
-    spatial = kernel_inputs("adapter_spatial", 1, dtype, device, width, channels, grid)
-    _, w2, b2, _ = kernel_inputs("adapter_out", 1, dtype, device, width, channels, grid)
+    inputs = block_inputs(dtype, device, width, channels, grid)
+    (x, w_norm, w_raw, bias, eps), spatial, (w2, b2) = inputs
     g2d = torch.randn(x.shape[0], channels, device=device, dtype=dtype)
     calls = {
         "adapter_in": lambda tuning: adapter_in_triton(x, w_norm, w_raw, bias, eps, tuning=tuning),
@@ -316,14 +329,9 @@ def bench_tuning(device, timer, results, width, channels, grid, save, deadline):
                     rows.append({"config": config, "error": f"{type(exc).__name__}: {exc}"[:300]})
             save()
         if len(best) == 3:
-            tokens = 1 + grid * grid
-
-            def block():
-                zz = adapter_in_triton(x, w_norm, w_raw, bias, eps, tuning=best["adapter_in"][0])
-                g = adapter_spatial_triton(zz.view(1, tokens, channels), *spatial[1:],
-                                           tuning=best["adapter_spatial"][0])
-                return adapter_out_triton(g.view(-1, channels), w2, b2, x, tuning=best["adapter_out"][0])
-
+            launchers = {"adapter_in": adapter_in_triton, "adapter_spatial": adapter_spatial_triton,
+                         "adapter_out": adapter_out_triton}
+            block = adapter_block(inputs, *(functools.partial(launchers[op], tuning=best[op][0]) for op in TUNING))
             tuning["best_block"] = {"configs": {op: config for op, (config, _) in best.items()},
                                     "graph_us": graph_time(timer, block, repeat=20)["median_us"]}
     save()

@@ -62,6 +62,13 @@ def _gelu_erf(x):
 
 
 @jit
+def _pixel_sum(f_image, ps, stride_fp, channel_mask, hw):
+    """Per channel, the fp32 sum of F over the pixels `ps` (those past `hw` count as 0)."""
+    f = tl.load(f_image + ps[None, :] * stride_fp, mask=channel_mask[:, None] & (ps < hw)[None, :], other=0.0)
+    return tl.sum(f.to(tl.float32), axis=1)
+
+
+@jit
 def _circular_filter_kernel(
     z_ptr, kappa_ptr, f_ptr,  # z [B,1+h·w,r], kappa fp32 [r,h,w] → f fp32 [B,r,h·w]
     H, W, R,
@@ -128,16 +135,10 @@ def _adapter_spatial_kernel(
         # Unrolled (a launch-configuration choice): every chunk's load is independent and can be in flight at once,
         # instead of one load per iteration of a runtime loop.
         for chunk in tl.static_range(POOL_CHUNKS):
-            ps = chunk * BLOCK_POOL + tl.arange(0, BLOCK_POOL)
-            f = tl.load(f_image + ps[None, :] * stride_fp, mask=channel_mask[:, None] & (ps < hw)[None, :],
-                        other=0.0)
-            total += tl.sum(f.to(tl.float32), axis=1)
+            total += _pixel_sum(f_image, chunk * BLOCK_POOL + tl.arange(0, BLOCK_POOL), stride_fp, channel_mask, hw)
     else:
         for p0 in range(0, hw, BLOCK_P):
-            ps = p0 + tl.arange(0, BLOCK_P)
-            f = tl.load(f_image + ps[None, :] * stride_fp, mask=channel_mask[:, None] & (ps < hw)[None, :],
-                        other=0.0)
-            total += tl.sum(f.to(tl.float32), axis=1)
+            total += _pixel_sum(f_image, p0 + tl.arange(0, BLOCK_P), stride_fp, channel_mask, hw)
     pooled = total / hw
 
     hidden_index = tl.arange(0, BLOCK_R4)

@@ -129,6 +129,6 @@ def test_default_cuda_kernels(monkeypatch, filter_kind, usable, expected):
     from engine.backends import optimized
     from engine.config import ModelConfig
 
-    monkeypatch.setattr(optimized, "_provider_usable", lambda name, device: name in usable)
+    monkeypatch.setattr(optimized, "_provider_status", lambda name, device: (name in usable, ""))
     config = ModelConfig.for_arch("biomedclip-vit-b16", "seg", 2, filter_kind=filter_kind)
     assert optimized.default_cuda_kernels(config, "cuda") == expected

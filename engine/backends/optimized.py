@@ -49,35 +49,35 @@ def load(package, device: str, precision: str, kernels: str | None = None) -> Ru
     return make_cpu_runner(build_model(package, precision), package, precision)
 
 
-def _provider_usable(name: str, device: str) -> bool:
+def _provider_status(name: str, device: str) -> tuple[bool, str]:
+    """`(usable, why not)` of the adapter-kernel provider `name` on `device`."""
     from ..optimize.kernels import get_kernels
 
     try:
-        return get_kernels(name).available(device)[0]
-    except BackendError:  # not installed (Triton) or not built (htkernels._C)
-        return False
+        return get_kernels(name).available(device)
+    except BackendError as exc:  # unknown, not installed (Triton) or not built (htkernels._C)
+        return False, str(exc)
 
 
 def default_cuda_kernels(config, device: str) -> str:
     """The adapter kernels `optimized` uses on CUDA unless told: Triton; for spectral filters the CUDA C++ kernels
     when built (their spatial op does the filter as DFT products on chip: 29 µs per call at batch 1 on an H100 vs
     162 µs for the Triton circular convolution, benchmarks/results/gpu-h100-2026-11-27); torch ops without either."""
-    if config.filter_kind == "spectral" and _provider_usable("cuda", device):
+    usable = {name: _provider_status(name, device)[0] for name in ("triton", "cuda")}
+    if config.filter_kind == "spectral" and usable["cuda"]:
         return "cuda"
-    if _provider_usable("triton", device):
+    if usable["triton"]:
         return "triton"
-    return "cuda" if _provider_usable("cuda", device) else "torch"
+    return "cuda" if usable["cuda"] else "torch"
 
 
 def _load_cuda(package, target: torch.device, precision: str, kernels: str | None) -> Runner:
     if precision not in CUDA_PRECISIONS:
         raise BackendError(f"backend 'optimized' runs on CUDA in {CUDA_PRECISIONS}, got precision {precision!r}")
-    from ..optimize.kernels import get_kernels
-
     if kernels is None:
         kernels = default_cuda_kernels(package.config, str(target))
     else:
-        usable, reason = get_kernels(kernels).available(str(target))
+        usable, reason = _provider_status(kernels, str(target))
         if not usable:
             raise BackendError(f"kernels={kernels!r} cannot run on {target}: {reason}")
     model = build_model(package, precision, kernels=kernels).to(target)

@@ -34,8 +34,7 @@ class ExportAdapterKernels(TorchAdapterKernels):
         t = t + (alpha @ conv_bias.float())[:, :, None]
         # The residual is the unfiltered S (with a folded per-channel filter, the convs saw S itself).
         t = t.transpose(1, 2) + spatial
-        o = F.linear(t, proj.float(), proj_bias.float())
-        return F.gelu(torch.cat([zf[:, :1], o], dim=1)).to(z.dtype)
+        return cls.project_and_activate(zf, t, proj, proj_bias, z.dtype)
 
 
 def deployable_model(config, tensors: dict, dtype: torch.dtype = torch.float32) -> torch.nn.Module:

@@ -91,8 +91,13 @@ class TorchAdapterKernels:
         t = t + conv_bias_b[:, None, :]
         if spectral is not None:
             t = t + zf[:, 1:]
+        return cls.project_and_activate(zf, t, proj, proj_bias, z.dtype)
+
+    @staticmethod
+    def project_and_activate(zf, t, proj, proj_bias, dtype):
+        """The end of `adapter_spatial`: `GELU([CLS; (I+P)·T])` in `dtype`, from fp32 `z` and `T [B, h·w, r]`."""
         o = F.linear(t, proj.float(), proj_bias.float())
-        return F.gelu(torch.cat([zf[:, :1], o], dim=1)).to(z.dtype)
+        return F.gelu(torch.cat([zf[:, :1], o], dim=1)).to(dtype)
 
     @staticmethod
     def adapter_out(g2d, w2, b2, residual2d):
