@@ -280,24 +280,19 @@ def bench_adapter_block(device, timer, results, width, channels, grid, save):
             save()
 
 
-# Launch configurations swept at batch 1 (bf16): the first of each list is the launcher's default there.
-TUNING = {
-    "adapter_in": [dict(block_m=8, block_d=64, num_warps=4), dict(block_m=16, block_d=64, num_warps=4),
-                   dict(block_m=8, block_d=64, num_warps=4, single_pass=True),
-                   dict(block_m=8, block_d=128, num_warps=4, single_pass=True),
-                   dict(block_m=16, block_d=64, num_warps=4, single_pass=True),
-                   dict(block_m=8, block_d=64, num_warps=2, single_pass=True)],
-    "adapter_spatial": [dict(block_p=16, num_warps=4), dict(block_p=8, num_warps=4),
-                        dict(block_p=16, num_warps=4, pool_block=64), dict(block_p=16, num_warps=4, pool_block=32),
-                        dict(block_p=8, num_warps=4, pool_block=64), dict(block_p=16, num_warps=8, pool_block=64)],
-    "adapter_out": [dict(block_m=32, block_n=64, num_warps=4), dict(block_m=16, block_n=64, num_warps=4),
-                    dict(block_m=32, block_n=128, num_warps=4), dict(block_m=16, block_n=128, num_warps=8)],
-}
+def tuning_sweep(width: int, channels: int, grid: int) -> dict:
+    """Launch configurations swept at batch 1: each launcher's tuner candidates (the first is its default)."""
+    from htkernels import adapter_in, adapter_out, adapter_spatial
+
+    rows = 1 + grid * grid
+    return {"adapter_in": adapter_in.tuning_candidates(rows),
+            "adapter_spatial": adapter_spatial.tuning_candidates(1, grid, grid, channels),
+            "adapter_out": adapter_out.tuning_candidates(rows)}
 
 
 def bench_tuning(device, timer, results, width, channels, grid, save, deadline):
-    """Each Triton kernel of the batch-1 adapter under the launch configurations of TUNING, in CUDA graphs, then the
-    block with the fastest configuration of each: the data the launchers' batch-1 defaults come from."""
+    """Each Triton kernel of the batch-1 adapter under each of its tuner candidates, in CUDA graphs, then the block
+    with the fastest configuration of each: the data the launchers' batch-1 defaults come from."""
     from htkernels.adapter_in import adapter_in_triton
     from htkernels.adapter_out import adapter_out_triton
     from htkernels.adapter_spatial import adapter_spatial_triton
@@ -312,9 +307,10 @@ def bench_tuning(device, timer, results, width, channels, grid, save, deadline):
         "adapter_out": lambda tuning: adapter_out_triton(g2d, w2, b2, x, tuning=tuning),
     }
     tuning = results.setdefault("tuning_batch1_bf16", {})
+    sweep = tuning_sweep(width, channels, grid)
     best = {}
     with torch.inference_mode():
-        for op, configs in TUNING.items():
+        for op, configs in sweep.items():
             rows = tuning.setdefault(op, [])
             for config in configs:
                 if time.monotonic() > deadline:
@@ -331,7 +327,7 @@ def bench_tuning(device, timer, results, width, channels, grid, save, deadline):
         if len(best) == 3:
             launchers = {"adapter_in": adapter_in_triton, "adapter_spatial": adapter_spatial_triton,
                          "adapter_out": adapter_out_triton}
-            block = adapter_block(inputs, *(functools.partial(launchers[op], tuning=best[op][0]) for op in TUNING))
+            block = adapter_block(inputs, *(functools.partial(launchers[op], tuning=best[op][0]) for op in sweep))
             tuning["best_block"] = {"configs": {op: config for op, (config, _) in best.items()},
                                     "graph_us": graph_time(timer, block, repeat=20)["median_us"]}
     save()
@@ -419,7 +415,16 @@ def bench_end_to_end(args, device, timer, results, save, deadline):
                 except Exception as exc:  # noqa: BLE001
                     row[name] = {"error": f"{type(exc).__name__}: {exc}"[:300]}
         e2e["rows"].append(row)
+        record_tuner(results)
         save()
+
+
+def record_tuner(results: dict) -> None:
+    """The launch tuner's choices so far (the optimized backend tunes in its warm-up runs), with every candidate's
+    time."""
+    from htkernels._tune import TUNER
+
+    results["tuner_choices"] = TUNER.report()
 
 
 def bench_gemm(args, device, timer, results, save):
@@ -438,7 +443,7 @@ def bench_gemm(args, device, timer, results, save):
 
 def _short(config: dict) -> str:
     names = {"block_m": "m", "block_d": "d", "block_n": "n", "block_p": "p", "num_warps": "w", "single_pass": "1pass",
-             "pool_block": "pool"}
+             "pool_block": "pool", "split_conv": "split"}
     return "/".join(names.get(key, key) + ("" if value is True else str(value)) for key, value in config.items()
                     if value is not False)
 
@@ -486,6 +491,15 @@ def table(results: dict) -> str:
             lines.append(f"  {op:<16}" + "  ".join(f"{_short(row['config'])}={cell}" for row, cell in zip(rows, cells)))
         if "best_block" in tuning:
             lines.append(f"  block with the best of each: {tuning['best_block']['graph_us']:.1f} us")
+    choices = results.get("tuner_choices", [])
+    if choices:
+        lines.append("")
+        lines.append("launch tuner's choices (default first; us per call in a CUDA graph):")
+        for choice in choices:
+            default = choice["measured"][0] if choice["measured"] else {}
+            chosen = next((row for row in choice["measured"] if row["config"] == choice["config"]), {})
+            lines.append(f"  {choice['op']:<16}{str(choice['key']):<44}{_short(choice['config'])} "
+                         f"{chosen.get('us', float('nan')):.1f} (default {default.get('us', float('nan')):.1f})")
     e2e = results.get("end_to_end", {})
     if e2e.get("rows"):
         lines.append("")

@@ -14,11 +14,11 @@ from ._triton import (
     dot_low,
     interpret_bf16,
     jit,
-    launch_config,
     pow2_at_least,
     round_bf16,
     tl,
 )
+from ._tune import tuned_config
 
 
 def adapter_in_ref(x: torch.Tensor, w_norm: torch.Tensor, w_raw: torch.Tensor, bias: torch.Tensor,
@@ -111,12 +111,27 @@ def _adapter_in_kernel(
              mask=row_mask[:, None] & out_mask[None, :])
 
 
+def tuning_candidates(rows: int) -> list:
+    """Launch configurations the tuner (`htkernels._tune`) times for `rows` rows; the first is the default.
+
+    8-row tiles at batch 1-2 (197-394 rows: 25-50 programs; 8.2 µs vs 9.4 µs for 16 rows on an H100, bf16,
+    benchmarks/results/gpu-h100-2026-11-27), 16 up to 4096 rows, 64 beyond; each with and without the single pass."""
+    if rows <= 512:
+        shapes = [(8, 64, 4), (16, 64, 4), (8, 64, 2), (8, 128, 4)]
+    elif rows <= 4096:
+        shapes = [(16, 64, 4), (32, 64, 4), (16, 128, 4)]
+    else:
+        shapes = [(64, 64, 4), (32, 64, 4), (64, 64, 8), (128, 64, 8)]
+    return [dict(block_m=m, block_d=d, num_warps=w, single_pass=single) for single in (False, True)
+            for m, d, w in shapes]
+
+
 def adapter_in_triton(x: torch.Tensor, w_norm: torch.Tensor, w_raw: torch.Tensor, bias: torch.Tensor,
                       eps: float, tuning: Optional[dict] = None) -> torch.Tensor:
     """Launcher of `_adapter_in_kernel`: checks, output allocation, grid. Any strides; output contiguous.
 
-    `tuning` overrides the launch configuration (`block_m`, `block_d`, `num_warps`, `single_pass`;
-    benchmarks/gpu_check.py sweeps them); the defaults are the best measured at the model's shapes."""
+    The launch configuration (`block_m`, `block_d`, `num_warps`, `single_pass`) is the tuner's choice among
+    `tuning_candidates` on a GPU; `tuning` overrides keys of the default instead (benchmarks/gpu_check.py)."""
     check_launch("adapter_in", dict(x=x, w_norm=w_norm, w_raw=w_raw, bias=bias))
     check_rank("adapter_in", "x", x, "[M, D]")
     rows, width = x.shape
@@ -127,21 +142,20 @@ def adapter_in_triton(x: torch.Tensor, w_norm: torch.Tensor, w_raw: torch.Tensor
     z = torch.empty((rows, channels), device=x.device, dtype=x.dtype)
     if rows == 0:
         return z
-    # 8-row tiles at batch 1-2 (197-394 rows: 25-50 programs; 8.3 µs vs 9.5 µs for 16 rows on an H100, bf16,
-    # benchmarks/results/gpu-h100-2026-11-27), 16 up to 4096 rows, 64 beyond.
-    block_m = 8 if rows <= 512 else 16 if rows <= 4096 else 64
-    config = launch_config("adapter_in", dict(block_m=block_m, block_d=64, num_warps=4, single_pass=False), tuning)
-    block_m, block_d = config["block_m"], config["block_d"]
     block_r = pow2_at_least(channels)
-    grid = (cdiv(rows, block_m),)
-    _adapter_in_kernel[grid](
-        x, w_norm, w_raw, bias, z, rows, width, channels, float(eps),
-        x.stride(0), x.stride(1), w_norm.stride(0), w_norm.stride(1), w_raw.stride(0), w_raw.stride(1),
-        z.stride(0), z.stride(1),
-        BLOCK_M=block_m, BLOCK_R=block_r, BLOCK_D=block_d, IEEE_FP32=x.dtype == torch.float32,
-        INTERPRET_BF16=interpret_bf16(x.dtype), SINGLE_PASS=bool(config["single_pass"]),
-        num_warps=config["num_warps"],
-    )
+
+    def launch(config):
+        _adapter_in_kernel[(cdiv(rows, config["block_m"]),)](
+            x, w_norm, w_raw, bias, z, rows, width, channels, float(eps),
+            x.stride(0), x.stride(1), w_norm.stride(0), w_norm.stride(1), w_raw.stride(0), w_raw.stride(1),
+            z.stride(0), z.stride(1),
+            BLOCK_M=config["block_m"], BLOCK_R=block_r, BLOCK_D=config["block_d"], IEEE_FP32=x.dtype == torch.float32,
+            INTERPRET_BF16=interpret_bf16(x.dtype), SINGLE_PASS=bool(config["single_pass"]),
+            num_warps=config["num_warps"],
+        )
+
+    launch(tuned_config("adapter_in", (rows, width, channels, x.dtype), tuning_candidates(rows), launch, x.device,
+                        tuning))
     return z
 
 

@@ -14,11 +14,11 @@ from ._triton import (
     dot_low,
     interpret_bf16,
     jit,
-    launch_config,
     pow2_at_least,
     round_bf16,
     tl,
 )
+from ._tune import tuned_config
 
 
 def adapter_out_ref(g: torch.Tensor, w2: torch.Tensor, b2: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
@@ -61,11 +61,22 @@ def _adapter_out_kernel(
     tl.store(y_ptr + rows[:, None] * stride_ym + cols[None, :] * stride_yd, y.to(y_ptr.dtype.element_ty), mask=mask)
 
 
+def tuning_candidates(rows: int) -> list:
+    """Launch configurations the tuner (`htkernels._tune`) times for `rows` rows; the first is the default
+    (32×64 tiles up to 4096 rows, 64×128 beyond)."""
+    if rows <= 4096:
+        shapes = [(32, 64, 4), (16, 64, 4), (64, 64, 4), (32, 64, 8), (32, 128, 4)]
+    else:
+        shapes = [(64, 128, 4), (64, 64, 4), (128, 128, 8), (128, 64, 4), (64, 128, 8)]
+    return [dict(block_m=m, block_n=n, num_warps=w) for m, n, w in shapes]
+
+
 def adapter_out_triton(g: torch.Tensor, w2: torch.Tensor, b2: torch.Tensor, residual: torch.Tensor,
                        tuning: Optional[dict] = None) -> torch.Tensor:
     """Launcher of `_adapter_out_kernel`: checks, output allocation (dtype of `residual`), grid. Any strides.
 
-    `tuning` overrides the launch configuration (`block_m`, `block_n`, `num_warps`)."""
+    The launch configuration (`block_m`, `block_n`, `num_warps`) is the tuner's choice among `tuning_candidates`
+    on a GPU; `tuning` overrides keys of the default instead."""
     check_launch("adapter_out", dict(g=g, w2=w2, b2=b2, residual=residual))
     check_rank("adapter_out", "g", g, "[M, r]")
     check_rank("adapter_out", "residual", residual, "[M, D]")
@@ -77,18 +88,20 @@ def adapter_out_triton(g: torch.Tensor, w2: torch.Tensor, b2: torch.Tensor, resi
     y = torch.empty((rows, width), device=residual.device, dtype=residual.dtype)
     if rows == 0:
         return y
-    config = launch_config("adapter_out", dict(block_m=32 if rows <= 4096 else 64,
-                                               block_n=64 if rows <= 4096 else 128, num_warps=4), tuning)
-    block_m, block_n = config["block_m"], config["block_n"]
     block_k = min(pow2_at_least(channels), 64)
-    grid = (cdiv(rows, block_m), cdiv(width, block_n))
-    _adapter_out_kernel[grid](
-        g, w2, b2, residual, y, rows, width, channels,
-        g.stride(0), g.stride(1), w2.stride(0), w2.stride(1), residual.stride(0), residual.stride(1),
-        y.stride(0), y.stride(1),
-        BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, IEEE_FP32=g.dtype == torch.float32,
-        INTERPRET_BF16=interpret_bf16(g.dtype), num_warps=config["num_warps"],
-    )
+
+    def launch(config):
+        block_m, block_n = config["block_m"], config["block_n"]
+        _adapter_out_kernel[(cdiv(rows, block_m), cdiv(width, block_n))](
+            g, w2, b2, residual, y, rows, width, channels,
+            g.stride(0), g.stride(1), w2.stride(0), w2.stride(1), residual.stride(0), residual.stride(1),
+            y.stride(0), y.stride(1),
+            BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, IEEE_FP32=g.dtype == torch.float32,
+            INTERPRET_BF16=interpret_bf16(g.dtype), num_warps=config["num_warps"],
+        )
+
+    launch(tuned_config("adapter_out", (rows, width, channels, g.dtype, residual.dtype), tuning_candidates(rows),
+                        launch, residual.device, tuning))
     return y
 
 

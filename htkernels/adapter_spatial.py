@@ -17,11 +17,11 @@ from ._triton import (
     dot_low,
     interpret_bf16,
     jit,
-    launch_config,
     pow2_at_least,
     round_bf16,
     tl,
 )
+from ._tune import tuned_config
 
 # ViT-L/14 at 336 px has a 24×24 grid; 32×32 leaves room (the grid sets only loop bounds, not tile sizes).
 MAX_GRID = 32
@@ -103,37 +103,16 @@ def _circular_filter_kernel(
 
 
 @jit
-def _adapter_spatial_kernel(
-    z_ptr, f_ptr, g_ptr,  # z [B,1+h·w,r]; f: the filtered image, [B,r,h·w] by strides (z itself without filter)
-    k3_ptr, k5_ptr, k7_ptr, conv_bias_ptr,  # [r,3,3], [r,5,5], [r,7,7], [3,r] (all contiguous)
-    noise_w1_ptr, noise_b1_ptr, noise_w2_ptr, noise_b2_ptr,  # [r/4,r], [r/4], [3,r/4], [3] (contiguous)
-    proj_ptr, proj_bias_ptr,  # [r,r], [r] (contiguous)
-    H, W, R, R4,
-    stride_zb, stride_zn, stride_zr, stride_fb, stride_fr, stride_fp, stride_gb, stride_gn, stride_gr,
-    BLOCK_R: tl.constexpr, BLOCK_R4: tl.constexpr, BLOCK_P: tl.constexpr, IEEE_FP32: tl.constexpr,
-    INTERPRET_BF16: tl.constexpr, POOL_CHUNKS: tl.constexpr, BLOCK_POOL: tl.constexpr,
-):
-    """One program: image `program_id(0)`, pixels `[BLOCK_P·program_id(1), +BLOCK_P)`, all r channels.
+def _noise_weights(f_image, stride_fp, channels, channel_mask, hw, noise_w1_ptr, noise_b1_ptr, noise_w2_ptr,
+                   noise_b2_ptr, R, R4, BLOCK_R: tl.constexpr, BLOCK_R4: tl.constexpr, BLOCK_P: tl.constexpr,
+                   POOL_CHUNKS: tl.constexpr, BLOCK_POOL: tl.constexpr):
+    """`α = softmax(W_b relu(W_a mean_hw(F) + b_a) + b_b)` of one image: its three scalars.
 
-    1. `pooled = mean_hw(F)` over the whole image (a reduction streamed through registers; each tile of the
-       image recomputes it, which is cheaper than a second launch at the sizes of the model).
-    2. `α = softmax(W_b relu(W_a pooled + b_a) + b_b)`: three scalars per image.
-    3. `T = Σ_k α_k (DW_k(F) + bias_k) + S` as one dynamic 7×7 depthwise kernel `Σ α_k pad(K_k)` applied to
-       the tile, its taps read from F (cached) with zero padding at the image border.
-    4. `O = proj · T + proj_bias` on the tile (r×r GEMM, tensor cores for fp16/bf16), then GELU(erf), stored
-       transposed back to token-major `g[b, 1+p, c]`. Tile 0 also writes the CLS token `GELU(z[b,0])`.
-    """
-    image = tl.program_id(0)
-    tile = tl.program_id(1)
-    hw = H * W
-    channels = tl.arange(0, BLOCK_R)
-    channel_mask = channels < R
-    f_image = f_ptr + image * stride_fb + channels[:, None] * stride_fr
-
+    The image mean is a reduction streamed through registers, in a runtime loop of BLOCK_P-pixel steps, or (a
+    launch-configuration choice, POOL_CHUNKS > 0) in unrolled BLOCK_POOL-pixel chunks whose loads are all
+    independent and can be in flight at once."""
     total = tl.zeros([BLOCK_R], dtype=tl.float32)
     if POOL_CHUNKS > 0:
-        # Unrolled (a launch-configuration choice): every chunk's load is independent and can be in flight at once,
-        # instead of one load per iteration of a runtime loop.
         for chunk in tl.static_range(POOL_CHUNKS):
             total += _pixel_sum(f_image, chunk * BLOCK_POOL + tl.arange(0, BLOCK_POOL), stride_fp, channel_mask, hw)
     else:
@@ -160,9 +139,46 @@ def _adapter_spatial_kernel(
     e1 = tl.exp(logit1 - top)
     e2 = tl.exp(logit2 - top)
     norm = e0 + e1 + e2
-    alpha0 = e0 / norm
-    alpha1 = e1 / norm
-    alpha2 = e2 / norm
+    return e0 / norm, e1 / norm, e2 / norm
+
+
+@jit
+def _combined_bias(conv_bias_ptr, channels, channel_mask, R, alpha0, alpha1, alpha2):
+    """`Σ_k α_k conv_bias[k]` per channel."""
+    return (alpha0 * tl.load(conv_bias_ptr + channels, mask=channel_mask, other=0.0).to(tl.float32)
+            + alpha1 * tl.load(conv_bias_ptr + R + channels, mask=channel_mask, other=0.0).to(tl.float32)
+            + alpha2 * tl.load(conv_bias_ptr + 2 * R + channels, mask=channel_mask, other=0.0).to(tl.float32))
+
+
+@jit
+def _adapter_spatial_kernel(
+    z_ptr, f_ptr, g_ptr,  # z [B,1+h·w,r]; f: the filtered image, [B,r,h·w] by strides (z itself without filter)
+    k3_ptr, k5_ptr, k7_ptr, conv_bias_ptr,  # [r,3,3], [r,5,5], [r,7,7], [3,r] (all contiguous)
+    noise_w1_ptr, noise_b1_ptr, noise_w2_ptr, noise_b2_ptr,  # [r/4,r], [r/4], [3,r/4], [3] (contiguous)
+    proj_ptr, proj_bias_ptr,  # [r,r], [r] (contiguous)
+    H, W, R, R4,
+    stride_zb, stride_zn, stride_zr, stride_fb, stride_fr, stride_fp, stride_gb, stride_gn, stride_gr,
+    BLOCK_R: tl.constexpr, BLOCK_R4: tl.constexpr, BLOCK_P: tl.constexpr, IEEE_FP32: tl.constexpr,
+    INTERPRET_BF16: tl.constexpr, POOL_CHUNKS: tl.constexpr, BLOCK_POOL: tl.constexpr, SPLIT_CONV: tl.constexpr,
+):
+    """One program: image `program_id(0)`, pixels `[BLOCK_P·program_id(1), +BLOCK_P)`, all r channels.
+
+    1. `α` of the image (`_noise_weights`; each tile recomputes the image mean, which is cheaper than a second
+       launch at the sizes of the model).
+    2. `T = Σ_k α_k (DW_k(F) + bias_k) + S` as one dynamic 7×7 depthwise kernel `Σ α_k pad(K_k)` applied to
+       the tile, its taps read from F (cached) with zero padding at the image border.
+       SPLIT_CONV (a launch-configuration choice): the three convolutions accumulate separately and α weighs
+       them after the tap loop, so the 49 tap loads do not wait for the image mean (nothing in the tap loop
+       depends on α); 83 instead of 49 tile FMAs.
+    3. `O = proj · T + proj_bias` on the tile (r×r GEMM, tensor cores for fp16/bf16), then GELU(erf), stored
+       transposed back to token-major `g[b, 1+p, c]`. Tile 0 also writes the CLS token `GELU(z[b,0])`.
+    """
+    image = tl.program_id(0)
+    tile = tl.program_id(1)
+    hw = H * W
+    channels = tl.arange(0, BLOCK_R)
+    channel_mask = channels < R
+    f_image = f_ptr + image * stride_fb + channels[:, None] * stride_fr
 
     pixels = tile * BLOCK_P + tl.arange(0, BLOCK_P)
     pixel_mask = pixels < hw
@@ -172,32 +188,55 @@ def _adapter_spatial_kernel(
     z_image = z_ptr + image * stride_zb
     t = tl.load(z_image + (1 + pixels[None, :]) * stride_zn + channels[:, None] * stride_zr, mask=mask,
                 other=0.0).to(tl.float32)
-    conv_bias = (alpha0 * tl.load(conv_bias_ptr + channels, mask=channel_mask, other=0.0).to(tl.float32)
-                 + alpha1 * tl.load(conv_bias_ptr + R + channels, mask=channel_mask, other=0.0).to(tl.float32)
-                 + alpha2 * tl.load(conv_bias_ptr + 2 * R + channels, mask=channel_mask, other=0.0).to(tl.float32))
-    t += conv_bias[:, None]
+    if SPLIT_CONV:
+        acc3 = tl.zeros([BLOCK_R, BLOCK_P], dtype=tl.float32)
+        acc5 = tl.zeros([BLOCK_R, BLOCK_P], dtype=tl.float32)
+        acc7 = tl.zeros([BLOCK_R, BLOCK_P], dtype=tl.float32)
+    else:
+        alpha0, alpha1, alpha2 = _noise_weights(f_image, stride_fp, channels, channel_mask, hw, noise_w1_ptr,
+                                                noise_b1_ptr, noise_w2_ptr, noise_b2_ptr, R, R4, BLOCK_R, BLOCK_R4,
+                                                BLOCK_P, POOL_CHUNKS, BLOCK_POOL)
+        t += _combined_bias(conv_bias_ptr, channels, channel_mask, R, alpha0, alpha1, alpha2)[:, None]
     for dy in tl.static_range(7):
         for dx in tl.static_range(7):
-            weight = alpha2 * tl.load(k7_ptr + channels * 49 + (dy * 7 + dx), mask=channel_mask,
-                                      other=0.0).to(tl.float32)
-            if dy >= 1:
-                if dy <= 5:
-                    if dx >= 1:
-                        if dx <= 5:
-                            weight += alpha1 * tl.load(k5_ptr + channels * 25 + ((dy - 1) * 5 + dx - 1),
-                                                       mask=channel_mask, other=0.0).to(tl.float32)
-            if dy >= 2:
-                if dy <= 4:
-                    if dx >= 2:
-                        if dx <= 4:
-                            weight += alpha0 * tl.load(k3_ptr + channels * 9 + ((dy - 2) * 3 + dx - 2),
-                                                       mask=channel_mask, other=0.0).to(tl.float32)
             ys = py + (dy - 3)
             xs = px + (dx - 3)
             inside = pixel_mask & (ys >= 0) & (ys < H) & (xs >= 0) & (xs < W)
             f = tl.load(f_image + (ys * W + xs)[None, :] * stride_fp, mask=channel_mask[:, None] & inside[None, :],
-                        other=0.0)
-            t += weight[:, None] * f.to(tl.float32)
+                        other=0.0).to(tl.float32)
+            weight = tl.load(k7_ptr + channels * 49 + (dy * 7 + dx), mask=channel_mask, other=0.0).to(tl.float32)
+            if SPLIT_CONV:
+                acc7 += weight[:, None] * f
+            else:
+                weight = alpha2 * weight
+            if dy >= 1:
+                if dy <= 5:
+                    if dx >= 1:
+                        if dx <= 5:
+                            w5 = tl.load(k5_ptr + channels * 25 + ((dy - 1) * 5 + dx - 1), mask=channel_mask,
+                                         other=0.0).to(tl.float32)
+                            if SPLIT_CONV:
+                                acc5 += w5[:, None] * f
+                            else:
+                                weight += alpha1 * w5
+            if dy >= 2:
+                if dy <= 4:
+                    if dx >= 2:
+                        if dx <= 4:
+                            w3 = tl.load(k3_ptr + channels * 9 + ((dy - 2) * 3 + dx - 2), mask=channel_mask,
+                                         other=0.0).to(tl.float32)
+                            if SPLIT_CONV:
+                                acc3 += w3[:, None] * f
+                            else:
+                                weight += alpha0 * w3
+            if not SPLIT_CONV:
+                t += weight[:, None] * f
+    if SPLIT_CONV:
+        alpha0, alpha1, alpha2 = _noise_weights(f_image, stride_fp, channels, channel_mask, hw, noise_w1_ptr,
+                                                noise_b1_ptr, noise_w2_ptr, noise_b2_ptr, R, R4, BLOCK_R, BLOCK_R4,
+                                                BLOCK_P, POOL_CHUNKS, BLOCK_POOL)
+        bias = _combined_bias(conv_bias_ptr, channels, channel_mask, R, alpha0, alpha1, alpha2)
+        t += alpha0 * acc3 + alpha1 * acc5 + alpha2 * acc7 + bias[:, None]
 
     outs = tl.arange(0, BLOCK_R)
     proj = tl.load(proj_ptr + outs[:, None] * R + channels[None, :],
@@ -217,12 +256,42 @@ def _adapter_spatial_kernel(
         tl.store(g_image + channels * stride_gr, cls.to(g_ptr.dtype.element_ty), mask=channel_mask)
 
 
+def tuning_candidates(batch: int, h: int, w: int, channels: int) -> list:
+    """Launch configurations the tuner (`htkernels._tune`) times for this shape; the first is the default.
+
+    Default: 32-pixel tiles when the launch has at least SMALL_LAUNCH_PROGRAMS of them (and r ≤ 64), else 16 (at
+    batch 1 on an H100, bf16: 17.0 µs, against 17.9 for 8-pixel and 23.0 for 32-pixel tiles, 20.4-22.2 for 2 or
+    8 warps; benchmarks/results/gpu-h100-2026-11-27), the image mean in a runtime loop, one conv accumulator.
+    The others add the unrolled image mean (`pool_block`) and the split convolution (`split_conv`)."""
+    wide = pow2_at_least(channels) <= 64 and batch * cdiv(h * w, 32) >= SMALL_LAUNCH_PROGRAMS
+    block_p = 32 if wide else 16
+    pool = min(64, pow2_at_least(h * w))
+    configs = [dict(block_p=block_p, num_warps=4, pool_block=0, split_conv=False)]
+    for pool_block, split in ((pool, False), (0, True), (pool, True)):
+        configs.append(dict(block_p=block_p, num_warps=4, pool_block=pool_block, split_conv=split))
+    other = 16 if wide else 8
+    configs += [dict(block_p=other, num_warps=4, pool_block=pool, split_conv=False),
+                dict(block_p=other, num_warps=4, pool_block=pool, split_conv=True),
+                dict(block_p=block_p, num_warps=8, pool_block=pool, split_conv=True)]
+    return configs
+
+
+def _check_tuning(h: int, w: int):
+    def validate(config):
+        pool_block = config["pool_block"]
+        if pool_block and (pool_block & (pool_block - 1) or cdiv(h * w, pool_block) > 64):
+            raise InputError(f"htkernels::adapter_spatial: tuning pool_block={pool_block} must be a power of two "
+                             f"with at most 64 chunks over the {h}x{w} grid (0: the runtime loop)")
+    return validate
+
+
 def adapter_spatial_triton(z, h: int, w: int, spectral, k3, k5, k7, conv_bias, noise_w1, noise_b1, noise_w2,
                            noise_b2, proj, proj_bias, tuning: Optional[dict] = None) -> torch.Tensor:
     """Launcher: checks, the spectral impulse response (when a spectral filter is given), grid. `z` any strides.
 
-    `tuning` overrides the launch configuration of the main kernel (`block_p`, `num_warps`, `pool_block`: 0 reduces
-    the image mean in a runtime loop of `block_p`-pixel steps, N in ⌈h·w/N⌉ unrolled N-pixel chunks)."""
+    The launch configuration (`block_p`, `num_warps`, `pool_block`: 0 reduces the image mean in a runtime loop of
+    `block_p`-pixel steps, N in ⌈h·w/N⌉ unrolled N-pixel chunks; `split_conv`) is the tuner's choice among
+    `tuning_candidates` on a GPU; `tuning` overrides keys of the default instead."""
     op = "adapter_spatial"
     check_launch(op, dict(z=z, spectral=spectral, k3=k3, k5=k5, k7=k7, conv_bias=conv_bias, noise_w1=noise_w1,
                           noise_b1=noise_b1, noise_w2=noise_w2, noise_b2=noise_b2, proj=proj, proj_bias=proj_bias))
@@ -239,38 +308,43 @@ def adapter_spatial_triton(z, h: int, w: int, spectral, k3, k5, k7, conv_bias, n
                                 ("noise_w2", noise_w2, (3, reduced)), ("noise_b2", noise_b2, (3,)),
                                 ("proj", proj, (channels, channels)), ("proj_bias", proj_bias, (channels,))):
         check_shape(op, name, tensor, shape)
+    if spectral is not None:
+        check_shape(op, "spectral", spectral, (channels, h, w // 2 + 1, 2))
     g = torch.empty((batch, tokens, channels), device=z.device, dtype=z.dtype)
     if batch == 0:
         return g
     weights = [t.contiguous() for t in (k3, k5, k7, conv_bias, noise_w1, noise_b1, noise_w2, noise_b2, proj,
                                         proj_bias)]
     block_r = pow2_at_least(channels)
-    config = launch_config(op, dict(block_p=32 if block_r <= 64 and batch * cdiv(h * w, 32) >= SMALL_LAUNCH_PROGRAMS
-                                    else 16, num_warps=4, pool_block=0), tuning)
-    block_p, pool_block = config["block_p"], config["pool_block"]
-    if pool_block and (pool_block & (pool_block - 1) or cdiv(h * w, pool_block) > 64):
-        raise InputError(f"htkernels::{op}: tuning pool_block={pool_block} must be a power of two with at most 64 "
-                         f"chunks over the {h}x{w} grid (0: the runtime loop)")
-    tiles = cdiv(h * w, block_p)
     if spectral is None:
         filtered = z[:, 1:].transpose(1, 2)  # [B, r, h·w] view of S: F = S
+        kappa = None
     else:
-        check_shape(op, "spectral", spectral, (channels, h, w // 2 + 1, 2))
         kappa = torch.fft.irfft2(torch.view_as_complex(spectral.float().contiguous()), s=(h, w)).contiguous()
         filtered = torch.empty((batch, channels, h * w), device=z.device, dtype=torch.float32)
-        _circular_filter_kernel[(batch, tiles)](
-            z, kappa, filtered, h, w, channels,
+
+    def launch(config):
+        block_p, pool_block = config["block_p"], config["pool_block"]
+        tiles = cdiv(h * w, block_p)
+        if kappa is not None:
+            _circular_filter_kernel[(batch, tiles)](
+                z, kappa, filtered, h, w, channels,
+                z.stride(0), z.stride(1), z.stride(2), filtered.stride(0), filtered.stride(1), filtered.stride(2),
+                BLOCK_R=block_r, BLOCK_P=block_p, num_warps=4,
+            )
+        _adapter_spatial_kernel[(batch, tiles)](
+            z, filtered, g, *weights, h, w, channels, reduced,
             z.stride(0), z.stride(1), z.stride(2), filtered.stride(0), filtered.stride(1), filtered.stride(2),
-            BLOCK_R=block_r, BLOCK_P=block_p, num_warps=4,
+            g.stride(0), g.stride(1), g.stride(2),
+            BLOCK_R=block_r, BLOCK_R4=pow2_at_least(reduced, floor=2), BLOCK_P=block_p,
+            IEEE_FP32=z.dtype == torch.float32, INTERPRET_BF16=interpret_bf16(z.dtype), num_warps=config["num_warps"],
+            POOL_CHUNKS=cdiv(h * w, pool_block) if pool_block else 0, BLOCK_POOL=pool_block or block_p,
+            SPLIT_CONV=bool(config["split_conv"]),
         )
-    _adapter_spatial_kernel[(batch, tiles)](
-        z, filtered, g, *weights, h, w, channels, reduced,
-        z.stride(0), z.stride(1), z.stride(2), filtered.stride(0), filtered.stride(1), filtered.stride(2),
-        g.stride(0), g.stride(1), g.stride(2),
-        BLOCK_R=block_r, BLOCK_R4=pow2_at_least(reduced, floor=2), BLOCK_P=block_p,
-        IEEE_FP32=z.dtype == torch.float32, INTERPRET_BF16=interpret_bf16(z.dtype), num_warps=config["num_warps"],
-        POOL_CHUNKS=cdiv(h * w, pool_block) if pool_block else 0, BLOCK_POOL=pool_block or block_p,
-    )
+
+    key = (batch, h, w, channels, z.dtype, spectral is not None)
+    launch(tuned_config(op, key, tuning_candidates(batch, h, w, channels), launch, z.device, tuning,
+                        _check_tuning(h, w)))
     return g
 
 

@@ -16,7 +16,7 @@ LIBRARIES = ("torch", "numpy", "triton", "onnxruntime", "onnxruntime-gpu", "onnx
 REPO_ROOT = Path(__file__).resolve().parents[2]
 # Environment variables that change what runs or how fast (recorded when set).
 ENVIRONMENT = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "CUDA_VISIBLE_DEVICES", "HT_ENGINE_COMPILE", "HT_ENGINE_CACHE",
-               "TORCHINDUCTOR_CACHE_DIR", "TRITON_INTERPRET")
+               "TORCHINDUCTOR_CACHE_DIR", "TRITON_INTERPRET", "HTK_TUNE")
 
 
 def cpu_model() -> str:

@@ -1,0 +1,159 @@
+"""Launch configurations chosen by measurement on the GPU that runs them.
+
+Which tile sizes, warp counts and kernel variants are fastest depends on the card, the dtype and the shape (the
+H100 sweep of `benchmarks/gpu_check.py` spread 17-24 µs over six configurations of one kernel at batch 1, and the
+best tile at batch 1 is not the best at batch 64). So the first launch of an op at a new shape times each of the
+op's candidate configurations and keeps the fastest; every later launch at that shape reuses the choice.
+
+- Times are device times: each candidate runs `GRAPH_LAUNCHES` times inside a CUDA graph, the graph is replayed
+  `REPLAYS` times between CUDA events, the median counts. Python launch overhead (larger than the kernels at batch
+  1) does not enter.
+- The first candidate is the launcher's default; another one replaces it only when it is `MARGIN` faster, so
+  noise does not flip choices between near-equal configurations.
+- A candidate that cannot launch (say, too much shared memory on a smaller card) is skipped and reported.
+- No tuning (the default is used) when `HTK_TUNE=0`, under the Triton interpreter, for tensors not on CUDA, and
+  while a CUDA graph is being captured on the current stream: the forward of `backend="optimized"` tunes in its
+  warm-up runs, before it captures. An explicit `tuning=` of a launcher bypasses the tuner.
+- Choices live in memory, per process (Triton caches the compiled variants on disk, so a new process re-measures
+  in milliseconds). Every candidate computes the same math; they differ only in fp32 summation order.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import threading
+from dataclasses import dataclass, field
+from typing import Callable, Optional
+
+import torch
+
+from ._triton import interpreting, launch_config
+
+TUNE_ENV = "HTK_TUNE"
+GRAPH_LAUNCHES = 10
+REPLAYS = 5
+MARGIN = 0.03
+
+
+def graph_time_us(launch: Callable[[], None], device: torch.device) -> float:
+    """Median device time of one `launch()` in µs: `GRAPH_LAUNCHES` launches captured in one CUDA graph, replayed
+    `REPLAYS` times. `launch` must only launch kernels on preallocated tensors (no allocation, no host sync)."""
+    with torch.cuda.device(device):
+        launch()  # compiles the variant, outside the capture
+        torch.cuda.synchronize()
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, stream=torch.cuda.Stream(), capture_error_mode="thread_local"):
+            for _ in range(GRAPH_LAUNCHES):
+                launch()
+        graph.replay()
+        times = []
+        for _ in range(REPLAYS):
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            graph.replay()
+            end.record()
+            end.synchronize()
+            times.append(start.elapsed_time(end) * 1000.0 / GRAPH_LAUNCHES)
+        return statistics.median(times)
+
+
+@dataclass
+class Choice:
+    """The configuration kept for one (op, device, shape) and what every candidate measured (µs, or why not)."""
+
+    op: str
+    device: str
+    key: tuple
+    config: dict
+    measured: list = field(default_factory=list)
+
+    def as_dict(self) -> dict:
+        return {"op": self.op, "device": self.device, "key": list(self.key), "config": self.config,
+                "measured": [{"config": config, **({"us": value} if isinstance(value, float) else {"error": value})}
+                             for config, value in self.measured]}
+
+
+def pick(default: dict, measured: list) -> dict:
+    """The fastest measured configuration, the default unless another one is `MARGIN` faster than it."""
+    times = [(value, config) for config, value in measured if isinstance(value, float)]
+    if not times:
+        return default
+    best_time, best = min(times, key=lambda item: item[0])
+    default_time = next((value for value, config in times if config == default), None)
+    if default_time is not None and best_time > default_time * (1.0 - MARGIN):
+        return default
+    return best
+
+
+class LaunchTuner:
+    """Chooses, once per (op, device, shape key), among an op's candidate launch configurations by timing them."""
+
+    def __init__(self, measure: Optional[Callable[[Callable[[], None], torch.device], float]] = None):
+        self._measure = measure or graph_time_us
+        self._choices: dict = {}
+        self._lock = threading.Lock()
+
+    @staticmethod
+    def active(device: torch.device) -> bool:
+        """Whether a launch on `device` may be tuned now (see the module docstring for when it is not)."""
+        if os.environ.get(TUNE_ENV, "1").strip() in ("0", "false", "no", "off"):
+            return False
+        if device.type != "cuda" or interpreting():
+            return False
+        return not torch.cuda.is_current_stream_capturing()
+
+    def choose(self, op: str, key: tuple, candidates: list, launch: Callable[[dict], None],
+               device: torch.device) -> dict:
+        """The configuration to launch `op` with: `candidates[0]` (the default) when tuning is off or there is
+        nothing to choose, the remembered choice for `key`, or the fastest of `candidates`, timed now by running
+        `launch(config)` (which must only launch kernels into preallocated outputs)."""
+        default = candidates[0]
+        name = self._device_name(device)
+        found = self._choices.get((op, name, key))
+        if found is not None:
+            return found.config
+        if len(candidates) == 1 or not self.active(device):
+            return default
+        with self._lock:
+            found = self._choices.get((op, name, key))
+            if found is not None:
+                return found.config
+            measured = []
+            for config in candidates:
+                try:
+                    measured.append((config, float(self._measure(lambda config=config: launch(config), device))))
+                except Exception as exc:  # noqa: BLE001 - a candidate that cannot run is reported and skipped
+                    measured.append((config, f"{type(exc).__name__}: {exc}"[:300]))
+            choice = Choice(op, name, key, pick(default, measured), measured)
+            self._choices[(op, name, key)] = choice
+            return choice.config
+
+    def report(self) -> list:
+        """Every choice made in this process, with what each candidate measured (for benchmark reports)."""
+        return [choice.as_dict() for choice in self._choices.values()]
+
+    def clear(self) -> None:
+        with self._lock:
+            self._choices.clear()
+
+    @staticmethod
+    def _device_name(device: torch.device) -> str:
+        if device.type != "cuda":
+            return str(device)
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        return f"cuda:{index} {torch.cuda.get_device_name(index)}"
+
+
+TUNER = LaunchTuner()
+
+
+def tuned_config(op: str, key: tuple, candidates: list, launch: Callable[[dict], None], device: torch.device,
+                 tuning: Optional[dict], validate: Callable[[dict], None] = lambda config: None) -> dict:
+    """The launch configuration of one launcher call: `candidates[0]` with the keys of an explicit `tuning`
+    replaced (checked by `launch_config` and `validate`), else the tuner's choice among `candidates`."""
+    if tuning is not None:
+        config = launch_config(op, candidates[0], tuning)
+        validate(config)
+        return config
+    return TUNER.choose(op, key, candidates, launch, device)
