@@ -145,6 +145,8 @@ def kernel_inputs(op: str, batch: int, dtype, device, width: int, channels: int,
                 randn(channels), 1e-5)
     if op == "adapter_out":
         return randn(rows, channels), randn(width, channels, scale=0.1), randn(width), randn(rows, width)
+    if op == "linear_act":  # the block's fc1 + GELU
+        return randn(rows, width), randn(4 * width, width, scale=width ** -0.5), randn(4 * width), "gelu"
     if op == "adapter_spatial":
         f32 = torch.float32
         reduced = channels // 4
@@ -170,11 +172,13 @@ def bench_kernels(args, device, timer, results, save, deadline):
     import htkernels.adapter_in as ain
     import htkernels.adapter_out as aout
     import htkernels.adapter_spatial as asp
+    import htkernels.linear_act as act
     import htkernels.preprocess as pre
     from engine.optimize.kernels import TorchAdapterKernels
 
     refs = {"adapter_in": ain.adapter_in_ref, "adapter_out": aout.adapter_out_ref,
-            "adapter_spatial": asp.adapter_spatial_ref, "preprocess": pre.preprocess_ref}
+            "adapter_spatial": asp.adapter_spatial_ref, "linear_act": act.linear_act_ref,
+            "preprocess": pre.preprocess_ref}
     cuda_impl, cuda_reason = cuda_provider(device)
     results["cuda_provider"] = "available" if cuda_impl is not None else f"unavailable: {cuda_reason}"
     width, channels, grid = (48, 16, 5) if args.tiny else (768, 64, 14)
@@ -183,6 +187,7 @@ def bench_kernels(args, device, timer, results, save, deadline):
         for op in ("adapter_in", "adapter_spatial", "adapter_out"):
             cases.append((op, batch, False))
         cases.append(("adapter_spatial", batch, True))
+        cases.append(("linear_act", batch, False))
     frame_shape = (37, 45, 24) if args.tiny else (480, 640, 224)
     cases.append(("preprocess", 8 if not args.tiny else 2, False))
     rows = results.setdefault("kernels", [])
@@ -199,9 +204,9 @@ def bench_kernels(args, device, timer, results, save, deadline):
         ref = refs[op]
         providers = {"eager_ref": lambda ref=ref, inputs=inputs: ref(*inputs),
                      "triton": lambda op=op, inputs=inputs: getattr(torch.ops.htkernels, op)(*inputs)}
-        if op != "preprocess":
+        if op not in ("preprocess", "linear_act"):
             providers["torch_provider"] = lambda op=op, inputs=inputs: getattr(TorchAdapterKernels, op)(*inputs)
-        if cuda_impl is not None and hasattr(cuda_impl, op):
+        if cuda_impl is not None and op != "linear_act" and hasattr(cuda_impl, op):
             providers["cuda"] = lambda op=op, inputs=inputs: getattr(cuda_impl, op)(*inputs)
         if not args.no_compile and time.monotonic() < deadline:
             compiled = compiled_refs.setdefault(op, torch.compile(ref))
@@ -415,7 +420,6 @@ def bench_end_to_end(args, device, timer, results, save, deadline):
                 except Exception as exc:  # noqa: BLE001
                     row[name] = {"error": f"{type(exc).__name__}: {exc}"[:300]}
         e2e["rows"].append(row)
-        record_tuner(results)
         save()
 
 
@@ -442,10 +446,12 @@ def bench_gemm(args, device, timer, results, save):
 
 
 def _short(config: dict) -> str:
+    if config.get("impl") == "torch":
+        return "cublas"
     names = {"block_m": "m", "block_d": "d", "block_n": "n", "block_p": "p", "num_warps": "w", "single_pass": "1pass",
-             "pool_block": "pool", "split_conv": "split"}
+             "pool_block": "pool", "split_conv": "split", "num_stages": "s"}
     return "/".join(names.get(key, key) + ("" if value is True else str(value)) for key, value in config.items()
-                    if value is not False)
+                    if value is not False and key != "impl")
 
 
 def table(results: dict) -> str:
@@ -583,6 +589,7 @@ def main(argv=None) -> int:
             results["errors"][name] = traceback.format_exc()
             print(f"gpu_check: section {name} failed:\n{results['errors'][name]}", file=sys.stderr)
         results.setdefault("section_seconds", {})[name] = time.monotonic() - begin
+        record_tuner(results)
         save()
     print(table(results))
     print(f"\nJSON: {out_path}")

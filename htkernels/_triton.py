@@ -88,6 +88,49 @@ def dot_low(a, b, INTERPRET_BF16: tl.constexpr):
 
 
 @jit
+def grouped_tile(M, N, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GROUP_M: tl.constexpr):
+    """`(rows, cols)` of this program's output tile on a 1-D grid of `⌈M/BLOCK_M⌉·⌈N/BLOCK_N⌉` programs, walked in
+    groups of GROUP_M tile rows so that programs running together share their operand tiles in L2."""
+    pid = tl.program_id(0)
+    tiles_n = tl.cdiv(N, BLOCK_N)
+    per_group = GROUP_M * tiles_n
+    first_m = (pid // per_group) * GROUP_M
+    group_rows = tl.minimum(tl.cdiv(M, BLOCK_M) - first_m, GROUP_M)
+    tile_m = first_m + (pid % per_group) % group_rows
+    tile_n = (pid % per_group) // group_rows
+    return tile_m * BLOCK_M + tl.arange(0, BLOCK_M), tile_n * BLOCK_N + tl.arange(0, BLOCK_N)
+
+
+@jit
+def matmul_tile(a_ptr, b_ptr, rows, cols, M, N, K, stride_am, stride_ak, stride_bn, stride_bk,
+                BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, IEEE_FP32: tl.constexpr,
+                INTERPRET_BF16: tl.constexpr):
+    """fp32 `a[rows] @ b[cols]ᵀ` for `a [M,K]`, `b [N,K]` (any strides): exact fp32 products for fp32 data
+    (`ieee`), tensor cores in the storage dtype for fp16/bf16; masked at every edge."""
+    acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+    row_mask = rows < M
+    col_mask = cols < N
+    for k0 in range(0, K, BLOCK_K):
+        ks = k0 + tl.arange(0, BLOCK_K)
+        k_mask = ks < K
+        a = tl.load(a_ptr + rows[:, None] * stride_am + ks[None, :] * stride_ak,
+                    mask=row_mask[:, None] & k_mask[None, :], other=0.0)
+        b = tl.load(b_ptr + ks[:, None] * stride_bk + cols[None, :] * stride_bn,
+                    mask=k_mask[:, None] & col_mask[None, :], other=0.0)
+        if IEEE_FP32:
+            acc += tl.dot(a.to(tl.float32), b.to(tl.float32), input_precision="ieee")
+        else:
+            acc += dot_low(a, b.to(a.dtype), INTERPRET_BF16)
+    return acc
+
+
+@jit
+def gelu_erf(x):
+    """GELU with the exact erf, on fp32."""
+    return 0.5 * x * (1.0 + tl.math.erf(x * 0.7071067811865476))
+
+
+@jit
 def round_bf16(x, INTERPRET_BF16: tl.constexpr):
     """fp32 `x` rounded to the nearest bf16 value (ties to even) when INTERPRET_BF16, else `x` unchanged.
 

@@ -28,6 +28,8 @@ from typing import Callable, Optional
 
 import torch
 
+from engine.errors import InputError
+
 from ._triton import interpreting, launch_config
 
 TUNE_ENV = "HTK_TUNE"
@@ -157,3 +159,14 @@ def tuned_config(op: str, key: tuple, candidates: list, launch: Callable[[dict],
         validate(config)
         return config
     return TUNER.choose(op, key, candidates, launch, device)
+
+
+def check_impl(op: str) -> Callable[[dict], None]:
+    """Validator of an explicit `tuning` for launchers whose candidates include torch's own ops (`impl="torch"`)
+    next to their Triton kernel (`impl="triton"` with positive tile sizes)."""
+    def validate(config: dict) -> None:
+        if config["impl"] not in ("triton", "torch"):
+            raise InputError(f"htkernels::{op}: tuning impl={config['impl']!r}; expected 'triton' or 'torch'")
+        if config["impl"] == "triton" and min(config["block_m"], config["block_n"], config["num_warps"]) <= 0:
+            raise InputError(f"htkernels::{op}: tuning {config} needs positive block_m, block_n and num_warps")
+    return validate

@@ -11,14 +11,15 @@ from ._triton import (
     check_launch,
     check_rank,
     check_shape,
-    dot_low,
+    grouped_tile,
     interpret_bf16,
     jit,
+    matmul_tile,
     pow2_at_least,
     round_bf16,
     tl,
 )
-from ._tune import tuned_config
+from ._tune import check_impl, tuned_config
 
 
 def adapter_out_ref(g: torch.Tensor, w2: torch.Tensor, b2: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
@@ -32,51 +33,45 @@ def _adapter_out_kernel(
     g_ptr, w2_ptr, b2_ptr, res_ptr, y_ptr,  # g [M,r], w2 [D,r], b2 [D], residual [M,D] → y [M,D]
     M, D, R,
     stride_gm, stride_gr, stride_wd, stride_wr, stride_rm, stride_rd, stride_ym, stride_yd,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, IEEE_FP32: tl.constexpr,
-    INTERPRET_BF16: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
+    IEEE_FP32: tl.constexpr, INTERPRET_BF16: tl.constexpr,
 ):
     """One program: a BLOCK_M×BLOCK_N tile of y. `y = residual + g @ w2ᵀ + b2` with the bias and the residual
     read in the epilogue, so the GEMM result never goes to memory on its own. fp32 accumulation."""
-    rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
-    cols = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
-    row_mask = rows < M
+    rows, cols = grouped_tile(M, D, BLOCK_M, BLOCK_N, GROUP_M)
+    acc = matmul_tile(g_ptr, w2_ptr, rows, cols, M, D, R, stride_gm, stride_gr, stride_wd, stride_wr,
+                      BLOCK_M, BLOCK_N, BLOCK_K, IEEE_FP32, INTERPRET_BF16)
     col_mask = cols < D
-    acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
-    for k0 in range(0, R, BLOCK_K):
-        ks = k0 + tl.arange(0, BLOCK_K)
-        k_mask = ks < R
-        g = tl.load(g_ptr + rows[:, None] * stride_gm + ks[None, :] * stride_gr,
-                    mask=row_mask[:, None] & k_mask[None, :], other=0.0)
-        w = tl.load(w2_ptr + ks[:, None] * stride_wr + cols[None, :] * stride_wd,
-                    mask=k_mask[:, None] & col_mask[None, :], other=0.0)
-        if IEEE_FP32:
-            acc += tl.dot(g.to(tl.float32), w.to(tl.float32), input_precision="ieee")
-        else:
-            acc += dot_low(g, w.to(g.dtype), INTERPRET_BF16)
-    mask = row_mask[:, None] & col_mask[None, :]
+    mask = (rows < M)[:, None] & col_mask[None, :]
     bias = tl.load(b2_ptr + cols, mask=col_mask, other=0.0).to(tl.float32)
     res = tl.load(res_ptr + rows[:, None] * stride_rm + cols[None, :] * stride_rd, mask=mask, other=0.0)
-    y = res.to(tl.float32) + acc + bias[None, :]
-    y = round_bf16(y, INTERPRET_BF16)
+    y = round_bf16(res.to(tl.float32) + acc + bias[None, :], INTERPRET_BF16)
     tl.store(y_ptr + rows[:, None] * stride_ym + cols[None, :] * stride_yd, y.to(y_ptr.dtype.element_ty), mask=mask)
 
 
-def tuning_candidates(rows: int) -> list:
-    """Launch configurations the tuner (`htkernels._tune`) times for `rows` rows; the first is the default
-    (32×64 tiles up to 4096 rows, 64×128 beyond)."""
-    if rows <= 4096:
-        shapes = [(32, 64, 4), (16, 64, 4), (64, 64, 4), (32, 64, 8), (32, 128, 4)]
-    else:
-        shapes = [(64, 128, 4), (64, 64, 4), (128, 128, 8), (128, 64, 4), (64, 128, 8)]
-    return [dict(block_m=m, block_n=n, num_warps=w) for m, n, w in shapes]
+def tuning_candidates(rows: int, inner: int = 64) -> list:
+    """Launch configurations the tuner (`htkernels._tune`) times for `rows` rows and inner size `inner`; the first
+    is the default.
+
+    The adapter's r→D GEMM (inner ≤ 128): 32×64 tiles up to 4096 rows, 64×128 beyond. As the block's attention
+    projection and fc2 (inner 768, 3072) the default is cuBLAS and a separate add (`impl="torch"`), against
+    Triton tiles of the Hopper sizes; the tuner keeps the Triton kernel only where it is faster."""
+    if inner <= 128:
+        shapes = [(32, 64, 4, 3), (16, 64, 4, 3), (64, 64, 4, 3), (32, 64, 8, 3), (32, 128, 4, 3)] if rows <= 4096 \
+            else [(64, 128, 4, 3), (64, 64, 4, 3), (128, 128, 8, 3), (128, 64, 4, 3), (64, 128, 8, 3)]
+        return [dict(impl="triton", block_m=m, block_n=n, num_warps=w, num_stages=st) for m, n, w, st in shapes]
+    shapes = [(32, 64, 4, 4), (64, 64, 4, 4), (64, 128, 4, 3)] if rows <= 512 \
+        else [(128, 128, 8, 3), (128, 256, 8, 3), (128, 128, 4, 4), (64, 128, 4, 4)]
+    return [dict(impl="torch", block_m=0, block_n=0, num_warps=0, num_stages=0)] + [
+        dict(impl="triton", block_m=m, block_n=n, num_warps=w, num_stages=st) for m, n, w, st in shapes]
 
 
 def adapter_out_triton(g: torch.Tensor, w2: torch.Tensor, b2: torch.Tensor, residual: torch.Tensor,
                        tuning: Optional[dict] = None) -> torch.Tensor:
     """Launcher of `_adapter_out_kernel`: checks, output allocation (dtype of `residual`), grid. Any strides.
 
-    The launch configuration (`block_m`, `block_n`, `num_warps`) is the tuner's choice among `tuning_candidates`
-    on a GPU; `tuning` overrides keys of the default instead."""
+    The launch configuration (`impl`, `block_m`, `block_n`, `num_warps`, `num_stages`) is the tuner's choice among
+    `tuning_candidates` on a GPU; `tuning` overrides keys of the default instead."""
     check_launch("adapter_out", dict(g=g, w2=w2, b2=b2, residual=residual))
     check_rank("adapter_out", "g", g, "[M, r]")
     check_rank("adapter_out", "residual", residual, "[M, D]")
@@ -91,18 +86,21 @@ def adapter_out_triton(g: torch.Tensor, w2: torch.Tensor, b2: torch.Tensor, resi
     block_k = min(pow2_at_least(channels), 64)
 
     def launch(config):
+        if config["impl"] == "torch":
+            return torch.addmm(b2.to(g.dtype), g, w2.t().to(g.dtype)).to(residual.dtype).add_(residual)
         block_m, block_n = config["block_m"], config["block_n"]
-        _adapter_out_kernel[(cdiv(rows, block_m), cdiv(width, block_n))](
+        _adapter_out_kernel[(cdiv(rows, block_m) * cdiv(width, block_n),)](
             g, w2, b2, residual, y, rows, width, channels,
             g.stride(0), g.stride(1), w2.stride(0), w2.stride(1), residual.stride(0), residual.stride(1),
             y.stride(0), y.stride(1),
-            BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, IEEE_FP32=g.dtype == torch.float32,
-            INTERPRET_BF16=interpret_bf16(g.dtype), num_warps=config["num_warps"],
+            BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, GROUP_M=8, IEEE_FP32=g.dtype == torch.float32,
+            INTERPRET_BF16=interpret_bf16(g.dtype), num_warps=config["num_warps"], num_stages=config["num_stages"],
         )
+        return y
 
-    launch(tuned_config("adapter_out", (rows, width, channels, g.dtype, residual.dtype), tuning_candidates(rows),
-                        launch, residual.device, tuning))
-    return y
+    return launch(tuned_config("adapter_out", (rows, width, channels, g.dtype, residual.dtype),
+                               tuning_candidates(rows, channels), launch, residual.device, tuning,
+                               check_impl("adapter_out")))
 
 
 @torch.library.custom_op("htkernels::adapter_out", mutates_args=(), device_types="cpu")

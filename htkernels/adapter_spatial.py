@@ -15,6 +15,7 @@ from ._triton import (
     check_rank,
     check_shape,
     dot_low,
+    gelu_erf,
     interpret_bf16,
     jit,
     pow2_at_least,
@@ -54,11 +55,6 @@ def adapter_spatial_ref(z, h: int, w: int, spectral, k3, k5, k7, conv_bias, nois
     o = torch.einsum("oc,bchw->bohw", proj.float(), t) + proj_bias.float()[None, :, None, None]
     spatial = o.reshape(batch, channels, h * w).transpose(1, 2)
     return F.gelu(torch.cat([zf[:, :1], spatial], dim=1)).to(z.dtype)
-
-
-@jit
-def _gelu_erf(x):
-    return 0.5 * x * (1.0 + tl.math.erf(x * 0.7071067811865476))
 
 
 @jit
@@ -249,10 +245,10 @@ def _adapter_spatial_kernel(
     o += tl.load(proj_bias_ptr + outs, mask=outs < R, other=0.0).to(tl.float32)[:, None]
     g_image = g_ptr + image * stride_gb
     tl.store(g_image + (1 + pixels[None, :]) * stride_gn + outs[:, None] * stride_gr,
-             round_bf16(_gelu_erf(o), INTERPRET_BF16).to(g_ptr.dtype.element_ty), mask=mask)
+             round_bf16(gelu_erf(o), INTERPRET_BF16).to(g_ptr.dtype.element_ty), mask=mask)
     if tile == 0:
         cls = tl.load(z_image + channels * stride_zr, mask=channel_mask, other=0.0).to(tl.float32)
-        cls = round_bf16(_gelu_erf(cls), INTERPRET_BF16)
+        cls = round_bf16(gelu_erf(cls), INTERPRET_BF16)
         tl.store(g_image + channels * stride_gr, cls.to(g_ptr.dtype.element_ty), mask=channel_mask)
 
 

@@ -40,5 +40,11 @@ class CudaAdapterKernels:
     def adapter_out(self, g2d, w2, b2, residual2d):
         return TorchAdapterKernels.adapter_out(g2d, w2, b2, residual2d)
 
+    def linear_act(self, x, linear, activation):
+        return TorchAdapterKernels.linear_act(x, linear, activation)
+
+    def linear_residual(self, x, linear, residual):
+        return TorchAdapterKernels.linear_residual(x, linear, residual)
+
     def preprocess(self, frames, row_weights, col_weights, scale, out_dtype=torch.float32):
         return cuda_ops.preprocess(frames, row_weights, col_weights, scale, out_dtype)

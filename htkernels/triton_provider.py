@@ -12,12 +12,13 @@ import torch
 from . import adapter_in as _adapter_in
 from . import adapter_out as _adapter_out
 from . import adapter_spatial as _adapter_spatial
+from . import linear_act as _linear_act
 from . import preprocess as _preprocess
 from ._triton import interpreting, triton
 
 
 class TritonAdapterKernels:
-    """The four ops of htkernels/README.md, same signatures as every other provider."""
+    """The ops of htkernels/README.md, same signatures as every other provider."""
 
     @classmethod
     def available(cls, device: str) -> tuple[bool, str]:
@@ -51,6 +52,24 @@ class TritonAdapterKernels:
         if g2d.is_cuda:
             return torch.ops.htkernels.adapter_out(g2d, w2, b2, residual2d)
         return _adapter_out.adapter_out_triton(g2d, w2, b2, residual2d)
+
+    @staticmethod
+    def linear_act(x, linear, activation):
+        """fc1 + bias + activation: the tuner's choice of cuBLAS + activation or one fused kernel."""
+        x2d = x.reshape(-1, x.shape[-1])
+        if x2d.is_cuda:
+            y = torch.ops.htkernels.linear_act(x2d, linear.weight, linear.bias, activation)
+        else:
+            y = _linear_act.linear_act_triton(x2d, linear.weight, linear.bias, activation)
+        return y.view(*x.shape[:-1], y.shape[-1])
+
+    @classmethod
+    def linear_residual(cls, x, linear, residual):
+        """Attention projection / fc2 + bias + residual: the tuner's choice of cuBLAS + add or the fused
+        `adapter_out` kernel (the same contract with a wide inner size)."""
+        y = cls.adapter_out(x.reshape(-1, x.shape[-1]), linear.weight, linear.bias,
+                            residual.reshape(-1, residual.shape[-1]))
+        return y.view(residual.shape)
 
     @staticmethod
     def preprocess(frames, row_weights, col_weights, scale, out_dtype):

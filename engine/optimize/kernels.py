@@ -1,4 +1,5 @@
-"""Adapter-kernel providers: the same four ops (htkernels/README.md contracts) from plain torch, Triton or CUDA.
+"""Adapter-kernel providers: the same four ops (htkernels/README.md contracts) from plain torch, Triton or CUDA, and
+the block's two dense layers with what follows them (`linear_act`, `linear_residual`).
 
 Providers are looked up lazily by name so that importing this module pulls in neither Triton nor a CUDA build.
 The `torch` provider uses only standard torch ops, so a model built on it exports (`torch.export`, ONNX) and
@@ -32,6 +33,11 @@ def get_kernels(name: str):
     except ImportError as exc:
         raise BackendError(f"adapter-kernel provider {name!r} cannot be imported ({module_name}): {exc}") from exc
     return getattr(module, class_name)
+
+
+def activate(x: torch.Tensor, activation: str) -> torch.Tensor:
+    """The MLP activation of a ViT block: `"gelu"` (erf) or `"quick_gelu"` (`x·σ(1.702x)`, OpenAI CLIP)."""
+    return x * torch.sigmoid(1.702 * x) if activation == "quick_gelu" else F.gelu(x)
 
 
 class TorchAdapterKernels:
@@ -102,6 +108,17 @@ class TorchAdapterKernels:
     @staticmethod
     def adapter_out(g2d, w2, b2, residual2d):
         return torch.addmm(b2, g2d, w2.t()) + residual2d
+
+    @staticmethod
+    def linear_act(x, linear, activation):
+        """The block's fc1 and its activation: `act(linear(x))`; `linear` maps the last dim (`nn.Linear`, or the
+        int8 linear of the CPU path)."""
+        return activate(linear(x), activation)
+
+    @staticmethod
+    def linear_residual(x, linear, residual):
+        """The block's attention projection and fc2 with the residual add: `residual + linear(x)`."""
+        return residual + linear(x)
 
     @staticmethod
     def preprocess(frames, row_weights, col_weights, scale, out_dtype):

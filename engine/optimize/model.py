@@ -38,10 +38,6 @@ def _norm(weight: torch.Tensor, bias: torch.Tensor, eps: float, dtype) -> nn.Lay
     return norm.to(dtype).requires_grad_(False)
 
 
-def _quick_gelu(x: torch.Tensor) -> torch.Tensor:
-    return x * torch.sigmoid(1.702 * x)
-
-
 class FoldedAdapterModule(nn.Module):
     """Holds one `FoldedAdapter` as buffers: the D-sized GEMM weights in the model dtype, the small spatial
     tensors in fp32 (their math is fp32 whatever the storage dtype)."""
@@ -76,17 +72,16 @@ class OptimizedBlock(nn.Module):
         self.norm2 = _norm(t[prefix + "norm2.weight"], t[prefix + "norm2.bias"], cfg.ln_eps, dtype)
         self.fc1 = _linear(t[prefix + "mlp.fc1.weight"], t[prefix + "mlp.fc1.bias"], dtype)
         self.fc2 = _linear(t[prefix + "mlp.fc2.weight"], t[prefix + "mlp.fc2.bias"], dtype)
-        self.quick_gelu = cfg.act == "quick_gelu"
+        self.activation = "quick_gelu" if cfg.act == "quick_gelu" else "gelu"
         self.adapter = adapter
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         batch, tokens, width = x.shape
+        k = self.kernels
         qkv = self.qkv(self.norm1(x)).reshape(batch, tokens, 3, self.heads, width // self.heads).permute(2, 0, 3, 1, 4)
         attended = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2])
-        x = x + self.proj(attended.transpose(1, 2).reshape(batch, tokens, width))
-        hidden = self.fc1(self.norm2(x))
-        hidden = _quick_gelu(hidden) if self.quick_gelu else F.gelu(hidden)
-        x = x + self.fc2(hidden)
+        x = k.linear_residual(attended.transpose(1, 2).reshape(batch, tokens, width), self.proj, x)
+        x = k.linear_residual(k.linear_act(self.norm2(x), self.fc1, self.activation), self.fc2, x)
         return x if self.adapter is None else self._adapter(x, self.adapter)
 
     def _adapter(self, x: torch.Tensor, a: FoldedAdapterModule) -> torch.Tensor:

@@ -8,30 +8,47 @@ import sys
 from concurrent.futures import ProcessPoolExecutor
 
 ARCH = int(sys.argv[1]) if len(sys.argv) > 1 else 90
+# Shared memory one block may use on sm_80/sm_90 (opt-in maximum): a variant over it cannot launch.
+SHARED_LIMIT = {80: 163 * 1024, 90: 227 * 1024}.get(ARCH, 99 * 1024)
 
 
 def compile_one(job: tuple) -> str:
-    """Compile one variant (`module`, `kernel name`, pointer dtypes, float args, constexprs): "ok ..." or
-    "FAILED ..."; runs in a worker process."""
+    """Compile one variant (`module`, `kernel name`, pointer dtypes, float args, constexprs, options, whether it
+    must fit in shared memory): "ok ...", "over ..." (fp32 tiles the launch tuner skips) or "FAILED ..."; runs in a
+    worker process."""
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
-    module, name, pointers, floats, constexprs = job
+    module, name, pointers, floats, constexprs, options, must_fit, values = job
     kernel = getattr(importlib.import_module(module), name)
-    signature = {}
-    for arg in kernel.arg_names:
+    constexprs = dict(constexprs)
+    signature, attrs = {}, {}
+    for index, arg in enumerate(kernel.arg_names):
+        # As the launcher's JIT specializes: integer arguments equal to 1 become constants, pointers (torch
+        # allocations) and integers that are multiples of 16 are marked divisible by 16 (what lets loads vectorize
+        # and the GEMM loops pipeline their loads).
+        if values.get(arg) == 1:
+            constexprs[arg] = 1
         if arg in constexprs:
             signature[arg] = "constexpr"
-        elif arg.endswith("_ptr"):
+            continue
+        if arg.endswith("_ptr"):
             signature[arg] = pointers.get(arg, "*fp32")
+            attrs[(index,)] = [["tt.divisibility", 16]]
         else:
             signature[arg] = "fp32" if arg in floats else "i32"
-    label = f"{name} {pointers} {constexprs}"
+            if values.get(arg, 1) % 16 == 0:
+                attrs[(index,)] = [["tt.divisibility", 16]]
+    label = f"{name} {pointers} {constexprs} {options}"
     try:
-        compiled = triton.compile(ASTSource(kernel, signature, constexprs=constexprs),
-                                  target=GPUTarget("cuda", ARCH, 32))
-        return f"ok {label} {sorted(compiled.asm)}"
+        compiled = triton.compile(ASTSource(kernel, signature, constexprs=constexprs, attrs=attrs),
+                                  target=GPUTarget("cuda", ARCH, 32), options=options)
+        shared = compiled.metadata.shared
+        if shared > SHARED_LIMIT:
+            verdict = "FAILED" if must_fit else "over"
+            return f"{verdict} {label}: {shared} bytes of shared memory, the limit is {SHARED_LIMIT}"
+        return f"ok {label} {sorted(compiled.asm)} shared={shared}"
     except Exception as exc:  # noqa: BLE001  (report every variant, then fail)
         return f"FAILED {label} {type(exc).__name__}: {exc}"[:2000]
 
@@ -43,34 +60,60 @@ def main() -> int:
     import htkernels.adapter_in as ain
     import htkernels.adapter_out as aout
     import htkernels.adapter_spatial as asp
+    import htkernels.linear_act as act
     import htkernels.preprocess as pre
 
     jobs = []
 
-    def build(kernel, pointers: dict, floats: tuple, constexprs: dict) -> None:
-        jobs.append((kernel.fn.__module__, kernel.fn.__name__, pointers, floats, constexprs))
+    def build(kernel, pointers: dict, floats: tuple, constexprs: dict, config: dict = None, must_fit=True,
+              values: dict = None) -> None:
+        options = {key: config[key] for key in ("num_warps", "num_stages") if config and key in config}
+        job = (kernel.fn.__module__, kernel.fn.__name__, pointers, floats, constexprs, options, must_fit, values or {})
+        if job not in jobs:
+            jobs.append(job)
 
-    # Every candidate configuration of the launch tuner at the model's shapes (14×14 grid, r=64).
+    # Every candidate configuration of the launch tuner at the model's shapes (ViT-B/16: D=768, 14×14 grid, r=64),
+    # with its warps and pipeline stages: bf16 variants must fit in shared memory; fp32 ones over it are reported
+    # (the tuner skips a candidate that cannot launch).
     batches = (1, 8, 64, 256)
-    in_variants = {(c["block_m"], c["block_d"], c["single_pass"]) for b in batches
-                   for c in ain.tuning_candidates(b * 197)}
-    out_variants = {(c["block_m"], c["block_n"]) for b in batches for c in aout.tuning_candidates(b * 197)}
-    spatial_variants = {(c["block_p"], c["pool_block"], c["split_conv"]) for b in batches
-                        for c in asp.tuning_candidates(b, 14, 14, 64)}
+    # The integer arguments of the model's contiguous launches (rows vary with the batch: left unspecialized).
+    in_values = dict(D=768, R=64, stride_xm=768, stride_xd=1, stride_nr=768, stride_nd=1, stride_rr=768, stride_rd=1,
+                     stride_zm=64, stride_zr=1)
+    out_values = {inner: dict(D=768, R=inner, stride_gm=inner, stride_gr=1, stride_wd=inner, stride_wr=1,
+                              stride_rm=768, stride_rd=1, stride_ym=768, stride_yd=1) for inner in (64, 768)}
+    act_values = dict(N=3072, K=768, stride_xm=768, stride_xk=1, stride_wn=768, stride_wk=1, stride_ym=3072,
+                      stride_yn=1)
+    spatial_values = dict(H=14, W=14, R=64, R4=16, stride_zb=197 * 64, stride_zn=64, stride_zr=1, stride_fb=197 * 64,
+                          stride_fr=1, stride_fp=64, stride_gb=197 * 64, stride_gn=64, stride_gr=1)
     for dtype in ("fp32", "bf16"):  # fp16 takes the bf16 code path (tensor-core dot in the storage dtype)
         flags = dict(IEEE_FP32=dtype == "fp32", INTERPRET_BF16=False)
-        for block_m, block_d, single_pass in sorted(in_variants):
+        fit = dtype == "bf16"
+        for c in (c for b in batches for c in ain.tuning_candidates(b * 197)):
             build(ain._adapter_in_kernel, {n: f"*{dtype}" for n in ("x_ptr", "w_norm_ptr", "w_raw_ptr", "z_ptr")},
-                  ("eps",), dict(BLOCK_M=block_m, BLOCK_R=64, BLOCK_D=block_d, SINGLE_PASS=single_pass, **flags))
-        for block_m, block_n in sorted(out_variants):
-            build(aout._adapter_out_kernel, {n: f"*{dtype}" for n in ("g_ptr", "w2_ptr", "b2_ptr", "res_ptr", "y_ptr")},
-                  (), dict(BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=64, **flags))
-        for block_p, pool_block, split_conv in sorted(spatial_variants):
+                  ("eps",), dict(BLOCK_M=c["block_m"], BLOCK_R=64, BLOCK_D=c["block_d"], SINGLE_PASS=c["single_pass"],
+                                 **flags), c, fit, in_values)
+        for inner in (64, 768):
+            out_configs = [c for b in batches for c in aout.tuning_candidates(b * 197, inner) if c["impl"] == "triton"]
+            for c in out_configs:
+                build(aout._adapter_out_kernel,
+                      {n: f"*{dtype}" for n in ("g_ptr", "w2_ptr", "b2_ptr", "res_ptr", "y_ptr")}, (),
+                      dict(BLOCK_M=c["block_m"], BLOCK_N=c["block_n"], BLOCK_K=64, GROUP_M=8, **flags), c, fit,
+                      out_values[inner])
+        act_configs = [c for b in batches for c in act.tuning_candidates(b * 197) if c["impl"] == "triton"]
+        for index, c in enumerate(act_configs):
+            for activation in (1, 2) if index == 0 else (1,):  # GELU everywhere, QuickGELU once
+                build(act._linear_act_kernel, {n: f"*{dtype}" for n in ("x_ptr", "w_ptr", "b_ptr", "y_ptr")}, (),
+                      dict(BLOCK_M=c["block_m"], BLOCK_N=c["block_n"], BLOCK_K=64, GROUP_M=8, ACTIVATION=activation,
+                           **flags), c, fit, act_values)
+        spatial_configs = [c for b in batches for c in asp.tuning_candidates(b, 14, 14, 64)]
+        for c in spatial_configs:
+            pool = c["pool_block"]
             build(asp._adapter_spatial_kernel, {"z_ptr": f"*{dtype}", "g_ptr": f"*{dtype}"}, (),
-                  dict(BLOCK_R=64, BLOCK_R4=16, BLOCK_P=block_p, POOL_CHUNKS=-(-196 // pool_block) if pool_block else 0,
-                       BLOCK_POOL=pool_block or block_p, SPLIT_CONV=split_conv, **flags))
-        for block_p in sorted({p for p, _, _ in spatial_variants}):
-            build(asp._circular_filter_kernel, {"z_ptr": f"*{dtype}"}, (), dict(BLOCK_R=64, BLOCK_P=block_p))
+                  dict(BLOCK_R=64, BLOCK_R4=16, BLOCK_P=c["block_p"], POOL_CHUNKS=-(-196 // pool) if pool else 0,
+                       BLOCK_POOL=pool or c["block_p"], SPLIT_CONV=c["split_conv"], **flags), c, fit, spatial_values)
+        for block_p in sorted({c["block_p"] for c in spatial_configs}):
+            build(asp._circular_filter_kernel, {"z_ptr": f"*{dtype}"}, (), dict(BLOCK_R=64, BLOCK_P=block_p),
+                  values=spatial_values)
     integer = {n: "*i32" for n in ("row_w_ptr", "col_w_ptr", "row_start_ptr", "col_start_ptr")}
     variants = [("fp32", rgb, resize_h, resize_v) for rgb in (False, True)
                 for resize_h, resize_v in ((True, True), (False, True), (True, False), (False, False))]
@@ -81,7 +124,8 @@ def main() -> int:
         lines = list(pool.map(compile_one, jobs))
     failures = sum(line.startswith("FAILED") for line in lines)
     print("\n".join(lines))
-    print(f"{failures} failed")
+    print(f"{len(lines)} variants, {sum(line.startswith('over') for line in lines)} fp32 over shared memory, "
+          f"{failures} failed")
     return 1 if failures else 0
 
 

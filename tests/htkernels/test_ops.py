@@ -7,6 +7,7 @@ import torch
 import htkernels.adapter_in  # noqa: F401  (registers htkernels::adapter_in)
 import htkernels.adapter_out  # noqa: F401
 import htkernels.adapter_spatial  # noqa: F401
+import htkernels.linear_act  # noqa: F401
 import htkernels.preprocess  # noqa: F401
 from engine.preprocess import pil_resize_matrix
 
@@ -26,6 +27,8 @@ def op_cases(device):
                        torch.randn(16, generator=gen).to(device), 1e-5),
         "adapter_out": (torch.randn(9, 16, generator=gen).to(device), torch.randn(48, 16, generator=gen).to(device),
                         torch.randn(48, generator=gen).to(device), x),
+        "linear_act": (x, torch.randn(40, 48, generator=gen).to(device), torch.randn(40, generator=gen).to(device),
+                       "gelu"),
     }
     for name, spectral in (("adapter_spatial", False), ("adapter_spatial_spectral", True)):
         z, filt, weights = spatial_args(2, 3, 5, 16, spectral, seed=1)
@@ -43,7 +46,7 @@ def op_of(case: str):
 
 
 @pytest.mark.parametrize("case", ["adapter_in", "adapter_out", "adapter_spatial", "adapter_spatial_spectral",
-                                  "preprocess"])
+                                  "linear_act", "preprocess"])
 def test_opcheck_cpu(case):
     torch.library.opcheck(op_of(case), op_cases("cpu")[case])
 
@@ -68,7 +71,7 @@ def test_ops_compile_and_export_on_cpu():
 @requires_cuda
 @cuda_only
 @pytest.mark.parametrize("case", ["adapter_in", "adapter_out", "adapter_spatial", "adapter_spatial_spectral",
-                                  "preprocess"])
+                                  "linear_act", "preprocess"])
 def test_cuda_op_matches_cpu_op_and_opcheck(case):
     cuda_args = op_cases("cuda")[case]
     cpu_args = op_cases("cpu")[case]

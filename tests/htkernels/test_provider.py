@@ -64,6 +64,30 @@ def test_optimized_model_with_triton_kernels(device, arch, task, filter_kind):
     assert_relative(actual, expected, RELATIVE[torch.float32], f"optimized+triton {arch} {task} {filter_kind}")
 
 
+@pytest.mark.parametrize("arch,task", [("biomedclip-vit-b16", "seg"), ("openai-clip-vit-b16", "cls")])
+def test_optimized_model_with_fused_dense_layers(device, poisoned, monkeypatch, arch, task):
+    """The block's fc1 + activation and projection/fc2 + residual through the fused Triton kernels (what the launch
+    tuner picks where they are faster than cuBLAS): GELU (biomedclip) and QuickGELU (openai) against the reference."""
+    import htkernels._tune as tune
+
+    chosen = []
+
+    def prefer_fused(op, key, candidates, launch, device):
+        config = next((c for c in candidates if c.get("impl") == "triton"), candidates[0])
+        chosen.append((op, config["impl"] if "impl" in config else "triton"))
+        return config
+
+    monkeypatch.setattr(tune.TUNER, "choose", prefer_fused)
+    cfg = small_config(arch, task, "channel", layers=2, extract_layers=[0, 1, 1], adapter_layers=[0, 1])
+    tensors = small_tensors(cfg, seed=6)
+    images = random_images(2, cfg.image_size, seed=7)
+    with torch.inference_mode():
+        expected = build_reference_model(cfg, tensors)(images)
+        actual = OptimizedHTModel(cfg, tensors, kernels="triton").eval().to(device)(images.to(device)).cpu()
+    assert_relative(actual, expected, RELATIVE[torch.float32], f"optimized, fused dense layers, {arch} {task}")
+    assert {op for op, impl in chosen if impl == "triton"} >= {"linear_act", "adapter_out"}
+
+
 def test_provider_availability_says_why():
     provider = get_kernels("triton")
     usable, reason = provider.available("cpu")

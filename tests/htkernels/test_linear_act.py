@@ -1,0 +1,94 @@
+"""linear_act (GEMM + bias + activation epilogue) and adapter_out at the block's inner sizes, against references."""
+
+import pytest
+import torch
+
+from engine.errors import InputError
+from htkernels.adapter_out import adapter_out_ref, adapter_out_triton
+from htkernels.adapter_out import tuning_candidates as out_candidates
+from htkernels.linear_act import linear_act_ref, linear_act_triton, tuning_candidates
+
+from ..tolerances import RELATIVE, assert_relative
+
+DTYPES = [torch.float32, torch.bfloat16, torch.float16]
+FUSED = dict(impl="triton", block_m=32, block_n=64, num_warps=4, num_stages=2)
+
+
+def dense_args(rows, inner, outputs, seed):
+    gen = torch.Generator().manual_seed(seed)
+    return (torch.randn(rows, inner, generator=gen), torch.randn(outputs, inner, generator=gen) * inner ** -0.5,
+            torch.randn(outputs, generator=gen) * 0.5)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("activation", ["gelu", "quick_gelu", "none"])
+@pytest.mark.parametrize("rows,inner,outputs", [(1, 48, 80), (37, 80, 136), (70, 96, 40)])
+def test_fused_linear_act_matches_reference(device, poisoned, dtype, activation, rows, inner, outputs):
+    args = [t.to(device=device, dtype=dtype) for t in dense_args(rows, inner, outputs, seed=rows + inner)]
+    actual = linear_act_triton(*args, activation, tuning=FUSED)
+    expected = linear_act_ref(*[t.cpu().double() for t in args], activation)
+    assert actual.dtype == dtype
+    assert_relative(actual.cpu(), expected, RELATIVE[dtype], f"linear_act {activation} {dtype} {rows}x{inner}")
+
+
+@pytest.mark.parametrize("activation", ["gelu", "quick_gelu"])
+def test_torch_implementation_matches_reference(device, poisoned, activation):
+    args = [t.to(device) for t in dense_args(21, 48, 40, seed=2)]
+    actual = linear_act_triton(*args, activation, tuning=dict(impl="torch"))
+    assert_relative(actual.cpu(), linear_act_ref(*[t.cpu().double() for t in args], activation),
+                    RELATIVE[torch.float32], f"linear_act torch {activation}")
+
+
+def test_fused_linear_act_strided_input(device, poisoned):
+    x, weight, bias = dense_args(33, 48, 40, seed=3)
+    wide = torch.randn(48, 70).to(device)
+    wide[:, 5:38] = x.t().to(device)
+    view = wide[:, 5:38].t()  # [33, 48] with row stride 1, column stride 70
+    actual = linear_act_triton(view, weight.to(device), bias.to(device), "gelu", tuning=FUSED)
+    assert_relative(actual.cpu(), linear_act_ref(x.double(), weight.double(), bias.double(), "gelu"),
+                    RELATIVE[torch.float32], "linear_act strided")
+
+
+CANDIDATES = [c for rows in (197, 50432) for c in tuning_candidates(rows) if c["impl"] == "triton"]
+
+
+@pytest.mark.parametrize("config", CANDIDATES, ids=lambda c: "-".join(f"{k}{v}" for k, v in c.items()))
+def test_every_linear_act_candidate(device, poisoned, config):
+    args = [t.to(device) for t in dense_args(45, 80, 136, seed=4)]
+    actual = linear_act_triton(*args, "gelu", tuning=config)
+    assert_relative(actual.cpu(), linear_act_ref(*[t.cpu().double() for t in args], "gelu"),
+                    RELATIVE[torch.float32], f"linear_act {config}")
+
+
+WIDE_OUT = [c for rows in (197, 50432) for c in out_candidates(rows, 768)]
+
+
+@pytest.mark.parametrize("config", WIDE_OUT, ids=lambda c: "-".join(f"{k}{v}" for k, v in c.items()))
+def test_adapter_out_as_a_block_linear(device, poisoned, config):
+    """adapter_out's contract with a wide inner size: the block's attention projection and fc2 + residual."""
+    gen = torch.Generator().manual_seed(5)
+    args = [torch.randn(45, 200, generator=gen), torch.randn(72, 200, generator=gen) * 0.07,
+            torch.randn(72, generator=gen), torch.randn(45, 72, generator=gen)]
+    actual = adapter_out_triton(*[t.to(device) for t in args], tuning=config)
+    assert_relative(actual.cpu(), adapter_out_ref(*[t.double() for t in args]), RELATIVE[torch.float32],
+                    f"adapter_out wide {config}")
+
+
+def test_wide_adapter_out_defaults_to_cublas_and_narrow_to_the_kernel():
+    assert out_candidates(197, 768)[0]["impl"] == "torch"
+    assert out_candidates(197, 64)[0]["impl"] == "triton"
+    assert tuning_candidates(197)[0]["impl"] == "torch"
+
+
+def test_linear_act_rejects_bad_input(device):
+    x, weight, bias = (t.to(device) for t in dense_args(5, 16, 8, seed=6))
+    with pytest.raises(InputError, match="activation 'relu'"):
+        linear_act_triton(x, weight, bias, "relu")
+    with pytest.raises(InputError, match=r"weight has shape \[8, 16\], expected \[8, 17\]"):
+        linear_act_triton(torch.randn(5, 17, device=device), weight, bias, "gelu")
+    with pytest.raises(InputError, match=r"x must be \[M, K\]"):
+        linear_act_triton(x[None], weight, bias, "gelu")
+    with pytest.raises(InputError, match="impl='cublas'"):
+        linear_act_triton(x, weight, bias, "gelu", tuning=dict(impl="cublas"))
+    with pytest.raises(InputError, match="needs positive block_m"):
+        linear_act_triton(x, weight, bias, "gelu", tuning=dict(impl="triton"))
