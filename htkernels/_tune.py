@@ -20,6 +20,7 @@ op's candidate configurations and keeps the fastest; every later launch at that 
 
 from __future__ import annotations
 
+import functools
 import os
 import statistics
 import threading
@@ -58,6 +59,11 @@ def graph_time_us(launch: Callable[[], None], device: torch.device) -> float:
             end.synchronize()
             times.append(start.elapsed_time(end) * 1000.0 / GRAPH_LAUNCHES)
         return statistics.median(times)
+
+
+@functools.lru_cache(maxsize=None)
+def _cuda_name(index: int) -> str:
+    return f"cuda:{index} {torch.cuda.get_device_name(index)}"
 
 
 @dataclass
@@ -143,8 +149,7 @@ class LaunchTuner:
     def _device_name(device: torch.device) -> str:
         if device.type != "cuda":
             return str(device)
-        index = device.index if device.index is not None else torch.cuda.current_device()
-        return f"cuda:{index} {torch.cuda.get_device_name(index)}"
+        return _cuda_name(device.index if device.index is not None else torch.cuda.current_device())
 
 
 TUNER = LaunchTuner()

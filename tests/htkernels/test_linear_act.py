@@ -4,7 +4,6 @@ import pytest
 import torch
 
 from engine.errors import InputError
-from htkernels.adapter_out import adapter_out_ref, adapter_out_triton
 from htkernels.adapter_out import tuning_candidates as out_candidates
 from htkernels.linear_act import linear_act_ref, linear_act_triton, tuning_candidates
 
@@ -58,20 +57,6 @@ def test_every_linear_act_candidate(device, poisoned, config):
     actual = linear_act_triton(*args, "gelu", tuning=config)
     assert_relative(actual.cpu(), linear_act_ref(*[t.cpu().double() for t in args], "gelu"),
                     RELATIVE[torch.float32], f"linear_act {config}")
-
-
-WIDE_OUT = [c for rows in (197, 50432) for c in out_candidates(rows, 768)]
-
-
-@pytest.mark.parametrize("config", WIDE_OUT, ids=lambda c: "-".join(f"{k}{v}" for k, v in c.items()))
-def test_adapter_out_as_a_block_linear(device, poisoned, config):
-    """adapter_out's contract with a wide inner size: the block's attention projection and fc2 + residual."""
-    gen = torch.Generator().manual_seed(5)
-    args = [torch.randn(45, 200, generator=gen), torch.randn(72, 200, generator=gen) * 0.07,
-            torch.randn(72, generator=gen), torch.randn(45, 72, generator=gen)]
-    actual = adapter_out_triton(*[t.to(device) for t in args], tuning=config)
-    assert_relative(actual.cpu(), adapter_out_ref(*[t.double() for t in args]), RELATIVE[torch.float32],
-                    f"adapter_out wide {config}")
 
 
 def test_wide_adapter_out_defaults_to_cublas_and_narrow_to_the_kernel():

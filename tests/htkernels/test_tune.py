@@ -33,7 +33,9 @@ def unique(configs):
 # The model's shapes (ViT-B/16, 14×14 grid, r=64) at the batch sizes of the benchmarks.
 MODEL_BATCHES = (1, 8, 64, 256)
 IN_CANDIDATES = unique(c for b in MODEL_BATCHES for c in in_candidates(b * 197))
-OUT_CANDIDATES = unique(c for b in MODEL_BATCHES for c in out_candidates(b * 197))
+# adapter_out as the adapter's r→D GEMM (tested at inner 16) and as the block's projection/fc2 (inner 768: 200).
+OUT_CANDIDATES = [(config, tested) for inner, tested in ((64, 16), (768, 200))
+                  for config in unique(c for b in MODEL_BATCHES for c in out_candidates(b * 197, inner))]
 SPATIAL_CANDIDATES = unique(c for b in MODEL_BATCHES for c in spatial_candidates(b, 14, 14, 64))
 
 
@@ -154,14 +156,15 @@ def test_every_adapter_in_candidate(device, poisoned, config):
                     f"adapter_in {config}")
 
 
-@pytest.mark.parametrize("config", OUT_CANDIDATES, ids=lambda c: "-".join(f"{k}{v}" for k, v in c.items()))
-def test_every_adapter_out_candidate(device, poisoned, config):
+@pytest.mark.parametrize("config,inner", OUT_CANDIDATES,
+                         ids=[f"inner{inner}-" + "-".join(f"{k}{v}" for k, v in c.items()) for c, inner in OUT_CANDIDATES])
+def test_every_adapter_out_candidate(device, poisoned, config, inner):
     gen = torch.Generator().manual_seed(32)
-    args = [torch.randn(45, 16, generator=gen), torch.randn(136, 16, generator=gen) * 0.2,
+    args = [torch.randn(45, inner, generator=gen), torch.randn(136, inner, generator=gen) * inner ** -0.5,
             torch.randn(136, generator=gen), torch.randn(45, 136, generator=gen)]
     actual = adapter_out_triton(*[t.to(device) for t in args], tuning=config)
     assert_relative(actual.cpu(), adapter_out_ref(*[t.double() for t in args]), RELATIVE[torch.float32],
-                    f"adapter_out {config}")
+                    f"adapter_out inner {inner} {config}")
 
 
 @pytest.mark.parametrize("config", SPATIAL_CANDIDATES, ids=lambda c: "-".join(f"{k}{v}" for k, v in c.items()))
