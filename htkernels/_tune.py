@@ -15,7 +15,12 @@ op's candidate configurations and keeps the fastest; every later launch at that 
   while a CUDA graph is being captured on the current stream: the forward of `backend="optimized"` tunes in its
   warm-up runs, before it captures. An explicit `tuning=` of a launcher bypasses the tuner.
 - Choices live in memory, per process (Triton caches the compiled variants on disk, so a new process re-measures
-  in milliseconds). Every candidate computes the same math; they differ only in fp32 summation order.
+  in milliseconds; a cold cache compiles every candidate once, tens of seconds on the first forward of a new
+  batch-size range). Every candidate computes the same math, but not always the same roundings: Triton variants
+  differ in fp32 summation order, and where cuBLAS is a candidate (`impl="torch"`) its GEMM result is rounded to
+  fp16/bf16 before the activation or residual add that the fused kernel applies in fp32. A near-tie may go either
+  way, so two processes can differ in the last bits of low-precision outputs; `HTK_TUNE=0` runs the defaults
+  only, the same launches every time.
 """
 
 from __future__ import annotations
@@ -59,6 +64,17 @@ def graph_time_us(launch: Callable[[], None], device: torch.device) -> float:
             end.synchronize()
             times.append(start.elapsed_time(end) * 1000.0 / GRAPH_LAUNCHES)
         return statistics.median(times)
+
+
+# The configuration of launchers whose candidates include torch's own ops: cuBLAS and the separate op.
+TORCH_IMPL = dict(impl="torch", block_m=0, block_n=0, num_warps=0, num_stages=0)
+INT32_LIMIT = 2**31
+
+
+def int32_offsets(*tensors: torch.Tensor) -> bool:
+    """Whether every element offset of these tensors fits the int32 index arithmetic of the GEMM kernels."""
+    return all(sum((size - 1) * abs(stride) for size, stride in zip(t.shape, t.stride())) < INT32_LIMIT
+               for t in tensors if t.numel())
 
 
 @functools.lru_cache(maxsize=None)
@@ -157,10 +173,12 @@ TUNER = LaunchTuner()
 
 def tuned_config(op: str, key: tuple, candidates: list, launch: Callable[[dict], None], device: torch.device,
                  tuning: Optional[dict], validate: Callable[[dict], None] = lambda config: None) -> dict:
-    """The launch configuration of one launcher call: `candidates[0]` with the keys of an explicit `tuning`
-    replaced (checked by `launch_config` and `validate`), else the tuner's choice among `candidates`."""
+    """The launch configuration of one launcher call: the first candidate (of the `impl` an explicit `tuning`
+    names, if it names one) with the keys of `tuning` replaced (checked by `launch_config` and `validate`), else
+    the tuner's choice among `candidates`."""
     if tuning is not None:
-        config = launch_config(op, candidates[0], tuning)
+        base = next((c for c in candidates if "impl" in tuning and c.get("impl") == tuning["impl"]), candidates[0])
+        config = launch_config(op, base, tuning)
         validate(config)
         return config
     return TUNER.choose(op, key, candidates, launch, device)
@@ -172,6 +190,10 @@ def check_impl(op: str) -> Callable[[dict], None]:
     def validate(config: dict) -> None:
         if config["impl"] not in ("triton", "torch"):
             raise InputError(f"htkernels::{op}: tuning impl={config['impl']!r}; expected 'triton' or 'torch'")
-        if config["impl"] == "triton" and min(config["block_m"], config["block_n"], config["num_warps"]) <= 0:
-            raise InputError(f"htkernels::{op}: tuning {config} needs positive block_m, block_n and num_warps")
+        if config["impl"] == "triton":
+            tiles = (config["block_m"], config["block_n"], config["num_warps"])
+            if any(n <= 0 or n & (n - 1) for n in tiles) or min(config["block_m"], config["block_n"]) < 16 \
+                    or config["num_stages"] < 1:
+                raise InputError(f"htkernels::{op}: tuning {config} needs power-of-two block_m, block_n ≥ 16 and "
+                                 f"num_warps, and num_stages ≥ 1")
     return validate

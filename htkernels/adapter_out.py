@@ -19,7 +19,7 @@ from ._triton import (
     round_bf16,
     tl,
 )
-from ._tune import check_impl, tuned_config
+from ._tune import TORCH_IMPL, check_impl, int32_offsets, tuned_config
 
 
 def adapter_out_ref(g: torch.Tensor, w2: torch.Tensor, b2: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
@@ -62,8 +62,8 @@ def tuning_candidates(rows: int, inner: int = 64) -> list:
         return [dict(impl="triton", block_m=m, block_n=n, num_warps=w, num_stages=st) for m, n, w, st in shapes]
     shapes = [(32, 64, 4, 4), (64, 64, 4, 4), (64, 128, 4, 3)] if rows <= 512 \
         else [(128, 128, 8, 3), (128, 256, 8, 3), (128, 128, 4, 4), (64, 128, 4, 4)]
-    return [dict(impl="torch", block_m=0, block_n=0, num_warps=0, num_stages=0)] + [
-        dict(impl="triton", block_m=m, block_n=n, num_warps=w, num_stages=st) for m, n, w, st in shapes]
+    return [TORCH_IMPL] + [dict(impl="triton", block_m=m, block_n=n, num_warps=w, num_stages=st)
+                           for m, n, w, st in shapes]
 
 
 def adapter_out_triton(g: torch.Tensor, w2: torch.Tensor, b2: torch.Tensor, residual: torch.Tensor,
@@ -80,14 +80,17 @@ def adapter_out_triton(g: torch.Tensor, w2: torch.Tensor, b2: torch.Tensor, resi
     check_shape("adapter_out", "w2", w2, (width, channels))
     check_shape("adapter_out", "b2", b2, (width,))
     check_shape("adapter_out", "residual", residual, (rows, width))
-    y = torch.empty((rows, width), device=residual.device, dtype=residual.dtype)
     if rows == 0:
-        return y
+        return torch.empty((rows, width), device=residual.device, dtype=residual.dtype)
     block_k = min(pow2_at_least(channels), 64)
+    allocated = []  # the kernel's output, allocated once and only if it runs (cuBLAS allocates its own)
 
     def launch(config):
         if config["impl"] == "torch":
             return torch.addmm(b2.to(g.dtype), g, w2.t().to(g.dtype)).to(residual.dtype).add_(residual)
+        if not allocated:
+            allocated.append(torch.empty((rows, width), device=residual.device, dtype=residual.dtype))
+        y = allocated[0]
         block_m, block_n = config["block_m"], config["block_n"]
         _adapter_out_kernel[(cdiv(rows, block_m) * cdiv(width, block_n),)](
             g, w2, b2, residual, y, rows, width, channels,
@@ -98,9 +101,11 @@ def adapter_out_triton(g: torch.Tensor, w2: torch.Tensor, b2: torch.Tensor, resi
         )
         return y
 
-    return launch(tuned_config("adapter_out", (rows, width, channels, g.dtype, residual.dtype),
-                               tuning_candidates(rows, channels), launch, residual.device, tuning,
-                               check_impl("adapter_out")))
+    # Past int32 element offsets (beyond ~14,000 images at r=64) only cuBLAS runs.
+    fits = int32_offsets(g, w2, residual, torch.empty((rows, width), device="meta"))
+    candidates = tuning_candidates(rows, channels) if fits else [TORCH_IMPL]
+    return launch(tuned_config("adapter_out", (rows, width, channels, g.dtype, residual.dtype), candidates, launch,
+                               residual.device, tuning, check_impl("adapter_out")))
 
 
 @torch.library.custom_op("htkernels::adapter_out", mutates_args=(), device_types="cpu")

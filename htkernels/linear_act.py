@@ -27,7 +27,7 @@ from ._triton import (
     round_bf16,
     tl,
 )
-from ._tune import check_impl, tuned_config
+from ._tune import TORCH_IMPL, check_impl, int32_offsets, tuned_config
 
 # Activation names → the kernel's ACTIVATION constexpr.
 ACTIVATIONS = {"none": 0, "gelu": 1, "quick_gelu": 2}
@@ -76,8 +76,8 @@ def tuning_candidates(rows: int) -> list:
     tiles. The fused kernel runs only where the tuner measured it faster."""
     shapes = [(32, 64, 4, 4), (64, 64, 4, 4), (64, 128, 4, 3), (32, 128, 4, 4)] if rows <= 512 \
         else [(128, 128, 8, 3), (128, 256, 8, 3), (128, 128, 4, 4), (64, 128, 4, 4), (64, 256, 8, 3)]
-    return [dict(impl="torch", block_m=0, block_n=0, num_warps=0, num_stages=0)] + [
-        dict(impl="triton", block_m=m, block_n=n, num_warps=w, num_stages=st) for m, n, w, st in shapes]
+    return [TORCH_IMPL] + [dict(impl="triton", block_m=m, block_n=n, num_warps=w, num_stages=st)
+                           for m, n, w, st in shapes]
 
 
 def linear_act_triton(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, activation: str,
@@ -95,13 +95,16 @@ def linear_act_triton(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
     outputs = weight.shape[0]
     check_shape(op, "weight", weight, (outputs, inner))
     check_shape(op, "bias", bias, (outputs,))
-    y = torch.empty((rows, outputs), device=x.device, dtype=x.dtype)
     if rows == 0:
-        return y
+        return torch.empty((rows, outputs), device=x.device, dtype=x.dtype)
+    allocated = []  # the fused kernel's output, allocated once and only if it runs (cuBLAS allocates its own)
 
     def launch(config):
         if config["impl"] == "torch":
             return activation_ref(F.linear(x, weight.to(x.dtype), bias.to(x.dtype)), activation)
+        if not allocated:
+            allocated.append(torch.empty((rows, outputs), device=x.device, dtype=x.dtype))
+        y = allocated[0]
         block_m, block_n = config["block_m"], config["block_n"]
         _linear_act_kernel[(cdiv(rows, block_m) * cdiv(outputs, block_n),)](
             x, weight, bias, y, rows, outputs, inner,
@@ -112,8 +115,11 @@ def linear_act_triton(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
         )
         return y
 
-    return launch(tuned_config(op, (rows, inner, outputs, x.dtype, activation), tuning_candidates(rows), launch,
-                               x.device, tuning, check_impl(op)))
+    # Past int32 element offsets (fc1 beyond ~3500 images at 224 px) only cuBLAS runs.
+    candidates = tuning_candidates(rows) if int32_offsets(x, weight, torch.empty((rows, outputs), device="meta")) \
+        else [TORCH_IMPL]
+    return launch(tuned_config(op, (rows, inner, outputs, x.dtype, activation), candidates, launch, x.device, tuning,
+                               check_impl(op)))
 
 
 @torch.library.custom_op("htkernels::linear_act", mutates_args=(), device_types="cpu")

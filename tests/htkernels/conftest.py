@@ -11,9 +11,13 @@ import torch
 
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
-# The launchers' defaults, not the launch tuner's choice (which would time every candidate at every test shape);
-# test_tune.py runs each candidate and the tuner itself.
-os.environ.setdefault("HTK_TUNE", "0")
+
+
+@pytest.fixture(autouse=True)
+def launch_defaults(monkeypatch):
+    """The launchers' defaults, not the launch tuner's choice (which would time every candidate at every test
+    shape on a GPU); test_tune.py runs each candidate and the tuner itself. Only for the tests of this folder."""
+    monkeypatch.setenv("HTK_TUNE", "0")
 
 
 @pytest.fixture

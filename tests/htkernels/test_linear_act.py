@@ -75,5 +75,41 @@ def test_linear_act_rejects_bad_input(device):
         linear_act_triton(x[None], weight, bias, "gelu")
     with pytest.raises(InputError, match="impl='cublas'"):
         linear_act_triton(x, weight, bias, "gelu", tuning=dict(impl="cublas"))
-    with pytest.raises(InputError, match="needs positive block_m"):
-        linear_act_triton(x, weight, bias, "gelu", tuning=dict(impl="triton"))
+    with pytest.raises(InputError, match="power-of-two block_m"):
+        linear_act_triton(x, weight, bias, "gelu", tuning=dict(impl="triton", block_m=24))
+    with pytest.raises(InputError, match="num_stages ≥ 1"):
+        linear_act_triton(x, weight, bias, "gelu", tuning=dict(impl="triton", num_stages=0))
+
+
+def test_explicit_triton_tuning_starts_from_the_first_fused_candidate(device, poisoned):
+    """`tuning=dict(impl="triton")` where cuBLAS is the default: the first fused candidate, not cuBLAS's zeros."""
+    args = [t.to(device) for t in dense_args(19, 48, 40, seed=7)]
+    actual = linear_act_triton(*args, "quick_gelu", tuning=dict(impl="triton"))
+    assert_relative(actual.cpu(), linear_act_ref(*[t.cpu().double() for t in args], "quick_gelu"),
+                    RELATIVE[torch.float32], "linear_act impl=triton")
+
+
+def test_past_int32_offsets_only_cublas_runs(device, poisoned, monkeypatch):
+    """The GEMM kernels index in int32: where an offset would not fit, the launchers keep to torch's ops."""
+    import htkernels._tune as tune
+    import htkernels.adapter_out as adapter_out_module
+    import htkernels.linear_act as linear_act_module
+
+    class NoLaunch:
+        def __getitem__(self, grid):
+            raise AssertionError("the Triton kernel was launched past the int32 limit")
+
+    monkeypatch.setattr(tune, "INT32_LIMIT", 200)
+    monkeypatch.setattr(linear_act_module, "_linear_act_kernel", NoLaunch())
+    monkeypatch.setattr(adapter_out_module, "_adapter_out_kernel", NoLaunch())
+    args = [t.to(device) for t in dense_args(19, 16, 40, seed=8)]
+    actual = linear_act_triton(*args, "gelu", tuning=None)
+    assert_relative(actual.cpu(), linear_act_ref(*[t.cpu().double() for t in args], "gelu"), RELATIVE[torch.float32],
+                    "linear_act past int32")
+    g, w2, b2 = args
+    residual = torch.randn(19, 40).to(device)
+    actual = adapter_out_module.adapter_out_triton(g, w2, b2, residual)  # narrow: the kernel is its default
+    assert_relative(actual.cpu(), adapter_out_module.adapter_out_ref(*[t.cpu().double() for t in (g, w2, b2, residual)]),
+                    RELATIVE[torch.float32], "adapter_out past int32")
+    assert not tune.int32_offsets(torch.empty(20, 20, device="meta"))
+    assert tune.int32_offsets(torch.empty(10, 10, device="meta"))

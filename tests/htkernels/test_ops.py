@@ -103,6 +103,33 @@ def test_cuda_runner_graphs_per_batch_size():
 
 @requires_cuda
 @cuda_only
+def test_cuda_runner_tunes_in_its_warmup(monkeypatch):
+    """With the launch tuner on (as users run it): the warm-up on a side stream tunes every op, the capture reuses
+    the choices, and the replayed forward equals the eager model."""
+    import htkernels._tune as tune
+    from engine.optimize.cuda_runner import make_cuda_runner
+    from engine.optimize.model import OptimizedHTModel
+
+    from ..helpers import random_images, small_config, small_tensors
+
+    monkeypatch.setenv(tune.TUNE_ENV, "1")
+    tuner = tune.LaunchTuner()
+    monkeypatch.setattr(tune, "TUNER", tuner)
+    cfg = small_config("openai-clip-vit-b16", "seg", "channel")
+    model = OptimizedHTModel(cfg, small_tensors(cfg, seed=3), kernels="triton").eval().cuda()
+    runner = make_cuda_runner(model, "cuda", "fp32")
+    images = random_images(2, cfg.image_size, seed=6).cuda()
+    actual = runner.run(images)
+    with torch.inference_mode():
+        expected = model(images)
+    assert_relative(actual, expected, RELATIVE[torch.float32], "tuned graph vs eager")
+    tuned = {choice["op"] for choice in tuner.report()}
+    assert tuned == {"adapter_in", "adapter_spatial", "adapter_out", "linear_act"}, tuned
+    assert all(isinstance(row.get("us"), float) for choice in tuner.report() for row in choice["measured"])
+
+
+@requires_cuda
+@cuda_only
 @pytest.mark.parametrize("precision", ["bf16", "fp16", "fp32"])
 def test_optimized_backend_on_cuda(tmp_path, precision):
     pytest.importorskip("safetensors", reason="packages are safetensors files")

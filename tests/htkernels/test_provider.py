@@ -74,7 +74,7 @@ def test_optimized_model_with_fused_dense_layers(device, poisoned, monkeypatch, 
 
     def prefer_fused(op, key, candidates, launch, device):
         config = next((c for c in candidates if c.get("impl") == "triton"), candidates[0])
-        chosen.append((op, config["impl"] if "impl" in config else "triton"))
+        chosen.append((op, key, config.get("impl", "triton"), any(c.get("impl") == "torch" for c in candidates)))
         return config
 
     monkeypatch.setattr(tune.TUNER, "choose", prefer_fused)
@@ -85,7 +85,9 @@ def test_optimized_model_with_fused_dense_layers(device, poisoned, monkeypatch, 
         expected = build_reference_model(cfg, tensors)(images)
         actual = OptimizedHTModel(cfg, tensors, kernels="triton").eval().to(device)(images.to(device)).cpu()
     assert_relative(actual, expected, RELATIVE[torch.float32], f"optimized, fused dense layers, {arch} {task}")
-    assert {op for op, impl in chosen if impl == "triton"} >= {"linear_act", "adapter_out"}
+    # fc1 (output 4·width, key[2]) and fc2 (inner 4·width, key[2]) were offered cuBLAS and took the fused kernel.
+    fused_over_cublas = {(op, key[2]) for op, key, impl, offered_torch in chosen if impl == "triton" and offered_torch}
+    assert fused_over_cublas == {("linear_act", 4 * cfg.width), ("adapter_out", 4 * cfg.width)}
 
 
 def test_provider_availability_says_why():
