@@ -46,7 +46,7 @@ MARGIN = 0.03
 
 def graph_time_us(launch: Callable[[], None], device: torch.device) -> float:
     """Median device time of one `launch()` in µs: `GRAPH_LAUNCHES` launches captured in one CUDA graph, replayed
-    `REPLAYS` times. `launch` must only launch kernels on preallocated tensors (no allocation, no host sync)."""
+    `REPLAYS` times. `launch` must be capturable: no host sync (allocations come from the graph's pool)."""
     with torch.cuda.device(device):
         launch()  # compiles the variant, outside the capture
         torch.cuda.synchronize()
@@ -71,10 +71,12 @@ TORCH_IMPL = dict(impl="torch", block_m=0, block_n=0, num_warps=0, num_stages=0)
 INT32_LIMIT = 2**31
 
 
-def int32_offsets(*tensors: torch.Tensor) -> bool:
-    """Whether every element offset of these tensors fits the int32 index arithmetic of the GEMM kernels."""
-    return all(sum((size - 1) * abs(stride) for size, stride in zip(t.shape, t.stride())) < INT32_LIMIT
-               for t in tensors if t.numel())
+def int32_offsets(*tensors: torch.Tensor, output_elements: int = 0) -> bool:
+    """Whether every element offset of these tensors, and of a contiguous output of `output_elements`, fits the
+    int32 index arithmetic of the GEMM kernels."""
+    return output_elements <= INT32_LIMIT and all(
+        sum((size - 1) * abs(stride) for size, stride in zip(t.shape, t.stride())) < INT32_LIMIT
+        for t in tensors if t.numel())
 
 
 @functools.lru_cache(maxsize=None)
@@ -131,7 +133,7 @@ class LaunchTuner:
                device: torch.device) -> dict:
         """The configuration to launch `op` with: `candidates[0]` (the default) when tuning is off or there is
         nothing to choose, the remembered choice for `key`, or the fastest of `candidates`, timed now by running
-        `launch(config)` (which must only launch kernels into preallocated outputs)."""
+        `launch(config)` (capturable: it launches kernels, allocating at most its output)."""
         default = candidates[0]
         name = self._device_name(device)
         found = self._choices.get((op, name, key))
@@ -156,10 +158,6 @@ class LaunchTuner:
     def report(self) -> list:
         """Every choice made in this process, with what each candidate measured (for benchmark reports)."""
         return [choice.as_dict() for choice in self._choices.values()]
-
-    def clear(self) -> None:
-        with self._lock:
-            self._choices.clear()
 
     @staticmethod
     def _device_name(device: torch.device) -> str:

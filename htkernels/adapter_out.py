@@ -102,7 +102,7 @@ def adapter_out_triton(g: torch.Tensor, w2: torch.Tensor, b2: torch.Tensor, resi
         return y
 
     # Past int32 element offsets (beyond ~14,000 images at r=64) only cuBLAS runs.
-    fits = int32_offsets(g, w2, residual, torch.empty((rows, width), device="meta"))
+    fits = int32_offsets(g, w2, residual, output_elements=rows * width)
     candidates = tuning_candidates(rows, channels) if fits else [TORCH_IMPL]
     return launch(tuned_config("adapter_out", (rows, width, channels, g.dtype, residual.dtype), candidates, launch,
                                residual.device, tuning, check_impl("adapter_out")))

@@ -116,8 +116,7 @@ def linear_act_triton(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
         return y
 
     # Past int32 element offsets (fc1 beyond ~3500 images at 224 px) only cuBLAS runs.
-    candidates = tuning_candidates(rows) if int32_offsets(x, weight, torch.empty((rows, outputs), device="meta")) \
-        else [TORCH_IMPL]
+    candidates = tuning_candidates(rows) if int32_offsets(x, weight, output_elements=rows * outputs) else [TORCH_IMPL]
     return launch(tuned_config(op, (rows, inner, outputs, x.dtype, activation), candidates, launch, x.device, tuning,
                                check_impl(op)))
 

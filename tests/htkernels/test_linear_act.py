@@ -113,3 +113,4 @@ def test_past_int32_offsets_only_cublas_runs(device, poisoned, monkeypatch):
                     RELATIVE[torch.float32], "adapter_out past int32")
     assert not tune.int32_offsets(torch.empty(20, 20, device="meta"))
     assert tune.int32_offsets(torch.empty(10, 10, device="meta"))
+    assert not tune.int32_offsets(torch.empty(10, 10, device="meta"), output_elements=201)
