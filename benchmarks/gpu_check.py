@@ -349,7 +349,7 @@ def chunked(model, images: torch.Tensor) -> torch.Tensor:
 
 
 def bench_end_to_end(args, device, timer, results, save, deadline):
-    from engine.backends.base import Runner
+    from engine.runner import Runner
     from engine.bench.flops import count_flops
     from engine.config import ModelConfig
     from engine.model import build_reference_model

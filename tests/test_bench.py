@@ -14,7 +14,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
 from engine.backends import BACKEND_MODULES
-from engine.backends.base import Runner
+from engine.runner import Runner
 from engine.bench import (
                           BenchOptions,
                           LatencyStats,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from ..artifacts import Artifact
 from ..errors import BackendError
-from .base import Runner
+from ..runner import Runner
 
 
 def available(device: str) -> tuple[bool, str]:

@@ -10,7 +10,7 @@ import numpy as np
 
 from ..artifacts import INPUT_NAME, Artifact
 from ..errors import BackendError
-from .base import Runner
+from ..runner import Runner
 
 PRECISIONS = ("fp32", "fp16", "int8")
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 
 from ..errors import BackendError, PackageError
-from .base import Runner
+from ..runner import Runner
 from .torch_common import cuda_status, torch_device
 
 CPU_PRECISIONS = ("fp32", "bf16", "int8")

@@ -6,7 +6,7 @@ import torch
 
 from ..errors import BackendError, PackageError
 from ..model import build_reference_model
-from .base import Runner
+from ..runner import Runner
 from .torch_common import cuda_status, torch_device
 
 PRECISIONS = ("fp32",)

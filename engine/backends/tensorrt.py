@@ -11,7 +11,7 @@ import numpy as np
 
 from ..artifacts import Artifact
 from ..errors import BackendError
-from .base import Runner
+from ..runner import Runner
 
 
 def import_tensorrt():

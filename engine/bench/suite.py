@@ -264,7 +264,7 @@ def compiled_reference(package_path: Path, device: str):
     """A Predictor over `torch.compile` of the eager reference model (default mode), the second baseline."""
     import torch
 
-    from ..backends.base import Runner
+    from ..runner import Runner
     from ..backends.reference import load_model
     from ..runtime import Predictor, load_package
 

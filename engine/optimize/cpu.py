@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from ..backends.base import Runner
+from ..runner import Runner
 from ..errors import BackendError
 from .quant import quantize_linears
 

@@ -13,7 +13,7 @@ import threading
 
 import torch
 
-from ..backends.base import Runner
+from ..runner import Runner
 from ..errors import BackendError, InputError
 
 WARMUP_RUNS = 2  # compiles the Triton kernels and lets cuBLAS/cuDNN pick their algorithms before capture

@@ -1,0 +1,34 @@
+"""Every environment variable the engine reads, declared once, typed, with what it does.
+
+Code reads a setting through its declaration here (`settings.COMPILE.get()`), never `os.environ` directly, so this
+module is the whole list (docs/settings.md shows it). Booleans share one grammar: 1/true/yes/on and
+0/false/no/off (`htkernels.envs.parse_flag`). The kernel library's own variables are declared in `htkernels.envs`
+(it imports nothing from the engine) and listed here with the rest. Build switches (`HTK_SKIP_CUDA_BUILD`,
+`HTK_CUDA_ARCHS`, `HTK_CUDA_WERROR`) are read by `setup.py` only, at build time.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from htkernels.envs import SETTINGS as KERNEL_SETTINGS
+from htkernels.envs import Setting, flag
+
+
+def _path(text: str) -> Path | None:
+    return Path(text).expanduser() if text.strip() else None
+
+
+CACHE = Setting("HT_ENGINE_CACHE", _path, None, "Root of the engine's on-disk caches (compiled CPU code under "
+                "`<root>/inductor`, the `auto` backend table); default `~/.cache/ht-engine`.")
+COMPILE = flag("HT_ENGINE_COMPILE", True, "Compile the optimized CPU backend with torch.compile (0: run it eagerly; "
+               "no compiler or C++ toolchain needed).")
+TRT_TIMING_CACHE_DIR = Setting("HT_TRT_TIMING_CACHE_DIR", _path, None, "Where TensorRT timing caches are kept (one "
+                               "per GPU and TensorRT version); default `<cache root>/tensorrt`.")
+
+SETTINGS = (CACHE, COMPILE, TRT_TIMING_CACHE_DIR) + KERNEL_SETTINGS
+
+
+def cache_root() -> Path:
+    """The engine's cache root: `HT_ENGINE_CACHE` or `~/.cache/ht-engine`."""
+    return CACHE.get() or Path.home() / ".cache" / "ht-engine"

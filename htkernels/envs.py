@@ -1,0 +1,61 @@
+"""The environment variables htkernels reads, each declared once here with its type and meaning.
+
+htkernels imports nothing from the engine, so the declaration type and the one boolean grammar live here; the
+engine's own registry (`engine.settings`) reuses both and lists these next to its own variables.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Callable, Generic, TypeVar
+
+T = TypeVar("T")
+
+TRUE_WORDS = ("1", "true", "yes", "on")
+FALSE_WORDS = ("0", "false", "no", "off", "")
+
+
+def parse_flag(text: str, name: str = "flag") -> bool:
+    """The one boolean grammar: 1/true/yes/on and 0/false/no/off/empty (any case, surrounding spaces ignored)."""
+    word = str(text).strip().lower()
+    if word in TRUE_WORDS:
+        return True
+    if word in FALSE_WORDS:
+        return False
+    raise ValueError(f"{name}={text!r} is not a boolean; use one of {', '.join(TRUE_WORDS + FALSE_WORDS[:-1])}")
+
+
+@dataclass(frozen=True)
+class Setting(Generic[T]):
+    """One environment variable: its name, how its text is read, the value when unset, and what it does."""
+
+    name: str
+    parse: Callable[[str], T]
+    default: T
+    doc: str
+
+    def get(self) -> T:
+        """The current value (read from the environment at each call, so a change takes effect at once)."""
+        text = os.environ.get(self.name)
+        if text is None:
+            return self.default
+        try:
+            return self.parse(text)
+        except ValueError as exc:
+            raise ValueError(f"environment variable {self.name}={text!r} cannot be read: {exc}") from None
+
+    def is_set(self) -> bool:
+        return self.name in os.environ
+
+
+def flag(name: str, default: bool, doc: str) -> Setting[bool]:
+    return Setting(name, lambda text: parse_flag(text, name), default, doc)
+
+
+HTK_TUNE = flag("HTK_TUNE", True, "Time each Triton launcher's candidate configurations on the GPU at the first "
+                "launch of a shape and keep the fastest (0: always launch the defaults, identical every run).")
+TRITON_INTERPRET = flag("TRITON_INTERPRET", False, "Triton's own switch: run Triton kernels in its CPU interpreter "
+                        "(how CI runs the real kernels without a GPU). Read when Triton is imported.")
+
+SETTINGS = (HTK_TUNE, TRITON_INTERPRET)
