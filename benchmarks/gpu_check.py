@@ -349,11 +349,11 @@ def chunked(model, images: torch.Tensor) -> torch.Tensor:
 
 
 def bench_end_to_end(args, device, timer, results, save, deadline):
-    from engine.runner import Runner
     from engine.bench.flops import count_flops
     from engine.config import ModelConfig
     from engine.model import build_reference_model
     from engine.optimize.model import OptimizedHTModel
+    from engine.runner import Runner
     from engine.weights import random_package_tensors
 
     if args.tiny:

@@ -11,10 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
-import tempfile
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -211,26 +207,3 @@ def load_artifact_predictor(predictor_cls, directory: Path, *, backend: str, dev
     return predictor_cls(runner, task=model["task"], classes=model["classes"], preprocessing=manifest["preprocessing"],
                          image_size=model["image_size"], backend=name, source=Path(directory),
                          sha256=manifest["package_sha256"])
-
-
-@contextmanager
-def staging_directory(out: Path):
-    """Yield a fresh sibling directory to write into; on success it replaces `out` as a whole, on failure it is
-    removed: a build never leaves a half-written artifact, and a failed rebuild keeps the previous one."""
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    if out.exists() and not out.is_dir():
-        raise PackageError(f"--out {out} exists and is not a directory")
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".building", dir=out.parent))
-    try:
-        yield staging
-        if out.exists():
-            backup = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".old", dir=out.parent))
-            os.replace(out, backup / out.name)
-            os.replace(staging, out)
-            shutil.rmtree(backup, ignore_errors=True)
-        else:
-            os.replace(staging, out)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import InputError
-from .package import atomic_write
+from .fileio import atomic_write
 
 _PALETTE = np.array([[0, 0, 0], [255, 64, 64], [64, 200, 64], [64, 128, 255], [255, 200, 0], [200, 64, 255]],
                     dtype=np.uint8)

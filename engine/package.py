@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import torch
@@ -18,6 +16,7 @@ from safetensors.torch import save_file
 
 from .config import ModelConfig
 from .errors import ConfigError, PackageError
+from .fileio import atomic_write
 
 FORMAT = "htpkg"
 VERSION = 1
@@ -30,20 +29,6 @@ def tensors_sha256(tensors: dict) -> str:
         digest.update(f"{name}|{str(tensor.dtype)}|{tuple(tensor.shape)}\n".encode())
         digest.update(tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
     return digest.hexdigest()
-
-
-def atomic_write(path: Path, write) -> None:
-    """Call `write(tmp_path)` and move the result into place, so no half-written file is ever left at `path`."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def save_package(path, config: ModelConfig, tensors: dict) -> str:

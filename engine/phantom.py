@@ -183,7 +183,7 @@ def write_video(path, frames: np.ndarray, fps: float = 30.0, lossless: bool = Fa
     """
     import av
 
-    from .package import atomic_write
+    from .fileio import atomic_write
 
     frames = np.asarray(frames)
     if frames.dtype != np.uint8 or not (frames.ndim == 3 or (frames.ndim == 4 and frames.shape[3] == 3)):
@@ -238,7 +238,7 @@ def write_dicom(path, frames: np.ndarray, fps: float = 30.0, photometric: str = 
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian, RLELossless, UltrasoundMultiFrameImageStorage, generate_uid
 
-    from .package import atomic_write
+    from .fileio import atomic_write
 
     frames = np.asarray(frames)
     if frames.dtype != np.uint8 or not (frames.ndim == 3 or (frames.ndim == 4 and frames.shape[3] == 3)):

@@ -14,16 +14,15 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
 from engine.backends import BACKEND_MODULES
-from engine.runner import Runner
 from engine.bench import (
-                          BenchOptions,
-                          LatencyStats,
-                          PeakMemory,
-                          count_flops,
-                          format_table,
-                          gemm_rate,
-                          run_bench,
-                          time_calls,
+    BenchOptions,
+    LatencyStats,
+    PeakMemory,
+    count_flops,
+    format_table,
+    gemm_rate,
+    run_bench,
+    time_calls,
 )
 from engine.bench.flops import dft_filter_flops
 from engine.bench.report import ReportError, format_markdown, validate_report, write_plot
@@ -31,6 +30,7 @@ from engine.cli import main
 from engine.config import ModelConfig
 from engine.model import build_reference_model
 from engine.package import save_package
+from engine.runner import Runner
 
 from .helpers import random_images, small_config, small_tensors
 from .tolerances import RELATIVE

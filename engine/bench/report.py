@@ -136,7 +136,7 @@ class ReportError(HTError):
 
 
 def write_json(report: dict, path: Path) -> None:
-    from ..package import atomic_write
+    from ..fileio import atomic_write
 
     text = json.dumps(report, indent=2, allow_nan=False) + "\n"
     atomic_write(Path(path), lambda tmp: tmp.write_text(text))

@@ -264,8 +264,8 @@ def compiled_reference(package_path: Path, device: str):
     """A Predictor over `torch.compile` of the eager reference model (default mode), the second baseline."""
     import torch
 
-    from ..runner import Runner
     from ..backends.reference import load_model
+    from ..runner import Runner
     from ..runtime import Predictor, load_package
 
     package = load_package(package_path)

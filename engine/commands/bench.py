@@ -126,7 +126,7 @@ def run(args) -> int:
         write_json(report, args.json)
         print(f"report: {args.json}")
     if args.markdown is not None:
-        from ..package import atomic_write
+        from ..fileio import atomic_write
 
         text = format_markdown(report)
         atomic_write(args.markdown, lambda tmp: tmp.write_text(text))

@@ -32,7 +32,8 @@ def best_backend(device: str = "cpu") -> str:
 
 def run(args) -> int:
     from ..config import ModelConfig
-    from ..package import atomic_write, save_package
+    from ..fileio import atomic_write
+    from ..package import save_package
     from ..phantom import phantom_cine, write_video
     from ..runtime import Predictor
     from ..stream import JsonLinesSink, OverlayVideoSink, StreamPipeline

@@ -22,8 +22,8 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
+    from ..fileio import atomic_write
     from ..images import overlay, read_image, write_png
-    from ..package import atomic_write
     from ..runtime import Predictor
 
     predictor = Predictor.load(args.artifact, backend=args.backend, device=args.device, precision=args.precision)

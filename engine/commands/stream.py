@@ -78,7 +78,7 @@ def warm_up(predictor, max_batch: int = 1) -> None:
 
 
 def run(args) -> int:
-    from ..package import atomic_write
+    from ..fileio import atomic_write
     from ..runtime import Predictor
     from ..stream import JsonLinesSink, OverlayVideoSink, PngMaskSink, StreamPipeline
 

@@ -15,10 +15,10 @@ from ..artifacts import (
     BatchRange,
     make_manifest,
     open_artifact,
-    staging_directory,
     write_manifest,
 )
 from ..errors import BackendError
+from ..fileio import staging_directory
 
 DEFAULT_BATCH = BatchRange(1, 4, 16)
 HEARTBEAT_S = 15.0

@@ -135,7 +135,7 @@ def _progress_monitor(trt, progress):
 
 def build_engine(trt, onnx_path: Path, mode: str, precision: str, shapes: tuple, cache_path: Path, progress) -> bytes:
     """Parse `onnx_path` and build a serialized engine (needs TensorRT and a GPU)."""
-    from ..package import atomic_write
+    from ..fileio import atomic_write
 
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)

@@ -10,8 +10,9 @@ import re
 import shutil
 from pathlib import Path
 
-from ..artifacts import MANIFEST, open_artifact, staging_directory
+from ..artifacts import MANIFEST, open_artifact
 from ..errors import BackendError
+from ..fileio import staging_directory
 
 PLATFORMS = {"onnx": ("onnxruntime_onnx", "model.onnx"), "tensorrt": ("tensorrt_plan", "model.plan")}
 TYPES = {"float32": "TYPE_FP32", "float16": "TYPE_FP16"}

@@ -20,8 +20,8 @@ from pathlib import Path
 
 import torch
 
-from ..runner import Runner
 from ..errors import BackendError
+from ..runner import Runner
 from .quant import quantize_linears
 
 

@@ -13,8 +13,8 @@ import threading
 
 import torch
 
-from ..runner import Runner
 from ..errors import BackendError, InputError
+from ..runner import Runner
 
 WARMUP_RUNS = 2  # compiles the Triton kernels and lets cuBLAS/cuDNN pick their algorithms before capture
 
