@@ -1,18 +1,16 @@
 """The `.htpkg` package: one safetensors file, tensors + `{"format","version","config"}` metadata.
 
 The config carries a sha256 over every tensor's name, dtype, shape and bytes (in name order), checked on load, so
-that an altered or truncated package is refused instead of silently producing other numbers.
+that an altered or truncated package is refused instead of silently producing other numbers. Torch is imported
+when a package is read or written, not when this module is.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+from dataclasses import dataclass
 from pathlib import Path
-
-import torch
-from safetensors import safe_open
-from safetensors.torch import save_file
 
 from .config import ModelConfig
 from .errors import ConfigError, PackageError
@@ -23,6 +21,8 @@ VERSION = 1
 
 
 def tensors_sha256(tensors: dict) -> str:
+    import torch
+
     digest = hashlib.sha256()
     for name in sorted(tensors):
         tensor = tensors[name].detach().contiguous().cpu()
@@ -33,6 +33,8 @@ def tensors_sha256(tensors: dict) -> str:
 
 def save_package(path, config: ModelConfig, tensors: dict) -> str:
     """Write a package atomically; returns the tensor sha256 stored in its config."""
+    from safetensors.torch import save_file
+
     config.validate()
     tensors = {name: t.detach().contiguous().cpu() for name, t in tensors.items()}
     sha = tensors_sha256(tensors)
@@ -45,6 +47,8 @@ def save_package(path, config: ModelConfig, tensors: dict) -> str:
 
 def read_package(path) -> tuple[ModelConfig, dict, str]:
     """Load and verify a package: `(config, tensors, sha256)`; `PackageError` on anything not intact."""
+    from safetensors import safe_open
+
     path = Path(path)
     if not path.is_file():
         raise PackageError(f"package {path} does not exist")
@@ -70,3 +74,19 @@ def read_package(path) -> tuple[ModelConfig, dict, str]:
         raise PackageError(f"package {path} is altered or corrupt: tensor sha256 {actual_sha[:16]}… does not match "
                            f"the recorded {expected_sha[:16]}…")
     return config, tensors, actual_sha
+
+
+@dataclass
+class LoadedPackage:
+    """A verified package: config, tensors, the sha256 of its tensors and where it came from."""
+
+    config: ModelConfig
+    tensors: dict
+    sha256: str
+    path: Path
+
+
+def load_package(path) -> LoadedPackage:
+    """Read and verify the package at `path` (`PackageError` on anything not intact)."""
+    config, tensors, sha = read_package(path)
+    return LoadedPackage(config, tensors, sha, Path(path))

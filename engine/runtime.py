@@ -1,36 +1,67 @@
 """`Predictor`: load a package (or built artifact) on a backend, then `forward` tensors or `predict` raw frames.
 
+The runtime is the one place that decides how a source reaches a runner: a package runs on a package backend
+(`reference`, `optimized`) directly; a package asked for on an artifact backend (`onnx`, `aoti`, `tensorrt`) is
+first built into a temporary artifact (`build_temporary_artifact`); an artifact directory runs on its own backend.
+Backends only load what they are given.
+
 This module imports no torch at import time: the ONNX/TensorRT runtimes must work where torch is absent.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import tempfile
 from pathlib import Path
 
 import numpy as np
 
+from .artifacts import Artifact, open_artifact
 from .backends import backend_module, backend_status
 from .errors import BackendError, InputError, PackageError
+from .export.manifest import ARTIFACT_BACKENDS
+from .package import LoadedPackage, load_package
 from .postprocess import results_from_logits
 from .preprocess import check_frame, preprocess_frames
 
 
-@dataclass
-class LoadedPackage:
-    """A verified package: config, tensors, the sha256 of its tensors and where it came from."""
+def _usable_backend(name: str, device: str):
+    """The module of backend `name`, or a `BackendError` saying why it cannot run on `device`."""
+    module = backend_module(name)
+    usable, reason = backend_status(name, device)
+    if not usable:
+        raise BackendError(f"backend {name!r} cannot run on {device!r}: {reason}")
+    return module
 
-    config: object
-    tensors: dict
-    sha256: str
-    path: Path
+
+def _load_runner(name: str, source, device: str, precision: str):
+    return _usable_backend(name, device).load(source, device, precision)
 
 
-def load_package(path) -> LoadedPackage:
-    from .package import read_package
+def artifact_backend(artifact: Artifact, backend: str | None, precision: str) -> str:
+    """The backend that runs `artifact`: its own. `backend` may name it (or be None); a precision other than the
+    default fp32 must be the one it was built for."""
+    manifest, directory = artifact.manifest, artifact.directory
+    built = manifest["backend"]
+    if backend not in (None, built):
+        raise PackageError(f"{directory} is a {built!r} artifact; it cannot run on backend {backend!r} "
+                           f"(load it with backend={built!r} or backend=None; backends 'reference' and 'optimized' "
+                           f"run the package it was built from)")
+    if precision not in ("fp32", manifest["precision"]):
+        raise PackageError(f"{directory} was built for precision {manifest['precision']!r}, not {precision!r}; "
+                           f"build another artifact for {precision!r}")
+    return built
 
-    config, tensors, sha = read_package(path)
-    return LoadedPackage(config, tensors, sha, Path(path))
+
+def build_temporary_artifact(package: LoadedPackage, backend: str, precision: str, device: str) -> Artifact:
+    """Build `package` for an artifact backend into a temporary directory that lives as long as the returned
+    artifact (and so as long as the runner that keeps it)."""
+    from .export.build import DEFAULT_BATCH, build_artifact
+
+    holder = tempfile.TemporaryDirectory(prefix=f"ht-{backend}-")
+    out = build_artifact(package, backend, precision, DEFAULT_BATCH, Path(holder.name) / "artifact", device=device)
+    artifact = open_artifact(out)
+    artifact.keepalive = holder
+    return artifact
 
 
 def _is_torch_tensor(x) -> bool:
@@ -52,30 +83,38 @@ class Predictor:
         self.sha256 = sha256
 
     @classmethod
-    def load(cls, path, backend: str = "reference", device: str = "cpu", precision: str = "fp32", *,
+    def load(cls, path, backend: str | None = None, device: str = "cpu", precision: str = "fp32", *,
              kernels: str | None = None) -> "Predictor":
-        """`kernels` picks the adapter kernels of `backend="optimized"`: "triton" (the default on CUDA when Triton
-        is installed), "cuda" (the CUDA C++ kernels of htkernels._C) or "torch" (plain torch ops, the CPU path)."""
+        """Load a package or a built artifact directory. `backend=None` means `reference` for a package and the
+        artifact's own backend for an artifact. `kernels` picks the adapter kernels of `backend="optimized"`:
+        "triton" (the default on CUDA when Triton is installed), "cuda" (the CUDA C++ kernels of htkernels._C) or
+        "torch" (plain torch ops, the CPU path)."""
         path = Path(path)
         if kernels is not None and backend != "optimized":
             raise BackendError(f"kernels={kernels!r} selects the adapter kernels of backend 'optimized'; "
                                f"backend {backend!r} has no kernel choice")
         if path.is_dir():
-            from .artifacts import load_artifact_predictor
-
-            return load_artifact_predictor(cls, path, backend=backend, device=device, precision=precision)
+            artifact = open_artifact(path)
+            name = artifact_backend(artifact, backend, precision)
+            runner = _load_runner(name, artifact, device, artifact.manifest["precision"])
+            model = artifact.manifest["model"]
+            return cls(runner, task=model["task"], classes=model["classes"],
+                       preprocessing=artifact.manifest["preprocessing"], image_size=model["image_size"],
+                       backend=name, source=path, sha256=artifact.manifest["package_sha256"])
         if not path.exists():
             raise PackageError(f"{path} does not exist: expected a .htpkg package or a built artifact directory")
-        module = backend_module(backend)
-        usable, reason = backend_status(backend, device)
-        if not usable:
-            raise BackendError(f"backend {backend!r} cannot run on {device!r}: {reason}")
+        name = backend or "reference"
+        module = _usable_backend(name, device)
         package = load_package(path)
-        runner = module.load(package, device, precision) if kernels is None else \
-            module.load(package, device, precision, kernels=kernels)
+        if name in ARTIFACT_BACKENDS:
+            runner = module.load(build_temporary_artifact(package, name, precision, device), device, precision)
+        elif kernels is not None:
+            runner = module.load(package, device, precision, kernels=kernels)
+        else:
+            runner = module.load(package, device, precision)
         cfg = package.config
         return cls(runner, task=cfg.task, classes=cfg.classes, preprocessing=cfg.preprocessing,
-                   image_size=cfg.image_size, backend=backend, source=path, sha256=package.sha256)
+                   image_size=cfg.image_size, backend=name, source=path, sha256=package.sha256)
 
     @property
     def num_classes(self) -> int:

@@ -9,9 +9,10 @@ import pytest
 import torch
 
 from engine import Predictor
-from engine.artifacts import MANIFEST, BatchRange
+from engine.artifacts import open_artifact
 from engine.errors import BackendError, InputError, PackageError
 from engine.export.build import build_artifact
+from engine.export.manifest import MANIFEST, BatchRange
 from tests.artifact_helpers import small_package
 from tests.helpers import random_images
 from tests.tolerances import RELATIVE, assert_relative
@@ -21,7 +22,8 @@ from tests.tolerances import RELATIVE, assert_relative
 def built(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("aoti")
     reference = small_package(workdir / "cls.htpkg", "openai-clip-vit-b16", "cls", "spectral", size=64)
-    artifact = build_artifact(workdir / "cls.htpkg", "aoti", "fp32", BatchRange(1, 2, 8), workdir / "cls-aoti")
+    built = build_artifact(workdir / "cls.htpkg", "aoti", "fp32", BatchRange(1, 2, 8), workdir / "cls-aoti")
+    artifact = open_artifact(built)
     return reference, artifact
 
 
@@ -73,8 +75,8 @@ def test_refuses_unsupported_precision(tmp_path):
 @pytest.mark.parametrize("precision", ["fp32", "fp16"])
 def test_cuda_package_matches_reference(tmp_path, precision):
     reference = small_package(tmp_path / "m.htpkg", "biomedclip-vit-b16", "seg", "spectral", size=64)
-    artifact = build_artifact(tmp_path / "m.htpkg", "aoti", precision, BatchRange(1, 2, 4), tmp_path / "out",
-                              device="cuda")
+    built = build_artifact(tmp_path / "m.htpkg", "aoti", precision, BatchRange(1, 2, 4), tmp_path / "out", device="cuda")
+    artifact = open_artifact(built)
     assert artifact.manifest["aoti"] == {"device_type": "cuda"}
     predictor = Predictor.load(artifact.directory, device="cuda", precision=precision)
     x = random_images(4, 64, seed=80)

@@ -6,8 +6,9 @@ import pytest
 import torch
 
 from engine import Predictor
-from engine.artifacts import BatchRange
+from engine.artifacts import open_artifact
 from engine.export.build import build_artifact
+from engine.export.manifest import BatchRange
 from tests.artifact_helpers import small_package
 from tests.helpers import random_images
 from tests.tolerances import RELATIVE, assert_relative
@@ -17,7 +18,8 @@ from tests.tolerances import RELATIVE, assert_relative
 def built(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("aoti-seg")
     reference = small_package(workdir / "seg.htpkg", "biomedclip-vit-b16", "seg", size=48)
-    artifact = build_artifact(workdir / "seg.htpkg", "aoti", "fp32", BatchRange(1, 4, 4), workdir / "seg-aoti")
+    built = build_artifact(workdir / "seg.htpkg", "aoti", "fp32", BatchRange(1, 4, 4), workdir / "seg-aoti")
+    artifact = open_artifact(built)
     return reference, artifact
 
 

@@ -18,7 +18,7 @@ REPO = Path(__file__).resolve().parents[1]
 # public facade, is the unit `engine` and sits on top; `engine/__main__.py` belongs to `cli`).
 LAYERS = (
     "htkernels",
-    "errors", "settings", "runner", "fileio",
+    "errors", "settings", "runner", "fileio", "devices",
     "config",
     "package",
     "preprocess", "postprocess", "images", "synthetic", "phantom",
@@ -85,12 +85,12 @@ def _is_submodule(root: Path, dotted: str) -> bool:
 
 def unit_edges(root: Path = REPO) -> dict:
     """`{(from unit, to unit): [where, ...]}` for imports that cross units."""
-    edges = defaultdict(list)
+    edges = defaultdict(set)
     for module, line, target in imports(root):
         source, dest = unit_of(module), unit_of(target)
         if dest is not None and source != dest:
-            edges[(source, dest)].append(f"{module}:{line} imports {target}")
-    return dict(edges)
+            edges[(source, dest)].add(f"{module}:{line} imports {target}")
+    return {edge: sorted(where) for edge, where in edges.items()}
 
 
 def cycles(edges) -> list:

@@ -16,10 +16,11 @@ import pytest
 import torch
 
 from engine import Predictor
-from engine.artifacts import MANIFEST, BatchRange, open_artifact
+from engine.artifacts import open_artifact
 from engine.config import AUTHORS_PREPROCESSING
 from engine.errors import BackendError, InputError, PackageError
 from engine.export.build import build_artifact
+from engine.export.manifest import MANIFEST, BatchRange
 from engine.export.onnx_export import FP32_OPS, graph_ops
 from engine.export.trt_ops import TABLE, check_tensorrt_ops, op_table
 from engine.model import build_reference_model
@@ -56,8 +57,8 @@ def packages(workdir):
 
 @pytest.fixture(scope="module")
 def artifacts(workdir, packages):
-    return {(name, precision): build_artifact(packages[name][0], "onnx", precision, BatchRange(1, 2, 8),
-                                              workdir / f"{name}-{precision}")
+    return {(name, precision): open_artifact(build_artifact(packages[name][0], "onnx", precision,
+                                                            BatchRange(1, 2, 8), workdir / f"{name}-{precision}"))
             for name, precision in BUILDS}
 
 
@@ -352,7 +353,7 @@ def test_cli_build_and_export_triton(packages, tmp_path, capsys):
 
 
 def test_export_triton_refuses_what_triton_cannot_serve(artifacts, tmp_path):
-    from engine.export.triton import config_pbtxt, export_triton
+    from engine.export.triton_repository import config_pbtxt, export_triton
 
     manifest = dict(artifacts["cls", "fp32"].manifest)
     with pytest.raises(BackendError, match="not 'aoti'"):
@@ -362,5 +363,5 @@ def test_export_triton_refuses_what_triton_cannot_serve(artifacts, tmp_path):
     with pytest.raises(BackendError, match="GPU only"):
         config_pbtxt(dict(manifest, backend="tensorrt"), "m", kind="cpu")
     with pytest.raises(PackageError, match="without manifest.json"):
-        export_triton(tmp_path, tmp_path / "repo")
+        export_triton(open_artifact(tmp_path), tmp_path / "repo")
     assert not (tmp_path / "repo").exists()

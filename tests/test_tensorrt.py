@@ -9,10 +9,11 @@ import pytest
 import torch
 
 from engine import Predictor
-from engine.artifacts import BatchRange
+from engine.artifacts import open_artifact
 from engine.backends import backend_status
 from engine.errors import BackendError
 from engine.export.build import build_artifact
+from engine.export.manifest import BatchRange
 from engine.export.tensorrt import (
     build_mode,
     check_engine_compatible,
@@ -128,8 +129,9 @@ def trt_models(tmp_path_factory):
 def test_engine_matches_reference(trt_models, task, precision):
     workdir, models = trt_models
     package, reference = models[task]
-    artifact = build_artifact(package, "tensorrt", precision, BatchRange(1, 2, 4), workdir / f"{task}-{precision}",
-                              device="cuda")
+    built = build_artifact(package, "tensorrt", precision, BatchRange(1, 2, 4), workdir / f"{task}-{precision}",
+                           device="cuda")
+    artifact = open_artifact(built)
     manifest = artifact.manifest
     assert manifest["tensorrt"]["gpu_name"] and manifest["tensorrt"]["compute_capability"]
     predictor = Predictor.load(artifact.directory, device="cuda")

@@ -8,21 +8,17 @@ from ..runner import Runner
 
 
 def available(device: str) -> tuple[bool, str]:
-    from .torch_common import cuda_status
+    from ..devices import cuda_status
 
     return cuda_status(device)
 
 
-def load(source, device: str, precision: str) -> Runner:
+def load(source: Artifact, device: str, precision: str) -> Runner:
     import torch
 
-    from .torch_common import torch_device
+    from ..devices import torch_device
 
     target = torch_device(device)
-    if not isinstance(source, Artifact):
-        from ..export.build import build_temporary_artifact
-
-        source = build_temporary_artifact(source, "aoti", precision, device=str(target))
     built_for = source.manifest.get("aoti", {}).get("device_type")
     if built_for != target.type:
         raise BackendError(f"{source.directory} is an aoti package compiled for {built_for!r}; it cannot run on "

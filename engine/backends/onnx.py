@@ -1,18 +1,17 @@
 """`onnx`: an ONNX artifact on ONNX Runtime, numpy in and out. Imports no torch.
 
 On `cuda[:N]` it uses ONNX Runtime's TensorRT and CUDA execution providers where the installed build has them.
-Given a package instead of an artifact, it builds the artifact into a temporary directory first (needs torch).
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from ..artifacts import INPUT_NAME, Artifact
+from ..artifacts import Artifact
 from ..errors import BackendError
+from ..export.manifest import INPUT_NAME
+from ..export.onnx_export import ONNX_PRECISIONS
 from ..runner import Runner
-
-PRECISIONS = ("fp32", "fp16", "int8")
 
 
 def _device_index(device: str) -> int:
@@ -51,15 +50,11 @@ def available(device: str) -> tuple[bool, str]:
     return True, ""
 
 
-def load(source, device: str, precision: str) -> Runner:
-    if not isinstance(source, Artifact):
-        from ..export.build import build_temporary_artifact
-
-        source = build_temporary_artifact(source, "onnx", precision)
+def load(source: Artifact, device: str, precision: str) -> Runner:
     import onnxruntime
 
-    if source.manifest["precision"] not in PRECISIONS:
-        raise BackendError(f"ONNX artifacts run in {PRECISIONS}, this one is {source.manifest['precision']!r}")
+    if source.manifest["precision"] not in ONNX_PRECISIONS:
+        raise BackendError(f"ONNX artifacts run in {ONNX_PRECISIONS}, this one is {source.manifest['precision']!r}")
     options = onnxruntime.SessionOptions()
     options.log_severity_level = 3
     session = onnxruntime.InferenceSession(str(source.model_file), options, providers=providers_for(device))
@@ -68,7 +63,7 @@ def load(source, device: str, precision: str) -> Runner:
     def run(batch: np.ndarray) -> np.ndarray:
         return session.run(output_names, {INPUT_NAME: batch})[0]
 
-    # Keeps a temporary artifact directory alive as long as the runner.
+    # Keeps a temporary artifact directory (built by `Predictor.load` from a package) alive as long as the runner.
     run.artifact = source
     return Runner(run=run, uses_torch=False, device=device, precision=source.manifest["precision"],
                   max_batch=source.batch.max)

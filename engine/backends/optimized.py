@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import torch
 
+from ..devices import cuda_status, torch_device
 from ..errors import BackendError, PackageError
 from ..runner import Runner
-from .torch_common import cuda_status, torch_device
 
 CPU_PRECISIONS = ("fp32", "bf16", "int8")
 CUDA_PRECISIONS = ("fp32", "bf16", "fp16")

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import torch
 
+from ..devices import cuda_status, torch_device
 from ..errors import BackendError, PackageError
 from ..model import build_reference_model
 from ..runner import Runner
-from .torch_common import cuda_status, torch_device
 
 PRECISIONS = ("fp32",)
 

@@ -11,65 +11,18 @@ import numpy as np
 
 from ..artifacts import Artifact
 from ..errors import BackendError
+from ..export.tensorrt import check_engine_compatible, engine_identity
+from ..export.tensorrt_device import (
+    check_cuda,
+    cuda_device_identity,
+    cudart,
+    device_index,
+    device_status,
+    import_tensorrt,
+)
 from ..runner import Runner
 
-
-def import_tensorrt():
-    try:
-        import tensorrt
-    except ImportError as exc:
-        raise ImportError(f"the TensorRT Python package is not installed ({exc}); install it from NVIDIA's "
-                          f"package index (pip install tensorrt) on a machine with a CUDA GPU") from exc
-    return tensorrt
-
-
-def cudart():
-    try:
-        from cuda.bindings import runtime
-    except ImportError as exc:
-        raise ImportError(f"cuda-python is not installed ({exc}); pip install cuda-python") from exc
-    return runtime
-
-
-def check_cuda(result):
-    """cuda-python returns `(err, *values)`; raise on an error, return the values."""
-    err, *values = result if isinstance(result, tuple) else (result,)
-    if int(err) != 0:
-        raise BackendError(f"CUDA runtime error {err}")
-    return values[0] if len(values) == 1 else values
-
-
-def device_index(device: str) -> int:
-    if device == "cuda":
-        return 0
-    if device.startswith("cuda:") and device[5:].isdigit():
-        return int(device[5:])
-    raise BackendError(f"TensorRT runs on 'cuda[:N]' devices, got {device!r}")
-
-
-def cuda_device_identity(index: int) -> dict:
-    """GPU name and compute capability of CUDA device `index`."""
-    props = check_cuda(cudart().cudaGetDeviceProperties(index))
-    name = props.name.decode(errors="replace").rstrip("\x00") if isinstance(props.name, bytes) else str(props.name)
-    return {"gpu_name": name, "compute_capability": f"{props.major}.{props.minor}"}
-
-
-def available(device: str) -> tuple[bool, str]:
-    if not device.startswith("cuda"):
-        return False, "TensorRT engines run on CUDA GPUs only"
-    try:
-        import_tensorrt()
-        runtime = cudart()
-    except ImportError as exc:
-        return False, str(exc)
-    try:
-        index = device_index(device)
-        count = check_cuda(runtime.cudaGetDeviceCount())
-    except BackendError as exc:
-        return False, f"no usable CUDA GPU: {exc}"
-    if index >= count:
-        return False, f"{device} requested but this machine has {count} CUDA GPU(s)"
-    return True, ""
+available = device_status
 
 
 class _Engine:
@@ -123,13 +76,7 @@ class _Engine:
         return results[0][1].astype(np.float32, copy=False)
 
 
-def load(source, device: str, precision: str) -> Runner:
-    from ..export.tensorrt import check_engine_compatible, engine_identity
-
-    if not isinstance(source, Artifact):
-        from ..export.build import build_temporary_artifact
-
-        source = build_temporary_artifact(source, "tensorrt", precision, device=device)
+def load(source: Artifact, device: str, precision: str) -> Runner:
     trt = import_tensorrt()
     cuda = cudart()
     index = device_index(device)

@@ -265,8 +265,9 @@ def compiled_reference(package_path: Path, device: str):
     import torch
 
     from ..backends.reference import load_model
+    from ..package import load_package
     from ..runner import Runner
-    from ..runtime import Predictor, load_package
+    from ..runtime import Predictor
 
     package = load_package(package_path)
     model = torch.compile(load_model(package.config, package.tensors).to(device))
@@ -323,7 +324,7 @@ def run_bench(options: BenchOptions, progress=_noop, command: str | None = None)
     """Measure everything `options` asks for and return the report (a JSON-able dict, see bench_schema.json)."""
     import torch
 
-    from ..runtime import load_package
+    from ..package import load_package
 
     package_path, artifact = resolve_source(options)
     selected_cases(options, artifact)

@@ -6,14 +6,15 @@ import sys
 import time
 from pathlib import Path
 
-from ..artifacts import ARTIFACT_BACKENDS, PRECISIONS
+from ..export.build import BUILD_PRECISIONS
+from ..export.manifest import ARTIFACT_BACKENDS
 
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser("build", help="build an ONNX / TensorRT / AOTInductor artifact from a package")
     parser.add_argument("package", type=Path, help=".htpkg package")
     parser.add_argument("--backend", required=True, choices=ARTIFACT_BACKENDS)
-    parser.add_argument("--precision", default="fp32", choices=PRECISIONS)
+    parser.add_argument("--precision", default="fp32", choices=BUILD_PRECISIONS)
     parser.add_argument("--batch", default="1,4,16", help="MIN,OPT,MAX batch sizes the artifact accepts "
                         "(OPT: the one TensorRT tunes for; default 1,4,16)")
     parser.add_argument("--device", default=None, help="aoti: cpu or cuda[:N] (default: cpu); tensorrt: the GPU")
@@ -22,8 +23,9 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
-    from ..artifacts import BatchRange
+    from ..artifacts import open_artifact
     from ..export.build import build_artifact
+    from ..export.manifest import BatchRange
 
     start = time.perf_counter()
 
@@ -32,8 +34,9 @@ def run(args) -> int:
 
     batch = BatchRange.parse(args.batch)
     device = args.device or ("cuda" if args.backend == "tensorrt" else "cpu")
-    artifact = build_artifact(args.package, args.backend, args.precision, batch, args.out, progress=progress,
-                              device=device)
+    built = build_artifact(args.package, args.backend, args.precision, batch, args.out, progress=progress,
+                           device=device)
+    artifact = open_artifact(built)
     manifest = artifact.manifest
     print(f"built {artifact.directory}: {manifest['backend']} {manifest['precision']}, "
           f"batch {batch.min},{batch.opt},{batch.max}, {manifest['artifact']} "

@@ -16,9 +16,10 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
-    from ..export.triton import export_triton
+    from ..artifacts import open_artifact
+    from ..export.triton_repository import export_triton
 
-    model_dir = export_triton(args.artifact, args.out, args.name, args.instances, args.kind)
+    model_dir = export_triton(open_artifact(args.artifact), args.out, args.name, args.instances, args.kind)
     print(f"wrote Triton model {model_dir} (config.pbtxt, 1/, manifest.json); serve with "
           f"`tritonserver --model-repository {args.out}`")
     return 0

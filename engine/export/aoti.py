@@ -6,7 +6,7 @@ from __future__ import annotations
 import warnings
 from pathlib import Path
 
-from ..artifacts import INPUT_NAME, BatchRange
+from .manifest import INPUT_NAME, BatchRange
 
 # Reduced precision only where the kernels for it are fast (tensor cores); on CPU fp32 is the only sensible choice.
 AOTI_PRECISIONS = {"cpu": ("fp32",), "cuda": ("fp32", "fp16", "bf16")}
@@ -32,7 +32,7 @@ def export_program(model, config, batch: BatchRange, device):
 def build_aoti(package, precision: str, batch: BatchRange, directory: Path, progress, stage, device: str = "cpu"):
     import torch
 
-    from ..backends.torch_common import torch_device
+    from ..devices import torch_device
     from .graph import deployable_model
 
     target = torch_device(device)

@@ -3,24 +3,23 @@
 from __future__ import annotations
 
 import importlib.metadata
-import tempfile
 import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
 
-from ..artifacts import (
-    ARTIFACT_BACKENDS,
-    Artifact,
-    BatchRange,
-    make_manifest,
-    open_artifact,
-    write_manifest,
-)
 from ..errors import BackendError
 from ..fileio import staging_directory
+from ..package import LoadedPackage, load_package
+from .aoti import AOTI_PRECISIONS
+from .manifest import ARTIFACT_BACKENDS, BatchRange, make_manifest, write_manifest
+from .onnx_export import ARTIFACT_PRECISIONS as ONNX_PRECISIONS
+from .tensorrt import MODE_PRECISIONS
 
 DEFAULT_BATCH = BatchRange(1, 4, 16)
+# Every precision some writer builds (which ones a backend builds on a device: `check_precision`).
+BUILD_PRECISIONS = tuple(sorted({*ONNX_PRECISIONS, *AOTI_PRECISIONS["cpu"], *AOTI_PRECISIONS["cuda"],
+                                 *(p for mode in MODE_PRECISIONS.values() for p in mode)}))
 HEARTBEAT_S = 15.0
 
 
@@ -60,14 +59,13 @@ def stage(progress, text: str):
 
 
 def build_artifact(package, backend: str, precision: str, batch: BatchRange, out: Path, progress=_quiet,
-                   device: str = "cpu") -> Artifact:
-    """Build `package` (a path or a `LoadedPackage`) for `backend` into `out`; nothing is left at `out` on failure."""
-    from ..runtime import LoadedPackage, load_package
-
+                   device: str = "cpu") -> Path:
+    """Build `package` (a path or a `LoadedPackage`) for `backend` into `out` and return `out`; nothing is left at
+    `out` on failure. `engine.artifacts.open_artifact(out)` reads it back, verified."""
     if backend not in ARTIFACT_BACKENDS:
         raise BackendError(f"cannot build backend {backend!r}; artifacts are built for {ARTIFACT_BACKENDS}")
     batch.validate()
-    _check_precision(backend, precision, device)
+    check_precision(backend, precision, device)
     if not isinstance(package, LoadedPackage):
         with stage(progress, f"reading package {package}"):
             package = load_package(package)
@@ -89,19 +87,15 @@ def build_artifact(package, backend: str, precision: str, batch: BatchRange, out
                                  extra=extra)
         write_manifest(directory, manifest)
     progress(f"wrote {out} ({backend}, {precision}, batch {batch.min}..{batch.max})")
-    return open_artifact(out)
+    return Path(out)
 
 
-def _check_precision(backend: str, precision: str, device: str) -> None:
+def check_precision(backend: str, precision: str, device: str) -> None:
     """Refuse a precision the backend cannot build before spending time on the package (TensorRT's depends on the
     installed version and is checked when it is imported)."""
     if backend == "onnx":
-        from ..backends.onnx import PRECISIONS
-
-        allowed = PRECISIONS
+        allowed = ONNX_PRECISIONS
     elif backend == "aoti":
-        from .aoti import AOTI_PRECISIONS
-
         allowed = AOTI_PRECISIONS["cuda" if device.startswith("cuda") else "cpu"]
     else:
         return
@@ -145,13 +139,3 @@ def _build_onnx(package, precision, batch, directory: Path, progress):
 
 def _opset(proto) -> int:
     return max(entry.version for entry in proto.opset_import if entry.domain in ("", "ai.onnx"))
-
-
-def build_temporary_artifact(package, backend: str, precision: str, device: str = "cpu") -> Artifact:
-    """Build into a temporary directory that lives as long as the returned artifact (for `Predictor.load` of a
-    package on an artifact backend)."""
-    holder = tempfile.TemporaryDirectory(prefix=f"ht-{backend}-")
-    artifact = build_artifact(package, backend, precision, DEFAULT_BATCH, Path(holder.name) / "artifact",
-                              device=device)
-    artifact.keepalive = holder
-    return artifact

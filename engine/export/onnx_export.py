@@ -10,11 +10,13 @@ import logging
 import warnings
 from pathlib import Path
 
-from ..artifacts import INPUT_NAME, OUTPUT_NAME, BatchRange
 from ..errors import BackendError
+from .manifest import INPUT_NAME, OUTPUT_NAME, BatchRange
 
 OPSET = 18
 ONNX_PRECISIONS = ("fp32", "fp16")
+# What an ONNX artifact can be: the exported graph in fp32/fp16, or the fp32 graph quantized to int8 Q/DQ (quantize).
+ARTIFACT_PRECISIONS = ONNX_PRECISIONS + ("int8",)
 FP32_OPS = ("LayerNormalization", "Softmax")
 
 

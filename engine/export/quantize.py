@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from ..artifacts import INPUT_NAME
+from .manifest import INPUT_NAME
 
 QUANTIZED_OPS = ("MatMul", "Gemm", "Conv")
 CALIBRATION_FRAMES = 16

@@ -14,11 +14,12 @@ rebuilds skip kernel timing. Everything here except `build_engine` works without
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
-from ..artifacts import INPUT_NAME, BatchRange
+from .. import settings
 from ..errors import BackendError
+from . import tensorrt_device
+from .manifest import INPUT_NAME, BatchRange
 
 PLAN_FILE = "model.plan"
 ONNX_FILE = "model.onnx"
@@ -67,7 +68,7 @@ def profile_shapes(batch: BatchRange, image_size: int) -> tuple:
 
 def timing_cache_path(gpu_name: str, compute_capability: str, trt_version: str) -> Path:
     """Where the timing cache of this GPU and TensorRT version lives (`HT_TRT_TIMING_CACHE_DIR` overrides)."""
-    root = Path(os.environ.get("HT_TRT_TIMING_CACHE_DIR") or Path.home() / ".cache" / "ht-engine" / "tensorrt")
+    root = settings.TRT_TIMING_CACHE_DIR.get() or settings.cache_root() / "tensorrt"
     safe_gpu = "".join(c if c.isalnum() else "-" for c in gpu_name).strip("-")
     return root / f"timing-{safe_gpu}-sm{compute_capability.replace('.', '')}-trt{trt_version}.cache"
 
@@ -88,18 +89,17 @@ def check_engine_compatible(built: dict, here: dict) -> None:
 
 def build_tensorrt(package, precision: str, batch: BatchRange, directory: Path, progress, stage, device: str = "cuda"):
     """Export ONNX, check its ops against TensorRT's parser table, build and serialize the engine."""
-    from ..backends import tensorrt as runtime
     from .build import export_onnx_file
     from .trt_ops import check_tensorrt_ops
 
-    usable, reason = runtime.available(device)
+    usable, reason = tensorrt_device.device_status(device)
     if not usable:
         raise BackendError(f"cannot build a TensorRT engine on {device!r}: {reason}")
-    trt = runtime.import_tensorrt()
+    trt = tensorrt_device.import_tensorrt()
     mode = check_precision(trt.__version__, precision)
-    index = runtime.device_index(device)
-    runtime.check_cuda(runtime.cudart().cudaSetDevice(index))
-    identity = runtime.cuda_device_identity(index)
+    index = tensorrt_device.device_index(device)
+    tensorrt_device.check_cuda(tensorrt_device.cudart().cudaSetDevice(index))
+    identity = tensorrt_device.cuda_device_identity(index)
     identity["tensorrt_version"] = trt.__version__
     graph_precision = onnx_precision(mode, precision)
     proto = export_onnx_file(package, graph_precision, batch, directory / ONNX_FILE, progress)

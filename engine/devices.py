@@ -1,10 +1,11 @@
-"""Helpers shared by the torch backends."""
+"""Torch devices: parse a device name and say whether it can run here (shared by the torch backends and the
+exporters that compile for a device)."""
 
 from __future__ import annotations
 
 import torch
 
-from ..errors import BackendError
+from .errors import BackendError
 
 
 def torch_device(device: str) -> torch.device:

@@ -1,7 +1,9 @@
-"""Triton Inference Server model repositories from built artifacts: `REPO/<name>/config.pbtxt`,
-`REPO/<name>/1/<model file>` and the artifact's manifest next to the config for traceability.
+"""Triton Inference Server model repositories (the serving system, not the Triton kernel language) from built
+artifacts: `REPO/<name>/config.pbtxt`, `REPO/<name>/1/<model file>` and the artifact's manifest next to the config
+for traceability.
 
-Imports no torch: exporting works wherever the artifact can be read.
+Imports no torch: exporting works wherever the artifact can be read. The caller opens (and so verifies) the
+artifact with `engine.artifacts.open_artifact`; this writer only reads what it states.
 """
 
 from __future__ import annotations
@@ -10,9 +12,9 @@ import re
 import shutil
 from pathlib import Path
 
-from ..artifacts import MANIFEST, open_artifact
 from ..errors import BackendError
 from ..fileio import staging_directory
+from .manifest import MANIFEST
 
 PLATFORMS = {"onnx": ("onnxruntime_onnx", "model.onnx"), "tensorrt": ("tensorrt_plan", "model.plan")}
 TYPES = {"float32": "TYPE_FP32", "float16": "TYPE_FP16"}
@@ -63,11 +65,11 @@ def config_pbtxt(manifest: dict, name: str, instances: int = 1, kind: str = "gpu
     )
 
 
-def export_triton(artifact_dir: Path, repository: Path, name: str | None = None, instances: int = 1,
+def export_triton(artifact, repository: Path, name: str | None = None, instances: int = 1,
                   kind: str = "gpu") -> Path:
-    """Write the artifact as model `name` of the Triton repository `repository`; returns the model directory.
-    Only that model's directory is replaced, atomically; other models of the repository are left alone."""
-    artifact = open_artifact(artifact_dir)
+    """Write `artifact` (an opened `engine.artifacts.Artifact`) as model `name` of the Triton repository
+    `repository`; returns the model directory. Only that model's directory is replaced, atomically; other models of
+    the repository are left alone."""
     manifest = artifact.manifest
     name = name or default_model_name(manifest)
     if not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
