@@ -6,9 +6,9 @@
 from .backends import available_backends
 from .errors import BackendError, CheckpointError, ConfigError, HTError, InputError, PackageError
 from .runtime import Predictor
+from .version import __version__
 
 __all__ = [
     "BackendError", "CheckpointError", "ConfigError", "HTError", "InputError", "PackageError", "Predictor",
-    "available_backends",
+    "__version__", "available_backends",
 ]
-__version__ = "0.1.0"

@@ -1,7 +1,9 @@
 """Built artifacts (a directory with `manifest.json`, written by `ht-engine build`): read and verify them.
 
-Everything an artifact states is checked before any of it runs: the manifest's format and version, its keys, and
-the sha256 of every file it lists (`engine.export.manifest` writes them).
+Everything an artifact states is checked before any of it runs: the manifest's format and version, the digest of
+its whole content (`manifest_sha256`: an edited field is refused), the type of every field, that every file it
+names is a plain file inside the artifact directory, and the sha256 of every such file (`engine.export.manifest`
+writes them).
 
 This module imports no torch: the ONNX and TensorRT runtimes load artifacts where torch is absent.
 """
@@ -9,11 +11,31 @@ This module imports no torch: the ONNX and TensorRT runtimes load artifacts wher
 from __future__ import annotations
 
 import json
+import re
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import BackendError, PackageError
-from .export.manifest import ARTIFACT_BACKENDS, FORMAT, FORMAT_VERSION, MANIFEST, REQUIRED_KEYS, BatchRange, file_sha256
+from .config import TASKS, check_type, validate_preprocessing
+from .errors import BackendError, ConfigError, PackageError
+from .export.manifest import (
+    ARTIFACT_BACKENDS,
+    DIGEST_KEY,
+    FORMAT,
+    FORMAT_VERSION,
+    LEGACY_FORMAT_VERSIONS,
+    MANIFEST,
+    REQUIRED_KEYS,
+    BatchRange,
+    file_sha256,
+    manifest_digest,
+)
+from .package import REWRITE_HINT, UnverifiedConfigWarning
+
+SHA256 = re.compile(r"[0-9a-f]{64}")
+# Artifact files are written flat into their directory: a name is one plain path component.
+FILE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
+_TENSOR_SPEC = {"name": "string", "dtype": "string", "shape": ["integer"]}
 
 
 @dataclass
@@ -49,35 +71,102 @@ def read_manifest(directory: Path) -> dict:
 
 
 def verify_manifest(directory: Path, manifest: dict, *, check_files: bool = True) -> None:
-    """Refuse a manifest of another format/version, an unknown backend, or files that are missing or altered."""
+    """Refuse a manifest of another format/version, an altered or ill-typed field, a file name that leaves the
+    artifact directory, or files that are missing or altered."""
     directory = Path(directory)
+    where = directory / MANIFEST
     if manifest.get("format") != FORMAT:
-        raise PackageError(f"{directory / MANIFEST} has format {manifest.get('format')!r}, expected {FORMAT!r}")
-    if manifest.get("format_version") != FORMAT_VERSION:
-        raise PackageError(f"{directory / MANIFEST} has format version {manifest.get('format_version')!r}; "
-                           f"this engine reads version {FORMAT_VERSION} (rebuild the artifact with this engine)")
+        raise PackageError(f"{where} has format {manifest.get('format')!r}, expected {FORMAT!r}")
+    version = manifest.get("format_version")
+    if version == FORMAT_VERSION:
+        if manifest.get(DIGEST_KEY) != manifest_digest(manifest):
+            raise PackageError(f"{where} was altered after it was written: its content does not match its "
+                               f"{DIGEST_KEY} (every field it states is covered); rebuild the artifact")
+    elif version in LEGACY_FORMAT_VERSIONS and not isinstance(version, bool):
+        warnings.warn(f"artifact {directory} has manifest format version {version}: its files are verified but its "
+                      f"manifest is not; " + REWRITE_HINT.format(path=directory).replace("NEW.htpkg", "NEW_DIR"),
+                      UnverifiedConfigWarning, stacklevel=3)
+    else:
+        raise PackageError(f"{where} has format version {version!r}; this engine reads version {FORMAT_VERSION} "
+                           f"(and {', '.join(map(str, LEGACY_FORMAT_VERSIONS))}; rebuild the artifact with this engine)")
     missing = [key for key in REQUIRED_KEYS if key not in manifest]
     if missing:
-        raise PackageError(f"{directory / MANIFEST} lacks the keys {missing}")
+        raise PackageError(f"{where} lacks the keys {missing}")
+    try:
+        _check_fields(manifest)
+    except ConfigError as exc:
+        raise PackageError(f"{where}: {exc}") from None
     if manifest["backend"] not in ARTIFACT_BACKENDS:
-        raise PackageError(f"{directory / MANIFEST} names backend {manifest['backend']!r}; artifacts are built for "
+        raise PackageError(f"{where} names backend {manifest['backend']!r}; artifacts are built for "
                            f"{ARTIFACT_BACKENDS}")
     if manifest["artifact"] not in manifest["files"]:
-        raise PackageError(f"{directory / MANIFEST}: its model file {manifest['artifact']!r} is not among its files")
+        raise PackageError(f"{where}: its model file {manifest['artifact']!r} is not among its files")
     try:
         BatchRange(**manifest["batch"]).validate()
     except (TypeError, BackendError) as exc:
-        raise PackageError(f"{directory / MANIFEST} has an invalid batch range {manifest['batch']!r}: {exc}") from exc
+        raise PackageError(f"{where} has an invalid batch range {manifest['batch']!r}: {exc}") from exc
+    paths = {name: _inside(directory, name) for name in manifest["files"]}
     if not check_files:
         return
     for name, expected in manifest["files"].items():
-        path = directory / name
+        path = paths[name]
         if not path.is_file():
             raise PackageError(f"artifact {directory} is incomplete: {name} is listed in {MANIFEST} but missing")
         actual = file_sha256(path)
         if actual != expected:
             raise PackageError(f"artifact file {path} is altered or corrupt: sha256 {actual[:16]}… does not match "
                                f"the manifest's {expected[:16]}…")
+
+
+def _check_fields(manifest: dict) -> None:
+    """The type of every field the engine reads (`ConfigError` naming the field)."""
+    for key in ("backend", "precision", "artifact", "package_sha256"):
+        check_type(key, manifest[key], "string")
+    for key in ("batch", "model", "files", "tools"):
+        check_type(key, manifest[key], dict)
+    for key in ("min", "opt", "max"):
+        check_type(f"batch.{key}", manifest["batch"].get(key), "integer")
+    model = manifest["model"]
+    for key, kind in (("arch", "string"), ("task", "string"), ("classes", ["string"]), ("image_size", "integer")):
+        check_type(f"model.{key}", model.get(key), kind)
+    if model["task"] not in TASKS:
+        raise ConfigError(f"model.task must be one of {TASKS}, got {model['task']!r}")
+    if not model["classes"] or model["image_size"] < 1:
+        raise ConfigError(f"model must have classes and a positive image_size, got {model!r}")
+    validate_preprocessing(manifest["preprocessing"])
+    if manifest["preprocessing"]["size"] != model["image_size"]:
+        raise ConfigError(f"preprocessing.size {manifest['preprocessing']['size']} differs from model.image_size "
+                          f"{model['image_size']}")
+    if not SHA256.fullmatch(manifest["package_sha256"]):
+        raise ConfigError(f"package_sha256 must be a sha256 hex digest, got {manifest['package_sha256']!r}")
+    for name, digest in manifest["files"].items():
+        if not isinstance(digest, str) or not SHA256.fullmatch(digest):
+            raise ConfigError(f"files[{name!r}] must be a sha256 hex digest, got {digest!r}")
+    for key in ("inputs", "outputs"):
+        check_type(key, manifest[key], list)
+        for index, spec in enumerate(manifest[key]):
+            check_type(f"{key}[{index}]", spec, dict)
+            for field, kind in _TENSOR_SPEC.items():
+                check_type(f"{key}[{index}].{field}", spec.get(field), kind)
+    size, classes = model["image_size"], len(model["classes"])
+    expected = [-1, classes, size, size] if model["task"] == "seg" else [-1, classes]
+    shapes = [spec["shape"] for spec in manifest["outputs"]]
+    if manifest["outputs"] and shapes[0] != expected:
+        raise ConfigError(f"outputs[0].shape {shapes[0]} does not fit a {model['task']} model with {classes} classes "
+                          f"at {size}x{size} (expected {expected})")
+
+
+def _inside(directory: Path, name: str) -> Path:
+    """The path of artifact file `name`: a plain name of a regular file directly inside `directory`, never a path
+    that leaves it (`..`, absolute, separators) or a symbolic link."""
+    if not FILE_NAME.fullmatch(name):
+        raise PackageError(f"{directory / MANIFEST} names the file {name!r}: artifact files are plain names inside "
+                           f"the artifact directory (letters, digits, '_', '.', '-'; no paths)")
+    path = directory / name
+    if path.is_symlink():
+        raise PackageError(f"artifact file {path} is a symbolic link; artifact files must be regular files inside "
+                           f"{directory}")
+    return path
 
 
 def open_artifact(directory: Path) -> Artifact:

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
+import signal
 import sys
+import threading
 
-from .errors import HTError
+from .errors import HTError, Terminated
 
-COMMAND_MODULES = ("import_", "init", "predict", "demo", "build", "export_triton", "stream", "phantom", "bench")
+COMMAND_MODULES = ("import_", "init", "predict", "demo", "build", "export_triton", "stream", "phantom", "bench",
+                   "upgrade")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -24,10 +28,32 @@ def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        return int(args.handler(args) or 0)
+        with terminate_as_interrupt():
+            return int(args.handler(args) or 0)
     except HTError as exc:
         print(f"ht-engine {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except Terminated:
+        print(f"ht-engine {args.command}: terminated (SIGTERM); nothing half-written was left", file=sys.stderr)
+        return 143
     except KeyboardInterrupt:
         print(f"ht-engine {args.command}: interrupted", file=sys.stderr)
         return 130
+
+
+@contextlib.contextmanager
+def terminate_as_interrupt():
+    """SIGTERM raises `Terminated` (a KeyboardInterrupt) in the main thread, so the cleanups that Ctrl-C runs
+    (staging directories removed, streams drained) run on a termination too; the previous handler comes back after."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        raise Terminated()
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
 
 from .errors import ConfigError
@@ -22,6 +23,78 @@ AUTHORS_PREPROCESSING = {
     "std": None,
     "channels": 3,
 }
+
+
+# The JSON types of every config field (a bool is not an int here, an int is a float): checked before any field is
+# used, so an edited config fails with the field's name instead of a TypeError deep in the model.
+_INT, _FLOAT, _STR, _BOOL = "integer", "number", "string", "boolean"
+FIELD_TYPES = {
+    "arch": _STR, "task": _STR, "num_classes": _INT, "classes": [_STR], "image_size": _INT, "patch_size": _INT,
+    "width": _INT, "layers": _INT, "heads": _INT, "mlp_ratio": _INT, "act": _STR, "ln_eps": _FLOAT,
+    "ln_pre": _BOOL, "patch_bias": _BOOL, "cls_head": _STR, "adapter_layers": [_INT], "bottleneck": _INT,
+    "filter_kind": _STR, "extract_layers": [_INT], "head_dim": _INT, "adapter_ln_eps": _FLOAT, "preprocessing": dict,
+}
+POSITIVE_FIELDS = ("num_classes", "image_size", "patch_size", "width", "layers", "heads", "mlp_ratio", "bottleneck",
+                   "head_dim")
+PREPROCESSING_TYPES = {"grayscale": _BOOL, "resize": _STR, "size": _INT, "scale": _FLOAT, "mean": (_FLOAT, None),
+                       "std": (_FLOAT, None), "channels": _INT}
+RESIZES = ("pil_bicubic",)
+CLS_HEADS = ("linear", "mlp")
+
+
+def _is(value, kind) -> bool:
+    if kind is None:
+        return value is None
+    if kind == _BOOL:
+        return isinstance(value, bool)
+    if kind == _INT:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if kind == _FLOAT:
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if kind == _STR:
+        return isinstance(value, str)
+    return isinstance(value, kind)
+
+
+def _describe(kind) -> str:
+    return {None: "null", dict: "an object", list: "a list", _INT: "an integer", _FLOAT: "a finite number"}.get(kind, f"a {kind}")
+
+
+def check_type(where: str, value, kind) -> None:
+    """`ConfigError` naming `where` unless `value` has the JSON type `kind` (a list `[kind]` for a list of them, a
+    tuple for alternatives)."""
+    if isinstance(kind, list):
+        ok = isinstance(value, list) and all(_is(item, kind[0]) for item in value)
+        expected = f"a list of {kind[0]}s"
+    elif isinstance(kind, tuple):
+        ok = any(_is(value, alternative) for alternative in kind)
+        expected = " or ".join(_describe(k) for k in kind)
+    else:
+        ok = _is(value, kind)
+        expected = _describe(kind)
+    if not ok:
+        raise ConfigError(f"config field {where} must be {expected}, got {value!r}")
+
+
+def validate_preprocessing(pre) -> None:
+    """`ConfigError` naming the field unless `pre` is a preprocessing record this engine runs."""
+    check_type("preprocessing", pre, dict)
+    unknown = set(pre) - set(PREPROCESSING_TYPES)
+    if unknown:
+        raise ConfigError(f"unknown preprocessing fields {sorted(unknown)}; expected {sorted(PREPROCESSING_TYPES)}")
+    for name, kind in PREPROCESSING_TYPES.items():
+        if name not in pre:
+            raise ConfigError(f"preprocessing lacks the field {name!r}")
+        check_type(f"preprocessing.{name}", pre[name], kind)
+    if pre["resize"] not in RESIZES:
+        raise ConfigError(f"preprocessing.resize {pre['resize']!r} is not supported; expected one of {RESIZES}")
+    if pre["channels"] != 3:
+        raise ConfigError(f"preprocessing.channels must be 3 (the ViT's input), got {pre['channels']}")
+    if not pre["scale"] > 0:
+        raise ConfigError(f"preprocessing.scale must be > 0, got {pre['scale']}")
+    if (pre["mean"] is None) != (pre["std"] is None) or (pre["std"] is not None and not pre["std"] > 0):
+        raise ConfigError(f"preprocessing mean and std must both be null or both numbers (std > 0), got "
+                          f"mean={pre['mean']!r}, std={pre['std']!r}")
 
 
 @dataclass(frozen=True)
@@ -109,13 +182,24 @@ class ModelConfig:
         return self.grid * self.grid + 1
 
     def validate(self) -> None:
+        for name, kind in FIELD_TYPES.items():
+            check_type(name, getattr(self, name), kind)
+        for name in POSITIVE_FIELDS:
+            if getattr(self, name) < 1:
+                raise ConfigError(f"config field {name} must be >= 1, got {getattr(self, name)}")
+        if self.ln_eps <= 0 or self.adapter_ln_eps <= 0:
+            raise ConfigError(f"LayerNorm eps must be > 0, got ln_eps={self.ln_eps}, "
+                              f"adapter_ln_eps={self.adapter_ln_eps}")
+        validate_preprocessing(self.preprocessing)
         arch_spec(self.arch)
         if self.task not in TASKS:
             raise ConfigError(f"unknown task {self.task!r}; expected one of {TASKS}")
-        if not isinstance(self.num_classes, int) or self.num_classes < 1:
-            raise ConfigError(f"num_classes must be a positive integer, got {self.num_classes!r}")
         if len(self.classes) != self.num_classes:
             raise ConfigError(f"{len(self.classes)} class names given for num_classes={self.num_classes}")
+        if len(set(self.classes)) != len(self.classes):
+            raise ConfigError(f"class names must be distinct, got {self.classes}")
+        if self.cls_head not in CLS_HEADS:
+            raise ConfigError(f"unknown cls_head {self.cls_head!r}; expected one of {CLS_HEADS}")
         if self.act not in ACTIVATIONS:
             raise ConfigError(f"unknown activation {self.act!r}; expected one of {ACTIVATIONS}")
         if self.filter_kind not in FILTER_KINDS:
@@ -135,16 +219,25 @@ class ModelConfig:
                 raise ConfigError(f"{name} has layer indices {bad} outside 0..{self.layers - 1}")
         if not self.extract_layers:
             raise ConfigError("extract_layers must name at least one layer")
+        for name in ("adapter_layers", "extract_layers"):
+            if len(set(getattr(self, name))) != len(getattr(self, name)):
+                raise ConfigError(f"{name} repeats a layer: {getattr(self, name)}")
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), sort_keys=True)
 
     @classmethod
     def from_dict(cls, data: dict) -> "ModelConfig":
+        if not isinstance(data, dict):
+            raise ConfigError(f"a model config must be a JSON object, got {type(data).__name__}")
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = set(data) - known
         if unknown:
             raise ConfigError(f"unknown config fields {sorted(unknown)}; this engine knows {sorted(known)}")
+        missing = sorted(f.name for f in dataclasses.fields(cls) if f.name not in data and f.name in
+                         ("arch", "task", "num_classes"))
+        if missing:
+            raise ConfigError(f"config lacks the fields {missing}")
         cfg = cls(**data)
         cfg.validate()
         return cfg

@@ -45,3 +45,12 @@ class StreamError(HTError):
 
 class SourceError(StreamError, InputError):
     """A frame source cannot be opened or read (missing file, bad format, truncated data, a failing callable)."""
+
+
+class OutputError(HTError):
+    """An output path cannot be written as asked: it holds something the engine must not replace, or it is not
+    writable. Checked before the work starts."""
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised like Ctrl-C so every cleanup that runs on an interrupt runs on a termination too."""

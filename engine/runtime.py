@@ -18,10 +18,11 @@ import numpy as np
 from .artifacts import Artifact, open_artifact
 from .backends import backend_module, backend_status
 from .errors import BackendError, InputError, PackageError
-from .export.manifest import ARTIFACT_BACKENDS
+from .export.manifest import ARTIFACT_BACKENDS, DIGEST_KEY
 from .package import LoadedPackage, load_package
 from .postprocess import results_from_logits
 from .preprocess import check_frame, preprocess_frames
+from .version import __version__
 
 
 def _usable_backend(name: str, device: str):
@@ -72,7 +73,7 @@ class Predictor:
     """Runs an HT model. Create with `Predictor.load(path, backend=..., device=..., precision=...)`."""
 
     def __init__(self, runner, *, task: str, classes: list, preprocessing: dict, image_size: int, backend: str,
-                 source: Path, sha256: str = ""):
+                 source: Path, sha256: str = "", artifact_sha256: str | None = None):
         self.runner = runner
         self.task = task
         self.classes = list(classes)
@@ -81,6 +82,14 @@ class Predictor:
         self.backend = backend
         self.source = source
         self.sha256 = sha256
+        self.artifact_sha256 = artifact_sha256
+
+    def provenance(self) -> dict:
+        """What really runs: backend, precision, device, the package (and artifact) sha256, the engine version —
+        for every record of results (predictions.json, stream reports, bench)."""
+        return {"engine_version": __version__, "backend": self.backend, "precision": self.runner.precision,
+                "device": self.runner.device, "source": str(self.source), "package_sha256": self.sha256,
+                "artifact_manifest_sha256": self.artifact_sha256}
 
     @classmethod
     def load(cls, path, backend: str | None = None, device: str = "cpu", precision: str = "fp32", *,
@@ -100,7 +109,8 @@ class Predictor:
             model = artifact.manifest["model"]
             return cls(runner, task=model["task"], classes=model["classes"],
                        preprocessing=artifact.manifest["preprocessing"], image_size=model["image_size"],
-                       backend=name, source=path, sha256=artifact.manifest["package_sha256"])
+                       backend=name, source=path, sha256=artifact.manifest["package_sha256"],
+                       artifact_sha256=artifact.manifest.get(DIGEST_KEY))
         if not path.exists():
             raise PackageError(f"{path} does not exist: expected a .htpkg package or a built artifact directory")
         name = backend or "reference"
@@ -133,6 +143,20 @@ class Predictor:
 
     def forward(self, x):
         """float32 `[B,3,S,S]` (torch tensor or numpy) → logits of the same kind: seg `[B,C,S,S]`, cls `[B,C]`."""
+        return self._check_logits(self._forward(x), x.shape[0])
+
+    def _check_logits(self, logits, batch: int):
+        """A model file that does not fit its manifest (swapped for another model with its hash updated) shows here:
+        refused by name instead of failing later on an index."""
+        size = self.image_size
+        expected = (batch, self.num_classes, size, size) if self.task == "seg" else (batch, self.num_classes)
+        if tuple(logits.shape) != expected:
+            raise PackageError(f"{self.source} produced logits of shape {list(logits.shape)}, but its "
+                               f"{'manifest' if self.artifact_sha256 else 'config'} states a {self.task} model with "
+                               f"{self.num_classes} classes ({list(expected)}): the model file does not match it")
+        return logits
+
+    def _forward(self, x):
         if _is_torch_tensor(x):
             import torch
 

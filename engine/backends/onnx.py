@@ -10,7 +10,7 @@ import numpy as np
 from ..artifacts import Artifact
 from ..errors import BackendError
 from ..export.manifest import INPUT_NAME
-from ..export.onnx_export import ONNX_PRECISIONS
+from ..export.onnx_export import ARTIFACT_PRECISIONS
 from ..runner import Runner
 
 
@@ -53,8 +53,8 @@ def available(device: str) -> tuple[bool, str]:
 def load(source: Artifact, device: str, precision: str) -> Runner:
     import onnxruntime
 
-    if source.manifest["precision"] not in ONNX_PRECISIONS:
-        raise BackendError(f"ONNX artifacts run in {ONNX_PRECISIONS}, this one is {source.manifest['precision']!r}")
+    if source.manifest["precision"] not in ARTIFACT_PRECISIONS:
+        raise BackendError(f"ONNX artifacts run in {ARTIFACT_PRECISIONS}, this one is {source.manifest['precision']!r}")
     options = onnxruntime.SessionOptions()
     options.log_severity_level = 3
     session = onnxruntime.InferenceSession(str(source.model_file), options, providers=providers_for(device))

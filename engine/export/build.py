@@ -9,10 +9,10 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from ..errors import BackendError
-from ..fileio import staging_directory
+from ..fileio import check_replaceable_directory, staging_directory
 from ..package import LoadedPackage, load_package
 from .aoti import AOTI_PRECISIONS
-from .manifest import ARTIFACT_BACKENDS, BatchRange, make_manifest, write_manifest
+from .manifest import ARTIFACT_BACKENDS, BatchRange, is_artifact_directory, make_manifest, write_manifest
 from .onnx_export import ARTIFACT_PRECISIONS as ONNX_PRECISIONS
 from .tensorrt import MODE_PRECISIONS
 
@@ -21,6 +21,7 @@ DEFAULT_BATCH = BatchRange(1, 4, 16)
 BUILD_PRECISIONS = tuple(sorted({*ONNX_PRECISIONS, *AOTI_PRECISIONS["cpu"], *AOTI_PRECISIONS["cuda"],
                                  *(p for mode in MODE_PRECISIONS.values() for p in mode)}))
 HEARTBEAT_S = 15.0
+ARTIFACT_WHAT = "a built artifact (a directory with an ht-engine manifest.json)"
 
 
 def tool_versions(names) -> dict:
@@ -66,11 +67,12 @@ def build_artifact(package, backend: str, precision: str, batch: BatchRange, out
         raise BackendError(f"cannot build backend {backend!r}; artifacts are built for {ARTIFACT_BACKENDS}")
     batch.validate()
     check_precision(backend, precision, device)
+    check_replaceable_directory(out, is_artifact_directory, ARTIFACT_WHAT)
     if not isinstance(package, LoadedPackage):
         with stage(progress, f"reading package {package}"):
             package = load_package(package)
     config = package.config
-    with staging_directory(out) as directory:
+    with staging_directory(out, is_artifact_directory, ARTIFACT_WHAT) as directory:
         if backend == "onnx":
             artifact, extra = _build_onnx(package, precision, batch, directory, progress)
         elif backend == "aoti":

@@ -19,7 +19,10 @@ from ..errors import BackendError
 
 MANIFEST = "manifest.json"
 FORMAT = "ht-artifact"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+# Version 1 manifests (written before `manifest_sha256` covered their content) still load, unverified.
+LEGACY_FORMAT_VERSIONS = (1,)
+DIGEST_KEY = "manifest_sha256"
 ARTIFACT_BACKENDS = ("onnx", "tensorrt", "aoti")
 INPUT_NAME = "images"
 OUTPUT_NAME = "logits"
@@ -101,7 +104,25 @@ def make_manifest(*, backend: str, precision: str, batch: BatchRange, config, pa
     return manifest
 
 
+def manifest_digest(manifest: dict) -> str:
+    """sha256 of everything the manifest states but the digest itself (canonical JSON: sorted keys, no spaces)."""
+    content = {key: value for key, value in manifest.items() if key != DIGEST_KEY}
+    return hashlib.sha256(json.dumps(content, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
 def write_manifest(directory: Path, manifest: dict) -> Path:
+    """Write `manifest.json` with the digest of its content, so no field of it can change unnoticed."""
     path = Path(directory) / MANIFEST
-    path.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    sealed = {**manifest, "format_version": FORMAT_VERSION}
+    sealed[DIGEST_KEY] = manifest_digest(sealed)
+    path.write_text(json.dumps(sealed, indent=2, sort_keys=True) + "\n")
     return path
+
+
+def is_artifact_directory(path: Path) -> bool:
+    """Whether `path` holds an artifact this engine wrote (its manifest names our format): the only non-empty
+    directory `ht-engine build --out` replaces."""
+    try:
+        return json.loads((Path(path) / MANIFEST).read_text()).get("format") == FORMAT
+    except (OSError, ValueError, AttributeError):
+        return False

@@ -12,13 +12,21 @@ import re
 import shutil
 from pathlib import Path
 
-from ..errors import BackendError
+from ..errors import BackendError, OutputError
 from ..fileio import staging_directory
 from .manifest import MANIFEST
 
 PLATFORMS = {"onnx": ("onnxruntime_onnx", "model.onnx"), "tensorrt": ("tensorrt_plan", "model.plan")}
 TYPES = {"float32": "TYPE_FP32", "float16": "TYPE_FP16"}
 INSTANCE_KINDS = ("gpu", "cpu")
+# A model name is one directory of the repository: never ".", ".." or a path.
+MODEL_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
+MODEL_WHAT = "a Triton model written by ht-engine export-triton (config.pbtxt and manifest.json)"
+
+
+def is_triton_model(path: Path) -> bool:
+    """Whether `path` is a model directory this engine wrote: the only non-empty one `export-triton` replaces."""
+    return (path / "config.pbtxt").is_file() and (path / MANIFEST).is_file()
 
 
 def default_model_name(manifest: dict) -> str:
@@ -71,13 +79,14 @@ def export_triton(artifact, repository: Path, name: str | None = None, instances
     `repository`; returns the model directory. Only that model's directory is replaced, atomically; other models of
     the repository are left alone."""
     manifest = artifact.manifest
-    name = name or default_model_name(manifest)
-    if not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
-        raise BackendError(f"Triton model name {name!r} may use letters, digits, '_', '.', '-' only")
+    name = default_model_name(manifest) if name is None else name
+    if not MODEL_NAME.fullmatch(name):
+        raise OutputError(f"Triton model name {name!r} must be a plain name: letters, digits, '_', '.', '-', starting "
+                          f"with a letter, digit or '_' (no '.', '..' or path separators)")
     text = config_pbtxt(manifest, name, instances, kind)
     _, model_file = PLATFORMS[manifest["backend"]]
     target = Path(repository) / name
-    with staging_directory(target) as directory:
+    with staging_directory(target, is_triton_model, MODEL_WHAT, "--name") as directory:
         (directory / "config.pbtxt").write_text(text)
         (directory / "1").mkdir()
         shutil.copyfile(artifact.model_file, directory / "1" / model_file)
