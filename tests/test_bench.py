@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
+import subprocess
 import sys
 import types
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -389,3 +392,21 @@ def test_cuda_cases_use_device_events_and_device_memory(small_package):
         assert case["peak_memory_bytes"] > 0
     fp32 = [c for c in ok if c["backend"] == "optimized" and c["precision"] == "fp32"]
     assert all(c["max_rel_error"] <= RELATIVE[torch.float32] for c in fp32)
+
+
+def _gpu_check(*arguments: str) -> subprocess.CompletedProcess:
+    """`python benchmarks/gpu_check.py ARGS` as gpu_check.sh runs it: a script, with this tree first on the path."""
+    root = Path(__file__).resolve().parents[1]
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")])))
+    return subprocess.run([sys.executable, str(root / "benchmarks" / "gpu_check.py"), *arguments], cwd=root, env=env,
+                          capture_output=True, text=True, timeout=300, check=False)
+
+
+def test_gpu_check_dry_run_imports_every_section_without_a_gpu():
+    done = _gpu_check("--dry-run")
+    assert done.returncode == 0, done.stderr
+    assert [line.split(":")[1].strip() for line in done.stdout.splitlines()] == [
+        "section gemm", "section block", "section tune", "section e2e", "section kernels"]
+    assert _gpu_check("--help").returncode == 0
+    refused = _gpu_check("--dry-run", "--sections", "gemm,nope")
+    assert refused.returncode == 2 and "unknown section(s) nope" in refused.stderr
