@@ -28,18 +28,19 @@ from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from engine import Predictor
+from engine.bench.flops import count_flops
+from engine.bench.machine import cpu_model, git_state, short_sha
+from engine.bench.measure import relative_error
+from engine.config import AUTHORS_PREPROCESSING, ModelConfig
+from engine.model import build_reference_model
+from engine.package import read_package, save_package
+from engine.preprocess import preprocess_frames
+from engine.synthetic import synthetic_frame
+from engine.weights import random_package_tensors
 
-from engine import Predictor  # noqa: E402
-from engine.bench.flops import count_flops  # noqa: E402
-from engine.bench.machine import cpu_model  # noqa: E402
-from engine.config import AUTHORS_PREPROCESSING, ModelConfig  # noqa: E402
-from engine.model import build_reference_model  # noqa: E402
-from engine.package import read_package, save_package  # noqa: E402
-from engine.preprocess import preprocess_frames  # noqa: E402
-from engine.synthetic import synthetic_frame  # noqa: E402
-from engine.weights import random_package_tensors  # noqa: E402
+# The repository this script is in: where results go, and what the fresh-process load imports (the same tree).
+ROOT = Path(__file__).resolve().parents[1]
 
 FRESH_LOAD = """
 import sys, time
@@ -62,14 +63,6 @@ def cpu_flags() -> list:
         if line.startswith("flags"):
             flags |= set(line.split(":", 1)[1].split())
     return sorted(f for f in flags if f.startswith(("avx512", "amx", "avx2", "avx_vnni")))
-
-
-def git_sha() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
-                              check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 def summary(times: list) -> dict:
@@ -121,7 +114,7 @@ def accuracy(predictors: dict, cfg, count: int) -> dict:
             if precision == "fp32":
                 continue
             out = predictor.forward(images).double()
-            entry = {"logit_rel_err": ((out - base).abs().max() / base.abs().max()).item()}
+            entry = {"logit_rel_err": relative_error(out, base)}
             entry["argmax_agreement"] = (out.argmax(1) == base.argmax(1)).double().mean().item()
             result[precision] = entry
     return result
@@ -170,7 +163,8 @@ def main(argv=None) -> int:
         save_package(path, cfg, tensors)
     load_avg_start = os.getloadavg()
     info = {"cpu": cpu_model(), "flags": cpu_flags(), "threads": args.threads, "torch": torch.__version__,
-            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"), "git": git_sha(),
+            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "git": short_sha(git_state()["sha"]),
             "arch": cfg.arch, "task": cfg.task, "filter": cfg.filter_kind, "reps": args.reps,
             "command": "python benchmarks/bench_cpu.py " + " ".join(argv if argv is not None else sys.argv[1:])}
     print(f"# {info['cpu']} · torch {info['torch']} · {args.threads} threads · {cfg.arch} {cfg.task}", flush=True)
@@ -263,7 +257,8 @@ def render(report: dict) -> str:
              f"{tuple(round(x, 1) for x in info['loadavg_end'])} (a shared machine: read the spread)", ""]
     for batch, result in report["results"].items():
         rates = ", ".join(f"{p} {r:.0f}" for p, r in result["gemm_rates"].items())
-        lines += [f"## batch {batch} ({result['flops'] / 1e9:.1f} GFLOP useful; GEMM rate measured in the same rounds, GFLOP/s: {rates})",
+        lines += [f"## batch {batch} ({result['flops'] / 1e9:.1f} GFLOP useful; GEMM rate measured in the same rounds, "
+                  f"GFLOP/s: {rates})",
                   "",
                   "| provider | median ms | p90 ms | min ms | spread (p90-p10)/median | × eager | × compile(ref) "
                   "| paired × compile(ref) | GFLOP/s | % of GEMM rate |",

@@ -11,10 +11,8 @@ floor under the torch.library op `cuda`.
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import statistics
-import subprocess
 import sys
 from pathlib import Path
 
@@ -22,10 +20,13 @@ import torch
 
 import htkernels.adapter_spatial  # noqa: F401  (registers the Triton op where that branch provides it)
 import htkernels.preprocess  # noqa: F401
+from engine.bench.inputs import pil_weights
+from engine.bench.machine import git_state, machine_info
 from htkernels import cuda_ops
 from htkernels.adapter_spatial import adapter_spatial_ref
 from htkernels.preprocess import preprocess_ref
-from tests.csrc.inputs import PARAM_NAMES, pil_weights, random_frames, spatial_inputs
+from htkernels.testing import PARAM_NAMES, random_frames, spatial_inputs
+from htkernels.timing import cuda_event_ms
 
 REPEATS = 7
 CALLS = 20
@@ -35,15 +36,12 @@ def time_ms(fn) -> dict:
     for _ in range(3):
         fn()
     torch.cuda.synchronize()
-    samples = []
-    for _ in range(REPEATS):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
+
+    def calls():
         for _ in range(CALLS):
             fn()
-        end.record()
-        end.synchronize()
-        samples.append(start.elapsed_time(end) / CALLS)
+
+    samples = [cuda_event_ms(calls) / CALLS for _ in range(REPEATS)]
     return {"median_ms": statistics.median(samples), "min_ms": min(samples), "max_ms": max(samples)}
 
 
@@ -132,13 +130,6 @@ def measure(op: str, shape: dict, dtype, providers: dict, expected: torch.Tensor
     return rows
 
 
-def git_sha() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, help="write the results as JSON here")
@@ -146,13 +137,15 @@ def main() -> int:
     if not torch.cuda.is_available():
         print("cuda_bench: no CUDA GPU; nothing to time", file=sys.stderr)
         return 2
+    machine = machine_info("cuda")
     report = {
         "device": torch.cuda.get_device_name(),
         "capability": ".".join(map(str, torch.cuda.get_device_capability())),
         "torch": torch.__version__,
         "cuda_runtime_of_extension": cuda_ops.load_extension().CUDART_VERSION,
-        "git_sha": git_sha(),
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "git_sha": git_state()["sha"] or "unknown",
+        "date": machine["date"],
+        "machine": machine,
         "method": f"CUDA events, median of {REPEATS} repeats of {CALLS} back-to-back calls",
         "results": spatial_rows() + preprocess_rows(),
     }

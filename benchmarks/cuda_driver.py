@@ -11,10 +11,11 @@ import sys
 
 import torch
 
+from engine.bench.inputs import pil_weights
+from engine.bench.measure import relative_error
 from htkernels import cuda_ops
 from htkernels.preprocess import preprocess_ref
-from tests.csrc.inputs import PARAM_NAMES, pil_weights, random_frames, reference_spatial, spatial_inputs
-from tests.tolerances import RELATIVE, relative_error
+from htkernels.testing import PARAM_NAMES, RELATIVE, random_frames, reference_spatial, spatial_inputs
 
 
 def run() -> list:
@@ -28,7 +29,8 @@ def run() -> list:
                 cuda_ops.adapter_spatial_into(out, z.cuda(), h, w, None if filt is None else filt.cuda(), *cuda_params)
                 error = relative_error(out.cpu(), reference_spatial(z, h, w, filt, params))
                 if not error <= RELATIVE[dtype]:
-                    failures.append(f"adapter_spatial b{batch} {h}x{w} r{channels} spectral={spectral} {dtype}: {error}")
+                    failures.append(f"adapter_spatial b{batch} {h}x{w} r{channels} spectral={spectral} {dtype}: "
+                                    f"{error}")
     for batch, height, width, size, rgb in [(2, 37, 29, 16, True), (1, 64, 80, 24, False), (2, 16, 16, 16, False)]:
         for dtype in (torch.float32, torch.float16):
             frames = random_frames(batch, height, width, rgb, seed=height)

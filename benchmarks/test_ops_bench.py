@@ -21,6 +21,7 @@ import torch
 
 pytest.importorskip("pytest_benchmark", reason="op benchmarks need pytest-benchmark: pip install -e '.[bench]'")
 
+from engine.bench.measure import relative_error  # noqa: E402
 from engine.config import ModelConfig  # noqa: E402
 from engine.model import build_reference_model  # noqa: E402
 from engine.optimize import rewrites  # noqa: E402
@@ -72,15 +73,10 @@ def _inputs(cfg, batch: int, seed: int) -> torch.Tensor:
     return torch.randn(batch, cfg.num_tokens, cfg.width, generator=generator).to(DEVICE)
 
 
-def _relative(actual, expected) -> float:
-    actual, expected = torch.as_tensor(actual).double().cpu(), torch.as_tensor(expected).double().cpu()
-    return float((actual - expected).abs().max() / expected.abs().max())
-
-
 def _run(benchmark, group: str, provider: str, batch: int, fn, expected, *args):
     """Check `fn(*args)` against `expected`, then time it; synchronize so GPU time is inside the timing."""
     with torch.inference_mode():
-        error = _relative(fn(*args), expected)
+        error = relative_error(fn(*args), expected)
     assert error <= AGREEMENT, f"{provider} disagrees with the reference: relative error {error:.2e}"
     benchmark.group = f"{group} | batch {batch} | {DEVICE}"
     benchmark.extra_info.update(provider=provider, batch=batch, device=DEVICE, max_rel_error=error)

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
+import subprocess
 import sys
 import types
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -25,6 +28,8 @@ from engine.bench import (
     time_calls,
 )
 from engine.bench.flops import dft_filter_flops
+from engine.bench.machine import git_state, machine_info, short_sha
+from engine.bench.measure import relative_error
 from engine.bench.report import ReportError, format_markdown, validate_report, write_plot
 from engine.cli import main
 from engine.config import ModelConfig
@@ -113,6 +118,45 @@ def test_latency_stats_percentiles():
     assert stats.max_ms == ordered[-1] and stats.min_ms == ordered[0]
     with pytest.raises(ValueError):
         LatencyStats.from_samples([])
+
+
+def test_relative_error_of_tensors_arrays_and_both():
+    generator = torch.Generator().manual_seed(5)
+    expected = torch.randn(3, 7, 5, generator=generator, dtype=torch.float64)
+    actual = expected + 1e-3 * torch.randn(3, 7, 5, generator=generator, dtype=torch.float64)
+    truth = float((actual - expected).abs().max() / expected.abs().max())
+    assert relative_error(actual, expected) == truth
+    assert relative_error(actual.numpy(), expected.numpy()) == truth
+    assert relative_error(actual.numpy(), expected) == relative_error(actual, expected.numpy()) == truth
+    # Low precision is measured in float64: the bf16 rounding shows, not a bf16 rounding of the error itself.
+    rounded = expected.to(torch.bfloat16)
+    assert relative_error(rounded, expected) == float((rounded.double() - expected).abs().max() / expected.abs().max())
+    assert relative_error(actual.transpose(0, 2), expected.transpose(0, 2)) == truth  # non-contiguous
+
+
+def test_relative_error_refuses_a_broadcast_and_flags_non_finite_outputs():
+    expected = torch.rand(2, 3) + 0.5
+    with pytest.raises(ValueError, match=r"shape \(3,\) against shape \(2, 3\)"):
+        relative_error(expected[0], expected)
+    poisoned = expected.clone()
+    poisoned[1, 2] = float("nan")
+    assert not np.isfinite(relative_error(poisoned, expected))
+    poisoned[1, 2] = float("inf")
+    assert not np.isfinite(relative_error(poisoned, expected))
+    assert relative_error(np.zeros(4), np.zeros(4)) == 0.0
+
+
+def test_machine_info_records_the_commit_and_the_declared_settings(monkeypatch):
+    monkeypatch.setenv("HTK_TUNE", "0")
+    monkeypatch.setenv("OPENBLAS_NUM_THREADS", "2")
+    monkeypatch.delenv("HT_ENGINE_COMPILE", raising=False)
+    info = machine_info("cpu")
+    assert info["environment"]["HTK_TUNE"] == "0" and info["environment"]["OPENBLAS_NUM_THREADS"] == "2"
+    assert "HT_ENGINE_COMPILE" not in info["environment"]
+    state = git_state()
+    assert info["git"]["sha"] == state["sha"]
+    assert state["sha"] is None or (len(state["sha"]) == 40 and short_sha(state["sha"]) == state["sha"][:10])
+    assert short_sha(None) == "unknown"
 
 
 def test_peak_memory_sees_a_transient_allocation():
@@ -348,3 +392,21 @@ def test_cuda_cases_use_device_events_and_device_memory(small_package):
         assert case["peak_memory_bytes"] > 0
     fp32 = [c for c in ok if c["backend"] == "optimized" and c["precision"] == "fp32"]
     assert all(c["max_rel_error"] <= RELATIVE[torch.float32] for c in fp32)
+
+
+def _gpu_check(*arguments: str) -> subprocess.CompletedProcess:
+    """`python benchmarks/gpu_check.py ARGS` as gpu_check.sh runs it: a script, with this tree first on the path."""
+    root = Path(__file__).resolve().parents[1]
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")])))
+    return subprocess.run([sys.executable, str(root / "benchmarks" / "gpu_check.py"), *arguments], cwd=root, env=env,
+                          capture_output=True, text=True, timeout=300, check=False)
+
+
+def test_gpu_check_dry_run_imports_every_section_without_a_gpu():
+    done = _gpu_check("--dry-run")
+    assert done.returncode == 0, done.stderr
+    assert [line.split(":")[1].strip() for line in done.stdout.splitlines()] == [
+        "section gemm", "section block", "section tune", "section e2e", "section kernels"]
+    assert _gpu_check("--help").returncode == 0
+    refused = _gpu_check("--dry-run", "--sections", "gemm,nope")
+    assert refused.returncode == 2 and "unknown section(s) nope" in refused.stderr

@@ -389,10 +389,10 @@ def test_report_has_stage_latencies_and_progress_snapshots():
     json.dumps(report)
 
 
-def test_latency_stats_reservoir_stays_fixed_size():
-    from engine.stream import LatencyStats
+def test_latency_reservoir_stays_fixed_size():
+    from engine.stream import LatencyReservoir
 
-    stats = LatencyStats(capacity=100)
+    stats = LatencyReservoir(capacity=100)
     values = np.random.default_rng(0).uniform(0.0, 1.0, size=5000)
     for value in values:
         stats.add(float(value))

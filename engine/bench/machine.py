@@ -9,14 +9,19 @@ import subprocess
 from importlib import metadata
 from pathlib import Path
 
+from .. import settings
+
 # Distributions whose versions change the numbers (missing ones are recorded as null).
 LIBRARIES = ("torch", "numpy", "triton", "onnxruntime", "onnxruntime-gpu", "onnx", "tensorrt", "safetensors",
              "pillow")
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-# Environment variables that change what runs or how fast (recorded when set).
-ENVIRONMENT = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "CUDA_VISIBLE_DEVICES", "HT_ENGINE_COMPILE", "HT_ENGINE_CACHE",
-               "TORCHINDUCTOR_CACHE_DIR", "TRITON_INTERPRET", "HTK_TUNE")
+# Variables of the libraries underneath that change how fast (thread pools, visible GPUs, the compiler's cache).
+THREAD_AND_DEVICE_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "CUDA_VISIBLE_DEVICES",
+                               "TORCHINDUCTOR_CACHE_DIR")
+# Environment variables that change what runs or how fast (recorded when set): every setting the package reads
+# (from its registry, so a new setting is recorded without an edit here) and those of the libraries underneath.
+ENVIRONMENT = tuple(setting.name for setting in settings.SETTINGS) + THREAD_AND_DEVICE_VARIABLES
 
 
 def cpu_model() -> str:
@@ -48,9 +53,16 @@ def _run(command: list, cwd: Path | None = None) -> str | None:
 
 
 def git_state() -> dict:
+    """The commit the run measured (`sha`, 40 hex digits, or None outside a git checkout) and whether tracked files
+    differed from it (`dirty`)."""
     sha = _run(["git", "rev-parse", "HEAD"], REPO_ROOT)
     status = _run(["git", "status", "--porcelain", "--untracked-files=no"], REPO_ROOT) if sha else None
     return {"sha": sha, "dirty": bool(status) if status is not None else None}
+
+
+def short_sha(sha: str | None) -> str:
+    """The abbreviated commit the benchmark tables print: `git_state()["sha"]` cut to 10 digits."""
+    return sha[:10] if sha else "unknown"
 
 
 def gpu_info(device: str) -> dict | None:

@@ -1,8 +1,10 @@
-"""The measurement core: timed calls, latency statistics, peak memory and an on-the-spot GEMM rate.
+"""The measurement core: timed calls, latency statistics, relative error, peak memory and an on-the-spot GEMM rate.
 
 CPU calls are timed with `time.perf_counter_ns`; calls of torch runners on a CUDA device with CUDA events around
-the call (the device's own clock), synchronizing after each call so that one call's latency is not hidden in the
-next one's queue.
+the call (the device's own clock, `htkernels.timing.cuda_event_ms`, the timer the launch tuner uses too),
+synchronizing after each call so that one call's latency is not hidden in the next one's queue.
+`relative_error` is the one error measure of the project: the bench suite, the benchmarks and the test suite's
+tolerance table (`tests/tolerances.py`) all compare with it.
 """
 
 from __future__ import annotations
@@ -78,17 +80,38 @@ def time_calls(call, *, timer: str, warmup_runs: int, duration_s: float, min_run
 def _time_cuda(call, duration_s: float, min_runs: int, max_runs: int) -> list:
     import torch
 
+    from htkernels.timing import cuda_event_ms
+
     torch.cuda.synchronize()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
     samples = []
     deadline = time.perf_counter_ns() + int(duration_s * 1e9)
     while len(samples) < max_runs and (len(samples) < min_runs or time.perf_counter_ns() < deadline):
-        start.record()
-        call()
-        end.record()
-        end.synchronize()
-        samples.append(float(start.elapsed_time(end)))
+        samples.append(cuda_event_ms(call))
     return samples
+
+
+def relative_error(actual, expected) -> float:
+    """max|actual - expected| / max|expected|, in float64 (torch tensors or numpy arrays, any device and dtype).
+
+    Computed on `actual`'s device (a large GPU output is not copied to the host). Shapes must be equal: a broadcast
+    would compare something else. NaN or inf in `actual` give a non-finite result, which no tolerance accepts.
+    """
+    actual = _as_float64(actual)
+    expected = _as_float64(expected).to(actual.device)
+    if tuple(actual.shape) != tuple(expected.shape):
+        raise ValueError(f"relative error of shape {tuple(actual.shape)} against shape {tuple(expected.shape)}")
+    if actual.numel() == 0:
+        return 0.0
+    scale = expected.abs().max().clamp_min(1e-30)  # an all-zero reference: the absolute error, scaled up
+    return float((actual - expected).abs().max() / scale)
+
+
+def _as_float64(values):
+    import torch
+
+    if isinstance(values, torch.Tensor):
+        return values.detach().double()
+    return torch.from_numpy(np.array(values, dtype=np.float64))
 
 
 class PeakMemory:

@@ -14,6 +14,7 @@ already on the device. Peak memory covers that batch's runs (weights included).
 from __future__ import annotations
 
 import gc
+import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -24,7 +25,7 @@ from ..backends import BACKEND_MODULES, backend_status
 from ..errors import BackendError, HTError, PackageError
 from .flops import count_flops
 from .machine import machine_info
-from .measure import LatencyStats, PeakMemory, gemm_rate, throughput_fps, time_calls, timer_kind
+from .measure import LatencyStats, PeakMemory, gemm_rate, relative_error, throughput_fps, time_calls, timer_kind
 
 SCHEMA_NAME = "ht-engine-bench"
 SCHEMA_VERSION = 1
@@ -64,18 +65,14 @@ def _case(backend: str, precision: str, batch: int, role: str, status: str = "ok
             "gflops_per_s": None, "gemm_fraction": None, "gemm_precision": None}
 
 
-def relative_error(actual, expected) -> float | None:
-    """max|actual - expected| / max|expected| in float64; None when `actual` has NaN/inf."""
-    import torch
-
-    actual = torch.as_tensor(np.asarray(actual) if not hasattr(actual, "detach") else actual.detach())
-    actual = actual.cpu().double()
-    expected = torch.as_tensor(expected).double()
-    if tuple(actual.shape) != tuple(expected.shape):
-        raise BackendError(f"output shape {tuple(actual.shape)} differs from the reference's {tuple(expected.shape)}")
-    if not bool(torch.isfinite(actual).all()):
-        return None
-    return float((actual - expected).abs().max() / expected.abs().max().clamp_min(1e-30))
+def _output_error(actual, expected) -> float | None:
+    """`relative_error` of a backend's output to the reference's; None (JSON null) when it has NaN/inf."""
+    try:
+        error = relative_error(actual, expected)
+    except ValueError:
+        raise BackendError(f"output shape {tuple(np.shape(actual))} differs from the reference's "
+                           f"{tuple(np.shape(expected))}") from None
+    return error if math.isfinite(error) else None
 
 
 def _synchronize(device: str) -> None:
@@ -214,7 +211,7 @@ class _Suite:
         if batch not in self.reference_outputs:
             case["message"] = "no eager reference output at this batch to compare with"
             return
-        case["max_rel_error"] = relative_error(output, self.reference_outputs[batch])
+        case["max_rel_error"] = _output_error(output, self.reference_outputs[batch])
         if case["max_rel_error"] is None:
             case.update(status="error", message="outputs contain NaN or infinite values")
 

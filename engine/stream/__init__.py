@@ -7,7 +7,7 @@
                     sinks=[OverlayVideoSink("overlay.mp4")])
 """
 
-from .metrics import LatencyStats, StreamMetrics
+from .metrics import LatencyReservoir, StreamMetrics
 from .pipeline import POLICIES, Channel, StreamPipeline, StreamResult, stream
 from .sinks import (
                     CallbackSink,
@@ -33,7 +33,7 @@ from .sources import (
 
 __all__ = [
     "ArraySource", "CallbackSink", "Channel", "CollectSink", "DicomSource", "FolderSource", "Frame", "JsonLinesSink",
-    "LatencyStats", "LiveSource", "OverlayVideoSink", "POLICIES", "PngMaskSink", "Sink", "Source", "StreamMetrics",
+    "LatencyReservoir", "LiveSource", "OverlayVideoSink", "POLICIES", "PngMaskSink", "Sink", "Source", "StreamMetrics",
     "StreamPipeline", "StreamResult", "VideoSource", "dicom_support", "draw_overlay", "frame_record", "open_source",
     "stream",
 ]

@@ -11,8 +11,10 @@ STAGES = ("queue", "preprocess", "infer", "postprocess", "sink", "end_to_end")
 RESERVOIR = 8192  # exact percentiles up to this many frames; a uniform sample of all frames after that
 
 
-class LatencyStats:
-    """Latency samples (seconds) in a fixed-size reservoir: memory stays flat however long the stream runs."""
+class LatencyReservoir:
+    """Latency samples (seconds) in a fixed-size reservoir: memory stays flat however long the stream runs.
+
+    A running sample, unlike `engine.bench.LatencyStats` (the frozen statistics of a finished benchmark run)."""
 
     def __init__(self, capacity: int = RESERVOIR, seed: int = 0):
         self.samples = np.empty(capacity, dtype=np.float64)
@@ -49,7 +51,7 @@ class StreamMetrics:
 
     def __init__(self):
         self._lock = threading.Lock()
-        self.latency = {stage: LatencyStats(seed=i) for i, stage in enumerate(STAGES)}
+        self.latency = {stage: LatencyReservoir(seed=i) for i, stage in enumerate(STAGES)}
         self.frames_in = 0
         self.processed = 0
         self.dropped = {"before_preprocess": 0, "before_infer": 0}

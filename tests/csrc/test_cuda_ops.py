@@ -3,11 +3,11 @@
 import pytest
 import torch
 
+from engine.bench.inputs import pil_weights
 from engine.errors import InputError
 from htkernels import cuda_ops
 from htkernels.cuda_provider import CudaAdapterKernels
-
-from .inputs import PARAM_NAMES, pil_weights, random_frames, spatial_inputs
+from htkernels.testing import PARAM_NAMES, random_frames, spatial_inputs
 
 
 def test_ops_reject_cpu_tensors_with_a_typed_error():

@@ -6,6 +6,7 @@ references run on CPU, so the spectral path is compared with pocketfft's irfft2 
 import pytest
 import torch
 
+from engine.bench.inputs import pil_weights
 from engine.errors import InputError
 from engine.model import build_reference_model
 from engine.optimize.model import OptimizedHTModel
@@ -14,11 +15,11 @@ from htkernels.adapter_in import adapter_in_ref
 from htkernels.adapter_out import adapter_out_ref
 from htkernels.cuda_provider import CudaAdapterKernels
 from htkernels.preprocess import preprocess_ref
+from htkernels.testing import PARAM_NAMES, random_frames, reference_spatial, spatial_inputs
 
 from ..helpers import random_images, small_config, small_tensors
 from ..tolerances import RELATIVE, assert_relative
 from .cuda_support import gpu_marks
-from .inputs import PARAM_NAMES, pil_weights, random_frames, reference_spatial, spatial_inputs
 
 pytestmark = gpu_marks()
 

@@ -5,11 +5,12 @@ GPU in test_cuda_ops_gpu.py."""
 import pytest
 import torch
 
+from engine.bench.inputs import pil_weights
 from htkernels.preprocess import pillow_vertical_first, preprocess_ref
+from htkernels.testing import PARAM_NAMES, random_frames, reference_spatial, spatial_inputs
 
 from ..tolerances import RELATIVE, assert_relative
 from . import emulation
-from .inputs import PARAM_NAMES, pil_weights, random_frames, reference_spatial, spatial_inputs
 from .test_cuda_ops_gpu import DTYPES, PREPROCESS_CASES, SPATIAL_CASES
 
 pytestmark = [pytest.mark.slow,

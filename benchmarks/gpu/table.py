@@ -1,0 +1,97 @@
+"""The text table of a GPU check's JSON (what gpu_check.py prints at the end, and alone with `--table`)."""
+
+from __future__ import annotations
+
+
+def _short(config: dict) -> str:
+    if config.get("impl") == "torch":
+        return "cublas"
+    names = {"block_m": "m", "block_d": "d", "block_n": "n", "block_p": "p", "num_warps": "w", "single_pass": "1pass",
+             "pool_block": "pool", "split_conv": "split", "num_stages": "s"}
+    return "/".join(names.get(key, key) + ("" if value is True else str(value)) for key, value in config.items()
+                    if value is not False and key != "impl")
+
+
+def table(results: dict) -> str:
+    lines = []
+    env = results.get("environment", {})
+    lines.append(f"card {env.get('card', env.get('device'))}  driver {env.get('driver')}  torch {env.get('torch')}  "
+                 f"triton {env.get('triton')}  git {env.get('git_sha')}  {env.get('date')}")
+    gemm = results.get("gemm_bf16", {})
+    gemm_rate = gemm.get("tflop_per_s")
+    if gemm_rate:
+        lines.append(f"bf16 GEMM {gemm['n']}^3: {gemm_rate:.1f} TFLOP/s")
+    lines.append("")
+    names = ["eager_ref", "compile_ref", "torch_provider", "triton", "cuda"]
+    lines.append("kernels: median us per call with launches (in a CUDA graph) and max rel. error to fp64")
+    lines.append(f"{'kernel':<26}{'shape':<30}{'dtype':<10}" + "".join(f"{n:>22}" for n in names))
+    for row in results.get("kernels", []):
+        cells = []
+        for name in names:
+            cell = row.get(name)
+            if cell is None:
+                cells.append(f"{'-':>22}")
+            elif "error" in cell:
+                cells.append(f"{'error':>22}")
+            else:
+                graph = f"({cell['graph_us']:.1f})" if "graph_us" in cell else ""
+                cells.append(f"{cell['median_us']:.1f}{graph} e{cell['rel_err']:.0e}".rjust(22))
+        lines.append(f"{row['op']:<26}{row['shape']:<30}{row['dtype']:<10}" + "".join(cells))
+    block = results.get("adapter_block_batch1", {})
+    if block:
+        lines.append("")
+        lines.append("adapter, 3 kernels, batch 1, per block (target <= 25 us on H100):")
+        for name, cell in block.items():
+            value = f"{cell['median_us']:.1f} us" if "median_us" in cell else cell.get("error", "")
+            lines.append(f"  {name:<32}{value}")
+    tuning = results.get("tuning_batch1_bf16", {})
+    if tuning:
+        lines.append("")
+        lines.append("launch configurations, batch 1 bf16, us per call in a CUDA graph (first = default):")
+        for op, rows in tuning.items():
+            if op == "best_block":
+                continue
+            cells = [f"{row['graph_us']:.1f}" if "graph_us" in row else "err" for row in rows]
+            lines.append(f"  {op:<16}" + "  ".join(f"{_short(row['config'])}={cell}" for row, cell in zip(rows, cells)))
+        if "best_block" in tuning:
+            lines.append(f"  block with the best of each: {tuning['best_block']['graph_us']:.1f} us")
+    choices = results.get("tuner_choices", [])
+    if choices:
+        lines.append("")
+        lines.append("launch tuner's choices (default first; us per call in a CUDA graph):")
+        for choice in choices:
+            default = choice["measured"][0] if choice["measured"] else {}
+            chosen = next((row for row in choice["measured"] if row["config"] == choice["config"]), {})
+            lines.append(f"  {choice['op']:<16}{str(choice['key']):<44}{_short(choice['config'])} "
+                         f"{chosen.get('us', float('nan')):.1f} (default {default.get('us', float('nan')):.1f})")
+    e2e = results.get("end_to_end", {})
+    if e2e.get("rows"):
+        lines.append("")
+        gflop = e2e.get("gflop_per_image")
+        lines.append(f"end to end {e2e.get('arch')} {e2e.get('task')}"
+                     + (f", {gflop:.3g} GFLOP/image" if gflop else "") + "  (median ms | img/s | speed-up vs eager | "
+                     "vs compile | % of GEMM rate | rel err vs fp32 reference)")
+        for row in e2e["rows"]:
+            base = row.get("compile_reference", {}).get("median_us")
+            eager = row.get("reference", {}).get("median_us")
+            if row.get("reference_chunk"):
+                lines.append(f"  B={row['batch']}: both references run in chunks of {row['reference_chunk']} images "
+                             "(their upsample output would exceed INT_MAX elements)")
+            for name in ("reference", "compile_reference", "optimized", "optimized_cuda", "optimized_torch_graphs"):
+                cell = row.get(name)
+                if cell is None:
+                    continue
+                if "error" in cell:
+                    lines.append(f"  B={row['batch']:<4}{row['dtype']:<6}{name:<24}{cell['error'][:80]}")
+                    continue
+                speedup = f"{base / cell['median_us']:.2f}x" if base else "-"
+                over_eager = f"{eager / cell['median_us']:.2f}x" if eager else "-"
+                share = (f"{100 * cell['tflop_per_s'] / gemm_rate:.0f}%"
+                         if gemm_rate and "tflop_per_s" in cell else "-")
+                lines.append(f"  B={row['batch']:<4}{row['dtype']:<6}{name:<24}{cell['median_us'] / 1e3:>9.3f} ms"
+                             f"{cell['images_per_s']:>10.0f}/s{over_eager:>8}{speedup:>8}{share:>6}  "
+                             f"{cell['rel_err_vs_fp32_reference']:.1e}")
+    for key in ("errors",):
+        for section, message in results.get(key, {}).items():
+            lines.append(f"section {section} failed: {message.splitlines()[-1] if message else ''}")
+    return "\n".join(lines)

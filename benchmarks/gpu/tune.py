@@ -1,0 +1,74 @@
+"""Section `tune`: each Triton kernel of the batch-1 adapter under each of its tuner candidates, in CUDA graphs, then
+the block with the fastest configuration of each: the data the launchers' batch-1 defaults come from. Also the
+launch tuner's choices so far (`record`), which the optimized backend makes in its warm-up runs."""
+
+from __future__ import annotations
+
+import functools
+import time
+
+import torch
+
+from htkernels import adapter_in, adapter_out, adapter_spatial
+from htkernels._tune import TUNER
+from htkernels.adapter_in import adapter_in_triton
+from htkernels.adapter_out import adapter_out_triton
+from htkernels.adapter_spatial import adapter_spatial_triton
+from htkernels.testing import adapter_block, adapter_block_inputs
+
+from .common import DTYPES, Check, error_text, graph_time
+
+BUDGET_S = 60.0  # the sweep's own limit: candidates past it are recorded as skipped
+LAUNCHERS = {"adapter_in": adapter_in_triton, "adapter_spatial": adapter_spatial_triton,
+             "adapter_out": adapter_out_triton}
+
+
+def tuning_sweep(width: int, channels: int, grid: int) -> dict:
+    """Launch configurations swept at batch 1: each launcher's tuner candidates (the first is its default)."""
+    rows = 1 + grid * grid
+    return {"adapter_in": adapter_in.tuning_candidates(rows),
+            "adapter_spatial": adapter_spatial.tuning_candidates(1, grid, grid, channels),
+            "adapter_out": adapter_out.tuning_candidates(rows)}
+
+
+def run(check: Check) -> None:
+    device, timer = check.device, check.timer
+    width, channels, grid = check.shape
+    deadline = time.monotonic() + BUDGET_S
+    dtype = DTYPES["bf16"]
+    inputs = adapter_block_inputs(dtype, device, width, channels, grid)
+    (x, w_norm, w_raw, bias, eps), spatial, (w2, b2) = inputs
+    g2d = torch.randn(x.shape[0], channels, device=device, dtype=dtype)
+    calls = {
+        "adapter_in": lambda tuning: adapter_in_triton(x, w_norm, w_raw, bias, eps, tuning=tuning),
+        "adapter_spatial": lambda tuning: adapter_spatial_triton(*spatial, tuning=tuning),
+        "adapter_out": lambda tuning: adapter_out_triton(g2d, w2, b2, x, tuning=tuning),
+    }
+    tuning = check.results.setdefault("tuning_batch1_bf16", {})
+    sweep = tuning_sweep(width, channels, grid)
+    best = {}
+    with torch.inference_mode():
+        for op, configs in sweep.items():
+            rows = tuning.setdefault(op, [])
+            for config in configs:
+                if time.monotonic() > deadline:
+                    rows.append({"config": config, "error": "skipped: time budget spent"})
+                    continue
+                try:
+                    stats = graph_time(timer, lambda config=config: calls[op](config), repeat=20)
+                    rows.append({"config": config, "graph_us": stats["median_us"]})
+                    if op not in best or stats["median_us"] < best[op][1]:
+                        best[op] = (config, stats["median_us"])
+                except Exception as exc:  # noqa: BLE001
+                    rows.append({"config": config, "error": error_text(exc)})
+            check.save()
+        if len(best) == 3:
+            block = adapter_block(inputs, *(functools.partial(LAUNCHERS[op], tuning=best[op][0]) for op in sweep))
+            tuning["best_block"] = {"configs": {op: config for op, (config, _) in best.items()},
+                                    "graph_us": graph_time(timer, block, repeat=20)["median_us"]}
+    check.save()
+
+
+def record(results: dict) -> None:
+    """The launch tuner's choices so far, with every candidate's time."""
+    results["tuner_choices"] = TUNER.report()
