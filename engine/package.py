@@ -2,8 +2,8 @@
 
 The metadata records a sha256 of the tensors (every tensor's name, dtype, shape and bytes, in name order), a sha256
 of the config text exactly as stored, and the package sha256 that combines both; all are checked on load, so an
-altered or truncated package (tensors or config) is refused instead of silently producing other numbers or labels. Torch is imported
-when a package is read or written, not when this module is.
+altered or truncated package (tensors or config) is refused instead of silently producing other numbers or
+labels. Torch is imported when a package is read or written, not when this module is.
 """
 
 from __future__ import annotations
@@ -105,16 +105,14 @@ def _read_current(path: Path, metadata: dict, tensors: dict) -> tuple[ModelConfi
     config_text = metadata["config"]
     altered = []
     tensors_sha, config_sha = tensors_sha256(tensors), text_sha256(config_text)
-    if tensors_sha != metadata["tensors_sha256"]:
-        altered.append(f"its tensors (sha256 {tensors_sha[:16]}…, recorded {metadata['tensors_sha256'][:16]}…)")
-    if config_sha != metadata["config_sha256"]:
-        altered.append(f"its config (sha256 {config_sha[:16]}…, recorded {metadata['config_sha256'][:16]}…)")
+    for part, actual, key in (("tensors", tensors_sha, "tensors_sha256"), ("config", config_sha, "config_sha256")):
+        if actual != metadata[key]:
+            altered.append(f"its {part} changed (sha256 {actual[:16]}…, recorded {metadata[key][:16]}…)")
     sha = package_sha256(metadata["tensors_sha256"], metadata["config_sha256"])
     if not altered and sha != metadata["sha256"]:
-        altered.append("its recorded hashes (they do not combine to its sha256)")
+        altered.append("its recorded hashes do not combine to its sha256")
     if altered:
-        raise PackageError(f"package {path} is altered or corrupt: {' and '.join(altered)} do not match what was "
-                           f"written; rebuild or re-import it")
+        raise PackageError(f"package {path} is altered or corrupt: {'; '.join(altered)}; rebuild or re-import it")
     try:
         raw = json.loads(config_text)
     except json.JSONDecodeError as exc:

@@ -71,7 +71,7 @@ def test_tampered_config_is_refused(package):
     new_header = json.dumps(header).encode()
     new_header += b" " * ((8 - len(new_header) % 8) % 8)
     path.write_bytes(struct.pack("<Q", len(new_header)) + new_header + data[8 + size:])
-    with pytest.raises(PackageError, match="invalid config.*unknown task 'detect'"):
+    with pytest.raises(PackageError, match="altered or corrupt: its config changed"):
         read_package(path)
 
 
