@@ -12,6 +12,8 @@ import functools
 
 import numpy as np
 
+from htkernels.pillow import vertical_pass_first
+
 from .errors import InputError
 
 _PRECISION_BITS = 32 - 8 - 2
@@ -51,12 +53,6 @@ def pil_resize_matrix(in_size: int, out_size: int) -> np.ndarray:
 def _fixed_point_to_uint8(acc: np.ndarray) -> np.ndarray:
     rounded = np.floor((acc + (1 << (_PRECISION_BITS - 1))) / (1 << _PRECISION_BITS))
     return np.clip(rounded, 0, 255).astype(np.uint8)
-
-
-def vertical_pass_first(height: int, width: int, out_h: int, out_w: int) -> bool:
-    """Pillow (13.x) runs the vertical pass first when it shrinks rows more than twice as much as the horizontal
-    pass shrinks columns; the uint8 rounding between the passes makes the order visible in the result."""
-    return max(height - out_h, 0) > 2 * max(width - out_w, 0)
 
 
 def resize_like_pil(gray: np.ndarray, out_h: int, out_w: int) -> np.ndarray:

@@ -6,11 +6,10 @@ registrations still import, and a launch says what to install instead of failing
 
 from __future__ import annotations
 
-import os
-
 import torch
 
-from engine.errors import BackendError, InputError
+from . import envs
+from .errors import KernelInputError, KernelUnavailableError
 
 try:
     import triton
@@ -22,40 +21,43 @@ except ImportError:  # the CPU-only runtime does not need Triton
 
 def _missing_triton(fn):
     def launch(*args, **kwargs):
-        raise BackendError(f"{fn.__name__} needs Triton: pip install -c constraints.txt '.[triton]'")
+        raise KernelUnavailableError(f"{fn.__name__} needs Triton: pip install -c constraints.txt '.[triton]'")
 
     return launch
 
 
 def jit(fn):
-    """`triton.jit` when Triton is installed; otherwise a stub that raises a `BackendError` when launched."""
+    """`triton.jit` when Triton is installed; otherwise a stub that raises a `KernelUnavailableError` when launched."""
     return triton.jit(fn) if triton is not None else _missing_triton(fn)
 
 
 def interpreting() -> bool:
     """True under `TRITON_INTERPRET=1`, where kernels run on CPU tensors (CI without a GPU)."""
-    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+    return envs.TRITON_INTERPRET.get()
 
 
 def check_launch(op: str, tensors: dict, float_dtypes=(torch.float32, torch.float16, torch.bfloat16)) -> None:
     """Every tensor on one CUDA device (or any device when interpreting), floating inputs of a supported dtype."""
     if triton is None:
-        raise BackendError(f"htkernels::{op} on CUDA needs Triton: pip install -c constraints.txt '.[triton]'")
+        raise KernelUnavailableError(f"htkernels::{op} on CUDA needs Triton: "
+                                     "pip install -c constraints.txt '.[triton]'")
     devices = {t.device for t in tensors.values() if t is not None}
     if len(devices) > 1:
-        raise InputError(f"htkernels::{op}: all tensors must be on one device, got {sorted(map(str, devices))}")
+        raise KernelInputError(f"htkernels::{op}: all tensors must be on one device, "
+                               f"got {sorted(map(str, devices))}")
     device = next(iter(devices))
     if device.type != "cuda" and not interpreting():
-        raise InputError(f"htkernels::{op}: the Triton kernel runs on CUDA tensors, got {device}; "
+        raise KernelInputError(f"htkernels::{op}: the Triton kernel runs on CUDA tensors, got {device}; "
                          f"call htkernels.{op}.{op}_ref on CPU or set TRITON_INTERPRET=1 to interpret")
     for name, tensor in tensors.items():
         if tensor is not None and tensor.is_floating_point() and tensor.dtype not in float_dtypes:
-            raise InputError(f"htkernels::{op}: {name} has dtype {tensor.dtype}; expected one of {float_dtypes}")
+            raise KernelInputError(f"htkernels::{op}: {name} has dtype {tensor.dtype}; "
+                                   f"expected one of {float_dtypes}")
 
 
 def check_shape(op: str, name: str, tensor: torch.Tensor, expected: tuple) -> None:
     if tuple(tensor.shape) != tuple(expected):
-        raise InputError(f"htkernels::{op}: {name} has shape {list(tensor.shape)}, expected {list(expected)}")
+        raise KernelInputError(f"htkernels::{op}: {name} has shape {list(tensor.shape)}, expected {list(expected)}")
 
 
 def pow2_at_least(n: int, floor: int = 16) -> int:
@@ -66,7 +68,7 @@ def pow2_at_least(n: int, floor: int = 16) -> int:
 def check_rank(op: str, name: str, tensor: torch.Tensor, layout: str) -> None:
     """`layout` like "[M, D]": the number of dimensions it names is the rank expected."""
     if tensor.dim() != layout.count(",") + 1:
-        raise InputError(f"htkernels::{op}: {name} must be {layout}, got shape {list(tensor.shape)}")
+        raise KernelInputError(f"htkernels::{op}: {name} must be {layout}, got shape {list(tensor.shape)}")
 
 
 def cdiv(a: int, b: int) -> int:
@@ -156,5 +158,6 @@ def launch_config(op: str, defaults: dict, tuning) -> dict:
     tuning = tuning or {}
     unknown = sorted(set(tuning) - set(defaults))
     if unknown:
-        raise InputError(f"htkernels::{op}: unknown tuning keys {unknown}; this launcher takes {sorted(defaults)}")
+        raise KernelInputError(f"htkernels::{op}: unknown tuning keys {unknown}; "
+                               f"this launcher takes {sorted(defaults)}")
     return defaults | tuning

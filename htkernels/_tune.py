@@ -26,7 +26,6 @@ op's candidate configurations and keeps the fastest; every later launch at that 
 from __future__ import annotations
 
 import functools
-import os
 import statistics
 import threading
 from dataclasses import dataclass, field
@@ -34,11 +33,11 @@ from typing import Callable, Optional
 
 import torch
 
-from engine.errors import InputError
-
+from . import envs
 from ._triton import interpreting, launch_config
+from .errors import KernelInputError
+from .timing import cuda_event_ms
 
-TUNE_ENV = "HTK_TUNE"
 GRAPH_LAUNCHES = 10
 REPLAYS = 5
 MARGIN = 0.03
@@ -55,15 +54,7 @@ def graph_time_us(launch: Callable[[], None], device: torch.device) -> float:
             for _ in range(GRAPH_LAUNCHES):
                 launch()
         graph.replay()
-        times = []
-        for _ in range(REPLAYS):
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            graph.replay()
-            end.record()
-            end.synchronize()
-            times.append(start.elapsed_time(end) * 1000.0 / GRAPH_LAUNCHES)
-        return statistics.median(times)
+        return statistics.median([cuda_event_ms(graph.replay) * 1000.0 / GRAPH_LAUNCHES for _ in range(REPLAYS)])
 
 
 # The configuration of launchers whose candidates include torch's own ops: cuBLAS and the separate op.
@@ -123,7 +114,7 @@ class LaunchTuner:
     @staticmethod
     def active(device: torch.device) -> bool:
         """Whether a launch on `device` may be tuned now (see the module docstring for when it is not)."""
-        if os.environ.get(TUNE_ENV, "1").strip() in ("0", "false", "no", "off"):
+        if not envs.HTK_TUNE.get():
             return False
         if device.type != "cuda" or interpreting():
             return False
@@ -187,11 +178,11 @@ def check_impl(op: str) -> Callable[[dict], None]:
     next to their Triton kernel (`impl="triton"` with positive tile sizes)."""
     def validate(config: dict) -> None:
         if config["impl"] not in ("triton", "torch"):
-            raise InputError(f"htkernels::{op}: tuning impl={config['impl']!r}; expected 'triton' or 'torch'")
+            raise KernelInputError(f"htkernels::{op}: tuning impl={config['impl']!r}; expected 'triton' or 'torch'")
         if config["impl"] == "triton":
             tiles = (config["block_m"], config["block_n"], config["num_warps"])
             if any(n <= 0 or n & (n - 1) for n in tiles) or min(config["block_m"], config["block_n"]) < 16 \
                     or config["num_stages"] < 1:
-                raise InputError(f"htkernels::{op}: tuning {config} needs power-of-two block_m, block_n ≥ 16 and "
+                raise KernelInputError(f"htkernels::{op}: tuning {config} needs power-of-two block_m, block_n ≥ 16 and "
                                  f"num_warps, and num_stages ≥ 1")
     return validate

@@ -6,6 +6,7 @@ from typing import Optional
 
 import torch
 
+from ._registry import register_op
 from ._triton import (
     cdiv,
     check_launch,
@@ -159,18 +160,12 @@ def adapter_in_triton(x: torch.Tensor, w_norm: torch.Tensor, w_raw: torch.Tensor
     return z
 
 
-@torch.library.custom_op("htkernels::adapter_in", mutates_args=(), device_types="cpu")
+def _adapter_in_fake(x, w_norm, w_raw, bias, eps):
+    return x.new_empty((x.shape[0], w_norm.shape[0]))
+
+
+@register_op("adapter_in", cuda=adapter_in_triton, fake=_adapter_in_fake)
 def adapter_in(x: torch.Tensor, w_norm: torch.Tensor, w_raw: torch.Tensor, bias: torch.Tensor,
                eps: float) -> torch.Tensor:
     """The public op: the reference on CPU, the Triton kernel on CUDA."""
     return adapter_in_ref(x, w_norm, w_raw, bias, eps)
-
-
-@adapter_in.register_kernel("cuda")
-def _adapter_in_cuda(x, w_norm, w_raw, bias, eps):
-    return adapter_in_triton(x, w_norm, w_raw, bias, eps)
-
-
-@adapter_in.register_fake
-def _adapter_in_fake(x, w_norm, w_raw, bias, eps):
-    return x.new_empty((x.shape[0], w_norm.shape[0]))

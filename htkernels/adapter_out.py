@@ -6,6 +6,7 @@ from typing import Optional
 
 import torch
 
+from ._registry import register_op
 from ._triton import (
     cdiv,
     check_launch,
@@ -108,17 +109,11 @@ def adapter_out_triton(g: torch.Tensor, w2: torch.Tensor, b2: torch.Tensor, resi
                                residual.device, tuning, check_impl("adapter_out")))
 
 
-@torch.library.custom_op("htkernels::adapter_out", mutates_args=(), device_types="cpu")
+def _adapter_out_fake(g, w2, b2, residual):
+    return residual.new_empty((g.shape[0], w2.shape[0]))
+
+
+@register_op("adapter_out", cuda=adapter_out_triton, fake=_adapter_out_fake)
 def adapter_out(g: torch.Tensor, w2: torch.Tensor, b2: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
     """The public op: the reference on CPU, the Triton kernel on CUDA."""
     return adapter_out_ref(g, w2, b2, residual)
-
-
-@adapter_out.register_kernel("cuda")
-def _adapter_out_cuda(g, w2, b2, residual):
-    return adapter_out_triton(g, w2, b2, residual)
-
-
-@adapter_out.register_fake
-def _adapter_out_fake(g, w2, b2, residual):
-    return residual.new_empty((g.shape[0], w2.shape[0]))

@@ -7,8 +7,7 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-from engine.errors import InputError
-
+from ._registry import register_op
 from ._triton import (
     cdiv,
     check_launch,
@@ -23,6 +22,7 @@ from ._triton import (
     tl,
 )
 from ._tune import tuned_config
+from .errors import KernelInputError
 
 # ViT-L/14 at 336 px has a 24×24 grid; 32×32 leaves room (the grid sets only loop bounds, not tile sizes).
 MAX_GRID = 32
@@ -276,7 +276,7 @@ def _check_tuning(h: int, w: int):
     def validate(config):
         pool_block = config["pool_block"]
         if pool_block and (pool_block & (pool_block - 1) or cdiv(h * w, pool_block) > 64):
-            raise InputError(f"htkernels::adapter_spatial: tuning pool_block={pool_block} must be a power of two "
+            raise KernelInputError(f"htkernels::adapter_spatial: tuning pool_block={pool_block} must be a power of two "
                              f"with at most 64 chunks over the {h}x{w} grid (0: the runtime loop)")
     return validate
 
@@ -294,9 +294,9 @@ def adapter_spatial_triton(z, h: int, w: int, spectral, k3, k5, k7, conv_bias, n
     check_rank(op, "z", z, "[B, N, r]")
     batch, tokens, channels = z.shape
     if not (1 <= h <= MAX_GRID and 1 <= w <= MAX_GRID):
-        raise InputError(f"htkernels::{op}: grid {h}x{w} is outside the supported 1..{MAX_GRID} per side")
+        raise KernelInputError(f"htkernels::{op}: grid {h}x{w} is outside the supported 1..{MAX_GRID} per side")
     if tokens != 1 + h * w:
-        raise InputError(f"htkernels::{op}: z has {tokens} tokens, expected 1 + {h}*{w} = {1 + h * w}")
+        raise KernelInputError(f"htkernels::{op}: z has {tokens} tokens, expected 1 + {h}*{w} = {1 + h * w}")
     reduced = noise_w1.shape[0]
     for name, tensor, shape in (("k3", k3, (channels, 3, 3)), ("k5", k5, (channels, 5, 5)),
                                 ("k7", k7, (channels, 7, 7)), ("conv_bias", conv_bias, (3, channels)),
@@ -344,7 +344,12 @@ def adapter_spatial_triton(z, h: int, w: int, spectral, k3, k5, k7, conv_bias, n
     return g
 
 
-@torch.library.custom_op("htkernels::adapter_spatial", mutates_args=(), device_types="cpu")
+def _adapter_spatial_fake(z, h, w, spectral, k3, k5, k7, conv_bias, noise_w1, noise_b1, noise_w2, noise_b2, proj,
+                          proj_bias):
+    return torch.empty_like(z, memory_format=torch.contiguous_format)
+
+
+@register_op("adapter_spatial", cuda=adapter_spatial_triton, fake=_adapter_spatial_fake)
 def adapter_spatial(z: torch.Tensor, h: int, w: int, spectral: Optional[torch.Tensor], k3: torch.Tensor,
                     k5: torch.Tensor, k7: torch.Tensor, conv_bias: torch.Tensor, noise_w1: torch.Tensor,
                     noise_b1: torch.Tensor, noise_w2: torch.Tensor, noise_b2: torch.Tensor, proj: torch.Tensor,
@@ -352,16 +357,3 @@ def adapter_spatial(z: torch.Tensor, h: int, w: int, spectral: Optional[torch.Te
     """The public op: the reference on CPU, the Triton kernels on CUDA."""
     return adapter_spatial_ref(z, h, w, spectral, k3, k5, k7, conv_bias, noise_w1, noise_b1, noise_w2, noise_b2,
                                proj, proj_bias)
-
-
-@adapter_spatial.register_kernel("cuda")
-def _adapter_spatial_cuda(z, h, w, spectral, k3, k5, k7, conv_bias, noise_w1, noise_b1, noise_w2, noise_b2, proj,
-                          proj_bias):
-    return adapter_spatial_triton(z, h, w, spectral, k3, k5, k7, conv_bias, noise_w1, noise_b1, noise_w2, noise_b2,
-                                  proj, proj_bias)
-
-
-@adapter_spatial.register_fake
-def _adapter_spatial_fake(z, h, w, spectral, k3, k5, k7, conv_bias, noise_w1, noise_b1, noise_w2, noise_b2, proj,
-                          proj_bias):
-    return torch.empty_like(z, memory_format=torch.contiguous_format)

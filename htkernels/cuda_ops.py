@@ -2,8 +2,9 @@
 
 Same contracts as the reference/Triton ops (htkernels/README.md). The compiled extension `htkernels._C` is optional:
 the ops are registered (with fake implementations, so tracing works anywhere) whether or not it was built, and a
-call on CUDA tensors without it raises a `BackendError` that says how to build it. The launchers check every size
-again on the C++ side and return a status that `launch` raises; the checks here turn tensor mistakes into `InputError`s that name the argument.
+call on CUDA tensors without it raises a `KernelUnavailableError` that says how to build it. The launchers check
+every size again on the C++ side and return a status that `launch` raises; the checks here turn tensor mistakes into
+`KernelInputError`s that name the argument.
 """
 
 from __future__ import annotations
@@ -13,9 +14,8 @@ from typing import Optional
 
 import torch
 
-from engine.errors import BackendError, InputError
-
-from .preprocess import pillow_vertical_first
+from .errors import KernelInputError, KernelUnavailableError
+from .pillow import vertical_pass_first
 
 _STATUS_OK, _STATUS_INVALID_ARGUMENT = 0, 1  # htk::StatusCode (csrc/htk.h); 2 is a CUDA failure
 _DTYPE_CODES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
@@ -24,18 +24,19 @@ _BUILD_HINT = ("build it with nvcc on PATH: `pip install -e .` or `HTK_CUDA_ARCH
 
 
 def load_extension():
-    """The compiled `htkernels._C`, or a `BackendError` saying why it is missing and how to build it."""
+    """The compiled `htkernels._C`, or a `KernelUnavailableError` saying why it is missing and how to build it."""
     try:
         return importlib.import_module("htkernels._C")
     except ImportError as exc:
-        raise BackendError(f"the CUDA C++ kernels (htkernels._C) are not built ({exc}); {_BUILD_HINT}") from exc
+        raise KernelUnavailableError(f"the CUDA C++ kernels (htkernels._C) are not built ({exc}); {_BUILD_HINT}") \
+            from exc
 
 
 def extension_status() -> tuple[bool, str]:
     """(True, description) when `htkernels._C` imports, else (False, the reason)."""
     try:
         extension = load_extension()
-    except BackendError as exc:
+    except KernelUnavailableError as exc:
         return False, str(exc)
     return True, f"htkernels._C built against CUDA runtime {extension.CUDART_VERSION}"
 
@@ -44,28 +45,29 @@ def launch(launcher, *args, **kwargs) -> None:
     """Call one of `htkernels._C`'s launchers and raise its failure as a typed error.
 
     The launchers return `(code, message)` rather than throwing (no C++ exception crosses the extension): a bad
-    argument is an `InputError` (a ValueError), a CUDA failure (no GPU, a failed launch) a `BackendError`."""
+    argument is a `KernelInputError` (a ValueError), a CUDA failure (no GPU, a failed launch) a
+    `KernelUnavailableError`."""
     code, message = launcher(*args, **kwargs)
     if code == _STATUS_OK:
         return
     if code == _STATUS_INVALID_ARGUMENT:
-        raise InputError(message)
-    raise BackendError(message)
+        raise KernelInputError(message)
+    raise KernelUnavailableError(message)
 
 
 def _require_cuda(name: str, tensor: torch.Tensor, device: Optional[torch.device] = None) -> None:
     if not isinstance(tensor, torch.Tensor):
-        raise InputError(f"{name}: expected a torch.Tensor, got {type(tensor).__name__}")
+        raise KernelInputError(f"{name}: expected a torch.Tensor, got {type(tensor).__name__}")
     if tensor.device.type != "cuda":
-        raise InputError(f"{name}: the CUDA kernels need CUDA tensors, got one on {tensor.device}; "
+        raise KernelInputError(f"{name}: the CUDA kernels need CUDA tensors, got one on {tensor.device}; "
                          "use the reference ops (htkernels::adapter_spatial / preprocess) on CPU")
     if device is not None and tensor.device != device:
-        raise InputError(f"{name}: on {tensor.device}, but the op's input is on {device}")
+        raise KernelInputError(f"{name}: on {tensor.device}, but the op's input is on {device}")
 
 
 def _require_shape(name: str, tensor: torch.Tensor, shape: tuple) -> None:
     if tuple(tensor.shape) != tuple(shape):
-        raise InputError(f"{name}: expected shape {list(shape)}, got {list(tensor.shape)}")
+        raise KernelInputError(f"{name}: expected shape {list(shape)}, got {list(tensor.shape)}")
 
 
 def _parameter(name: str, tensor: torch.Tensor, shape: tuple, device: torch.device) -> torch.Tensor:
@@ -73,24 +75,24 @@ def _parameter(name: str, tensor: torch.Tensor, shape: tuple, device: torch.devi
     _require_cuda(name, tensor, device)
     _require_shape(name, tensor, shape)
     if not tensor.is_floating_point():
-        raise InputError(f"{name}: expected a floating-point tensor, got {tensor.dtype}")
+        raise KernelInputError(f"{name}: expected a floating-point tensor, got {tensor.dtype}")
     return tensor.to(torch.float32).contiguous()
 
 
 def _activation_dtype(name: str, tensor: torch.Tensor) -> int:
     if tensor.dtype not in _DTYPE_CODES:
-        raise InputError(f"{name}: dtype {tensor.dtype} is not supported; expected float32, float16 or bfloat16")
+        raise KernelInputError(f"{name}: dtype {tensor.dtype} is not supported; expected float32, float16 or bfloat16")
     return _DTYPE_CODES[tensor.dtype]
 
 
 def _spatial_shape(z: torch.Tensor, h: int, w: int) -> tuple[int, int, int]:
     if z.dim() != 3:
-        raise InputError(f"z: expected [B, 1 + h*w, r], got shape {list(z.shape)}")
+        raise KernelInputError(f"z: expected [B, 1 + h*w, r], got shape {list(z.shape)}")
     batch, tokens, channels = z.shape
     if not (1 <= h <= 32 and 1 <= w <= 32):
-        raise InputError(f"grid {h}x{w} is out of range: the kernels take h and w in [1, 32]")
+        raise KernelInputError(f"grid {h}x{w} is out of range: the kernels take h and w in [1, 32]")
     if tokens != 1 + h * w:
-        raise InputError(f"z has {tokens} tokens, expected 1 + {h}*{w} = {1 + h * w} (CLS first, then the grid)")
+        raise KernelInputError(f"z has {tokens} tokens, expected 1 + {h}*{w} = {1 + h * w} (CLS first, then the grid)")
     return batch, tokens, channels
 
 
@@ -105,10 +107,10 @@ def adapter_spatial_into(out: torch.Tensor, z: torch.Tensor, h: int, w: int, spe
     dtype_code = _activation_dtype("z", z)
     _require_cuda("out", out, device)
     if out.shape != z.shape or out.dtype != z.dtype or not out.is_contiguous():
-        raise InputError(f"out: expected a contiguous {z.dtype} tensor of shape {list(z.shape)}, "
+        raise KernelInputError(f"out: expected a contiguous {z.dtype} tensor of shape {list(z.shape)}, "
                          f"got {out.dtype} {list(out.shape)} (contiguous={out.is_contiguous()})")
     if noise_w1.dim() != 2:
-        raise InputError(f"noise_w1: expected [r/4, r], got shape {list(noise_w1.shape)}")
+        raise KernelInputError(f"noise_w1: expected [r/4, r], got shape {list(noise_w1.shape)}")
     hidden = noise_w1.shape[0]
     params = {
         "k3": _parameter("k3", k3, (channels, 3, 3), device),
@@ -159,21 +161,21 @@ def _cuda_adapter_spatial_fake(z, h, w, spectral, k3, k5, k7, conv_bias, noise_w
 def _weights(name: str, weights: torch.Tensor, rows_in: int, device: torch.device) -> torch.Tensor:
     _require_cuda(name, weights, device)
     if weights.dim() != 2 or weights.shape[1] != rows_in or weights.shape[0] < 1:
-        raise InputError(f"{name}: expected [out_size, {rows_in}] fixed-point coefficients, got {list(weights.shape)}")
+        raise KernelInputError(f"{name}: expected [out_size, {rows_in}] fixed-point coefficients, got {list(weights.shape)}")
     if weights.is_floating_point() or weights.is_complex() or weights.dtype == torch.bool:
-        raise InputError(f"{name}: expected int32 fixed-point coefficients (22 fractional bits, as "
+        raise KernelInputError(f"{name}: expected int32 fixed-point coefficients (22 fractional bits, as "
                          f"engine.preprocess.pil_resize_matrix gives them), got {weights.dtype}")
     return weights.to(torch.int32).contiguous()
 
 
 def _frames_shape(frames: torch.Tensor) -> tuple[int, int, int, int]:
     if frames.dtype != torch.uint8:
-        raise InputError(f"frames: expected uint8 pixels, got {frames.dtype}")
+        raise KernelInputError(f"frames: expected uint8 pixels, got {frames.dtype}")
     if frames.dim() == 3:
         return (*frames.shape, 1)
     if frames.dim() == 4 and frames.shape[3] == 3:
         return tuple(frames.shape)
-    raise InputError(f"frames: expected [B, H, W] (gray) or [B, H, W, 3] (RGB), got shape {list(frames.shape)}")
+    raise KernelInputError(f"frames: expected [B, H, W] (gray) or [B, H, W, 3] (RGB), got shape {list(frames.shape)}")
 
 
 def preprocess_into(out: torch.Tensor, frames: torch.Tensor, row_weights: torch.Tensor, col_weights: torch.Tensor,
@@ -188,9 +190,9 @@ def preprocess_into(out: torch.Tensor, frames: torch.Tensor, row_weights: torch.
     _require_cuda("out", out, device)
     dtype_code = _activation_dtype("out", out)
     if tuple(out.shape) != (batch, 3, out_h, out_w) or not out.is_contiguous():
-        raise InputError(f"out: expected a contiguous tensor of shape {[batch, 3, out_h, out_w]}, "
+        raise KernelInputError(f"out: expected a contiguous tensor of shape {[batch, 3, out_h, out_w]}, "
                          f"got {list(out.shape)} (contiguous={out.is_contiguous()})")
-    if pillow_vertical_first(height, width, out_h, out_w):
+    if vertical_pass_first(height, width, out_h, out_w):
         # The kernel runs the horizontal pass first; on the transposed frame that is Pillow's vertical-first order.
         transposed = torch.empty((batch, 3, out_w, out_h), dtype=out.dtype, device=device)
         preprocess_into(transposed, frames.transpose(1, 2), cols, rows, scale)
@@ -219,7 +221,7 @@ def cuda_preprocess(frames: torch.Tensor, row_weights: torch.Tensor, col_weights
 def _cuda_preprocess_fake(frames, row_weights, col_weights, scale, out_dtype):
     batch = _frames_shape(frames)[0]
     if out_dtype not in _DTYPE_CODES:
-        raise InputError(f"out_dtype {out_dtype} is not supported; expected float32, float16 or bfloat16")
+        raise KernelInputError(f"out_dtype {out_dtype} is not supported; expected float32, float16 or bfloat16")
     return torch.empty((batch, 3, row_weights.shape[0], col_weights.shape[0]), dtype=out_dtype, device=frames.device)
 
 

@@ -12,8 +12,7 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-from engine.errors import InputError
-
+from ._registry import register_op
 from ._triton import (
     cdiv,
     check_launch,
@@ -28,6 +27,7 @@ from ._triton import (
     tl,
 )
 from ._tune import TORCH_IMPL, check_impl, int32_offsets, tuned_config
+from .errors import KernelInputError
 
 # Activation names → the kernel's ACTIVATION constexpr.
 ACTIVATIONS = {"none": 0, "gelu": 1, "quick_gelu": 2}
@@ -88,7 +88,7 @@ def linear_act_triton(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
     `tuning_candidates` on a GPU; `tuning` overrides keys of the default instead."""
     op = "linear_act"
     if activation not in ACTIVATIONS:
-        raise InputError(f"htkernels::{op}: activation {activation!r}; expected one of {sorted(ACTIVATIONS)}")
+        raise KernelInputError(f"htkernels::{op}: activation {activation!r}; expected one of {sorted(ACTIVATIONS)}")
     check_launch(op, dict(x=x, weight=weight, bias=bias))
     check_rank(op, "x", x, "[M, K]")
     rows, inner = x.shape
@@ -121,17 +121,11 @@ def linear_act_triton(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
                                check_impl(op)))
 
 
-@torch.library.custom_op("htkernels::linear_act", mutates_args=(), device_types="cpu")
+def _linear_act_fake(x, weight, bias, activation):
+    return x.new_empty((x.shape[0], weight.shape[0]))
+
+
+@register_op("linear_act", cuda=linear_act_triton, fake=_linear_act_fake)
 def linear_act(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, activation: str) -> torch.Tensor:
     """The public op: the reference on CPU, the tuned choice of cuBLAS + activation or the fused kernel on CUDA."""
     return linear_act_ref(x, weight, bias, activation)
-
-
-@linear_act.register_kernel("cuda")
-def _linear_act_cuda(x, weight, bias, activation):
-    return linear_act_triton(x, weight, bias, activation)
-
-
-@linear_act.register_fake
-def _linear_act_fake(x, weight, bias, activation):
-    return x.new_empty((x.shape[0], weight.shape[0]))

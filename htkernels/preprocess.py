@@ -6,9 +6,10 @@ import math
 
 import torch
 
-from engine.errors import InputError
-
+from ._registry import register_op
 from ._triton import cdiv, check_launch, check_shape, interpret_bf16, jit, round_bf16, tl
+from .errors import KernelInputError
+from .pillow import vertical_pass_first
 
 _PRECISION_BITS = 22
 
@@ -16,11 +17,6 @@ _PRECISION_BITS = 22
 def _round_fixed_point(acc: torch.Tensor) -> torch.Tensor:
     return torch.clamp(torch.div(acc + (1 << (_PRECISION_BITS - 1)), 1 << _PRECISION_BITS, rounding_mode="floor"),
                        0, 255)
-
-
-def pillow_vertical_first(height: int, width: int, out_h: int, out_w: int) -> bool:
-    """Pillow 13's pass order: vertical first iff it shrinks rows more than twice as much as columns shrink."""
-    return height != out_h and width != out_w and max(height - out_h, 0) > 2 * max(width - out_w, 0)
 
 
 def preprocess_ref(frames: torch.Tensor, row_weights: torch.Tensor, col_weights: torch.Tensor, scale: float,
@@ -32,7 +28,7 @@ def preprocess_ref(frames: torch.Tensor, row_weights: torch.Tensor, col_weights:
     gray = frames.to(torch.float64)
     height, width = gray.shape[1:]
     out_h, out_w = row_weights.shape[0], col_weights.shape[0]
-    vertical_first = pillow_vertical_first(height, width, out_h, out_w)
+    vertical_first = vertical_pass_first(height, width, out_h, out_w)
     if height != out_h and vertical_first:
         gray = _round_fixed_point(row_weights.to(torch.float64) @ gray)
     if width != out_w:
@@ -154,19 +150,19 @@ def preprocess_triton(frames: torch.Tensor, row_weights: torch.Tensor, col_weigh
     op = "preprocess"
     check_launch(op, dict(frames=frames, row_weights=row_weights, col_weights=col_weights))
     if frames.dtype != torch.uint8:
-        raise InputError(f"htkernels::{op}: frames must be uint8, got {frames.dtype}")
+        raise KernelInputError(f"htkernels::{op}: frames must be uint8, got {frames.dtype}")
     if not (frames.dim() == 3 or (frames.dim() == 4 and frames.shape[3] == 3)):
-        raise InputError(f"htkernels::{op}: frames must be [B,H,W] or [B,H,W,3], got {list(frames.shape)}")
+        raise KernelInputError(f"htkernels::{op}: frames must be [B,H,W] or [B,H,W,3], got {list(frames.shape)}")
     for name, weights in (("row_weights", row_weights), ("col_weights", col_weights)):
         if weights.dtype != torch.int32:
-            raise InputError(f"htkernels::{op}: {name} must be int32 fixed-point coefficients, got {weights.dtype}")
+            raise KernelInputError(f"htkernels::{op}: {name} must be int32 fixed-point coefficients, got {weights.dtype}")
     if out_dtype not in (torch.float32, torch.float16, torch.bfloat16):
-        raise InputError(f"htkernels::{op}: out_dtype must be float32, float16 or bfloat16, got {out_dtype}")
+        raise KernelInputError(f"htkernels::{op}: out_dtype must be float32, float16 or bfloat16, got {out_dtype}")
     batch, height, width = frames.shape[:3]
     out_h, out_w = row_weights.shape[0], col_weights.shape[0]
     check_shape(op, "row_weights", row_weights, (out_h, height))
     check_shape(op, "col_weights", col_weights, (out_w, width))
-    if pillow_vertical_first(height, width, out_h, out_w):
+    if vertical_pass_first(height, width, out_h, out_w):
         # The kernel runs the horizontal pass first; on the transposed frame that is Pillow's vertical-first order.
         transposed = preprocess_triton(frames.transpose(1, 2), col_weights, row_weights, scale, out_dtype)
         return transposed.transpose(2, 3).contiguous()
@@ -190,18 +186,12 @@ def preprocess_triton(frames: torch.Tensor, row_weights: torch.Tensor, col_weigh
     return out
 
 
-@torch.library.custom_op("htkernels::preprocess", mutates_args=(), device_types="cpu")
+def _preprocess_fake(frames, row_weights, col_weights, scale, out_dtype):
+    return frames.new_empty((frames.shape[0], 3, row_weights.shape[0], col_weights.shape[0]), dtype=out_dtype)
+
+
+@register_op("preprocess", cuda=preprocess_triton, fake=_preprocess_fake)
 def preprocess(frames: torch.Tensor, row_weights: torch.Tensor, col_weights: torch.Tensor, scale: float,
                out_dtype: torch.dtype) -> torch.Tensor:
     """The public op: the reference on CPU, the Triton kernel on CUDA."""
     return preprocess_ref(frames, row_weights, col_weights, scale, out_dtype)
-
-
-@preprocess.register_kernel("cuda")
-def _preprocess_cuda(frames, row_weights, col_weights, scale, out_dtype):
-    return preprocess_triton(frames, row_weights, col_weights, scale, out_dtype)
-
-
-@preprocess.register_fake
-def _preprocess_fake(frames, row_weights, col_weights, scale, out_dtype):
-    return frames.new_empty((frames.shape[0], 3, row_weights.shape[0], col_weights.shape[0]), dtype=out_dtype)

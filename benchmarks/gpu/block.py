@@ -10,8 +10,8 @@ from __future__ import annotations
 import torch
 
 from engine.optimize.kernels import TorchAdapterKernels
+from engine.optimize.triton_provider import TritonAdapterKernels
 from htkernels.testing import adapter_block, adapter_block_inputs
-from htkernels.triton_provider import TritonAdapterKernels
 
 from .common import DTYPES, Check, cuda_provider, error_text, graph_time
 

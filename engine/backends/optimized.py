@@ -25,10 +25,12 @@ def available(device: str) -> tuple[bool, str]:
 
 
 def build_model(package, precision: str, kernels: str = "torch"):
+    from ..optimize.kernels import kernel_provider
     from ..optimize.model import OptimizedHTModel
 
+    provider = kernel_provider(kernels)
     try:
-        return OptimizedHTModel(package.config, package.tensors, kernels=kernels, dtype=DTYPES[precision]).eval()
+        return OptimizedHTModel(package.config, package.tensors, kernels=provider, dtype=DTYPES[precision]).eval()
     except (RuntimeError, ValueError) as exc:
         raise PackageError(f"package tensors do not fit the model of its config: {exc}") from exc
 

@@ -42,9 +42,4 @@ def deployable_model(config, tensors: dict, dtype: torch.dtype = torch.float32) 
     the storage and GEMM dtype; inputs and logits stay float32."""
     from ..optimize.model import OptimizedHTModel
 
-    model = OptimizedHTModel(config, tensors, kernels="torch", dtype=dtype).eval()
-    export_kernels = ExportAdapterKernels()
-    for module in model.modules():
-        if hasattr(module, "kernels"):
-            module.kernels = export_kernels
-    return model
+    return OptimizedHTModel(config, tensors, kernels=ExportAdapterKernels(), dtype=dtype).eval()

@@ -5,7 +5,7 @@ weights are graph inputs), so compiling costs about one block, not ten, and the 
 The embedding and the head (~4% of the time) run eagerly: compiling them cost load time for no measurable gain. Batch 1 gets its own static graph, compiled at load time; every other batch size
 shares one dynamic graph, compiled (or read from the cache) by the first call with a batch > 1.
 
-Environment:
+Settings (`engine.settings`):
 - `HT_ENGINE_CACHE`: cache root (default `~/.cache/ht-engine`); compiled code lives in `<root>/inductor`
   (inductor's own `TORCHINDUCTOR_CACHE_DIR` is pointed there while the engine compiles or runs, then restored).
 - `HT_ENGINE_COMPILE=0`: run eagerly (no compiler, no C++ toolchain needed).
@@ -16,38 +16,32 @@ from __future__ import annotations
 import contextlib
 import os
 import time
-from pathlib import Path
 
 import torch
 
+from .. import settings
 from ..errors import BackendError
 from ..runner import Runner
 from .quant import quantize_linears
 
-
-def cache_root() -> Path:
-    return Path(os.environ.get("HT_ENGINE_CACHE") or Path.home() / ".cache" / "ht-engine")
-
-
-def compile_enabled() -> bool:
-    return os.environ.get("HT_ENGINE_COMPILE", "1").strip().lower() not in ("0", "false", "no", "off")
-
+# Inductor's own variable, not an engine setting: the engine writes it around its compiles and restores it after.
+INDUCTOR_CACHE_ENV = "TORCHINDUCTOR_CACHE_DIR"
 
 @contextlib.contextmanager
 def inductor_cache_dir():
     """Point inductor's on-disk caches at the engine's cache for the duration of a compile or call (inductor
     writes its default into the environment on first use, so a value found there says nothing about the user)."""
-    path = cache_root() / "inductor"
+    path = settings.cache_root() / "inductor"
     path.mkdir(parents=True, exist_ok=True)
-    previous = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
-    os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(path)
+    previous = os.environ.get(INDUCTOR_CACHE_ENV)
+    os.environ[INDUCTOR_CACHE_ENV] = str(path)
     try:
         yield
     finally:
         if previous is None:
-            os.environ.pop("TORCHINDUCTOR_CACHE_DIR", None)
+            os.environ.pop(INDUCTOR_CACHE_ENV, None)
         else:
-            os.environ["TORCHINDUCTOR_CACHE_DIR"] = previous
+            os.environ[INDUCTOR_CACHE_ENV] = previous
 
 
 class _Region:
@@ -94,7 +88,7 @@ def make_cpu_runner(model: torch.nn.Module, package, precision: str) -> Runner:
     image_size = package.config.image_size
     forward = model
     load_seconds = 0.0
-    if compile_enabled():
+    if settings.COMPILE.get():
         start = time.perf_counter()
         try:
             with inductor_cache_dir(), torch.inference_mode():

@@ -15,6 +15,7 @@ import torch
 
 from ..errors import BackendError, InputError
 from ..runner import Runner
+from .kernels import kernel_errors
 
 WARMUP_RUNS = 2  # compiles the Triton kernels and lets cuBLAS/cuDNN pick their algorithms before capture
 
@@ -54,7 +55,8 @@ class CudaGraphRunner:
         if self.max_batch is not None and batch.shape[0] > self.max_batch:
             raise InputError(f"batch of {batch.shape[0]} exceeds this runner's maximum batch {self.max_batch}")
         shape = tuple(batch.shape)
-        with torch.cuda.device(self.device), self._lock:
+        # The capture runs the kernels' launchers: a failure there reaches the caller as the engine's error type.
+        with torch.cuda.device(self.device), self._lock, kernel_errors():
             entry = self.graphs.get(shape)
             if entry is None:
                 entry = self.graphs[shape] = self._capture(shape)

@@ -1,29 +1,81 @@
 """Adapter-kernel providers: the same four ops (htkernels/README.md contracts) from plain torch, Triton or CUDA, and
 the block's two dense layers with what follows them (`linear_act`, `linear_residual`).
 
-Providers are looked up lazily by name so that importing this module pulls in neither Triton nor a CUDA build.
-The `torch` provider uses only standard torch ops, so a model built on it exports (`torch.export`, ONNX) and
-compiles (`torch.compile`) like any other module.
+Every provider implements the `AdapterKernels` protocol; the optimized model takes one as an instance
+(`kernel_provider(name)` builds one from its name). Providers are looked up lazily by name so that importing this
+module pulls in neither Triton nor a CUDA build. The `torch` provider uses only standard torch ops, so a model built
+on it exports (`torch.export`, ONNX) and compiles (`torch.compile`) like any other module.
+
+htkernels knows nothing of the engine and raises its own errors; `kernel_errors` turns them into the engine's where
+the engine calls into it (the Triton and CUDA providers, the CUDA-graph runner), so a `Predictor` user still gets an
+`InputError` or a `BackendError`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
 
-from ..errors import BackendError
+from htkernels.errors import KernelError, KernelInputError
+
+from ..errors import BackendError, InputError
 from . import rewrites
 
 KERNEL_PROVIDERS = {
     "torch": "engine.optimize.kernels:TorchAdapterKernels",
-    "triton": "htkernels.triton_provider:TritonAdapterKernels",
-    "cuda": "htkernels.cuda_provider:CudaAdapterKernels",
+    "triton": "engine.optimize.triton_provider:TritonAdapterKernels",
+    "cuda": "engine.optimize.cuda_provider:CudaAdapterKernels",
 }
 
 
-def get_kernels(name: str):
+class AdapterKernels(Protocol):
+    """The ops the optimized model runs through a provider, with the contracts of htkernels/README.md. Math in fp32
+    whatever the storage dtype; outputs in the dtype of the main input."""
+
+    def available(self, device: str) -> tuple[bool, str]:
+        """`(True, detail)` when the provider can run on `device`, else `(False, why not)`."""
+
+    def adapter_in(self, x2d, w_norm, w_raw, bias, eps):
+        """`z [M, r] = LN(x2d) @ w_normᵀ + x2d @ w_rawᵀ + bias` (LN without affine, biased variance): x2d `[M, D]`,
+        w_norm and w_raw `[r, D]`, bias `[r]`."""
+
+    def adapter_spatial(self, z, h, w, spectral, k3, k5, k7, conv_bias, noise_w1, noise_b1, noise_w2, noise_b2, proj,
+                        proj_bias):
+        """`g [B, 1+h·w, r]` from `z [B, 1+h·w, r]`: frequency filter (`spectral`, or none), noise weights α, the
+        three α-weighted depthwise convs plus the residual, `proj`, GELU; the CLS token is `GELU(z[:, 0])`."""
+
+    def adapter_out(self, g2d, w2, b2, residual2d):
+        """`y [M, D] = residual2d + g2d @ w2ᵀ + b2`: g2d `[M, r]`, w2 `[D, r]`, b2 `[D]`, residual2d `[M, D]`."""
+
+    def linear_act(self, x, linear, activation):
+        """The block's fc1 and its activation: `act(linear(x))`, `activation` "gelu" (erf) or "quick_gelu";
+        `linear` maps the last dim (`nn.Linear`, or the int8 linear of the CPU path)."""
+
+    def linear_residual(self, x, linear, residual):
+        """The block's attention projection and fc2 with the residual add: `residual + linear(x)`."""
+
+    def preprocess(self, frames, row_weights, col_weights, scale, out_dtype):
+        """uint8 frames `[B, H, W]` or `[B, H, W, 3]` → `[B, 3, S_h, S_w]` of `out_dtype`: Pillow's bicubic resize
+        (int32 fixed-point `row_weights [S_h, H]`, `col_weights [S_w, W]`), bit-exact, times `scale`."""
+
+
+@contextlib.contextmanager
+def kernel_errors():
+    """Context manager and decorator: htkernels' `KernelInputError` leaves as an `InputError`, any other
+    `KernelError` (Triton missing, extension not built, a failed CUDA launch) as a `BackendError`."""
+    try:
+        yield
+    except KernelInputError as exc:
+        raise InputError(str(exc)) from exc
+    except KernelError as exc:
+        raise BackendError(str(exc)) from exc
+
+
+def get_kernels(name: str) -> type:
     """The provider class registered under `name` (import errors become a `BackendError` naming the provider)."""
     if name not in KERNEL_PROVIDERS:
         raise BackendError(f"unknown adapter-kernel provider {name!r}; expected one of {', '.join(KERNEL_PROVIDERS)}")
@@ -33,6 +85,11 @@ def get_kernels(name: str):
     except ImportError as exc:
         raise BackendError(f"adapter-kernel provider {name!r} cannot be imported ({module_name}): {exc}") from exc
     return getattr(module, class_name)
+
+
+def kernel_provider(name: str) -> AdapterKernels:
+    """An instance of the provider registered under `name`, what `OptimizedHTModel(kernels=...)` takes."""
+    return get_kernels(name)()
 
 
 def activate(x: torch.Tensor, activation: str) -> torch.Tensor:

@@ -18,7 +18,7 @@ from torch import nn
 from ..config import ModelConfig
 from ..errors import PackageError
 from . import rewrites
-from .kernels import get_kernels
+from .kernels import AdapterKernels, TorchAdapterKernels
 
 
 def _linear(weight: torch.Tensor, bias: torch.Tensor | None, dtype) -> nn.Linear:
@@ -61,7 +61,7 @@ class OptimizedBlock(nn.Module):
     for every block of the same shape."""
 
     def __init__(self, t: dict, prefix: str, cfg: ModelConfig, adapter: FoldedAdapterModule | None, dtype,
-                 kernels):
+                 kernels: AdapterKernels):
         super().__init__()
         self.heads = cfg.heads
         self.grid = cfg.grid
@@ -165,13 +165,15 @@ class OptimizedHTModel(nn.Module):
     """`forward(images float32 [B,3,S,S]) -> float32 logits`, the same numbers as the reference model.
 
     Made of regions (`embed`, `blocks[i]`, `head`) that the CPU runner compiles one by one: identical blocks share
-    one compiled graph, which keeps compile time and the on-disk cache small."""
+    one compiled graph, which keeps compile time and the on-disk cache small. `kernels` is the adapter-kernel
+    provider every block runs its ops through (`kernel_provider(name)`; default the torch provider)."""
 
-    def __init__(self, cfg: ModelConfig, tensors: dict, kernels: str = "torch", dtype: torch.dtype = torch.float32):
+    def __init__(self, cfg: ModelConfig, tensors: dict, kernels: AdapterKernels | None = None,
+                 dtype: torch.dtype = torch.float32):
         super().__init__()
         self.cfg = cfg
         self.dtype = dtype
-        self.kernels = get_kernels(kernels)()
+        self.kernels = TorchAdapterKernels() if kernels is None else kernels
         self.extract = list(cfg.extract_layers)
         t = rewrites.prune_dead_blocks(tensors, cfg.layers, cfg.extract_layers)
         try:

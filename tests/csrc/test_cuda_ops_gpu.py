@@ -7,13 +7,14 @@ import pytest
 import torch
 
 from engine.bench.inputs import pil_weights
-from engine.errors import InputError
 from engine.model import build_reference_model
+from engine.optimize.cuda_provider import CudaAdapterKernels
+from engine.optimize.kernels import kernel_provider
 from engine.optimize.model import OptimizedHTModel
 from htkernels import cuda_ops
 from htkernels.adapter_in import adapter_in_ref
 from htkernels.adapter_out import adapter_out_ref
-from htkernels.cuda_provider import CudaAdapterKernels
+from htkernels.errors import KernelInputError
 from htkernels.preprocess import preprocess_ref
 from htkernels.testing import PARAM_NAMES, random_frames, reference_spatial, spatial_inputs
 
@@ -82,16 +83,16 @@ def test_adapter_spatial_replays_in_a_cuda_graph():
 def test_adapter_spatial_rejects_parameters_on_another_device():
     z, filt, params = spatial_inputs(1, 3, 4, 8, False, torch.float32, "cuda")
     params["proj"] = params["proj"].cpu()
-    with pytest.raises(InputError, match="proj: the CUDA kernels need CUDA tensors"):
+    with pytest.raises(KernelInputError, match="proj: the CUDA kernels need CUDA tensors"):
         cuda_ops.adapter_spatial(z, 3, 4, filt, *(params[name] for name in PARAM_NAMES))
     params["proj"] = params["proj"].cuda()[:, :4]
-    with pytest.raises(InputError, match=r"proj: expected shape \[8, 8\], got \[8, 4\]"):
+    with pytest.raises(KernelInputError, match=r"proj: expected shape \[8, 8\], got \[8, 4\]"):
         cuda_ops.adapter_spatial(z, 3, 4, filt, *(params[name] for name in PARAM_NAMES))
 
 
 def test_adapter_spatial_reports_launcher_limits_as_input_errors():
     z, filt, params = spatial_inputs(1, 2, 2, 129, False, torch.float32, "cuda")
-    with pytest.raises(InputError, match="channels 129 is out of range"):
+    with pytest.raises(KernelInputError, match="channels 129 is out of range"):
         cuda_ops.adapter_spatial(z, 2, 2, filt, *(params[name] for name in PARAM_NAMES))
 
 
@@ -159,7 +160,7 @@ def test_optimized_model_with_cuda_kernels_equals_reference(arch, filter_kind):
     images = random_images(2, cfg.image_size, seed=8)
     with torch.inference_mode():
         expected = build_reference_model(cfg, tensors)(images)
-        actual = OptimizedHTModel(cfg, tensors, kernels="cuda").cuda().eval()(images.cuda())
+        actual = OptimizedHTModel(cfg, tensors, kernels=kernel_provider("cuda")).cuda().eval()(images.cuda())
     assert_relative(actual.cpu(), expected, RELATIVE[torch.float32], f"optimized model, cuda kernels, {arch}")
 
 

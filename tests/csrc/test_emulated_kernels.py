@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from engine.bench.inputs import pil_weights
-from htkernels.preprocess import pillow_vertical_first, preprocess_ref
+from htkernels.pillow import vertical_pass_first
+from htkernels.preprocess import preprocess_ref
 from htkernels.testing import PARAM_NAMES, random_frames, reference_spatial, spatial_inputs
 
 from ..tolerances import RELATIVE, assert_relative
@@ -49,7 +50,7 @@ def test_emulated_preprocess_matches_reference_exactly(library, case, dtype):
     batch, height, width, out_h, out_w, rgb = case
     frames = random_frames(batch, height, width, rgb, seed=sum(case[:5]))
     rows, cols = pil_weights(height, out_h), pil_weights(width, out_w)
-    if pillow_vertical_first(height, width, out_h, out_w):
+    if vertical_pass_first(height, width, out_h, out_w):
         # The launcher runs the horizontal pass first; the Python wrapper transposes for Pillow's other order.
         out = emulation.preprocess(library, frames.transpose(1, 2).contiguous(), cols, rows, 1 / 255, dtype)
         out = out.transpose(2, 3).contiguous()

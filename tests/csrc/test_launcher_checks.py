@@ -1,5 +1,5 @@
 """The C++ launchers' argument checks, called through `htkernels._C` with raw addresses: every bad argument comes
-back as a status that `cuda_ops.launch` raises as an InputError (a ValueError) naming it, before any GPU work.
+back as a status that `cuda_ops.launch` raises as a KernelInputError (a ValueError) naming it, before any GPU work.
 The addresses below are never dereferenced, because every call here fails a check first (or, for a valid call,
 fails to find a GPU on a machine without one)."""
 
@@ -8,8 +8,8 @@ import math
 import pytest
 import torch
 
-from engine.errors import BackendError, InputError
 from htkernels.cuda_ops import launch
+from htkernels.errors import KernelInputError, KernelUnavailableError
 
 from .cuda_support import extension, skip_without_extension
 
@@ -53,7 +53,7 @@ def preprocess_args(**changes):
     (dict(workspace_bytes=16), "workspace has 16 bytes, needs"),
 ])
 def test_adapter_spatial_rejects(changes, message):
-    with pytest.raises(InputError, match=r"^adapter_spatial: ") as error:
+    with pytest.raises(KernelInputError, match=r"^adapter_spatial: ") as error:
         launch(extension().adapter_spatial, **spatial_args(**changes))
     assert message in str(error.value)
 
@@ -61,7 +61,7 @@ def test_adapter_spatial_rejects(changes, message):
 @pytest.mark.parametrize("name", ["z", "g", "k3", "k5", "k7", "conv_bias", "noise_w1", "noise_b1", "noise_w2",
                                   "noise_b2", "proj", "proj_bias", "workspace"])
 def test_adapter_spatial_rejects_null_pointers(name):
-    with pytest.raises(InputError, match=f"adapter_spatial: {name} is a null pointer"):
+    with pytest.raises(KernelInputError, match=f"adapter_spatial: {name} is a null pointer"):
         launch(extension().adapter_spatial, **spatial_args(**{name: 0}))
 
 
@@ -69,7 +69,7 @@ def test_adapter_spatial_spectral_needs_the_larger_workspace():
     module = extension()
     small = module.adapter_spatial_workspace_bytes(2, 7, 5, 16, False)
     module_args = spatial_args(workspace_bytes=small, spectral=FAKE)
-    with pytest.raises(InputError, match=f"workspace has {small} bytes, needs"):
+    with pytest.raises(KernelInputError, match=f"workspace has {small} bytes, needs"):
         launch(module.adapter_spatial, **module_args)
 
 
@@ -100,14 +100,14 @@ def test_adapter_spatial_empty_batch_is_a_no_op():
     (dict(workspace_bytes=100), "workspace has 100 bytes, needs"),
 ])
 def test_preprocess_rejects(changes, message):
-    with pytest.raises(InputError, match=r"^preprocess: ") as error:
+    with pytest.raises(KernelInputError, match=r"^preprocess: ") as error:
         launch(extension().preprocess, **preprocess_args(**changes))
     assert message in str(error.value)
 
 
 @pytest.mark.parametrize("name", ["frames", "row_weights", "col_weights", "images", "workspace"])
 def test_preprocess_rejects_null_pointers(name):
-    with pytest.raises(InputError, match=f"preprocess: {name} is a null pointer"):
+    with pytest.raises(KernelInputError, match=f"preprocess: {name} is a null pointer"):
         launch(extension().preprocess, **preprocess_args(**{name: 0}))
 
 
@@ -118,12 +118,12 @@ def test_preprocess_empty_batch_is_a_no_op():
 @pytest.mark.skipif(torch.cuda.is_available(), reason="valid fake addresses must never reach a real GPU")
 def test_valid_calls_without_gpu_raise_a_clear_backend_error():
     module = extension()
-    with pytest.raises(BackendError, match="adapter_spatial: .*needs a CUDA GPU"):
+    with pytest.raises(KernelUnavailableError, match="adapter_spatial: .*needs a CUDA GPU"):
         launch(module.adapter_spatial, **spatial_args())
-    with pytest.raises(BackendError, match="adapter_spatial: .*needs a CUDA GPU"):
+    with pytest.raises(KernelUnavailableError, match="adapter_spatial: .*needs a CUDA GPU"):
         launch(module.adapter_spatial, **spatial_args(spectral=FAKE))
-    with pytest.raises(BackendError, match="preprocess: .*needs a CUDA GPU"):
+    with pytest.raises(KernelUnavailableError, match="preprocess: .*needs a CUDA GPU"):
         launch(module.preprocess, **preprocess_args())
     # The process is intact: the checks still answer after the failed launches.
-    with pytest.raises(InputError, match="grid 33x5"):
+    with pytest.raises(KernelInputError, match="grid 33x5"):
         launch(module.adapter_spatial, **spatial_args(h=33))

@@ -65,13 +65,13 @@ def test_adapter_out_accepts_strided_residual(device, poisoned):
 
 
 def test_gemm_launchers_reject_bad_shapes(device):
-    from engine.errors import InputError
+    from htkernels.errors import KernelInputError
 
     x = torch.randn(5, 48, device=device)
-    with pytest.raises(InputError, match="w_raw"):
+    with pytest.raises(KernelInputError, match="w_raw"):
         adapter_in_triton(x, torch.randn(16, 48, device=device), torch.randn(16, 40, device=device),
                           torch.randn(16, device=device), 1e-5)
-    with pytest.raises(InputError, match="residual"):
+    with pytest.raises(KernelInputError, match="residual"):
         adapter_out_triton(torch.randn(5, 16, device=device), torch.randn(48, 16, device=device),
                            torch.randn(48, device=device), torch.randn(6, 48, device=device))
 
@@ -96,9 +96,9 @@ def test_adapter_out_tuning_keeps_the_result(device, poisoned, tuning):
 
 
 def test_tuning_rejects_unknown_keys(device):
-    from engine.errors import InputError
+    from htkernels.errors import KernelInputError
 
     x = torch.randn(5, 48, device=device)
-    with pytest.raises(InputError, match=r"unknown tuning keys \['block_k'\]"):
+    with pytest.raises(KernelInputError, match=r"unknown tuning keys \['block_k'\]"):
         adapter_in_triton(x, torch.randn(16, 48, device=device), torch.randn(16, 48, device=device),
                           torch.randn(16, device=device), 1e-5, tuning=dict(block_k=32))

@@ -80,13 +80,13 @@ def test_adapter_spatial_strided_tokens(device, poisoned):
 
 
 def test_adapter_spatial_rejects_bad_grid(device):
-    from engine.errors import InputError
+    from htkernels.errors import KernelInputError
 
     z, _, weights = spatial_args(1, 5, 5, 16, False, seed=0)
     weights = {k: v.to(device) for k, v in weights.items()}
-    with pytest.raises(InputError, match="tokens"):
+    with pytest.raises(KernelInputError, match="tokens"):
         adapter_spatial_triton(z.to(device), 5, 4, None, **weights)
-    with pytest.raises(InputError, match="grid"):
+    with pytest.raises(KernelInputError, match="grid"):
         adapter_spatial_triton(torch.randn(1, 1 + 33 * 2, 16, device=device), 33, 2, None, **weights)
 
 
@@ -104,11 +104,11 @@ def test_adapter_spatial_tuning_keeps_the_result(device, poisoned, tuning, spect
 
 
 def test_adapter_spatial_rejects_a_bad_pool_block(device):
-    from engine.errors import InputError
+    from htkernels.errors import KernelInputError
 
     z, _, weights = spatial_args(1, 5, 5, 16, False, seed=0)
     weights = {k: v.to(device) for k, v in weights.items()}
-    with pytest.raises(InputError, match="pool_block=24 must be a power of two"):
+    with pytest.raises(KernelInputError, match="pool_block=24 must be a power of two"):
         adapter_spatial_triton(z.to(device), 5, 5, None, **weights, tuning=dict(pool_block=24))
 
 

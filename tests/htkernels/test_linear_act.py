@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from engine.errors import InputError
 from htkernels.adapter_out import tuning_candidates as out_candidates
+from htkernels.errors import KernelInputError
 from htkernels.linear_act import linear_act_ref, linear_act_triton, tuning_candidates
 
 from ..tolerances import RELATIVE, assert_relative
@@ -67,17 +67,17 @@ def test_wide_adapter_out_defaults_to_cublas_and_narrow_to_the_kernel():
 
 def test_linear_act_rejects_bad_input(device):
     x, weight, bias = (t.to(device) for t in dense_args(5, 16, 8, seed=6))
-    with pytest.raises(InputError, match="activation 'relu'"):
+    with pytest.raises(KernelInputError, match="activation 'relu'"):
         linear_act_triton(x, weight, bias, "relu")
-    with pytest.raises(InputError, match=r"weight has shape \[8, 16\], expected \[8, 17\]"):
+    with pytest.raises(KernelInputError, match=r"weight has shape \[8, 16\], expected \[8, 17\]"):
         linear_act_triton(torch.randn(5, 17, device=device), weight, bias, "gelu")
-    with pytest.raises(InputError, match=r"x must be \[M, K\]"):
+    with pytest.raises(KernelInputError, match=r"x must be \[M, K\]"):
         linear_act_triton(x[None], weight, bias, "gelu")
-    with pytest.raises(InputError, match="impl='cublas'"):
+    with pytest.raises(KernelInputError, match="impl='cublas'"):
         linear_act_triton(x, weight, bias, "gelu", tuning=dict(impl="cublas"))
-    with pytest.raises(InputError, match="power-of-two block_m"):
+    with pytest.raises(KernelInputError, match="power-of-two block_m"):
         linear_act_triton(x, weight, bias, "gelu", tuning=dict(impl="triton", block_m=24))
-    with pytest.raises(InputError, match="num_stages ≥ 1"):
+    with pytest.raises(KernelInputError, match="num_stages ≥ 1"):
         linear_act_triton(x, weight, bias, "gelu", tuning=dict(impl="triton", num_stages=0))
 
 

@@ -85,12 +85,13 @@ def test_cuda_op_matches_cpu_op_and_opcheck(case):
 @cuda_only
 def test_cuda_runner_graphs_per_batch_size():
     from engine.optimize.cuda_runner import make_cuda_runner
+    from engine.optimize.kernels import kernel_provider
     from engine.optimize.model import OptimizedHTModel
 
     from ..helpers import random_images, small_config, small_tensors
 
     cfg = small_config("biomedclip-vit-b16", "seg", "channel")
-    model = OptimizedHTModel(cfg, small_tensors(cfg, seed=1), kernels="triton").eval().cuda()
+    model = OptimizedHTModel(cfg, small_tensors(cfg, seed=1), kernels=kernel_provider("triton")).eval().cuda()
     runner = make_cuda_runner(model, "cuda", "fp32")
     for batch in (1, 3, 1, 3):
         images = random_images(batch, cfg.image_size, seed=batch).cuda()
@@ -108,15 +109,17 @@ def test_cuda_runner_tunes_in_its_warmup(monkeypatch):
     the choices, and the replayed forward equals the eager model."""
     import htkernels._tune as tune
     from engine.optimize.cuda_runner import make_cuda_runner
+    from engine.optimize.kernels import kernel_provider
     from engine.optimize.model import OptimizedHTModel
+    from htkernels import envs
 
     from ..helpers import random_images, small_config, small_tensors
 
-    monkeypatch.setenv(tune.TUNE_ENV, "1")
+    monkeypatch.setenv(envs.HTK_TUNE.name, "1")
     tuner = tune.LaunchTuner()
     monkeypatch.setattr(tune, "TUNER", tuner)
     cfg = small_config("openai-clip-vit-b16", "seg", "channel")
-    model = OptimizedHTModel(cfg, small_tensors(cfg, seed=3), kernels="triton").eval().cuda()
+    model = OptimizedHTModel(cfg, small_tensors(cfg, seed=3), kernels=kernel_provider("triton")).eval().cuda()
     runner = make_cuda_runner(model, "cuda", "fp32")
     images = random_images(2, cfg.image_size, seed=6).cuda()
     actual = runner.run(images)

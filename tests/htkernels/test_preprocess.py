@@ -59,11 +59,11 @@ def test_preprocess_strided_frames(device, poisoned):
 
 
 def test_preprocess_rejects_bad_input(device):
-    from engine.errors import InputError
+    from htkernels.errors import KernelInputError
 
     row_w, col_w = weights(10, 8, device), weights(12, 8, device)
-    with pytest.raises(InputError, match="uint8"):
+    with pytest.raises(KernelInputError, match="uint8"):
         preprocess_triton(torch.zeros(1, 10, 12, device=device), row_w, col_w, 1.0, torch.float32)
-    with pytest.raises(InputError, match="col_weights"):
+    with pytest.raises(KernelInputError, match="col_weights"):
         preprocess_triton(torch.zeros(1, 10, 13, dtype=torch.uint8, device=device), row_w, col_w, 1.0,
                           torch.float32)

@@ -5,7 +5,7 @@ import torch
 
 from engine.model import build_reference_model
 from engine.model.adapter import HTAdapter
-from engine.optimize.kernels import get_kernels
+from engine.optimize.kernels import get_kernels, kernel_provider
 from engine.optimize.model import OptimizedHTModel
 from engine.optimize.rewrites import fold_adapter
 
@@ -59,7 +59,7 @@ def test_optimized_model_with_triton_kernels(device, arch, task, filter_kind):
     images = random_images(2, cfg.image_size, seed=4)
     with torch.inference_mode():
         expected = build_reference_model(cfg, tensors)(images)
-        model = OptimizedHTModel(cfg, tensors, kernels="triton").eval().to(device)
+        model = OptimizedHTModel(cfg, tensors, kernels=kernel_provider("triton")).eval().to(device)
         actual = model(images.to(device)).cpu()
     assert_relative(actual, expected, RELATIVE[torch.float32], f"optimized+triton {arch} {task} {filter_kind}")
 
@@ -83,7 +83,7 @@ def test_optimized_model_with_fused_dense_layers(device, poisoned, monkeypatch, 
     images = random_images(2, cfg.image_size, seed=7)
     with torch.inference_mode():
         expected = build_reference_model(cfg, tensors)(images)
-        actual = OptimizedHTModel(cfg, tensors, kernels="triton").eval().to(device)(images.to(device)).cpu()
+        actual = OptimizedHTModel(cfg, tensors, kernels=kernel_provider("triton")).eval().to(device)(images.to(device)).cpu()
     assert_relative(actual, expected, RELATIVE[torch.float32], f"optimized, fused dense layers, {arch} {task}")
     # fc1 (output 4·width, key[2]) and fc2 (inner 4·width, key[2]) were offered cuBLAS and took the fused kernel.
     fused_over_cublas = {(op, key[2]) for op, key, impl, offered_torch in chosen if impl == "triton" and offered_torch}

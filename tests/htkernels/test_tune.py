@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import htkernels._tune as tune
+from htkernels import envs
 from htkernels.adapter_in import adapter_in_ref, adapter_in_triton
 from htkernels.adapter_in import tuning_candidates as in_candidates
 from htkernels.adapter_out import adapter_out_ref, adapter_out_triton
@@ -100,12 +101,12 @@ def test_no_tuning_when_inactive_or_nothing_to_choose(monkeypatch):
 def test_when_the_tuner_is_active(monkeypatch):
     monkeypatch.setenv("TRITON_INTERPRET", "0")
     monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: False)
-    monkeypatch.delenv(tune.TUNE_ENV, raising=False)
+    monkeypatch.delenv(envs.HTK_TUNE.name, raising=False)
     assert tune.LaunchTuner.active(torch.device("cuda", 0))
     assert not tune.LaunchTuner.active(CPU)
-    monkeypatch.setenv(tune.TUNE_ENV, "0")
+    monkeypatch.setenv(envs.HTK_TUNE.name, "0")
     assert not tune.LaunchTuner.active(torch.device("cuda", 0))
-    monkeypatch.setenv(tune.TUNE_ENV, "1")
+    monkeypatch.setenv(envs.HTK_TUNE.name, "1")
     monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: True)
     assert not tune.LaunchTuner.active(torch.device("cuda", 0)), "never time inside a CUDA-graph capture"
     monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: False)
@@ -205,7 +206,7 @@ def test_candidate_lists_start_with_the_measured_defaults():
 @pytest.mark.requires_cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU visible: the tuner times in CUDA graphs")
 def test_the_tuner_times_every_candidate_on_the_gpu(poisoned, monkeypatch):
-    monkeypatch.setenv(tune.TUNE_ENV, "1")
+    monkeypatch.setenv(envs.HTK_TUNE.name, "1")
     tuner = tune.LaunchTuner()
     monkeypatch.setattr(tune, "TUNER", tuner)
     z, _, weights = spatial_args(2, 14, 14, 64, False, seed=35)

@@ -1,20 +1,22 @@
-"""`CudaAdapterKernels`: the adapter-kernel provider `kernels="cuda"` of the optimized model (the interface of
-`engine.optimize.kernels`). `adapter_spatial` and `preprocess` run the CUDA C++ kernels of csrc/; `adapter_in` and
-`adapter_out` are the torch provider's GEMMs (cuBLAS in the model dtype, fp32 accumulation)."""
+"""`CudaAdapterKernels`: the adapter-kernel provider `kernels="cuda"` of the optimized model (the `AdapterKernels`
+protocol of `engine.optimize.kernels`). `adapter_spatial` and `preprocess` run the CUDA C++ kernels of csrc/;
+`adapter_in` and `adapter_out` are the torch provider's GEMMs (cuBLAS in the model dtype, fp32 accumulation)."""
 
 from __future__ import annotations
 
 import torch
 
-from engine.optimize.kernels import TorchAdapterKernels
+from htkernels import cuda_ops
 
-from . import cuda_ops
+from .kernels import TorchAdapterKernels, kernel_errors
 
 
 class CudaAdapterKernels:
-    name = "cuda"
+    """The CUDA C++ `adapter_spatial` and `preprocess`, the torch provider's GEMMs; htkernels' errors leave the
+    kernels' methods as the engine's (`kernel_errors`)."""
 
     @classmethod
+    @kernel_errors()
     def available(cls, device: str) -> tuple[bool, str]:
         try:
             kind = torch.device(device).type
@@ -32,6 +34,7 @@ class CudaAdapterKernels:
     def adapter_in(self, x2d, w_norm, w_raw, bias, eps):
         return TorchAdapterKernels.adapter_in(x2d, w_norm, w_raw, bias, eps)
 
+    @kernel_errors()
     def adapter_spatial(self, z, h, w, spectral, k3, k5, k7, conv_bias, noise_w1, noise_b1, noise_w2, noise_b2, proj,
                         proj_bias):
         return cuda_ops.adapter_spatial(z, h, w, spectral, k3, k5, k7, conv_bias, noise_w1, noise_b1, noise_w2,
@@ -46,5 +49,6 @@ class CudaAdapterKernels:
     def linear_residual(self, x, linear, residual):
         return TorchAdapterKernels.linear_residual(x, linear, residual)
 
-    def preprocess(self, frames, row_weights, col_weights, scale, out_dtype=torch.float32):
+    @kernel_errors()
+    def preprocess(self, frames, row_weights, col_weights, scale, out_dtype):
         return cuda_ops.preprocess(frames, row_weights, col_weights, scale, out_dtype)

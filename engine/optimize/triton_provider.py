@@ -1,26 +1,31 @@
-"""`TritonAdapterKernels`: the adapter-kernel provider of `engine.optimize.kernels` backed by the Triton ops.
+"""`TritonAdapterKernels`: the adapter-kernel provider `kernels="triton"` (the `AdapterKernels` protocol of
+`engine.optimize.kernels`) backed by the Triton ops of htkernels.
 
 On CUDA tensors each method calls the registered `torch.ops.htkernels.*` op (so `torch.compile` and
 `torch.export` see one opaque op, and CUDA graphs capture the Triton launches). On CPU tensors under
 `TRITON_INTERPRET=1` it calls the Triton launchers directly: that is how CI runs the real kernels without a GPU.
+htkernels' own errors leave every method as the engine's (`kernel_errors`).
 """
 
 from __future__ import annotations
 
 import torch
 
-from . import adapter_in as _adapter_in
-from . import adapter_out as _adapter_out
-from . import adapter_spatial as _adapter_spatial
-from . import linear_act as _linear_act
-from . import preprocess as _preprocess
-from ._triton import interpreting, triton
+from htkernels import adapter_in as _adapter_in
+from htkernels import adapter_out as _adapter_out
+from htkernels import adapter_spatial as _adapter_spatial
+from htkernels import linear_act as _linear_act
+from htkernels import preprocess as _preprocess
+from htkernels._triton import interpreting, triton
+
+from .kernels import kernel_errors
 
 
 class TritonAdapterKernels:
     """The ops of htkernels/README.md, same signatures as every other provider."""
 
     @classmethod
+    @kernel_errors()
     def available(cls, device: str) -> tuple[bool, str]:
         if triton is None:
             return False, "Triton is not installed (pip install -c constraints.txt '.[triton]')"
@@ -33,12 +38,14 @@ class TritonAdapterKernels:
         return False, f"the Triton kernels run on CUDA devices, not {device!r} (TRITON_INTERPRET=1 interprets them)"
 
     @staticmethod
+    @kernel_errors()
     def adapter_in(x2d, w_norm, w_raw, bias, eps):
         if x2d.is_cuda:
             return torch.ops.htkernels.adapter_in(x2d, w_norm, w_raw, bias, float(eps))
         return _adapter_in.adapter_in_triton(x2d, w_norm, w_raw, bias, eps)
 
     @staticmethod
+    @kernel_errors()
     def adapter_spatial(z, h, w, spectral, k3, k5, k7, conv_bias, noise_w1, noise_b1, noise_w2, noise_b2, proj,
                         proj_bias):
         args = (z, int(h), int(w), spectral, k3, k5, k7, conv_bias, noise_w1, noise_b1, noise_w2, noise_b2, proj,
@@ -48,12 +55,14 @@ class TritonAdapterKernels:
         return _adapter_spatial.adapter_spatial_triton(*args)
 
     @staticmethod
+    @kernel_errors()
     def adapter_out(g2d, w2, b2, residual2d):
         if g2d.is_cuda:
             return torch.ops.htkernels.adapter_out(g2d, w2, b2, residual2d)
         return _adapter_out.adapter_out_triton(g2d, w2, b2, residual2d)
 
     @staticmethod
+    @kernel_errors()
     def linear_act(x, linear, activation):
         """fc1 + bias + activation: the tuner's choice of cuBLAS + activation or one fused kernel."""
         x2d = x.reshape(-1, x.shape[-1])
@@ -64,6 +73,7 @@ class TritonAdapterKernels:
         return y.view(*x.shape[:-1], y.shape[-1])
 
     @classmethod
+    @kernel_errors()
     def linear_residual(cls, x, linear, residual):
         """Attention projection / fc2 + bias + residual: the tuner's choice of cuBLAS + add or the fused
         `adapter_out` kernel (the same contract with a wide inner size)."""
@@ -72,6 +82,7 @@ class TritonAdapterKernels:
         return y.view(residual.shape)
 
     @staticmethod
+    @kernel_errors()
     def preprocess(frames, row_weights, col_weights, scale, out_dtype):
         if frames.is_cuda:
             return torch.ops.htkernels.preprocess(frames, row_weights, col_weights, float(scale), out_dtype)
