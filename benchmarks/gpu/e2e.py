@@ -48,7 +48,7 @@ def add_runners(found: dict, cfg, tensors, device: torch.device, precision: str)
     a failure are kept)."""
     dtype = DTYPES[precision]
     if device.type != "cuda":
-        model = OptimizedHTModel(cfg, tensors, kernels="torch", dtype=dtype).eval()
+        model = OptimizedHTModel(cfg, tensors, dtype=dtype).eval()
         found["optimized"] = Runner(run=model, uses_torch=True, device="cpu", precision=precision)
         return
 
@@ -57,7 +57,7 @@ def add_runners(found: dict, cfg, tensors, device: torch.device, precision: str)
 
     Package.tensors = tensors
     found["optimized"] = optimized.load(Package, str(device), precision)
-    torch_model = OptimizedHTModel(cfg, tensors, kernels="torch", dtype=dtype).eval().to(device)
+    torch_model = OptimizedHTModel(cfg, tensors, dtype=dtype).eval().to(device)
     found["optimized_torch_graphs"] = make_cuda_runner(torch_model, str(device), precision)
     if cuda_provider(device)[0] is not None:
         found["optimized_cuda"] = optimized.load(Package, str(device), precision, kernels="cuda")

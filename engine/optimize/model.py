@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import ModelConfig
-from ..errors import PackageError
+from ..errors import BackendError, PackageError
 from . import rewrites
 from .kernels import AdapterKernels, TorchAdapterKernels
 
@@ -173,6 +173,9 @@ class OptimizedHTModel(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.dtype = dtype
+        if isinstance(kernels, str):
+            raise BackendError(f"OptimizedHTModel takes a kernel provider instance, not the name {kernels!r}: pass "
+                               f"engine.optimize.kernels.kernel_provider({kernels!r})")
         self.kernels = TorchAdapterKernels() if kernels is None else kernels
         self.extract = list(cfg.extract_layers)
         t = rewrites.prune_dead_blocks(tensors, cfg.layers, cfg.extract_layers)
