@@ -219,9 +219,8 @@ class ModelConfig:
                 raise ConfigError(f"{name} has layer indices {bad} outside 0..{self.layers - 1}")
         if not self.extract_layers:
             raise ConfigError("extract_layers must name at least one layer")
-        for name in ("adapter_layers", "extract_layers"):
-            if len(set(getattr(self, name))) != len(getattr(self, name)):
-                raise ConfigError(f"{name} repeats a layer: {getattr(self, name)}")
+        if len(set(self.adapter_layers)) != len(self.adapter_layers):
+            raise ConfigError(f"adapter_layers repeats a layer (one adapter per block): {self.adapter_layers}")
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), sort_keys=True)

@@ -261,7 +261,7 @@ def test_a_symlinked_artifact_file_is_refused(built, tmp_path):
     ("patch_size", 0, "patch_size must be >= 1"),
     ("preprocessing", "gray", "preprocessing must be an object"),
     ("ln_eps", "1e-6", "ln_eps must be a finite number"),
-    ("extract_layers", [1, 1], "repeats a layer"),
+    ("adapter_layers", [1, 1], "repeats a layer"),
     ("classes", ["background", 1], "classes must be a list of strings"),
 ])
 def test_ill_typed_config_fields_are_refused_by_name(built, tmp_path, field, value, message):
