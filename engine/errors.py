@@ -45,3 +45,7 @@ class StreamError(HTError):
 
 class SourceError(StreamError, InputError):
     """A frame source cannot be opened or read (missing file, bad format, truncated data, a failing callable)."""
+
+
+class OutputError(HTError):
+    """An output path cannot be written: an existing directory where a file goes, an unwritable folder, ..."""
