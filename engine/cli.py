@@ -36,6 +36,12 @@ def main(argv=None) -> int:
     except Terminated:
         print(f"ht-engine {args.command}: terminated (SIGTERM); nothing half-written was left", file=sys.stderr)
         return 143
+    except OSError as exc:
+        # Last resort: known paths are checked up front with typed errors; a file system failure anywhere else
+        # (disk full, a path removed mid-run) is still one line for the user, not a traceback.
+        where = f" {exc.filename}" if exc.filename else ""
+        print(f"ht-engine {args.command}: error:{where}: {exc.strerror or exc}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print(f"ht-engine {args.command}: interrupted", file=sys.stderr)
         return 130

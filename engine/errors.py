@@ -48,8 +48,8 @@ class SourceError(StreamError, InputError):
 
 
 class OutputError(HTError):
-    """An output path cannot be written as asked: it holds something the engine must not replace, or it is not
-    writable. Checked before the work starts."""
+    """An output path cannot be written as asked: an existing directory where a file goes, an unwritable folder, or a
+    directory holding something the engine must not replace. Checked before the work starts."""
 
 
 class Terminated(KeyboardInterrupt):

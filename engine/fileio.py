@@ -106,3 +106,43 @@ def _swap_in(staging: Path, out: Path) -> None:
         backup.rmdir()
         raise
     shutil.rmtree(backup, ignore_errors=True)
+
+
+def _nearest_existing(path: Path) -> Path:
+    for candidate in (path, *path.parents):
+        if candidate.exists():
+            return candidate
+    return Path(".")
+
+
+def _probe_writable(folder: Path, option: str, path: Path) -> None:
+    """Create and remove a file in `folder`: permission bits say nothing for root or for /proc and read-only mounts."""
+    if not folder.is_dir():
+        raise OutputError(f"{option} {path}: {folder} is not a directory; expected a path in a writable folder")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".ht-write-check.", dir=folder)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise OutputError(f"{option} {path}: cannot write in {folder} ({exc.strerror or exc}); expected a path in a "
+                          f"writable folder") from None
+
+
+def check_output_file(path, option: str) -> Path:
+    """Refuse, before any work starts, an output file that could not be written: `path` is an existing directory,
+    or its folder (or the nearest existing folder above it, when it will be created) is not a writable directory."""
+    path = Path(path)
+    if path.is_dir():
+        raise OutputError(f"{option} {path} is an existing directory; expected a file path")
+    _probe_writable(_nearest_existing(path.parent), option, path)
+    return path
+
+
+def check_output_directory(path, option: str) -> Path:
+    """Refuse, before any work starts, an output folder that could not be written: `path` exists and is not a
+    directory, or it (or the nearest existing folder above it, when it will be created) is not writable."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise OutputError(f"{option} {path} exists and is not a directory; expected a folder for the outputs")
+    _probe_writable(_nearest_existing(path), option, path)
+    return path

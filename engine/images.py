@@ -15,13 +15,16 @@ _PALETTE = np.array([[0, 0, 0], [255, 64, 64], [64, 200, 64], [64, 128, 255], [2
 
 def read_image(path) -> np.ndarray:
     """An image file → uint8 HxW (gray) or HxWx3 (RGB); 16-bit, float and unreadable files are refused."""
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image
 
     path = Path(path)
     if not path.is_file():
         raise InputError(f"input image {path} does not exist")
     try:
         with Image.open(path) as image:
+            # Pillow only warns below twice its limit; a frame that large is refused before it is decoded.
+            if image.width * image.height > (Image.MAX_IMAGE_PIXELS or float("inf")):
+                raise Image.DecompressionBombError(f"{image.width}x{image.height} pixels")
             image.load()
             if image.mode in ("L", "RGB"):
                 return np.asarray(image).copy()
@@ -29,8 +32,14 @@ def read_image(path) -> np.ndarray:
                 return np.asarray(image.convert("RGB" if image.mode not in ("LA", "1") else "L")).copy()
             raise InputError(f"input image {path} has mode {image.mode!r}; expected 8-bit gray or RGB "
                              f"(convert 16-bit/float images to 8 bits first)")
-    except (UnidentifiedImageError, OSError) as exc:
-        raise InputError(f"input image {path} cannot be read (corrupt or not an image): {exc}") from exc
+    except Image.DecompressionBombError as exc:
+        raise InputError(f"input image {path} is too large ({exc}); expected at most {Image.MAX_IMAGE_PIXELS} "
+                         f"pixels (a decompression bomb?)") from None
+    except InputError:
+        raise
+    except Exception as exc:  # Pillow's decoders raise OSError, SyntaxError, ValueError, EOFError... on bad files
+        raise InputError(f"input image {path} cannot be read (corrupt or not an image): {type(exc).__name__}: "
+                         f"{exc}") from exc
 
 
 def write_png(path, array: np.ndarray) -> None:

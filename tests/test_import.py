@@ -1,7 +1,10 @@
 """Import of the authors' checkpoint layouts: bit-exact round trips and every kind of bad checkpoint."""
 
+import os
 import pickle
+import zipfile
 from pathlib import Path
+from typing import Tuple
 
 import pytest
 import torch
@@ -12,6 +15,7 @@ from engine.config import ModelConfig
 from engine.errors import CheckpointError
 from engine.package import read_package, save_package
 from engine.weights import import_checkpoints, random_package_tensors
+from engine.weights.torchscript import read_torchscript_state_dict
 
 from .authors_format import authors_files
 from .helpers import ALL_ARCHS, small_config, small_tensors
@@ -232,3 +236,92 @@ def test_activation_override(tmp_path):
     backbone, adapter = authors_files(cfg, small_tensors(cfg, seed=13))
     imported_cfg, _ = _save_and_import(tmp_path, backbone, adapter, arch="metaclip-vit-b16", activation="gelu")
     assert imported_cfg.act == "gelu"
+
+
+class _SelfRestoring(nn.Module):
+    """A scripted module whose `__setstate__` is code: torch.jit.load would run it at import."""
+
+    def __init__(self):
+        super().__init__()
+        self.register_buffer("weight", torch.randn(3))
+
+    @torch.jit.export
+    def __getstate__(self) -> Tuple[torch.Tensor, bool]:
+        return self.weight, self.training
+
+    @torch.jit.export
+    def __setstate__(self, state: Tuple[torch.Tensor, bool]) -> None:
+        print("code from the checkpoint ran")
+        self.weight = state[0]
+        self.training = state[1]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+
+def test_torchscript_setstate_is_refused_and_not_run(tmp_path, capfd):
+    cfg = small_config("openai-clip-vit-b16")
+    backbone, adapter = authors_files(cfg, small_tensors(cfg, seed=6))
+    root = _Holder()
+    root.add_module("evil", _SelfRestoring())
+    for key, value in backbone.items():
+        root.register_buffer(key.replace(".", "_"), value)
+    torch.jit.script(root).save(str(tmp_path / "ViT-B-16.pt"))
+    torch.save(adapter, tmp_path / "a.pth")
+    code = main(["import", "--arch", "openai-clip-vit-b16", "--backbone", str(tmp_path / "ViT-B-16.pt"),
+                 "--adapter", str(tmp_path / "a.pth"), "--task", "seg", "--out", str(tmp_path / "m.htpkg")])
+    captured = capfd.readouterr()
+    assert "code from the checkpoint ran" not in captured.out + captured.err
+    assert code == 2
+    assert "evil" in captured.err and "__setstate__" in captured.err and "refused" in captured.err
+    assert not (tmp_path / "m.htpkg").exists()
+
+
+def test_torchscript_reader_equals_jit_state_dict(tmp_path):
+    """Half, bool and int storages, buffers, views sharing one storage, a strided view, an empty tensor."""
+    base = torch.randn(6, 10)
+    state = {"visual.a.weight": torch.randn(5, 7).half(), "visual.a.mask": torch.rand(4) > 0.5,
+             "visual.b.ids": torch.arange(9, dtype=torch.int64).reshape(3, 3), "visual.b.view": base[1:4],
+             "visual.c.strided": base[:, ::3], "visual.c.empty": torch.empty(0, 4), "logit_scale": torch.tensor(4.6)}
+    root = _Holder()
+    for key, value in state.items():
+        *parents, leaf = key.split(".")
+        module = root
+        for part in parents:
+            if part not in module._modules:
+                module.add_module(part, _Holder())
+            module = module._modules[part]
+        module.register_buffer(leaf, value)
+    torch.jit.script(root).save(str(tmp_path / "m.pt"))
+    expected = dict(torch.jit.load(str(tmp_path / "m.pt")).state_dict())  # our own archive: trusted in this test
+    got = read_torchscript_state_dict(tmp_path / "m.pt")
+    assert set(got) == set(expected)
+    for key in expected:
+        assert got[key].dtype == expected[key].dtype and torch.equal(got[key], expected[key]), key
+
+
+class _Shell:
+    def __reduce__(self):
+        return (os.system, ("echo pwned",))
+
+
+@pytest.mark.parametrize("payload", ["os.system", "truncated", "short storage"])
+def test_hostile_torchscript_archives_are_refused(tmp_path, payload):
+    cfg = small_config("openai-clip-vit-b16")
+    backbone, _ = authors_files(cfg, small_tensors(cfg, seed=6))
+    _torchscript_archive(backbone, tmp_path / "good.pt")
+    with zipfile.ZipFile(tmp_path / "good.pt") as source, zipfile.ZipFile(tmp_path / "bad.pt", "w") as target:
+        for info in source.infolist():
+            data = source.read(info)
+            if info.filename.endswith("/data.pkl"):
+                if payload == "os.system":
+                    data = pickle.dumps(_Shell(), protocol=2)
+                elif payload == "truncated":
+                    data = data[: len(data) // 2]
+            elif payload == "short storage" and info.filename.endswith("/data/0"):
+                data = data[:-4]
+            target.writestr(info, data)
+    match = {"os.system": r"refers to (posix|os)\.system, which is refused", "truncated": "cannot be read",
+             "short storage": r"data/0 holds \d+ bytes, expected \d+ .*truncated or altered"}[payload]
+    with pytest.raises(CheckpointError, match=match):
+        read_torchscript_state_dict(tmp_path / "bad.pt")

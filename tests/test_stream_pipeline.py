@@ -4,6 +4,7 @@ latency, counted drops, flat memory, last frame processed), errors with frame in
 from __future__ import annotations
 
 import json
+import signal
 import threading
 import time
 import tracemalloc
@@ -22,6 +23,7 @@ from engine.stream import (
     CollectSink,
     JsonLinesSink,
     PngMaskSink,
+    Sink,
     StreamPipeline,
     stream,
 )
@@ -441,3 +443,39 @@ def test_draw_overlay_tints_outlines_and_leaves_background():
     out = draw_overlay(pixels, FrameResult(0, 21, 30, probabilities=probabilities, classes=["a", "b"]))
     bar = max(4, 21 // 40)
     assert (out[:bar, :22].reshape(-1, 3) == [64, 200, 64]).all() and (out[:bar, 23:] == 0).all()
+
+
+class _RecordingSink(Sink):
+    """Records what it was given, and whether anything arrived after `close()` (a sink closed under its thread)."""
+
+    def __init__(self, interrupt_at: int | None = None):
+        self.written, self.after_close, self.closed = [], [], False
+        self.interrupt_at = interrupt_at
+
+    def write(self, item) -> None:
+        if self.closed:
+            self.after_close.append(item.frame.index)
+        if item.frame.index == self.interrupt_at:
+            signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)  # a real Ctrl-C, mid-stream
+        if self.interrupt_at is not None and item.frame.index >= self.interrupt_at:
+            time.sleep(0.03)  # the sink thread is busy while the main thread handles the interrupt
+        self.written.append(item.frame.index)
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def test_sigint_while_sinks_write_loses_no_inferred_frame():
+    first, second = _RecordingSink(interrupt_at=5), _RecordingSink()
+    predictor = SlowPredictor(0.002)
+    pipeline = StreamPipeline(predictor, policy="all", max_batch=2, sinks=[first, second])
+    with pytest.raises(KeyboardInterrupt):
+        pipeline.run(numbered_frames(400))
+    # threading.enumerate, not is_alive(): an interrupted join can mark a running thread as stopped.
+    assert [t.name for t in threading.enumerate() if t.name.startswith(THREAD_PREFIX)] == []
+    report = pipeline.report
+    assert report["interrupted"] and report["cancelled_by_user"]
+    assert first.after_close == second.after_close == []
+    assert first.written == second.written == sorted(predictor.seen) == list(range(report["processed"]))
+    assert report["frames_in"] == report["processed"] + report["dropped"] + report["cancelled"]
+    assert report["processed"] < 400

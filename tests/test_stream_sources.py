@@ -286,3 +286,20 @@ def test_stream_modules_import_no_torch():
     code = "import sys, engine.stream, engine.phantom; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120)
     assert out.stdout.strip() == "False"
+
+
+@pytest.mark.parametrize("declared", [3, 8])
+def test_dicom_number_of_frames_mismatch_is_reported(tmp_path, cine, declared):
+    import pydicom
+
+    path = tmp_path / "mismatch.dcm"
+    write_dicom(path, cine.frames[:5], fps=FPS)
+    ds = pydicom.dcmread(path)
+    ds.NumberOfFrames = declared
+    ds.save_as(path)
+    seen = []
+    with pytest.raises(SourceError, match=rf"mismatch\.dcm.*NumberOfFrames is {declared} but the pixel data holds 5 "
+                                          rf"frames"):
+        for frame in open_source(path):
+            seen.append(frame.index)
+    assert seen == ([] if declared < 5 else [0, 1, 2, 3, 4])

@@ -9,6 +9,7 @@ import tempfile
 from pathlib import Path
 
 from ..config import ARCHS
+from .options import batch_size, class_count, integer, real, seconds, seed
 
 DEFAULT_ARCH = "biomedclip-vit-b16"
 DEFAULT_TASK = "seg"
@@ -19,7 +20,7 @@ def _csv(kind):
         items = [item.strip() for item in text.split(",") if item.strip()]
         if not items:
             raise ValueError(f"empty {kind} list")
-        return [int(item) for item in items] if kind == "batch" else items
+        return [batch_size(item) for item in items] if kind == "batch" else items
 
     parse.__name__ = f"comma-separated {kind}"
     return parse
@@ -38,7 +39,7 @@ def register(subparsers) -> None:
     parser.add_argument("--arch", choices=sorted(ARCHS), default=None,
                         help=f"benchmark a seeded random package of this arch (default {DEFAULT_ARCH})")
     parser.add_argument("--task", choices=("seg", "cls"), default=None, help=f"with --arch (default {DEFAULT_TASK})")
-    parser.add_argument("--num-classes", type=int, default=2, help="with --arch (default 2)")
+    parser.add_argument("--num-classes", type=class_count, default=2, help="with --arch (default 2)")
     parser.add_argument("--filter", dest="filter_kind", choices=("channel", "spectral"), default="channel",
                         help="with --arch: the adapters' frequency filter (default channel)")
     parser.add_argument("--package", type=Path, default=None,
@@ -51,18 +52,19 @@ def register(subparsers) -> None:
                              "(default fp32); a backend that lacks one reports it as unsupported")
     parser.add_argument("--batch", type=_csv("batch"), default=[1], help="comma-separated batch sizes (default 1)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default cpu)")
-    parser.add_argument("--duration", type=float, default=2.0,
+    parser.add_argument("--duration", type=seconds, default=2.0,
                         help="seconds of timed runs per case after warm-up (default 2; at least --min-runs run)")
-    parser.add_argument("--warmup", type=int, default=1, help="untimed runs per case after the first call (default 1)")
-    parser.add_argument("--min-runs", type=int, default=3, help="timed runs per case at least (default 3)")
+    parser.add_argument("--warmup", type=integer(0, 10_000, "a run count"), default=1, help="untimed runs per case after the first call (default 1)")
+    parser.add_argument("--min-runs", type=integer(1, 1_000_000, "a run count"), default=3, help="timed runs per case at least (default 3)")
     parser.add_argument("--no-compile", dest="compiled_baseline", action="store_false",
                         help="skip the torch.compile(reference) baseline")
-    parser.add_argument("--time-limit", type=float, default=120.0,
+    parser.add_argument("--time-limit", type=real(0.0, 86400.0, "duration (s)"), default=120.0,
                         help="seconds after which backends not yet loaded (and further batch sizes) are reported "
                              "as skipped, so that the defaults end in about 3 minutes (default 120; 0: no limit)")
-    parser.add_argument("--gemm-size", type=int, default=None,
+    # Three float32 n x n matrices: 16384 is 3 GiB, more than any cache-relevant size needs.
+    parser.add_argument("--gemm-size", type=integer(1, 16384, "a matrix side"), default=None,
                         help="side of the square matmul that measures the GEMM peak (default 1024 CPU, 4096 GPU)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the inputs (and of a generated package)")
+    parser.add_argument("--seed", type=seed, default=0, help="seed of the inputs (and of a generated package)")
     parser.add_argument("--json", type=Path, default=None, help="write the report as JSON here")
     parser.add_argument("--markdown", type=Path, default=None,
                         help="write the table as a Markdown section (machine, command, results) here")
@@ -88,7 +90,11 @@ def run(args) -> int:
     from ..bench import BenchOptions, format_header, format_table, run_bench, validate_report, write_json, write_plot
     from ..bench.report import ReportError, format_markdown
     from ..errors import InputError
+    from ..fileio import check_output_file
 
+    for option, path in (("--json", args.json), ("--markdown", args.markdown), ("--plot", args.plot)):
+        if path is not None:
+            check_output_file(path, option)
     if args.artifact is not None and (args.arch or args.task):
         raise InputError("give either ARTIFACT or --arch/--task (a generated package), not both")
     if args.plot is not None:
@@ -97,8 +103,6 @@ def run(args) -> int:
         except ImportError:
             raise ReportError("--plot needs matplotlib, which is not installed: pip install 'ht-engine[bench]' "
                               "(or drop --plot)") from None
-    if args.duration < 0 or args.warmup < 0 or args.min_runs < 1 or (args.gemm_size or 1) < 1:
-        raise InputError("--duration and --warmup must be >= 0, --min-runs and --gemm-size >= 1")
     command = "ht-engine " + " ".join(shlex.quote(arg) for arg in sys.argv[1:]) if sys.argv[1:] else None
     with tempfile.TemporaryDirectory(prefix="ht-bench-") as scratch:
         source = args.artifact

@@ -6,6 +6,8 @@ import json
 import time
 from pathlib import Path
 
+from .options import frame_rate, integer
+
 # A reduced ViT (same structure: adapters on every block, three extracted levels, seg head at 224x224) so that
 # the demo streams several frames per second on a 2-core CPU. `--full` uses the ViT-B/16 of the design card.
 DEMO_MODEL = dict(width=192, layers=6, heads=3, head_dim=128, bottleneck=32, extract_layers=[1, 3, 5],
@@ -18,8 +20,8 @@ def register(subparsers) -> None:
     parser.add_argument("--out", type=Path, default=Path("demo_out"))
     parser.add_argument("--arch", default="biomedclip-vit-b16")
     parser.add_argument("--full", action="store_true", help="full ViT-B/16 model (about 1 s per frame on 2 cores)")
-    parser.add_argument("--frames", type=int, default=90, help="cine length (frames)")
-    parser.add_argument("--fps", type=float, default=30.0, help="cine frame rate, replayed in real time")
+    parser.add_argument("--frames", type=integer(1, 10_000, "a frame count"), default=90, help="cine length (frames)")
+    parser.add_argument("--fps", type=frame_rate, default=30.0, help="cine frame rate, replayed in real time")
     parser.set_defaults(handler=run)
 
 
@@ -32,7 +34,7 @@ def best_backend(device: str = "cpu") -> str:
 
 def run(args) -> int:
     from ..config import ModelConfig
-    from ..fileio import atomic_write
+    from ..fileio import atomic_write, check_output_directory
     from ..package import save_package
     from ..phantom import phantom_cine, write_video
     from ..runtime import Predictor
@@ -41,7 +43,7 @@ def run(args) -> int:
     from .stream import format_report, progress_printer, warm_up
 
     started = time.perf_counter()
-    out = args.out
+    out = check_output_directory(args.out, "--out")
     out.mkdir(parents=True, exist_ok=True)
 
     package = out / "model.htpkg"

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..config import ARCHS
+from .options import class_count
 
 
 def register(subparsers) -> None:
@@ -13,7 +14,7 @@ def register(subparsers) -> None:
     parser.add_argument("--backbone", required=True, type=Path, help="open_clip/OpenAI CLIP state dict")
     parser.add_argument("--adapter", required=True, type=Path, help="the authors' best_model.pth")
     parser.add_argument("--task", required=True, choices=("seg", "cls"))
-    parser.add_argument("--num-classes", type=int, default=None, help="checked against the head (default: from it)")
+    parser.add_argument("--num-classes", type=class_count, default=None, help="checked against the head (default: from it)")
     parser.add_argument("--activation", choices=("gelu", "quick_gelu"), default=None,
                         help="override the arch's MLP activation (e.g. a MetaCLIP backbone trained with GELU)")
     parser.add_argument("--out", required=True, type=Path, help="output .htpkg")
@@ -21,9 +22,11 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
+    from ..fileio import check_output_file
     from ..package import save_package
     from ..weights import import_checkpoints
 
+    check_output_file(args.out, "--out")
     print(f"importing {args.arch} {args.task}: backbone {args.backbone}, adapter {args.adapter}", flush=True)
     config, tensors = import_checkpoints(args.arch, args.backbone, args.adapter, args.task, args.num_classes,
                                          activation=args.activation)

@@ -21,21 +21,42 @@ def register(subparsers) -> None:
     parser.set_defaults(handler=run)
 
 
+def output_stems(paths) -> list:
+    """One distinct file stem per input: its own stem, or `<stem>_<n>` (n: its position) where stems collide,
+    so `a/scan.png b/scan.png` never write one mask over the other."""
+    counts: dict = {}
+    for path in paths:
+        counts[path.stem] = counts.get(path.stem, 0) + 1
+    used = {stem for stem, count in counts.items() if count == 1}
+    stems = []
+    for position, path in enumerate(paths, start=1):
+        stem = path.stem
+        if counts[stem] > 1:
+            stem, suffix = f"{path.stem}_{position}", position
+            while stem in used:
+                suffix += len(paths)
+                stem = f"{path.stem}_{suffix}"
+            used.add(stem)
+        stems.append(stem)
+    return stems
+
+
 def run(args) -> int:
-    from ..fileio import atomic_write
+    from ..fileio import atomic_write, check_output_directory
     from ..images import overlay, read_image, write_png
     from ..runtime import Predictor
 
+    check_output_directory(args.out, "--out")
     predictor = Predictor.load(args.artifact, backend=args.backend, device=args.device, precision=args.precision)
     frames = [read_image(path) for path in args.inputs]
     entries = []
-    for path, frame in zip(args.inputs, frames):
+    for path, stem, frame in zip(args.inputs, output_stems(args.inputs), frames):
         result = predictor.predict([frame])[0]
         entry = {"input": str(path), **result.summary()}
         entry.pop("index")
         if result.mask is not None:
-            mask_path = args.out / f"{path.stem}_mask.png"
-            overlay_path = args.out / f"{path.stem}_overlay.png"
+            mask_path = args.out / f"{stem}_mask.png"
+            overlay_path = args.out / f"{stem}_overlay.png"
             write_png(mask_path, result.mask)
             gray = frame if frame.ndim == 2 else frame.mean(axis=2).astype("uint8")
             write_png(overlay_path, overlay(gray, result.mask))

@@ -6,6 +6,7 @@ import json
 import sys
 from pathlib import Path
 
+from .options import batch_size, frame_rate, milliseconds
 from .predict import add_load_options
 
 
@@ -15,13 +16,13 @@ def register(subparsers) -> None:
     parser.add_argument("source", help="video file (mp4, avi, mkv…), multi-frame DICOM, or a folder of images")
     parser.add_argument("--policy", choices=("latest", "all"), default="latest",
                         help="latest: real time, drop stale frames (default); all: every frame, in order")
-    parser.add_argument("--max-batch", type=int, default=1, help="largest micro-batch (default 1)")
-    parser.add_argument("--budget-ms", type=float, default=None,
+    parser.add_argument("--max-batch", type=batch_size, default=1, help="largest micro-batch (default 1)")
+    parser.add_argument("--budget-ms", type=milliseconds, default=None,
                         help="latest policy: drop frames older than this when a batch forms")
     parser.add_argument("--realtime", action=argparse_bool(), default=None,
                         help="replay the file at its own frame rate, as a scanner would (default: on for latest, "
                              "off for all)")
-    parser.add_argument("--fps", type=float, default=None,
+    parser.add_argument("--fps", type=frame_rate, default=None,
                         help="frame rate of image folders and DICOM files without timing tags (default 30)")
     parser.add_argument("--out", type=Path, default=None, help="overlay video (.mp4 or .mkv)")
     parser.add_argument("--report", type=Path, default=None, help="metrics report (JSON)")
@@ -78,10 +79,19 @@ def warm_up(predictor, max_batch: int = 1) -> None:
 
 
 def run(args) -> int:
-    from ..fileio import atomic_write
+    from ..errors import OutputError
+    from ..fileio import atomic_write, check_output_directory, check_output_file
     from ..runtime import Predictor
     from ..stream import JsonLinesSink, OverlayVideoSink, PngMaskSink, StreamPipeline
 
+    # Every output is checked before the model loads: an unwritable --report must not surface after the stream.
+    if args.out is not None and args.out.suffix.lower() not in (".mp4", ".mkv"):
+        raise OutputError(f"--out {args.out}: overlay videos are .mp4 (H.264) or .mkv (FFV1)")
+    for option, path in (("--out", args.out), ("--report", args.report), ("--jsonl", args.jsonl)):
+        if path is not None:
+            check_output_file(path, option)
+    if args.masks is not None:
+        check_output_directory(args.masks, "--masks")
     predictor = Predictor.load(args.artifact, backend=args.backend, device=args.device, precision=args.precision)
     sinks = []
     if args.out is not None:

@@ -7,8 +7,13 @@ blocks the source when a channel is full (backpressure): every frame is processe
 
 Stopping: the source ending or failing closes the channels behind it, so every frame already taken in is still
 processed and delivered before `run` returns (or raises the source's error). `stop()` or Ctrl-C cancels: frames
-not yet inferred are discarded (counted as cancelled), results already inferred are delivered. A failing stage
-stops everything upstream of it. Every thread is joined with a timeout; a stage that does not stop is an error.
+not yet inferred are discarded (counted as cancelled), results already inferred are delivered to every sink, and
+the report says `interrupted`. A failing stage stops everything upstream of it. Every stage is waited for with a
+timeout; a stage that does not stop is an error.
+
+Waiting uses one `threading.Event` per stage, set when its function returns, never `Thread.join(timeout)` /
+`is_alive()`: on CPython 3.11 a KeyboardInterrupt landing inside `join` marks a thread that still runs as stopped,
+and sinks would then be closed under a thread still writing to them.
 """
 
 from __future__ import annotations
@@ -230,6 +235,7 @@ class StreamPipeline:
                 arrived = time.monotonic()
                 self.metrics.frame_arrived(frame.timestamp)
                 if not self._to_preprocess.put(_Item(frame, {"arrived": arrived})):
+                    self.metrics.cancel(1)
                     break
         except HTError as exc:
             self._fail(exc, [])
@@ -287,6 +293,7 @@ class StreamPipeline:
                 self._preprocess_ema = _ema(self._preprocess_ema,
                                             item.stamps["preprocess_end"] - item.stamps["preprocess_start"])
                 if not self._to_infer.put(item):
+                    self.metrics.cancel(1)
                     break
         except Exception as exc:
             self._fail(_stage_error("preprocess", exc, [item.frame.index] if item else []), [self._to_preprocess])
@@ -411,15 +418,17 @@ class StreamPipeline:
                 sink.open({"task": self.predictor.task, "classes": list(self.predictor.classes),
                            "source": source.name})
                 opened.append(sink)
-            threads = [threading.Thread(target=target, args=args, name=f"{THREAD_PREFIX}-{name}", daemon=True)
-                       for name, target, args in (("source", self._source_stage, (source,)),
-                                                  ("preprocess", self._preprocess_stage, ()),
-                                                  ("infer", self._infer_stage, ()),
-                                                  ("postprocess", self._postprocess_stage, ()),
-                                                  ("sinks", self._sink_stage, ()))]
-            for thread in threads:
-                thread.start()
-            interrupted = self._wait(threads)
+            stages = [_Stage(name, target, args) for name, target, args in (
+                ("source", self._source_stage, (source,)), ("preprocess", self._preprocess_stage, ()),
+                ("infer", self._infer_stage, ()), ("postprocess", self._postprocess_stage, ()),
+                ("sinks", self._sink_stage, ()))]
+            for stage in stages:
+                stage.thread.start()
+            interrupted = self._wait(stages)
+        except KeyboardInterrupt:
+            # Ctrl-C before the stages ran (while sinks opened): nothing was inferred, nothing to deliver.
+            interrupted = True
+            self._cancelled = True
         finally:
             self.metrics.finished = time.monotonic()
             for sink in opened:
@@ -429,6 +438,7 @@ class StreamPipeline:
                     self._fail(StreamError(f"closing sink {type(sink).__name__} failed: {exc}"), [])
             report = self.metrics.report(**context)
             report["cancelled_by_user"] = self._cancelled
+            report["interrupted"] = interrupted
             if self._error is not None:
                 report["error"] = str(self._error)
                 report["error_frame"] = getattr(self._error, "frame", None)
@@ -439,20 +449,19 @@ class StreamPipeline:
             raise self._error
         return self.report
 
-    def _wait(self, threads) -> bool:
-        """Wait for every stage, with live progress; on Ctrl-C cancel and keep waiting. True if interrupted."""
+    def _wait(self, stages) -> bool:
+        """Wait for every stage, with live progress; on Ctrl-C cancel and keep waiting. True if interrupted.
+
+        Every step is guarded, so a Ctrl-C arriving at any point cancels and keeps waiting instead of leaving
+        stage threads behind (or closing sinks under a running one)."""
         interrupted = False
-
-        def progress():
-            return self.metrics.processed, sum(t.is_alive() for t in threads)
-
         last_progress = time.monotonic()
         while True:
             try:
-                alive = [t for t in threads if t.is_alive()]
-                if not alive:
+                running = [stage for stage in stages if not stage.done.is_set()]
+                if not running:
                     break
-                alive[-1].join(timeout=min(0.1, self.progress_interval_s))
+                running[-1].done.wait(timeout=min(0.1, self.progress_interval_s))
                 if self.on_progress is not None and time.monotonic() - last_progress >= self.progress_interval_s:
                     last_progress = time.monotonic()
                     self.on_progress(self.metrics.snapshot())
@@ -462,29 +471,55 @@ class StreamPipeline:
                 interrupted = True
                 self.stop()
         # Stopping (error or cancel): the stages drain what they hold. A stage is hung when nothing moved for
-        # `join_timeout_s`: no frame delivered and no stage finished. The whole loop body is guarded, so a Ctrl-C
-        # arriving at any point of it cancels and keeps joining instead of leaving stage threads behind.
+        # `join_timeout_s`: no frame delivered and no stage finished.
+        def progress():
+            return self.metrics.processed, sum(stage.done.is_set() for stage in stages)
+
         seen, deadline = None, None
         while True:
             try:
                 if deadline is None:
                     seen, deadline = progress(), time.monotonic() + self.join_timeout_s
-                alive = [t for t in threads if t.is_alive()]
-                if not alive or time.monotonic() >= deadline:
+                running = [stage for stage in stages if not stage.done.is_set()]
+                if not running or time.monotonic() >= deadline:
                     break
-                alive[0].join(timeout=0.05)
+                running[0].done.wait(timeout=0.05)
                 if progress() != seen:
                     seen, deadline = progress(), time.monotonic() + self.join_timeout_s
             except KeyboardInterrupt:
                 interrupted = True
                 self.stop()
-        hung = [t.name for t in threads if t.is_alive()]
+        hung = [stage.thread.name for stage in stages if not stage.done.is_set()]
         if hung:
             for channel in (self._to_preprocess, self._to_infer, self._to_postprocess, self._to_sinks):
                 channel.abort()
             self._fail(StreamError(f"stream stages did not stop within {self.join_timeout_s:.0f} s: "
                                    f"{', '.join(hung)} (a source or sink blocked in its own code?)"), [])
+            return interrupted
+        # Every stage function has returned: each thread is only unwinding, so these joins end at once.
+        for stage in stages:
+            while True:
+                try:
+                    stage.thread.join()
+                    break
+                except KeyboardInterrupt:
+                    interrupted = True
         return interrupted
+
+
+class _Stage:
+    """A stage thread and the event its function sets on return (what `_wait` trusts; see the module docstring)."""
+
+    def __init__(self, name: str, target, args: tuple):
+        self.done = threading.Event()
+
+        def run() -> None:
+            try:
+                target(*args)
+            finally:
+                self.done.set()
+
+        self.thread = threading.Thread(target=run, name=f"{THREAD_PREFIX}-{name}", daemon=True)
 
 
 def _stage_error(stage: str, exc: BaseException, frames: list) -> StreamError:

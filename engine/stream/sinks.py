@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import InputError
+from ..fileio import check_output_directory, check_output_file
 
 
 class Sink:
@@ -69,6 +70,7 @@ class JsonLinesSink(Sink):
 
     def open(self, info: dict) -> None:
         super().open(info)
+        check_output_file(self.path, "JSON-lines file")
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.handle = open(self.path, "w")
 
@@ -95,6 +97,7 @@ class PngMaskSink(Sink):
                              f"(use the JSON-lines sink for class probabilities)")
         if len(info["classes"]) > 256:
             raise InputError("PNG masks hold at most 256 classes")
+        check_output_directory(self.folder, "mask folder")
         self.folder.mkdir(parents=True, exist_ok=True)
 
     def write(self, item) -> None:
@@ -156,6 +159,7 @@ class OverlayVideoSink(Sink):
 
         if self.path.suffix.lower() not in (".mp4", ".mkv"):
             raise InputError(f"{self.path}: overlay videos are .mp4 (H.264) or .mkv (FFV1)")
+        check_output_file(self.path, "overlay video")
         self.path.parent.mkdir(parents=True, exist_ok=True)
 
     def _start(self, height: int, width: int) -> None:

@@ -301,10 +301,35 @@ class DicomSource(Source):
         if syntax in support and not support[syntax][1]:
             raise self._error(0, f"pixel data is compressed as {support[syntax][0]} ({syntax}) and no installed "
                               f"decoder handles it (install pylibjpeg / python-gdcm plugins for pydicom)")
+        self.held_frames = self._held_frames(syntax)
+        if self.held_frames is not None and self.held_frames > self.frame_count:
+            raise self._error(None, f"NumberOfFrames is {self.frame_count} but the pixel data holds "
+                              f"{self.held_frames} frames; expected them to match (altered header?)")
         self.timestamps = self._timestamps(fps)
 
     def __len__(self) -> int:
         return self.frame_count
+
+    def _held_frames(self, syntax: str) -> int | None:
+        """Whole frames the native (uncompressed) pixel data holds; None for encapsulated data."""
+        if syntax in _COMPRESSED_SYNTAXES:
+            return None
+        ds = self.dataset
+        element = ds.get_item("PixelData", keep_deferred=True)
+        length = getattr(element, "length", None)
+        if length is None:
+            length = len(ds.PixelData)
+        if length == 0xFFFFFFFF:  # undefined length: encapsulated fragments, counted by the decoder instead
+            return None
+        samples = 2 if self.photometric == "YBR_FULL_422" else int(ds.SamplesPerPixel)  # 4:2:2 stores 2 per pixel
+        try:
+            frame_bytes = int(ds.Rows) * int(ds.Columns) * samples * int(ds.BitsAllocated) // 8
+        except (TypeError, ValueError) as exc:
+            raise self._error(None, "Rows, Columns, SamplesPerPixel or BitsAllocated is not a number", exc) from exc
+        if frame_bytes <= 0:
+            raise self._error(None, f"frames of {ds.Rows}x{ds.Columns}x{samples} at {ds.BitsAllocated} bits hold "
+                              f"no pixel; expected positive sizes")
+        return length // frame_bytes
 
     def _timestamps(self, fps: float) -> np.ndarray:
         ds = self.dataset
@@ -354,14 +379,19 @@ class DicomSource(Source):
             except StopIteration:
                 break
             except Exception as exc:
+                if self.held_frames is not None and index >= self.held_frames:
+                    raise self._error(index, f"NumberOfFrames is {self.frame_count} but the pixel data holds "
+                                      f"{self.held_frames} frames (truncated file?)") from exc
                 raise self._error(index, "cannot decode the pixel data (truncated or corrupt file?)", exc) from exc
             if index >= self.frame_count:
-                break
+                raise self._error(index, f"NumberOfFrames is {self.frame_count} but the pixel data holds more "
+                                  f"frames; expected them to match (altered header?)")
             timestamp = float(self.timestamps[index])
             yield Frame(index, timestamp, self._checked(self._to_uint8(pixels), index))
             index += 1
         if index < self.frame_count:
-            raise self._error(index, f"pixel data ends after {index} of {self.frame_count} frames (truncated file)")
+            raise self._error(index, f"NumberOfFrames is {self.frame_count} but the pixel data holds {index} "
+                              f"frames (truncated file?)")
 
 
 def _is_dicom(path: Path) -> bool:

@@ -1,14 +1,13 @@
 """Import of the authors' checkpoints (backbone state dict + `best_model.pth`) into package tensors.
 
-Only `torch.load(..., weights_only=True)` (or safetensors, or a TorchScript archive through `torch.jit.load`) is
-ever used: a pickle that would run code is refused. Every problem of a checkpoint is collected and reported at
+Only `torch.load(..., weights_only=True)`, safetensors, or the restricted TorchScript reader of
+`engine.weights.torchscript` is ever used: a pickle or archive that would run code is refused. Every problem of a checkpoint is collected and reported at
 once: missing, unexpected and misshaped keys per section, with counts.
 """
 
 from __future__ import annotations
 
 import re
-import zipfile
 from pathlib import Path
 
 import torch
@@ -17,19 +16,10 @@ from ..config import ModelConfig, arch_spec
 from ..errors import CheckpointError, ConfigError, summarize_names
 from ..model import HTModel
 from .layouts import ADAPTER_MARKER, IGNORED_BACKBONE_KEYS, MONA_PREFIX, authors_layout
+from .torchscript import is_torchscript_archive, read_torchscript_state_dict
 
 HEAD_SECTIONS = ("seg_head", "cls_head")
 ADAPTER_SECTIONS = ("reduces", "blocks", "mona")
-
-
-def _is_torchscript(path: Path) -> bool:
-    if not zipfile.is_zipfile(path):
-        return False
-    try:
-        with zipfile.ZipFile(path) as archive:
-            return any(name.split("/", 1)[-1].startswith("code/") for name in archive.namelist())
-    except zipfile.BadZipFile:
-        return False
 
 
 def load_checkpoint_file(path, what: str):
@@ -42,9 +32,11 @@ def load_checkpoint_file(path, what: str):
             from safetensors.torch import load_file
 
             return load_file(str(path))
-        if _is_torchscript(path):
-            return dict(torch.jit.load(str(path), map_location="cpu").state_dict())
+        if is_torchscript_archive(path):
+            return read_torchscript_state_dict(path)
         return torch.load(str(path), map_location="cpu", weights_only=True)
+    except CheckpointError:
+        raise
     except Exception as exc:  # torch/safetensors raise many types for truncated, garbled or unsafe files
         raise CheckpointError(
             f"{what} file {path} could not be loaded safely (truncated or corrupt file, or a pickle that would run "
