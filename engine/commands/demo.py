@@ -72,8 +72,7 @@ def run(args) -> int:
                               on_progress=show,
                               progress_interval_s=1.0)
     try:
-        report = pipeline.run(cine_path, realtime=True, context={"artifact": str(package), "backend": backend,
-                                                                 "device": "cpu", "precision": "fp32"})
+        report = pipeline.run(cine_path, realtime=True, context={"artifact": str(package), **predictor.provenance()})
     finally:
         if pipeline.report is not None:
             atomic_write(report_path, lambda tmp: tmp.write_text(json.dumps(pipeline.report, indent=2)))

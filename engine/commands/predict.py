@@ -7,9 +7,15 @@ from pathlib import Path
 
 
 def add_load_options(parser) -> None:
-    parser.add_argument("--backend", default="reference", help="reference, optimized, onnx, aoti, tensorrt")
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--precision", default="fp32")
+    from ..backends import BACKEND_MODULES
+
+    parser.add_argument("--backend", default=None, choices=tuple(BACKEND_MODULES),
+                        help="backend to run on (default: reference for a package, the artifact's own for an "
+                             "artifact)")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default: %(default)s)")
+    parser.add_argument("--precision", default="fp32",
+                        help="fp32, bf16, fp16 or int8 where the backend offers it; an artifact runs at the precision "
+                             "it was built for (default: %(default)s)")
 
 
 def register(subparsers) -> None:
@@ -64,8 +70,7 @@ def run(args) -> int:
         entries.append(entry)
         print(f"{path}: " + (f"mask {entry['mask']}" if result.mask is not None else
                              f"{entry['label']} ({max(entry['probabilities'].values()):.3f})"), flush=True)
-    summary = {"artifact": str(args.artifact), "backend": args.backend, "precision": args.precision,
-               "task": predictor.task, "classes": predictor.classes, "results": entries}
+    summary = {"artifact": str(args.artifact), **predictor.provenance(), "task": predictor.task, "classes": predictor.classes, "results": entries}
     summary_path = args.out / "predictions.json"
     atomic_write(summary_path, lambda tmp: tmp.write_text(json.dumps(summary, indent=2)))
     print(f"summary: {summary_path}")

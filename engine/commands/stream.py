@@ -106,8 +106,7 @@ def run(args) -> int:
     pipeline = StreamPipeline(predictor, policy=args.policy, max_batch=args.max_batch, budget_ms=args.budget_ms,
                               sinks=sinks, on_progress=None if args.quiet else show,
                               progress_interval_s=0.5 if live else 5.0)
-    context = {"artifact": str(args.artifact), "backend": args.backend, "device": args.device,
-               "precision": args.precision}
+    context = {"artifact": str(args.artifact), **predictor.provenance()}
     try:
         pipeline.run(args.source, fps=args.fps, realtime=realtime, context=context)
     finally:
