@@ -356,3 +356,14 @@ def test_sigterm_during_build_leaves_nothing_behind(built, tmp_path):
     assert process.returncode == 143, "".join(lines) + rest
     assert "terminated" in rest
     assert list(out.parent.iterdir()) == []
+
+
+# 9: a batch range beyond what an exported graph can index is refused before any work
+
+
+@pytest.mark.parametrize("text", ["99999999999999999999", "1,4,8193", "0,1,2", "-4"])
+def test_build_batch_ranges_are_bounded(built, tmp_path, text, capsys):
+    out = tmp_path / "art"
+    assert main(["build", str(built / "seg.htpkg"), "--backend", "onnx", "--batch", text, "--out", str(out)]) == 2
+    assert "MIN <= OPT <= MAX <= 8192" in capsys.readouterr().err
+    assert not out.exists()

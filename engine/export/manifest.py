@@ -23,6 +23,7 @@ FORMAT_VERSION = 2
 # Version 1 manifests (written before `manifest_sha256` covered their content) still load, unverified.
 LEGACY_FORMAT_VERSIONS = (1,)
 DIGEST_KEY = "manifest_sha256"
+MAX_BATCH = 8192
 ARTIFACT_BACKENDS = ("onnx", "tensorrt", "aoti")
 INPUT_NAME = "images"
 OUTPUT_NAME = "logits"
@@ -54,8 +55,10 @@ class BatchRange:
         return batch
 
     def validate(self) -> None:
-        if not 1 <= self.min <= self.opt <= self.max:
-            raise BackendError(f"batch range must satisfy 1 <= MIN <= OPT <= MAX, got {self.min},{self.opt},{self.max}")
+        if not 1 <= self.min <= self.opt <= self.max <= MAX_BATCH:
+            raise BackendError(f"batch range must satisfy 1 <= MIN <= OPT <= MAX <= {MAX_BATCH}, got "
+                               f"{self.min},{self.opt},{self.max} (the cap keeps every tensor of the exported graph "
+                               f"under 2**31 elements)")
 
     def to_dict(self) -> dict:
         return {"min": self.min, "opt": self.opt, "max": self.max}
