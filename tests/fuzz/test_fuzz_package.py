@@ -10,8 +10,9 @@ import struct
 import pytest
 from hypothesis import given
 
-from engine.artifacts import BatchRange, make_manifest, open_artifact, write_manifest
+from engine.artifacts import open_artifact
 from engine.config import ModelConfig
+from engine.export.manifest import BatchRange, make_manifest, write_manifest
 from engine.package import read_package, save_package
 from tests.helpers import small_config, small_tensors
 
