@@ -12,7 +12,7 @@ from engine import Predictor
 from engine.artifacts import open_artifact
 from engine.errors import BackendError, InputError, PackageError
 from engine.export.build import build_artifact
-from engine.export.manifest import MANIFEST, BatchRange
+from engine.export.manifest import DIGEST_KEY, MANIFEST, BatchRange, manifest_digest
 from tests.artifact_helpers import small_package
 from tests.helpers import random_images
 from tests.tolerances import RELATIVE, assert_relative
@@ -56,6 +56,7 @@ def test_refuses_a_package_compiled_for_another_device(built, tmp_path):
     shutil.copytree(artifact.directory, target)
     manifest = json.loads((target / MANIFEST).read_text())
     manifest["aoti"]["device_type"] = "cuda"
+    manifest[DIGEST_KEY] = manifest_digest(manifest)  # as the engine would have written it for a CUDA package
     (target / MANIFEST).write_text(json.dumps(manifest))
     with pytest.raises(BackendError, match="compiled for 'cuda'"):
         Predictor.load(target, backend="aoti")

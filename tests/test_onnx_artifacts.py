@@ -20,7 +20,7 @@ from engine.artifacts import open_artifact
 from engine.config import AUTHORS_PREPROCESSING
 from engine.errors import BackendError, InputError, PackageError
 from engine.export.build import build_artifact
-from engine.export.manifest import MANIFEST, BatchRange
+from engine.export.manifest import DIGEST_KEY, MANIFEST, BatchRange, manifest_digest
 from engine.export.onnx_export import FP32_OPS, graph_ops
 from engine.export.trt_ops import TABLE, check_tensorrt_ops, op_table
 from engine.model import build_reference_model
@@ -223,6 +223,10 @@ def test_refuses_edited_manifest(artifacts, tmp_path, field, value, message):
     target = _copy(artifacts["cls", "fp32"], tmp_path)
     manifest = json.loads((target / MANIFEST).read_text())
     manifest[field] = value
+    (target / MANIFEST).write_text(json.dumps(manifest))
+    with pytest.raises(PackageError, match=message if field.startswith("format") else "altered after it was written"):
+        open_artifact(target)
+    manifest[DIGEST_KEY] = manifest_digest(manifest)  # resealed: the field's own check refuses it
     (target / MANIFEST).write_text(json.dumps(manifest))
     with pytest.raises(PackageError, match=message):
         open_artifact(target)
