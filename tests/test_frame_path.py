@@ -12,21 +12,9 @@ from engine import Predictor
 from engine.package import save_package
 from engine.postprocess import bilinear_matrix, composed_upsample_matrix, mask_from_maps, results_from_logits
 from engine.preprocess import preprocess_frames, resize_like_pil, to_gray
-from engine.synthetic import synthetic_frame
 
-from .helpers import small_config, small_tensors
-
-# The shapes of the frame-path issue: gray 480×640, RGB 600×800, gray 1080×1920, and two tiny ones.
-FRAMES = [((480, 640), False), ((600, 800), True), ((1080, 1920), False), ((1, 1), False), ((7, 3), True)]
-
-
-def _frame(shape, rgb, seed):
-    rng = np.random.default_rng(seed)
-    gray = synthetic_frame(*shape, seed=seed)[0] if min(shape) > 16 else rng.integers(0, 256, shape, dtype=np.uint8)
-    if not rgb:
-        return gray
-    tint = rng.integers(-20, 20, size=(1, 1, 3))
-    return np.clip(gray[..., None].astype(np.int16) + tint, 0, 255).astype(np.uint8)
+from .helpers import FRAMES, small_config, small_tensors
+from .helpers import seeded_frame as _frame
 
 
 @pytest.fixture(scope="module")

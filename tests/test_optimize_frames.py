@@ -16,8 +16,8 @@ from engine.package import save_package
 from engine.postprocess import composed_upsample_matrix, mask_from_maps, results_from_logits, softmax
 from engine.preprocess import preprocess_frames
 
-from .helpers import small_config, small_tensors
-from .test_frame_path import FRAMES, _frame
+from .helpers import FRAMES, small_config, small_tensors
+from .helpers import seeded_frame as _frame
 
 cuda_only = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU on this machine")
 # Float rounding of the per-axis sums may differ between numpy and torch: a pixel whose top two upsampled logits
