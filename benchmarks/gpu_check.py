@@ -2,7 +2,7 @@
 
 Run by `benchmarks/gpu_check.sh` (which also runs the GPU tests), as a script:
 
-    python benchmarks/gpu_check.py [--sections gemm,block,tune,e2e,kernels] [--out gpu_check.json]
+    python benchmarks/gpu_check.py [--sections gemm,block,tune,e2e,kernels,frames] [--out gpu_check.json]
     python benchmarks/gpu_check.py --device cpu --tiny    # the same code on CPU at toy sizes (checks the script)
     python benchmarks/gpu_check.py --dry-run              # imports every section: can each run here?
 
@@ -31,7 +31,8 @@ from gpu.table import table
 
 ROOT = Path(__file__).resolve().parents[1]
 # Section name -> module of benchmarks/gpu/ (each exposes `run(check)`), in the default order.
-SECTIONS = {"gemm": "gpu.gemm", "block": "gpu.block", "tune": "gpu.tune", "e2e": "gpu.e2e", "kernels": "gpu.kernels"}
+SECTIONS = {"gemm": "gpu.gemm", "block": "gpu.block", "tune": "gpu.tune", "e2e": "gpu.e2e", "kernels": "gpu.kernels",
+            "frames": "gpu.frames"}
 
 
 def record_tuner(results: dict) -> None:
@@ -68,7 +69,7 @@ def main(argv=None) -> int:
     parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile baselines")
     parser.add_argument("--batches", default="1,8,64,256")
     parser.add_argument("--kernel-batches", default="1,64")
-    parser.add_argument("--sections", default="gemm,block,tune,e2e,kernels")
+    parser.add_argument("--sections", default=",".join(SECTIONS))
     parser.add_argument("--budget-s", type=float, default=300.0,
                         help="seconds this script may take: no new torch.compile past 75%% (end to end) and 85%% "
                              "(kernels) of it")

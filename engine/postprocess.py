@@ -1,4 +1,13 @@
-"""Logits → per-frame results, numpy only (shared by every backend, torch-free runtimes included)."""
+"""Logits → per-frame results, numpy only (shared by every backend, torch-free runtimes included).
+
+A seg mask is `argmax_c` of the logits upsampled bilinearly to the frame (align_corners=False). Upsampling is a
+separable linear map, so per axis it is one small matrix, and so is a composition of two of them: from the head's
+14×14 grid logits the mask at any frame size is `argmax_c(R_y · L_c · R_xᵀ)` with
+`R_y = U(H←224)·U(224←14)` of shape H×14 (and R_x alike), without a 224² tensor. With two classes only the sign of
+`L_1 − L_0` matters (one map instead of two). The results equal the two-step upsample up to float rounding: a pixel
+can differ only where two classes' upsampled logits tie within that rounding (argmax takes the first of equal
+values, and so does the sign test: a tie is class 0).
+"""
 
 from __future__ import annotations
 
@@ -6,6 +15,8 @@ import functools
 from dataclasses import dataclass, field
 
 import numpy as np
+
+from .errors import BackendError
 
 
 @functools.lru_cache(maxsize=64)
@@ -30,6 +41,26 @@ def upsample_logits(logits: np.ndarray, height: int, width: int) -> np.ndarray:
     rows = bilinear_matrix(logits.shape[1], height)
     cols = bilinear_matrix(logits.shape[2], width)
     return np.einsum("hi,cij,wj->chw", rows, logits.astype(np.float32), cols, optimize=True)
+
+
+@functools.lru_cache(maxsize=256)
+def composed_upsample_matrix(grid: int, image_size: int, out_size: int) -> np.ndarray:
+    """`[out_size, grid]` float32: U(out_size←image_size) · U(image_size←grid), composed in float64."""
+    first = bilinear_matrix(grid, image_size).astype(np.float64)
+    second = bilinear_matrix(image_size, out_size).astype(np.float64)
+    composed = (second @ first).astype(np.float32)
+    composed.flags.writeable = False
+    return composed
+
+
+def mask_from_maps(logits: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+    """`[C,h,w]` logits and the per-axis maps `rows [H,h]`, `cols [W,w]` → the uint8 (int32 past 256 classes)
+    class mask `[H,W]` of `argmax_c(rows · L_c · colsᵀ)`."""
+    logits = logits.astype(np.float32, copy=False)
+    if logits.shape[0] == 2:
+        return ((rows @ (logits[1] - logits[0])) @ cols.T > 0).astype(np.uint8)
+    maps = np.matmul(np.matmul(rows, logits), cols.T)
+    return np.argmax(maps, axis=0).astype(np.uint8 if logits.shape[0] <= 256 else np.int32)
 
 
 def softmax(logits: np.ndarray, axis: int = -1) -> np.ndarray:
@@ -66,15 +97,42 @@ class FrameResult:
         return out
 
 
-def results_from_logits(task: str, logits: np.ndarray, sizes: list, classes: list, first_index: int = 0) -> list:
+def results_from_logits(task: str, logits: np.ndarray, sizes: list, classes: list, first_index: int = 0,
+                        image_size: int | None = None) -> list:
+    """Per-frame results from a batch of logits: seg logits at the model's input size `[B,C,S,S]`, or, with
+    `image_size` (the model's input size S), grid logits `[B,C,g,g]` from before the head's upsample (the
+    composition of the module docstring); cls logits `[B,C]`."""
     results = []
     for offset, (height, width) in enumerate(sizes):
         index = first_index + offset
         if task == "seg":
-            upsampled = upsample_logits(logits[offset], height, width)
-            mask = np.argmax(upsampled, axis=0).astype(np.uint8 if len(classes) <= 256 else np.int32)
+            maps = logits[offset]
+            if image_size is None:
+                rows, cols = bilinear_matrix(maps.shape[1], height), bilinear_matrix(maps.shape[2], width)
+            else:
+                rows = composed_upsample_matrix(maps.shape[1], image_size, height)
+                cols = composed_upsample_matrix(maps.shape[2], image_size, width)
+            mask = mask_from_maps(maps, rows, cols)
             results.append(FrameResult(index, height, width, mask=mask, classes=list(classes)))
         else:
             probabilities = softmax(logits[offset].astype(np.float64)).astype(np.float32)
+            results.append(FrameResult(index, height, width, probabilities=probabilities, classes=list(classes)))
+    return results
+
+
+def results_from_outputs(task: str, outputs: np.ndarray, sizes: list, classes: list, first_index: int = 0) -> list:
+    """Per-frame results from a runner that made them itself (`Runner.run_frames`): seg masks `[B,H,W]`, cls
+    probabilities `[B,C]`."""
+    results = []
+    for offset, (height, width) in enumerate(sizes):
+        index = first_index + offset
+        if task == "seg":
+            mask = np.ascontiguousarray(outputs[offset])
+            if mask.shape != (height, width):
+                raise BackendError(f"frame {index}: the runner returned a mask of shape {list(mask.shape)} for a "
+                                 f"{height}x{width} frame")
+            results.append(FrameResult(index, height, width, mask=mask, classes=list(classes)))
+        else:
+            probabilities = np.asarray(outputs[offset], dtype=np.float32)
             results.append(FrameResult(index, height, width, probabilities=probabilities, classes=list(classes)))
     return results

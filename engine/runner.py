@@ -9,7 +9,13 @@ from typing import Callable
 
 @dataclass
 class Runner:
-    """`run(batch)` maps a float32 `[B,3,S,S]` batch (torch tensor if `uses_torch`, else numpy) to logits."""
+    """`run(batch)` maps a float32 `[B,3,S,S]` batch (torch tensor if `uses_torch`, else numpy) to logits.
+
+    Optional, for the frame path (`Predictor.predict`): `run_grid(batch)` gives seg logits on the head's grid
+    `[B,C,g,g]`, before its upsample (the frame path upsamples them to the frame in one step); `run_frames(frames)`
+    takes a list of uint8 frames of one size and returns the uint8 masks `[B,H,W]` (seg) or float32 probabilities
+    `[B,C]` (cls) itself, the whole frame path on the device or inside the graph of a frame artifact, whose
+    accepted frame geometry is `frame_shape` (`(H, W)` or `(H, W, 3)`; None: any size)."""
 
     run: Callable
     uses_torch: bool
@@ -17,3 +23,6 @@ class Runner:
     precision: str
     max_batch: int | None = None
     input_dtype: str = "float32"
+    run_grid: Callable | None = None
+    run_frames: Callable | None = None
+    frame_shape: tuple | None = None

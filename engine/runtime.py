@@ -20,8 +20,9 @@ from .backends import backend_module, backend_status
 from .errors import BackendError, InputError, PackageError
 from .export.manifest import ARTIFACT_BACKENDS, DIGEST_KEY
 from .package import LoadedPackage, load_package
-from .postprocess import results_from_logits
+from .postprocess import results_from_logits, results_from_outputs
 from .preprocess import check_frame, preprocess_frames
+from .threads import budget, limit_numpy_blas
 from .version import __version__
 
 
@@ -83,13 +84,14 @@ class Predictor:
         self.source = source
         self.sha256 = sha256
         self.artifact_sha256 = artifact_sha256
+        limit_numpy_blas()
 
     def provenance(self) -> dict:
         """What really runs: backend, precision, device, the package (and artifact) sha256, the engine version —
         for every record of results (predictions.json, stream reports, bench)."""
         return {"engine_version": __version__, "backend": self.backend, "precision": self.runner.precision,
                 "device": self.runner.device, "source": str(self.source), "package_sha256": self.sha256,
-                "artifact_manifest_sha256": self.artifact_sha256}
+                "artifact_manifest_sha256": self.artifact_sha256, "threads": budget()}
 
     @classmethod
     def load(cls, path, backend: str | None = None, device: str = "cpu", precision: str = "fp32", *,
@@ -188,7 +190,12 @@ class Predictor:
         return preprocess_frames(frames, self.preprocessing)
 
     def predict(self, frames, batch_size: int = 8) -> list:
-        """Raw uint8 frames (one HxW / HxWx3 array or a sequence of them, any size) → one `FrameResult` each."""
+        """Raw uint8 frames (one HxW / HxWx3 array or a sequence of them, any size) → one `FrameResult` each.
+
+        The frame path runs in the runner where it can (`Runner.run_frames`: on the device, or inside a frame
+        artifact's graph); otherwise frames are preprocessed here (Pillow's exact resize) and seg logits taken from
+        the head's grid when the runner offers them (`Runner.run_grid`: no 224² tensor), each mask made at its
+        frame's size in one separable step (engine.postprocess)."""
         if isinstance(frames, np.ndarray) and (frames.ndim == 2 or (frames.ndim == 3 and frames.shape[-1] == 3)):
             frames = [frames]  # one gray HxW or RGB HxWx3 frame; [T,H,W] and [T,H,W,3] arrays are stacks
         frames = [check_frame(frame, index) for index, frame in enumerate(frames)]
@@ -198,9 +205,51 @@ class Predictor:
             batch_size = min(batch_size, self.runner.max_batch)
         results = []
         for start in range(0, len(frames), batch_size):
-            chunk = frames[start:start + batch_size]
-            logits = self.forward(self.preprocess(chunk))
-            logits = logits.detach().float().cpu().numpy() if _is_torch_tensor(logits) else np.asarray(logits)
-            sizes = [frame.shape[:2] for frame in chunk]
-            results += results_from_logits(self.task, logits, sizes, self.classes, first_index=start)
+            results += self._predict_chunk(frames[start:start + batch_size], start)
+        return results
+
+    def _predict_chunk(self, chunk: list, first: int) -> list:
+        sizes = [frame.shape[:2] for frame in chunk]
+        if self.runner.run_frames is not None:
+            return self._predict_frames(chunk, first)
+        batch = self.preprocess(chunk)
+        if self.task == "seg" and self.runner.run_grid is not None:
+            logits = self._run_grid(batch)
+            return results_from_logits(self.task, logits, sizes, self.classes, first_index=first,
+                                       image_size=self.image_size)
+        logits = self.forward(batch)
+        logits = logits.detach().float().cpu().numpy() if _is_torch_tensor(logits) else np.asarray(logits)
+        return results_from_logits(self.task, logits, sizes, self.classes, first_index=first)
+
+    def _run_grid(self, batch: np.ndarray) -> np.ndarray:
+        self._check_batch(batch)
+        if self.runner.uses_torch:
+            import torch
+
+            logits = self.runner.run_grid(torch.from_numpy(batch)).float().cpu().numpy()
+        else:
+            logits = np.asarray(self.runner.run_grid(batch), dtype=np.float32)
+        if logits.ndim != 4 or logits.shape[:2] != (batch.shape[0], self.num_classes) or \
+                logits.shape[2] != logits.shape[3]:
+            raise PackageError(f"{self.source} produced grid logits of shape {list(logits.shape)}, expected "
+                               f"[{batch.shape[0]},{self.num_classes},g,g]: the model does not match its config")
+        return logits
+
+    def _predict_frames(self, chunk: list, first: int) -> list:
+        """Runs of equal-size frames through `Runner.run_frames` (a frame artifact takes one geometry only)."""
+        results, start = [], 0
+        while start < len(chunk):
+            end = start + 1
+            while end < len(chunk) and chunk[end].shape == chunk[start].shape:
+                end += 1
+            group = chunk[start:end]
+            expected = self.runner.frame_shape
+            if expected is not None and tuple(group[0].shape) != tuple(expected):
+                raise InputError(f"frame {first + start} has shape {list(group[0].shape)}, but {self.source} is a frame "
+                                 f"artifact built for frames of shape {list(expected)} (build one with --frame-size "
+                                 f"{group[0].shape[0]}x{group[0].shape[1]}, or use the package)")
+            outputs = np.asarray(self.runner.run_frames(group))
+            results += results_from_outputs(self.task, outputs, [f.shape[:2] for f in group], self.classes,
+                                            first_index=first + start)
+            start = end
         return results

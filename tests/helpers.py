@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from engine.config import ARCHS, ModelConfig
+from engine.synthetic import synthetic_frame
 from engine.weights import random_package_tensors
 
 ALL_ARCHS = sorted(ARCHS)
+# The shapes of the frame-path issue: gray 480×640, RGB 600×800, gray 1080×1920, and two tiny ones.
+FRAMES = [((480, 640), False), ((600, 800), True), ((1080, 1920), False), ((1, 1), False), ((7, 3), True)]
 
 
 def small_config(arch: str, task: str = "seg", filter_kind: str = "channel", num_classes: int = 3,
@@ -25,3 +29,13 @@ def small_tensors(cfg: ModelConfig, seed: int = 0) -> dict:
 
 def random_images(batch: int, size: int, seed: int = 0) -> torch.Tensor:
     return torch.rand(batch, 3, size, size, generator=torch.Generator().manual_seed(seed))
+
+
+def seeded_frame(shape, rgb, seed):
+    """A seeded uint8 frame: synthetic ultrasound (noise below 17 pixels a side), RGB as the gray one tinted."""
+    rng = np.random.default_rng(seed)
+    gray = synthetic_frame(*shape, seed=seed)[0] if min(shape) > 16 else rng.integers(0, 256, shape, dtype=np.uint8)
+    if not rgb:
+        return gray
+    tint = rng.integers(-20, 20, size=(1, 1, 3))
+    return np.clip(gray[..., None].astype(np.int16) + tint, 0, 255).astype(np.uint8)

@@ -406,7 +406,7 @@ def test_gpu_check_dry_run_imports_every_section_without_a_gpu():
     done = _gpu_check("--dry-run")
     assert done.returncode == 0, done.stderr
     assert [line.split(":")[1].strip() for line in done.stdout.splitlines()] == [
-        "section gemm", "section block", "section tune", "section e2e", "section kernels"]
+        "section gemm", "section block", "section tune", "section e2e", "section kernels", "section frames"]
     assert _gpu_check("--help").returncode == 0
     refused = _gpu_check("--dry-run", "--sections", "gemm,nope")
     assert refused.returncode == 2 and "unknown section(s) nope" in refused.stderr

@@ -91,7 +91,31 @@ def table(results: dict) -> str:
                 lines.append(f"  B={row['batch']:<4}{row['dtype']:<6}{name:<24}{cell['median_us'] / 1e3:>9.3f} ms"
                              f"{cell['images_per_s']:>10.0f}/s{over_eager:>8}{speedup:>8}{share:>6}  "
                              f"{cell['rel_err_vs_fp32_reference']:.1e}")
+    lines += _frames_table(results.get("frames", {}))
     for key in ("errors",):
         for section, message in results.get(key, {}).items():
             lines.append(f"section {section} failed: {message.splitlines()[-1] if message else ''}")
     return "\n".join(lines)
+
+
+def _frames_table(frames: dict) -> list:
+    """The frame path's rows: device time of its graph next to the tensor forward's (target at 480x640 batch 1:
+    within 60 us), the whole calls, and the masks' agreement with the host frame path."""
+    if not frames.get("rows"):
+        return []
+    lines = ["", f"frame to mask on the device, {frames.get('arch')} {frames.get('task')} {frames.get('dtype')} "
+             "(median us: frames graph | forward graph | difference | frames call | forward call | mask agreement)"]
+    for row in frames["rows"]:
+        label = f"  {row['frame']:<11}B={row['batch']:<4}"
+        if "error" in row:
+            lines.append(label + row["error"][:80])
+            continue
+
+        def cell(name):
+            return f"{row[name]['median_us']:>10.1f}" if name in row else f"{'-':>10}"
+
+        difference = row.get("frames_minus_forward_graph_us")
+        lines.append(label + cell("frames_graph") + cell("forward_graph")
+                     + (f"{difference:>+10.1f}" if difference is not None else f"{'-':>10}")
+                     + cell("frames_call") + cell("forward_call") + f"{row['mask_agreement_vs_host']:>10.5f}")
+    return lines

@@ -4,7 +4,8 @@ CPU: fp32, bf16 (GEMM weights and activations in bf16, adapter spatial math in f
 dynamically quantized: int8 weights per output channel, activations per token at run time; engine.optimize.quant),
 compiled block by block with `torch.compile`, the compiled code cached on disk (engine.optimize.cpu).
 CUDA: the adapter ops from the Triton provider (the CUDA C++ kernels for spectral filters, see
-`default_cuda_kernels`; `kernels=` chooses), run through CUDA graphs (engine.optimize.cuda_runner).
+`default_cuda_kernels`; `kernels=` chooses), run through CUDA graphs (engine.optimize.cuda_runner), with the frame
+path on the device (engine.optimize.frames: uint8 frames in, masks or probabilities out, one graph per frame shape).
 """
 
 from __future__ import annotations
@@ -85,4 +86,4 @@ def _load_cuda(package, target: torch.device, precision: str, kernels: str | Non
     model = build_model(package, precision, kernels=kernels).to(target)
     from ..optimize.cuda_runner import make_cuda_runner
 
-    return make_cuda_runner(model, str(target), precision, max_batch=None)
+    return make_cuda_runner(model, str(target), precision, max_batch=None, frames=True)

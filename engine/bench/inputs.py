@@ -4,17 +4,11 @@ weights from the engine)."""
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 
 from htkernels.testing import random_frames
 
-from ..preprocess import pil_resize_matrix
-
-
-def pil_weights(in_size: int, out_size: int, device="cpu") -> torch.Tensor:
-    """Pillow's fixed-point bicubic weights `[out_size, in_size]` as int32, the layout `htkernels.preprocess` takes."""
-    return torch.from_numpy(pil_resize_matrix(in_size, out_size).astype(np.int32)).to(device)
+from ..optimize.frames import pil_weights
 
 
 def preprocess_inputs(batch: int, height: int, width: int, size: int, device, rgb: bool = False,

@@ -65,13 +65,13 @@ class CompiledModel:
         self.head = model.head
         self.extract = model.extract
 
-    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+    def __call__(self, images: torch.Tensor, grid: bool = False) -> torch.Tensor:
         x = self.embed(images)
         found = {}
         for index, block in enumerate(self.blocks):
             x = block(x)
             found[index] = x
-        return self.head([found[i] for i in self.extract])
+        return self.head([found[i] for i in self.extract], grid=grid)
 
 
 def prepare(model: torch.nn.Module, precision: str) -> torch.nn.Module:
@@ -104,6 +104,12 @@ def make_cpu_runner(model: torch.nn.Module, package, precision: str) -> Runner:
         with inductor_cache_dir():
             return forward(batch.cpu()).float()
 
-    runner = Runner(run=run, uses_torch=True, device="cpu", precision=precision)
+    @torch.inference_mode()
+    def run_grid(batch: torch.Tensor) -> torch.Tensor:
+        with inductor_cache_dir():
+            return forward(batch.cpu(), grid=True).float()
+
+    runner = Runner(run=run, uses_torch=True, device="cpu", precision=precision,
+                    run_grid=run_grid if package.config.task == "seg" else None)
     runner.compile_seconds = load_seconds
     return runner

@@ -4,24 +4,30 @@ At batch 1 the forward is a few hundred short kernels; launching them one by one
 running them. A CUDA graph replays the whole forward with one launch. Each batch size gets its own graph with
 static input and output buffers (a graph's addresses are fixed); a new batch size is captured once, then replayed.
 All graphs allocate from one shared memory pool: replays are serialised on one stream (under a lock) and each
-output is cloned right after its replay, so no graph needs another graph's intermediates to survive.
+output is consumed right after its replay (cloned, or for the frame path copied to the host), so no graph needs
+another graph's intermediates to survive. The frame path (engine.optimize.frames) captures preprocess → forward →
+postprocess as one more graph per frame shape in the same pool.
 """
 
 from __future__ import annotations
 
 import threading
+from typing import Callable
 
 import torch
 
 from ..errors import BackendError, InputError
 from ..runner import Runner
+from .frames import FramePipeline
 from .kernels import kernel_errors
 
 WARMUP_RUNS = 2  # compiles the Triton kernels and lets cuBLAS/cuDNN pick their algorithms before capture
 
 
 class CudaGraphRunner:
-    """`run(batch float32 [B,3,S,S]) -> logits` through the graph captured for `B` (captured on first use)."""
+    """`run(batch float32 [B,3,S,S]) -> logits` through the graph captured for `B` (captured on first use);
+    `run_grid(batch)` the same for the seg grid logits; `replay` runs any function of one static input as a graph
+    (the frame path of engine.optimize.frames: preprocess → forward → postprocess per frame shape)."""
 
     def __init__(self, model: torch.nn.Module, device: str, max_batch: int | None = None):
         self.model = model
@@ -35,38 +41,63 @@ class CudaGraphRunner:
         self._pool = None
         self._lock = threading.Lock()
 
-    def _capture(self, shape: tuple):
-        static_input = torch.zeros(shape, device=self.device, dtype=torch.float32)
+    def _capture(self, fn: Callable, shape: tuple, dtype: torch.dtype):
+        static_input = torch.zeros(shape, device=self.device, dtype=dtype)
         side = torch.cuda.Stream(self.device)
         side.wait_stream(torch.cuda.current_stream(self.device))
         with torch.cuda.stream(side), torch.inference_mode():
             for _ in range(WARMUP_RUNS):
-                self.model(static_input)
+                fn(static_input)
         torch.cuda.current_stream(self.device).wait_stream(side)
         graph = torch.cuda.CUDAGraph()
         with torch.inference_mode(), torch.cuda.graph(graph, pool=self._pool):
-            static_output = self.model(static_input)
+            static_output = fn(static_input)
         self._pool = graph.pool()
         return graph, static_input, static_output
 
-    def __call__(self, batch: torch.Tensor) -> torch.Tensor:
+    def replay(self, key: tuple, source: torch.Tensor, fn: Callable, consume: Callable):
+        """`consume(fn(source))` through the graph of `fn` stored under `key` (captured on first use, for `source`'s
+        shape and dtype): `source` is copied into the graph's static input asynchronously, and `consume` is queued
+        right after the replay, before any other graph may reuse the shared pool."""
+        # The capture runs the kernels' launchers: a failure there reaches the caller as the engine's error type.
+        with torch.cuda.device(self.device), self._lock, kernel_errors():
+            entry = self.graphs.get(key)
+            if entry is None:
+                entry = self.graphs[key] = self._capture(fn, tuple(source.shape), source.dtype)
+            graph, static_input, static_output = entry
+            static_input.copy_(source, non_blocking=True)
+            graph.replay()
+            return consume(static_output)
+
+    def _check(self, batch: torch.Tensor) -> None:
         if batch.dim() != 4:
             raise InputError(f"expected a [B,3,S,S] batch, got shape {list(batch.shape)}")
         if self.max_batch is not None and batch.shape[0] > self.max_batch:
             raise InputError(f"batch of {batch.shape[0]} exceeds this runner's maximum batch {self.max_batch}")
-        shape = tuple(batch.shape)
-        # The capture runs the kernels' launchers: a failure there reaches the caller as the engine's error type.
-        with torch.cuda.device(self.device), self._lock, kernel_errors():
-            entry = self.graphs.get(shape)
-            if entry is None:
-                entry = self.graphs[shape] = self._capture(shape)
-            graph, static_input, static_output = entry
-            static_input.copy_(batch, non_blocking=True)
-            graph.replay()
-            return static_output.clone()
+
+    def __call__(self, batch: torch.Tensor) -> torch.Tensor:
+        self._check(batch)
+        return self.replay(tuple(batch.shape), batch.float(), self.model, torch.Tensor.clone)
+
+    def run_grid(self, batch: torch.Tensor) -> torch.Tensor:
+        """Seg logits on the head's grid `[B,C,g,g]` (`model(batch, grid=True)`), one graph per batch size."""
+        self._check(batch)
+        return self.replay(("grid",) + tuple(batch.shape), batch.float(), self._grid_logits, torch.Tensor.clone)
+
+    def _grid_logits(self, images: torch.Tensor) -> torch.Tensor:
+        return self.model(images, grid=True)
 
 
-def make_cuda_runner(model: torch.nn.Module, device: str, precision: str, max_batch: int | None = None) -> Runner:
-    """Wrap a CUDA model (float32 images in, float32 logits out) so each batch size runs as one CUDA graph."""
+def make_cuda_runner(model: torch.nn.Module, device: str, precision: str, max_batch: int | None = None,
+                     frames: bool = False) -> Runner:
+    """Wrap a CUDA model (float32 images in, float32 logits out) so each batch size runs as one CUDA graph.
+
+    With `frames` (the model an `OptimizedHTModel`), the runner also has the frame path (`run_frames`,
+    engine.optimize.frames, one graph per frame shape) and, for seg, `run_grid`."""
     runner = CudaGraphRunner(model.eval(), device, max_batch)
-    return Runner(run=runner, uses_torch=True, device=str(runner.device), precision=precision, max_batch=max_batch)
+    result = Runner(run=runner, uses_torch=True, device=str(runner.device), precision=precision, max_batch=max_batch)
+    if frames:
+        result.run_frames = FramePipeline(runner.model, runner.device, graphs=runner)
+        if model.cfg.task == "seg":
+            result.run_grid = runner.run_grid
+    return result

@@ -145,7 +145,9 @@ class Head(nn.Module):
             self.register_buffer("cls_out_weight", t["head.out.weight"].float().contiguous())
             self.register_buffer("cls_out_bias", t["head.out.bias"].float().contiguous())
 
-    def forward(self, features: list) -> torch.Tensor:
+    def forward(self, features: list, grid: bool = False) -> torch.Tensor:
+        """Logits: seg `[B,C,S,S]` (or, with `grid`, the `[B,C,g,g]` grid logits before the upsample, which the frame
+        path takes to any frame size in one step, engine.postprocess), cls `[B,C]`."""
         hidden = [F.gelu(fc1(norm(reduce(feature[:, 1:]))))
                   for feature, reduce, norm, fc1 in zip(features, self.reduces, self.norms, self.fc1)]
         stacked = torch.cat(hidden, dim=-1).float()
@@ -153,6 +155,8 @@ class Head(nn.Module):
         if self.task == "seg":
             logits = F.linear(stacked, self.out_weight, self.out_bias)
             maps = logits.transpose(1, 2).reshape(batch, -1, self.grid, self.grid)
+            if grid:
+                return maps
             size = self.image_size
             return F.interpolate(maps, size=(size, size), mode="bilinear", align_corners=False)
         pooled = F.linear(stacked.mean(dim=1), self.out_weight, self.out_bias)
@@ -204,5 +208,6 @@ class OptimizedHTModel(nn.Module):
             found[index] = x
         return [found[i] for i in self.extract]
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.head(self.features(images))
+    def forward(self, images: torch.Tensor, grid: bool = False) -> torch.Tensor:
+        """`grid`: seg logits on the head's grid, before the upsample (see `Head.forward`)."""
+        return self.head(self.features(images), grid=grid)
