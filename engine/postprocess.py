@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -47,7 +48,7 @@ class FrameResult:
     width: int
     mask: np.ndarray | None = None
     probabilities: np.ndarray | None = None
-    classes: list = field(default_factory=list)
+    classes: list[str] = field(default_factory=list)
 
     @property
     def label(self) -> str:
@@ -55,7 +56,7 @@ class FrameResult:
             raise AttributeError("label is only defined for classification results")
         return self.classes[int(np.argmax(self.probabilities))]
 
-    def summary(self) -> dict:
+    def summary(self) -> dict[str, object]:
         out = {"index": self.index, "height": self.height, "width": self.width}
         if self.mask is not None:
             counts = np.bincount(self.mask.ravel(), minlength=len(self.classes))
@@ -66,7 +67,9 @@ class FrameResult:
         return out
 
 
-def results_from_logits(task: str, logits: np.ndarray, sizes: list, classes: list, first_index: int = 0) -> list:
+def results_from_logits(task: str, logits: np.ndarray, sizes: Sequence[tuple[int, int]], classes: Sequence[str],
+                        first_index: int = 0) -> list[FrameResult]:
+    """Logits of a batch → one `FrameResult` per frame, at the frame's own size (`sizes`: (height, width) each)."""
     results = []
     for offset, (height, width) in enumerate(sizes):
         index = first_index + offset
