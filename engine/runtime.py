@@ -50,11 +50,12 @@ def artifact_backend(artifact: Artifact, backend: str | None, precision: str) ->
     built = manifest["backend"]
     if backend not in (None, built):
         raise PackageError(f"{directory} is a {built!r} artifact; it cannot run on backend {backend!r} "
-                           f"(load it with backend={built!r} or backend=None; backends 'reference' and 'optimized' "
+                           f"(run it on backend {built!r} or name no backend; backends 'reference' and 'optimized' "
                            f"run the package it was built from)")
     if precision not in ("fp32", manifest["precision"]):
         raise PackageError(f"{directory} was built for precision {manifest['precision']!r}, not {precision!r}; "
-                           f"build another artifact for {precision!r}")
+                           f"run it at its own precision (name none), or build an artifact for {precision!r} with a "
+                           f"backend that builds it (`ht-engine build` names the precisions each backend builds)")
     return built
 
 
