@@ -18,8 +18,12 @@ def read_image(path) -> np.ndarray:
     from PIL import Image
 
     path = Path(path)
+    if path.is_dir():
+        raise InputError(f"input image {path} is a folder; expected an image file (`ht-engine predict` and "
+                         f"`ht-engine stream` take a folder of images)")
     if not path.is_file():
-        raise InputError(f"input image {path} does not exist")
+        raise InputError(f"input image {path} does not exist" if not path.exists() else
+                         f"input image {path} is not a regular file")
     try:
         with Image.open(path) as image:
             # Pillow only warns below twice its limit; a frame that large is refused before it is decoded.

@@ -12,6 +12,7 @@ values, and so does the sign test: a tie is class 0).
 from __future__ import annotations
 
 import functools
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -78,7 +79,7 @@ class FrameResult:
     width: int
     mask: np.ndarray | None = None
     probabilities: np.ndarray | None = None
-    classes: list = field(default_factory=list)
+    classes: list[str] = field(default_factory=list)
 
     @property
     def label(self) -> str:
@@ -86,7 +87,7 @@ class FrameResult:
             raise AttributeError("label is only defined for classification results")
         return self.classes[int(np.argmax(self.probabilities))]
 
-    def summary(self) -> dict:
+    def summary(self) -> dict[str, object]:
         out = {"index": self.index, "height": self.height, "width": self.width}
         if self.mask is not None:
             counts = np.bincount(self.mask.ravel(), minlength=len(self.classes))
@@ -97,11 +98,11 @@ class FrameResult:
         return out
 
 
-def results_from_logits(task: str, logits: np.ndarray, sizes: list, classes: list, first_index: int = 0,
-                        image_size: int | None = None) -> list:
-    """Per-frame results from a batch of logits: seg logits at the model's input size `[B,C,S,S]`, or, with
-    `image_size` (the model's input size S), grid logits `[B,C,g,g]` from before the head's upsample (the
-    composition of the module docstring); cls logits `[B,C]`."""
+def results_from_logits(task: str, logits: np.ndarray, sizes: Sequence[tuple[int, int]], classes: Sequence[str],
+                        first_index: int = 0, image_size: int | None = None) -> list[FrameResult]:
+    """Logits of a batch → one `FrameResult` per frame, at the frame's own size (`sizes`: (height, width) each):
+    seg logits at the model's input size `[B,C,S,S]`, or, with `image_size` (the model's input size S), grid logits
+    `[B,C,g,g]` from before the head's upsample (the composition of the module docstring); cls logits `[B,C]`."""
     results = []
     for offset, (height, width) in enumerate(sizes):
         index = first_index + offset

@@ -11,7 +11,9 @@ This module imports no torch at import time: the ONNX/TensorRT runtimes must wor
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -20,10 +22,13 @@ from .backends import backend_module, backend_status
 from .errors import BackendError, InputError, PackageError
 from .export.manifest import ARTIFACT_BACKENDS, DIGEST_KEY
 from .package import LoadedPackage, load_package
-from .postprocess import results_from_logits, results_from_outputs
+from .postprocess import FrameResult, results_from_logits, results_from_outputs
 from .preprocess import check_frame, preprocess_frames
 from .threads import budget, limit_numpy_blas
 from .version import __version__
+
+if TYPE_CHECKING:
+    import torch
 
 
 def _usable_backend(name: str, device: str):
@@ -46,11 +51,12 @@ def artifact_backend(artifact: Artifact, backend: str | None, precision: str) ->
     built = manifest["backend"]
     if backend not in (None, built):
         raise PackageError(f"{directory} is a {built!r} artifact; it cannot run on backend {backend!r} "
-                           f"(load it with backend={built!r} or backend=None; backends 'reference' and 'optimized' "
+                           f"(run it on backend {built!r} or name no backend; backends 'reference' and 'optimized' "
                            f"run the package it was built from)")
     if precision not in ("fp32", manifest["precision"]):
         raise PackageError(f"{directory} was built for precision {manifest['precision']!r}, not {precision!r}; "
-                           f"build another artifact for {precision!r}")
+                           f"run it at its own precision (name none), or build an artifact for {precision!r} with a "
+                           f"backend that builds it (`ht-engine build` names the precisions each backend builds)")
     return built
 
 
@@ -94,7 +100,7 @@ class Predictor:
                 "artifact_manifest_sha256": self.artifact_sha256, "threads": budget()}
 
     @classmethod
-    def load(cls, path, backend: str | None = None, device: str = "cpu", precision: str = "fp32", *,
+    def load(cls, path: str | Path, backend: str | None = None, device: str = "cpu", precision: str = "fp32", *,
              kernels: str | None = None) -> "Predictor":
         """Load a package or a built artifact directory. `backend=None` means `reference` for a package and the
         artifact's own backend for an artifact. `kernels` picks the adapter kernels of `backend="optimized"`:
@@ -143,7 +149,7 @@ class Predictor:
         if self.runner.max_batch is not None and shape[0] > self.runner.max_batch:
             raise InputError(f"batch of {shape[0]} exceeds this artifact's maximum batch {self.runner.max_batch}")
 
-    def forward(self, x):
+    def forward(self, x: np.ndarray | torch.Tensor) -> np.ndarray | torch.Tensor:
         """float32 `[B,3,S,S]` (torch tensor or numpy) → logits of the same kind: seg `[B,C,S,S]`, cls `[B,C]`."""
         return self._check_logits(self._forward(x), x.shape[0])
 
@@ -185,11 +191,11 @@ class Predictor:
             return self.runner.run(torch.from_numpy(x)).float().cpu().numpy()
         return np.asarray(self.runner.run(x), dtype=np.float32)
 
-    def preprocess(self, frames) -> np.ndarray:
+    def preprocess(self, frames: np.ndarray | Sequence[np.ndarray]) -> np.ndarray:
         """Raw uint8 frames → the float32 batch `forward` takes, with this model's preprocessing."""
         return preprocess_frames(frames, self.preprocessing)
 
-    def predict(self, frames, batch_size: int = 8) -> list:
+    def predict(self, frames: np.ndarray | Sequence[np.ndarray], batch_size: int = 8) -> list[FrameResult]:
         """Raw uint8 frames (one HxW / HxWx3 array or a sequence of them, any size) → one `FrameResult` each.
 
         The frame path runs in the runner where it can (`Runner.run_frames`: on the device, or inside a frame

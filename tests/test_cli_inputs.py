@@ -4,6 +4,7 @@ Every one ends with exit status 2 and one line that says what was wrong, before 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,6 +12,8 @@ from PIL import Image
 
 from engine.cli import main
 from engine.config import AUTHORS_PREPROCESSING
+from engine.errors import InputError
+from engine.images import read_image
 from engine.package import save_package
 from tests.helpers import small_config, small_tensors
 
@@ -47,6 +50,32 @@ def test_predict_inputs_with_one_name_get_distinct_outputs(tmp_path, package):
     for entry, size in zip(results, sizes.values()):
         assert np.asarray(Image.open(entry["mask"])).shape == size
 
+
+
+def test_predict_takes_a_folder_of_images(tmp_path, package):
+    rng = np.random.default_rng(1)
+    folder = tmp_path / "cine"
+    folder.mkdir()
+    for index, size in ((10, (40, 50)), (2, (30, 70))):
+        Image.fromarray(rng.integers(0, 256, size, dtype=np.uint8)).save(folder / f"frame{index}.png")
+    (folder / "notes.txt").write_text("not an image")
+    out = tmp_path / "pred"
+    assert main(["predict", str(package), str(folder), "--out", str(out)]) == 0
+    results = json.loads((out / "predictions.json").read_text())["results"]
+    # Natural order: frame2 before frame10; files that are not images are left out.
+    assert [Path(entry["input"]).name for entry in results] == ["frame2.png", "frame10.png"]
+
+
+def test_predict_folder_without_images_says_so(tmp_path, capsys, package):
+    (tmp_path / "empty").mkdir()
+    assert main(["predict", str(package), str(tmp_path / "empty"), "--out", str(tmp_path / "o")]) == 2
+    err = one_line_error(capsys, "no image files")
+    assert "does not exist" not in err
+
+
+def test_read_image_of_a_folder_is_not_missing(tmp_path):
+    with pytest.raises(InputError, match="is a folder"):
+        read_image(tmp_path)
 
 @pytest.mark.parametrize("option", ["--report", "--out", "--jsonl", "--masks"])
 def test_stream_unwritable_outputs_fail_before_the_model_loads(tmp_path, capsys, option):

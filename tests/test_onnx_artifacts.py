@@ -207,10 +207,13 @@ def test_refuses_missing_model_file(artifacts, tmp_path):
 
 def test_refuses_wrong_backend_and_precision(artifacts):
     directory = artifacts["cls", "fp32"].directory
-    with pytest.raises(PackageError, match="is a 'onnx' artifact; it cannot run on backend 'aoti'"):
+    with pytest.raises(PackageError, match="is a 'onnx' artifact; it cannot run on backend 'aoti' .*run it on "
+                       "backend 'onnx' or name no backend"):
         Predictor.load(directory, backend="aoti")
-    with pytest.raises(PackageError, match="built for precision 'fp32', not 'fp16'"):
+    with pytest.raises(PackageError, match="built for precision 'fp32', not 'fp16'; run it at its own precision"):
         Predictor.load(directory, backend="onnx", precision="fp16")
+    # What the messages advise works.
+    assert Predictor.load(directory, backend="onnx").backend == Predictor.load(directory).backend == "onnx"
 
 
 @pytest.mark.parametrize("field,value,message", [

@@ -29,6 +29,6 @@ def backend_status(name: str, device: str) -> tuple[bool, str]:
         return False, f"{name} needs a package that is not installed: {exc}"
 
 
-def available_backends(device: str = "cpu") -> list:
+def available_backends(device: str = "cpu") -> list[str]:
     """Names of the backends that can run on `device` ("cpu", "cuda", "cuda:N") right now."""
     return [name for name in BACKEND_MODULES if backend_status(name, device)[0]]

@@ -13,10 +13,12 @@ from ..export.manifest import ARTIFACT_BACKENDS
 def register(subparsers) -> None:
     parser = subparsers.add_parser("build", help="build an ONNX / TensorRT / AOTInductor artifact from a package")
     parser.add_argument("package", type=Path, help=".htpkg package")
-    parser.add_argument("--backend", required=True, choices=ARTIFACT_BACKENDS)
-    parser.add_argument("--precision", default="fp32", choices=BUILD_PRECISIONS)
+    parser.add_argument("--backend", required=True, choices=ARTIFACT_BACKENDS,
+                        help="artifact kind: %(choices)s")
+    parser.add_argument("--precision", default="fp32", choices=BUILD_PRECISIONS,
+                        help="one of %(choices)s, where the backend offers it (default: %(default)s)")
     parser.add_argument("--batch", default="1,4,16", help="MIN,OPT,MAX batch sizes the artifact accepts "
-                        "(OPT: the one TensorRT tunes for; default 1,4,16)")
+                        "(OPT: the one TensorRT tunes for; default: %(default)s)")
     parser.add_argument("--device", default=None, help="aoti: cpu or cuda[:N] (default: cpu); tensorrt: the GPU")
     parser.add_argument("--out", required=True, type=Path, help="output directory (replaced only on success)")
     parser.set_defaults(handler=run)

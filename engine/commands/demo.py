@@ -6,6 +6,7 @@ import json
 import time
 from pathlib import Path
 
+from ..config import ARCHS
 from .options import frame_rate, integer
 
 # A reduced ViT (same structure: adapters on every block, three extracted levels, seg head at 224x224) so that
@@ -17,11 +18,15 @@ DEMO_MODEL = dict(width=192, layers=6, heads=3, head_dim=128, bottleneck=32, ext
 def register(subparsers) -> None:
     parser = subparsers.add_parser("demo", help="stream a synthetic ultrasound cine through a seeded model, in real "
                                    "time, and write an overlay video and a latency report")
-    parser.add_argument("--out", type=Path, default=Path("demo_out"))
-    parser.add_argument("--arch", default="biomedclip-vit-b16")
+    parser.add_argument("--out", type=Path, default=Path("demo_out"),
+                        help="output directory: package, cine, overlay video, reports (default: %(default)s)")
+    parser.add_argument("--arch", default="biomedclip-vit-b16", choices=sorted(ARCHS),
+                        help="backbone family of the seeded model, one of %(choices)s (default: %(default)s)")
     parser.add_argument("--full", action="store_true", help="full ViT-B/16 model (about 1 s per frame on 2 cores)")
-    parser.add_argument("--frames", type=integer(1, 10_000, "a frame count"), default=90, help="cine length (frames)")
-    parser.add_argument("--fps", type=frame_rate, default=30.0, help="cine frame rate, replayed in real time")
+    parser.add_argument("--frames", type=integer(1, 10_000, "a frame count"), default=90,
+                        help="cine length in frames (default: %(default)s)")
+    parser.add_argument("--fps", type=frame_rate, default=30.0,
+                        help="cine frame rate, replayed in real time (default: %(default)s)")
     parser.set_defaults(handler=run)
 
 

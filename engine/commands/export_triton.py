@@ -4,14 +4,18 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from .options import integer
+
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser("export-triton", help="write a built artifact as a Triton Inference Server model")
     parser.add_argument("artifact", type=Path, help="artifact directory from `ht-engine build` (onnx or tensorrt)")
     parser.add_argument("--out", required=True, type=Path, help="Triton model repository (created if missing)")
     parser.add_argument("--name", default=None, help="model name (default: ht_<arch>_<task>_<precision>)")
-    parser.add_argument("--instances", type=int, default=1, help="model instances per GPU (or CPU)")
-    parser.add_argument("--kind", choices=("gpu", "cpu"), default="gpu", help="where instances run")
+    parser.add_argument("--instances", type=integer(1, 1024, "an instance count"), default=1,
+                        help="model instances per GPU (or CPU) (default: %(default)s)")
+    parser.add_argument("--kind", choices=("gpu", "cpu"), default="gpu",
+                        help="where instances run: %(choices)s (default: %(default)s)")
     parser.set_defaults(handler=run)
 
 

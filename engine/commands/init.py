@@ -10,13 +10,16 @@ from .options import class_count, seed
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser("init", help="write a package with seeded random weights")
-    parser.add_argument("--arch", required=True, choices=sorted(ARCHS))
-    parser.add_argument("--task", required=True, choices=("seg", "cls"))
-    parser.add_argument("--num-classes", type=class_count, default=2)
+    parser.add_argument("--arch", required=True, choices=sorted(ARCHS), help="backbone family: %(choices)s")
+    parser.add_argument("--task", required=True, choices=("seg", "cls"),
+                        help="%(choices)s: segmentation or classification head")
+    parser.add_argument("--num-classes", type=class_count, default=2,
+                        help="classes of the head (default: %(default)s)")
     parser.add_argument("--filter", dest="filter_kind", choices=("channel", "spectral"), default="channel",
-                        help="per-channel frequency filter (the authors') or a spectral one")
-    parser.add_argument("--seed", type=seed, default=0)
-    parser.add_argument("--out", required=True, type=Path)
+                        help="the adapters' frequency filter, one of %(choices)s: per-channel (the authors') or "
+                             "spectral (default: %(default)s)")
+    parser.add_argument("--seed", type=seed, default=0, help="seed of the random weights (default: %(default)s)")
+    parser.add_argument("--out", required=True, type=Path, help="output .htpkg (a new file)")
     parser.set_defaults(handler=run)
 
 

@@ -12,15 +12,20 @@ WORK_BYTES_PER_PIXEL = 24
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser("phantom", help="write a synthetic ultrasound cine loop (.mp4, .mkv, .dcm)")
-    parser.add_argument("--frames", type=integer(1, 100_000, "a frame count"), default=60)
+    parser.add_argument("--frames", type=integer(1, 100_000, "a frame count"), default=60,
+                        help="cine length in frames (default: %(default)s)")
     parser.add_argument("--out", type=Path, required=True, help="cine.mp4 / cine.mkv (lossless) / cine.dcm")
-    parser.add_argument("--height", type=integer(16, 4096, "a height (pixels)"), default=480)
-    parser.add_argument("--width", type=integer(16, 4096, "a width (pixels)"), default=640)
-    parser.add_argument("--fps", type=frame_rate, default=30.0)
-    parser.add_argument("--seed", type=seed, default=0)
-    parser.add_argument("--lesions", type=integer(0, 64, "a lesion count"), default=2)
+    parser.add_argument("--height", type=integer(16, 4096, "a height (pixels)"), default=480,
+                        help="frame height in pixels (default: %(default)s)")
+    parser.add_argument("--width", type=integer(16, 4096, "a width (pixels)"), default=640,
+                        help="frame width in pixels (default: %(default)s)")
+    parser.add_argument("--fps", type=frame_rate, default=30.0, help="frame rate (default: %(default)s)")
+    parser.add_argument("--seed", type=seed, default=0, help="seed of speckle and lesions (default: %(default)s)")
+    parser.add_argument("--lesions", type=integer(0, 64, "a lesion count"), default=2,
+                        help="moving lesions in the cine (default: %(default)s)")
     parser.add_argument("--masks", type=Path, default=None,
-                        help="also write the ground-truth lesion masks (uint8 0/1) as a .npy array [T,H,W]")
+                        help="also write the ground-truth lesion masks (uint8 0/1) as a .npy array [T,H,W] "
+                             "(default: none)")
     parser.set_defaults(handler=run)
 
 

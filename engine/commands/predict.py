@@ -10,8 +10,8 @@ def add_load_options(parser) -> None:
     from ..backends import BACKEND_MODULES
 
     parser.add_argument("--backend", default=None, choices=tuple(BACKEND_MODULES),
-                        help="backend to run on (default: reference for a package, the artifact's own for an "
-                             "artifact)")
+                        help="backend to run on, one of %(choices)s (default: reference for a package, the "
+                             "artifact's own for an artifact)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default: %(default)s)")
     parser.add_argument("--precision", default="fp32",
                         help="fp32, bf16, fp16 or int8 where the backend offers it; an artifact runs at the precision "
@@ -21,8 +21,10 @@ def add_load_options(parser) -> None:
 def register(subparsers) -> None:
     parser = subparsers.add_parser("predict", help="run a package/artifact on image files")
     parser.add_argument("artifact", type=Path, help=".htpkg package or built artifact directory")
-    parser.add_argument("inputs", nargs="+", type=Path, help="image files (PNG, JPEG, BMP, TIFF: 8-bit gray/RGB)")
-    parser.add_argument("--out", type=Path, default=Path("predictions"), help="output directory")
+    parser.add_argument("inputs", nargs="+", type=Path,
+                        help="image files (PNG, JPEG, BMP, TIFF: 8-bit gray/RGB) or folders of them")
+    parser.add_argument("--out", type=Path, default=Path("predictions"),
+                        help="output directory for masks, overlays and predictions.json (default: %(default)s)")
     add_load_options(parser)
     parser.set_defaults(handler=run)
 
@@ -47,16 +49,27 @@ def output_stems(paths) -> list:
     return stems
 
 
+def expand_inputs(paths: list[Path]) -> list[Path]:
+    """The image files to predict: each file as given, each folder as its image files in natural order."""
+    from ..stream.sources import FolderSource
+
+    expanded = []
+    for path in paths:
+        expanded.extend(FolderSource(path).paths if path.is_dir() else [path])
+    return expanded
+
+
 def run(args) -> int:
     from ..fileio import atomic_write, check_output_directory
     from ..images import overlay, read_image, write_png
     from ..runtime import Predictor
 
     check_output_directory(args.out, "--out")
+    inputs = expand_inputs(args.inputs)
     predictor = Predictor.load(args.artifact, backend=args.backend, device=args.device, precision=args.precision)
-    frames = [read_image(path) for path in args.inputs]
+    frames = [read_image(path) for path in inputs]
     entries = []
-    for path, stem, frame in zip(args.inputs, output_stems(args.inputs), frames):
+    for path, stem, frame in zip(inputs, output_stems(inputs), frames):
         result = predictor.predict([frame])[0]
         entry = {"input": str(path), **result.summary()}
         entry.pop("index")
@@ -70,7 +83,8 @@ def run(args) -> int:
         entries.append(entry)
         print(f"{path}: " + (f"mask {entry['mask']}" if result.mask is not None else
                              f"{entry['label']} ({max(entry['probabilities'].values()):.3f})"), flush=True)
-    summary = {"artifact": str(args.artifact), **predictor.provenance(), "task": predictor.task, "classes": predictor.classes, "results": entries}
+    summary = {"artifact": str(args.artifact), **predictor.provenance(), "task": predictor.task,
+               "classes": predictor.classes, "results": entries}
     summary_path = args.out / "predictions.json"
     atomic_write(summary_path, lambda tmp: tmp.write_text(json.dumps(summary, indent=2)))
     print(f"summary: {summary_path}")

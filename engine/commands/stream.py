@@ -15,19 +15,22 @@ def register(subparsers) -> None:
     parser.add_argument("artifact", type=Path, help=".htpkg package or built artifact directory")
     parser.add_argument("source", help="video file (mp4, avi, mkv…), multi-frame DICOM, or a folder of images")
     parser.add_argument("--policy", choices=("latest", "all"), default="latest",
-                        help="latest: real time, drop stale frames (default); all: every frame, in order")
-    parser.add_argument("--max-batch", type=batch_size, default=1, help="largest micro-batch (default 1)")
+                        help="%(choices)s; latest: real time, drop stale frames; all: every frame, in order "
+                             "(default: %(default)s)")
+    parser.add_argument("--max-batch", type=batch_size, default=1, help="largest micro-batch (default: %(default)s)")
     parser.add_argument("--budget-ms", type=milliseconds, default=None,
-                        help="latest policy: drop frames older than this when a batch forms")
+                        help="latest policy: drop frames older than this when a batch forms (default: no budget)")
     parser.add_argument("--realtime", action=argparse_bool(), default=None,
                         help="replay the file at its own frame rate, as a scanner would (default: on for latest, "
                              "off for all)")
     parser.add_argument("--fps", type=frame_rate, default=None,
                         help="frame rate of image folders and DICOM files without timing tags (default 30)")
-    parser.add_argument("--out", type=Path, default=None, help="overlay video (.mp4 or .mkv)")
-    parser.add_argument("--report", type=Path, default=None, help="metrics report (JSON)")
-    parser.add_argument("--jsonl", type=Path, default=None, help="one JSON line per processed frame")
-    parser.add_argument("--masks", type=Path, default=None, help="folder for PNG masks (segmentation models)")
+    parser.add_argument("--out", type=Path, default=None, help="overlay video (.mp4 or .mkv; default: none)")
+    parser.add_argument("--report", type=Path, default=None, help="metrics report (JSON; default: none)")
+    parser.add_argument("--jsonl", type=Path, default=None,
+                        help="one JSON line per processed frame (default: none)")
+    parser.add_argument("--masks", type=Path, default=None,
+                        help="folder for PNG masks (segmentation models; default: none)")
     parser.add_argument("--quiet", action="store_true", help="no live progress line")
     add_load_options(parser)
     parser.set_defaults(handler=run)
