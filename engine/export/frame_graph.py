@@ -121,8 +121,8 @@ class FrameModel(nn.Module):
             grid = config.grid
             self.register_buffer("up_rows", torch.from_numpy(composed_upsample_matrix(grid, config.image_size,
                                                                                       frame.height).copy()))
-            self.register_buffer("up_cols_t", torch.from_numpy(np.ascontiguousarray(
-                composed_upsample_matrix(grid, config.image_size, frame.width).T)))
+            self.register_buffer("up_cols_t", torch.from_numpy(
+                composed_upsample_matrix(grid, config.image_size, frame.width).T.copy()))
 
     def model_input(self, frames: torch.Tensor) -> torch.Tensor:
         """uint8 frames → the float32 `[B,channels,S,S]` batch `Predictor.preprocess` makes from them."""
