@@ -207,6 +207,13 @@ def test_wrong_frame_size_and_forward_are_refused(artifacts):
         predictor.forward(np.zeros((1, 3, SIZE, SIZE), dtype=np.float32))
 
 
+def test_bench_refuses_a_frame_artifact(artifacts, packages):
+    from engine.bench.suite import BenchOptions, resolve_source
+
+    with pytest.raises(BackendError, match="frame artifact .*without --frame-size"):
+        resolve_source(BenchOptions(source=artifacts["seg", 1, 1, 1].directory, package=packages["seg"]))
+
+
 def test_build_refuses_what_frame_artifacts_cannot_be(packages, tmp_path):
     with pytest.raises(BackendError, match="frame artifacts are built in"):
         build_artifact(packages["seg"], "onnx", "fp16", BATCH, tmp_path / "a", frame=FrameSpec(8, 8))
