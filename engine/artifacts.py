@@ -23,10 +23,13 @@ from .export.manifest import (
     DIGEST_KEY,
     FORMAT,
     FORMAT_VERSION,
+    FRAME_INPUT_NAME,
+    FRAME_OUTPUTS,
     LEGACY_FORMAT_VERSIONS,
     MANIFEST,
     REQUIRED_KEYS,
     BatchRange,
+    FrameSpec,
     file_sha256,
     manifest_digest,
 )
@@ -54,6 +57,12 @@ class Artifact:
     @property
     def batch(self) -> BatchRange:
         return BatchRange(**self.manifest["batch"])
+
+    @property
+    def frame(self) -> FrameSpec | None:
+        """The frame geometry of a frame artifact (uint8 frames in, masks or probabilities out); None otherwise."""
+        frame = self.manifest.get("frame")
+        return None if frame is None else FrameSpec(**frame)
 
 
 def read_manifest(directory: Path) -> dict:
@@ -148,12 +157,39 @@ def _check_fields(manifest: dict) -> None:
             check_type(f"{key}[{index}]", spec, dict)
             for field, kind in _TENSOR_SPEC.items():
                 check_type(f"{key}[{index}].{field}", spec.get(field), kind)
+    if "frame" in manifest:
+        _check_frame_fields(manifest)
+        return
     size, classes = model["image_size"], len(model["classes"])
     expected = [-1, classes, size, size] if model["task"] == "seg" else [-1, classes]
     shapes = [spec["shape"] for spec in manifest["outputs"]]
     if manifest["outputs"] and shapes[0] != expected:
         raise ConfigError(f"outputs[0].shape {shapes[0]} does not fit a {model['task']} model with {classes} classes "
                           f"at {size}x{size} (expected {expected})")
+
+
+def _check_frame_fields(manifest: dict) -> None:
+    """A frame artifact's geometry, and its input and output specs that follow from it."""
+    frame = manifest["frame"]
+    check_type("frame", frame, dict)
+    if sorted(frame) != ["channels", "height", "width"]:
+        raise ConfigError(f"frame must have exactly the keys channels, height, width, got {sorted(frame)}")
+    for key in ("height", "width", "channels"):
+        check_type(f"frame.{key}", frame[key], "integer")
+    spec = FrameSpec(**frame)
+    try:
+        spec.validate()
+    except BackendError as exc:
+        raise ConfigError(f"frame {frame!r}: {exc}") from None
+    task, classes = manifest["model"]["task"], len(manifest["model"]["classes"])
+    name, dtype = FRAME_OUTPUTS[task]
+    expected = {"inputs": {"name": FRAME_INPUT_NAME, "dtype": "uint8", "shape": [-1, *spec.shape]},
+                "outputs": {"name": name, "dtype": dtype,
+                            "shape": [-1, spec.height, spec.width] if task == "seg" else [-1, classes]}}
+    for key, wanted in expected.items():
+        if len(manifest[key]) != 1 or manifest[key][0] != wanted:
+            raise ConfigError(f"{key} {manifest[key]} does not fit a {task} frame artifact for frames "
+                              f"{'x'.join(map(str, spec.shape))} (expected [{wanted}])")
 
 
 def _inside(directory: Path, name: str) -> Path:

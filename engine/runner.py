@@ -9,7 +9,8 @@ from typing import Callable
 
 @dataclass
 class Runner:
-    """`run(batch)` maps a float32 `[B,3,S,S]` batch (torch tensor if `uses_torch`, else numpy) to logits.
+    """`run(batch)` maps a float32 `[B,3,S,S]` batch (torch tensor if `uses_torch`, else numpy) to logits; None for a
+    frame artifact, which takes raw frames only (`run_frames`).
 
     Optional, for the frame path (`Predictor.predict`): `run_grid(batch)` gives seg logits on the head's grid
     `[B,C,g,g]`, before its upsample (the frame path upsamples them to the frame in one step); `run_frames(frames)`
@@ -17,7 +18,7 @@ class Runner:
     `[B,C]` (cls) itself, the whole frame path on the device or inside the graph of a frame artifact, whose
     accepted frame geometry is `frame_shape` (`(H, W)` or `(H, W, 3)`; None: any size)."""
 
-    run: Callable
+    run: Callable | None
     uses_torch: bool
     device: str
     precision: str

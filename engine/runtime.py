@@ -151,6 +151,12 @@ class Predictor:
 
     def forward(self, x: np.ndarray | torch.Tensor) -> np.ndarray | torch.Tensor:
         """float32 `[B,3,S,S]` (torch tensor or numpy) → logits of the same kind: seg `[B,C,S,S]`, cls `[B,C]`."""
+        if self.runner.run is None:
+            shape = "x".join(map(str, self.runner.frame_shape))
+            raise InputError(f"{self.source} is a frame artifact (uint8 frames {shape} in, "
+                             f"{'masks' if self.task == 'seg' else 'probabilities'} out): it takes raw frames through "
+                             f"predict(), not preprocessed tensors through forward(); build without --frame-size for "
+                             f"a tensor artifact")
         return self._check_logits(self._forward(x), x.shape[0])
 
     def _check_logits(self, logits, batch: int):

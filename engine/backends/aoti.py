@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import numpy as np
+
 from ..artifacts import Artifact
 from ..errors import BackendError
 from ..runner import Runner
@@ -25,11 +27,20 @@ def load(source: Artifact, device: str, precision: str) -> Runner:
                            f"{device!r} (build it with --device {target.type})")
     index = target.index if target.index is not None else -1
     compiled = torch._inductor.aoti_load_package(str(source.model_file), device_index=index)
+    precision, max_batch = source.manifest["precision"], source.batch.max
+    frame = source.frame
+    if frame is not None:
+        @torch.inference_mode()
+        def run_frames(frames: list) -> np.ndarray:
+            return compiled(torch.from_numpy(np.stack(frames)).to(target)).cpu().numpy()
+
+        run_frames.artifact = source
+        return Runner(run=None, uses_torch=True, device=str(target), precision=precision, max_batch=max_batch,
+                      run_frames=run_frames, frame_shape=frame.shape)
 
     @torch.inference_mode()
     def run(batch: torch.Tensor) -> torch.Tensor:
         return compiled(batch.to(target))
 
     run.artifact = source
-    return Runner(run=run, uses_torch=True, device=str(target), precision=source.manifest["precision"],
-                  max_batch=source.batch.max)
+    return Runner(run=run, uses_torch=True, device=str(target), precision=precision, max_batch=max_batch)

@@ -9,7 +9,7 @@ import numpy as np
 
 from ..artifacts import Artifact
 from ..errors import BackendError
-from ..export.manifest import INPUT_NAME
+from ..export.manifest import FRAME_INPUT_NAME, INPUT_NAME
 from ..export.onnx_export import ARTIFACT_PRECISIONS
 from ..runner import Runner
 
@@ -59,11 +59,19 @@ def load(source: Artifact, device: str, precision: str) -> Runner:
     options.log_severity_level = 3
     session = onnxruntime.InferenceSession(str(source.model_file), options, providers=providers_for(device))
     output_names = [output["name"] for output in source.manifest["outputs"]]
+    precision, max_batch = source.manifest["precision"], source.batch.max
+    frame = source.frame
+    if frame is not None:
+        def run_frames(frames: list) -> np.ndarray:
+            return session.run(output_names, {FRAME_INPUT_NAME: np.stack(frames)})[0]
+
+        run_frames.artifact = source
+        return Runner(run=None, uses_torch=False, device=device, precision=precision, max_batch=max_batch,
+                      run_frames=run_frames, frame_shape=frame.shape)
 
     def run(batch: np.ndarray) -> np.ndarray:
         return session.run(output_names, {INPUT_NAME: batch})[0]
 
     # Keeps a temporary artifact directory (built by `Predictor.load` from a package) alive as long as the runner.
     run.artifact = source
-    return Runner(run=run, uses_torch=False, device=device, precision=source.manifest["precision"],
-                  max_batch=source.batch.max)
+    return Runner(run=run, uses_torch=False, device=device, precision=precision, max_batch=max_batch)

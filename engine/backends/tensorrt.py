@@ -53,6 +53,8 @@ class _Engine:
         return int(pointer)
 
     def run(self, batch: np.ndarray) -> np.ndarray:
+        """One batch in (cast to the input binding's dtype: float32, or uint8 frames), the first output out in its
+        binding's dtype."""
         cudart, trt = self.cudart, self.trt
         (name,) = self.inputs
         host_in = np.ascontiguousarray(batch, dtype=trt.nptype(self.engine.get_tensor_dtype(name)))
@@ -73,7 +75,7 @@ class _Engine:
             check_cuda(cudart.cudaMemcpyAsync(host_out.ctypes.data, self.buffers[out][0], host_out.nbytes,
                                           cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost, self.stream))
         check_cuda(cudart.cudaStreamSynchronize(self.stream))
-        return results[0][1].astype(np.float32, copy=False)
+        return results[0][1]
 
 
 def load(source: Artifact, device: str, precision: str) -> Runner:
@@ -84,11 +86,20 @@ def load(source: Artifact, device: str, precision: str) -> Runner:
     here = {**cuda_device_identity(index), "tensorrt_version": trt.__version__}
     check_engine_compatible(engine_identity(source.manifest), here)
     engine = _Engine(trt, cuda, source.model_file.read_bytes(), index)
+    precision, max_batch = source.manifest["precision"], source.batch.max
+    frame = source.frame
+    if frame is not None:
+        def run_frames(frames: list) -> np.ndarray:
+            check_cuda(cuda.cudaSetDevice(index))
+            return engine.run(np.stack(frames))
+
+        run_frames.artifact = source
+        return Runner(run=None, uses_torch=False, device=device, precision=precision, max_batch=max_batch,
+                      run_frames=run_frames, frame_shape=frame.shape)
 
     def run(batch: np.ndarray) -> np.ndarray:
         check_cuda(cuda.cudaSetDevice(index))
-        return engine.run(batch)
+        return engine.run(batch).astype(np.float32, copy=False)
 
     run.artifact = source
-    return Runner(run=run, uses_torch=False, device=device, precision=source.manifest["precision"],
-                  max_batch=source.batch.max)
+    return Runner(run=run, uses_torch=False, device=device, precision=precision, max_batch=max_batch)

@@ -310,6 +310,9 @@ def resolve_source(options: BenchOptions) -> tuple:
             raise BackendError("--package is only for artifact sources; the source is already a package")
         return source, None
     manifest = read_manifest(source)
+    if "frame" in manifest:
+        raise BackendError(f"{source} is a frame artifact (uint8 frames in, no tensor forward): ht-engine bench "
+                           f"measures tensor artifacts; build one without --frame-size")
     if options.package is None:
         raise PackageError(f"{source} is a built {manifest.get('backend')!r} artifact: give the package it was "
                            f"built from with --package M.htpkg (the eager and compiled baselines and the "

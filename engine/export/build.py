@@ -12,7 +12,7 @@ from ..errors import BackendError
 from ..fileio import check_replaceable_directory, staging_directory
 from ..package import LoadedPackage, load_package
 from .aoti import AOTI_PRECISIONS
-from .manifest import ARTIFACT_BACKENDS, BatchRange, is_artifact_directory, make_manifest, write_manifest
+from .manifest import ARTIFACT_BACKENDS, BatchRange, FrameSpec, is_artifact_directory, make_manifest, write_manifest
 from .onnx_export import ARTIFACT_PRECISIONS as ONNX_PRECISIONS
 from .tensorrt import MODE_PRECISIONS
 
@@ -20,6 +20,9 @@ DEFAULT_BATCH = BatchRange(1, 4, 16)
 # Every precision some writer builds (which ones a backend builds on a device: `check_precision`).
 BUILD_PRECISIONS = tuple(sorted({*ONNX_PRECISIONS, *AOTI_PRECISIONS["cpu"], *AOTI_PRECISIONS["cuda"],
                                  *(p for mode in MODE_PRECISIONS.values() for p in mode)}))
+# Frame artifacts keep the exact in-graph preprocessing in float32: ONNX and TensorRT build their fp32 graph only
+# (their fp16 graphs are converted op by op); AOTInductor's reduced precisions apply to the model inside.
+FRAME_PRECISIONS = {"onnx": ("fp32",), "tensorrt": ("fp32",)}
 HEARTBEAT_S = 15.0
 ARTIFACT_WHAT = "a built artifact (a directory with an ht-engine manifest.json)"
 
@@ -60,13 +63,21 @@ def stage(progress, text: str):
 
 
 def build_artifact(package, backend: str, precision: str, batch: BatchRange, out: Path, progress=_quiet,
-                   device: str = "cpu") -> Path:
+                   device: str = "cpu", frame: FrameSpec | None = None) -> Path:
     """Build `package` (a path or a `LoadedPackage`) for `backend` into `out` and return `out`; nothing is left at
-    `out` on failure. `engine.artifacts.open_artifact(out)` reads it back, verified."""
+    `out` on failure. `engine.artifacts.open_artifact(out)` reads it back, verified. With `frame`, a frame artifact:
+    uint8 frames of that geometry in, masks or probabilities out (`frame_graph`)."""
     if backend not in ARTIFACT_BACKENDS:
         raise BackendError(f"cannot build backend {backend!r}; artifacts are built for {ARTIFACT_BACKENDS}")
     batch.validate()
     check_precision(backend, precision, device)
+    if frame is not None:
+        frame.validate()
+        allowed = FRAME_PRECISIONS.get(backend)
+        if allowed is not None and precision not in allowed:
+            raise BackendError(f"{backend} frame artifacts are built in {allowed}, got {precision!r} (the exact "
+                               f"in-graph preprocessing needs float32; build a tensor artifact without --frame-size "
+                               f"for {precision!r})")
     check_replaceable_directory(out, is_artifact_directory, ARTIFACT_WHAT)
     if not isinstance(package, LoadedPackage):
         with stage(progress, f"reading package {package}"):
@@ -74,21 +85,22 @@ def build_artifact(package, backend: str, precision: str, batch: BatchRange, out
     config = package.config
     with staging_directory(out, is_artifact_directory, ARTIFACT_WHAT) as directory:
         if backend == "onnx":
-            artifact, extra = _build_onnx(package, precision, batch, directory, progress)
+            artifact, extra = _build_onnx(package, precision, batch, directory, progress, frame)
         elif backend == "aoti":
             from .aoti import build_aoti
 
-            artifact, extra = build_aoti(package, precision, batch, directory, progress, stage, device)
+            artifact, extra = build_aoti(package, precision, batch, directory, progress, stage, device, frame)
         else:
             from .tensorrt import build_tensorrt
 
-            artifact, extra = build_tensorrt(package, precision, batch, directory, progress, stage, device)
+            artifact, extra = build_tensorrt(package, precision, batch, directory, progress, stage, device, frame)
         tools = tool_versions(["ht-engine", "torch", "onnx", "onnxruntime", "onnxscript", "tensorrt"])
         manifest = make_manifest(backend=backend, precision=precision, batch=batch, config=config,
                                  package_sha256=package.sha256, artifact=artifact, directory=directory, tools=tools,
-                                 extra=extra)
+                                 extra=extra, frame=frame)
         write_manifest(directory, manifest)
-    progress(f"wrote {out} ({backend}, {precision}, batch {batch.min}..{batch.max})")
+    frames = "" if frame is None else f", frames {'x'.join(map(str, frame.shape))} uint8"
+    progress(f"wrote {out} ({backend}, {precision}, batch {batch.min}..{batch.max}{frames})")
     return Path(out)
 
 
@@ -105,17 +117,25 @@ def check_precision(backend: str, precision: str, device: str) -> None:
         raise BackendError(f"backend {backend!r} builds precisions {allowed} on {device!r}, got {precision!r}")
 
 
-def export_onnx_file(package, precision: str, batch: BatchRange, path: Path, progress) -> "object":
-    """Export the package's graph to `path`; returns the loaded ONNX proto (for the op check)."""
+def export_onnx_file(package, precision: str, batch: BatchRange, path: Path, progress,
+                     frame: FrameSpec | None = None) -> "object":
+    """Export the package's graph (its frame graph for `frame`) to `path`; returns the loaded ONNX proto (for the op
+    check)."""
     import onnx
 
     from .graph import deployable_model
     from .onnx_export import export_onnx
 
     path = Path(path)
-    with stage(progress, f"exporting ONNX ({'fp32' if precision == 'int8' else precision})"):
-        model = deployable_model(package.config, package.tensors)
-        export_onnx(model, package.config, path, batch, "fp32" if precision == "int8" else precision)
+    what = "" if frame is None else f" frame graph, {frame.height}x{frame.width}x{frame.channels} uint8 in"
+    with stage(progress, f"exporting ONNX ({'fp32' if precision == 'int8' else precision}{what})"):
+        if frame is None:
+            model = deployable_model(package.config, package.tensors)
+        else:
+            from .frame_graph import frame_model
+
+            model = frame_model(package, frame)
+        export_onnx(model, package.config, path, batch, "fp32" if precision == "int8" else precision, frame)
     if precision == "int8":
         from .quantize import CALIBRATION_FRAMES, quantize_int8
 
@@ -127,11 +147,11 @@ def export_onnx_file(package, precision: str, batch: BatchRange, path: Path, pro
     return onnx.load(str(path))
 
 
-def _build_onnx(package, precision, batch, directory: Path, progress):
+def _build_onnx(package, precision, batch, directory: Path, progress, frame: FrameSpec | None = None):
     from .onnx_export import graph_ops
     from .trt_ops import unsupported_ops
 
-    proto = export_onnx_file(package, precision, batch, directory / "model.onnx", progress)
+    proto = export_onnx_file(package, precision, batch, directory / "model.onnx", progress, frame)
     ops = graph_ops(proto)
     blocked = unsupported_ops(ops)
     if blocked:

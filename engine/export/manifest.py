@@ -27,6 +27,12 @@ MAX_BATCH = 8192
 ARTIFACT_BACKENDS = ("onnx", "tensorrt", "aoti")
 INPUT_NAME = "images"
 OUTPUT_NAME = "logits"
+# Frame artifacts (`build --frame-size`): raw uint8 frames in, a uint8 mask (seg) or probabilities (cls) out.
+FRAME_INPUT_NAME = "frames"
+FRAME_OUTPUTS = {"seg": ("mask", "uint8"), "cls": ("probabilities", "float32")}
+FRAME_CHANNELS = (1, 3)
+# A frame side the in-graph preprocessing keeps exact (the partial sums of its resize passes stay below 2**24).
+MAX_FRAME_SIDE = 8192
 REQUIRED_KEYS = ("format", "format_version", "backend", "precision", "batch", "inputs", "outputs", "model",
                  "preprocessing", "package_sha256", "files", "artifact", "tools")
 
@@ -64,6 +70,42 @@ class BatchRange:
         return {"min": self.min, "opt": self.opt, "max": self.max}
 
 
+@dataclass(frozen=True)
+class FrameSpec:
+    """The one frame geometry a frame artifact takes: `height`×`width` uint8 pixels, 1 (gray) or 3 (RGB) channels."""
+
+    height: int
+    width: int
+    channels: int = 1
+
+    @classmethod
+    def parse(cls, text: str, channels: int = 1) -> "FrameSpec":
+        """`"HxW"` (e.g. 1080x1920) → a checked spec."""
+        parts = str(text).lower().split("x")
+        try:
+            height, width = (int(part) for part in parts)
+        except ValueError:
+            raise BackendError(f"--frame-size must be HxW (two integers, e.g. 1080x1920), got {text!r}") from None
+        spec = cls(height, width, channels)
+        spec.validate()
+        return spec
+
+    def validate(self) -> None:
+        if not (1 <= self.height <= MAX_FRAME_SIDE and 1 <= self.width <= MAX_FRAME_SIDE):
+            raise BackendError(f"frame size must be between 1x1 and {MAX_FRAME_SIDE}x{MAX_FRAME_SIDE}, got "
+                               f"{self.height}x{self.width}")
+        if self.channels not in FRAME_CHANNELS:
+            raise BackendError(f"--channels must be one of {FRAME_CHANNELS} (gray or RGB), got {self.channels}")
+
+    @property
+    def shape(self) -> tuple:
+        """The shape of one frame: `(H, W)` or `(H, W, 3)`."""
+        return (self.height, self.width) if self.channels == 1 else (self.height, self.width, 3)
+
+    def to_dict(self) -> dict:
+        return {"height": self.height, "width": self.width, "channels": self.channels}
+
+
 def file_sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
@@ -72,8 +114,14 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def io_spec(config, batch_dim: int = -1) -> tuple[list, list]:
-    """Input and output tensor specs of the model of `config` (`-1` marks the dynamic batch dimension)."""
+def io_spec(config, batch_dim: int = -1, frame: FrameSpec | None = None) -> tuple[list, list]:
+    """Input and output tensor specs of the model of `config` (`-1` marks the dynamic batch dimension), of its frame
+    artifact for `frame`."""
+    if frame is not None:
+        name, dtype = FRAME_OUTPUTS[config.task]
+        out_shape = [batch_dim, frame.height, frame.width] if config.task == "seg" else [batch_dim, config.num_classes]
+        return ([{"name": FRAME_INPUT_NAME, "dtype": "uint8", "shape": [batch_dim, *frame.shape]}],
+                [{"name": name, "dtype": dtype, "shape": out_shape}])
     size = config.image_size
     inputs = [{"name": INPUT_NAME, "dtype": "float32", "shape": [batch_dim, 3, size, size]}]
     out_shape = [batch_dim, config.num_classes, size, size] if config.task == "seg" else [batch_dim, config.num_classes]
@@ -82,9 +130,11 @@ def io_spec(config, batch_dim: int = -1) -> tuple[list, list]:
 
 
 def make_manifest(*, backend: str, precision: str, batch: BatchRange, config, package_sha256: str,
-                  artifact: str, directory: Path, tools: dict, extra: dict | None = None) -> dict:
-    """A manifest for the files already written in `directory` (their sha256 are recorded)."""
-    inputs, outputs = io_spec(config)
+                  artifact: str, directory: Path, tools: dict, extra: dict | None = None,
+                  frame: FrameSpec | None = None) -> dict:
+    """A manifest for the files already written in `directory` (their sha256 are recorded); a frame artifact's
+    records its frame geometry under `frame`."""
+    inputs, outputs = io_spec(config, frame=frame)
     files = {path.name: file_sha256(path) for path in sorted(Path(directory).iterdir())
              if path.is_file() and path.name != MANIFEST}
     manifest = {
@@ -103,6 +153,8 @@ def make_manifest(*, backend: str, precision: str, batch: BatchRange, config, pa
         "artifact": artifact,
         "tools": dict(tools),
     }
+    if frame is not None:
+        manifest["frame"] = frame.to_dict()
     manifest.update(extra or {})
     return manifest
 

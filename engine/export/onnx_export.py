@@ -11,7 +11,7 @@ import warnings
 from pathlib import Path
 
 from ..errors import BackendError
-from .manifest import INPUT_NAME, OUTPUT_NAME, BatchRange
+from .manifest import FRAME_INPUT_NAME, FRAME_OUTPUTS, INPUT_NAME, OUTPUT_NAME, BatchRange, FrameSpec
 
 OPSET = 18
 ONNX_PRECISIONS = ("fp32", "fp16")
@@ -20,27 +20,34 @@ ARTIFACT_PRECISIONS = ONNX_PRECISIONS + ("int8",)
 FP32_OPS = ("LayerNormalization", "Softmax")
 
 
-def export_onnx(model, config, path: Path, batch: BatchRange, precision: str = "fp32") -> Path:
-    """Export `model` (float32 in, float32 logits out) to `path`; returns `path`."""
+def export_onnx(model, config, path: Path, batch: BatchRange, precision: str = "fp32",
+                frame: FrameSpec | None = None) -> Path:
+    """Export `model` (float32 in, float32 logits out; for `frame`, a `frame_graph.FrameModel`: uint8 frames in) to
+    `path`; returns `path`."""
     import onnx
     import torch
 
     if precision not in ONNX_PRECISIONS:
         raise BackendError(f"ONNX export supports precisions {ONNX_PRECISIONS}, got {precision!r}")
-    size = config.image_size
     # An example batch of 1 would let the exporter specialize the batch dimension to a constant.
-    example = torch.rand(max(2, min(batch.opt, 4)), 3, size, size, generator=torch.Generator().manual_seed(0))
+    examples = max(2, min(batch.opt, 4)) if batch.max > batch.min else batch.min
+    if frame is None:
+        size = config.image_size
+        example = torch.rand(examples, 3, size, size, generator=torch.Generator().manual_seed(0))
+        input_name, output_name = INPUT_NAME, OUTPUT_NAME
+    else:
+        from .frame_graph import example_frames
+
+        example = example_frames(frame, examples)
+        input_name, output_name = FRAME_INPUT_NAME, FRAME_OUTPUTS[config.task][0]
     dynamic_shapes = None
     if batch.max > batch.min:
-        dim = torch.export.Dim("batch", min=batch.min, max=batch.max)
-        dynamic_shapes = {"images": {0: dim}}
-    else:
-        example = example[: batch.min]
+        dynamic_shapes = {input_name: {0: torch.export.Dim("batch", min=batch.min, max=batch.max)}}
     logging.getLogger("torch.onnx").setLevel(logging.ERROR)
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
-        program = torch.onnx.export(model, (example,), dynamo=True, input_names=[INPUT_NAME],
-                                    output_names=[OUTPUT_NAME], dynamic_shapes=dynamic_shapes, opset_version=OPSET,
+        program = torch.onnx.export(model, (example,), dynamo=True, input_names=[input_name],
+                                    output_names=[output_name], dynamic_shapes=dynamic_shapes, opset_version=OPSET,
                                     optimize=True, verbose=False)
     proto = program.model_proto
     if precision == "fp16":

@@ -19,7 +19,7 @@ from pathlib import Path
 from .. import settings
 from ..errors import BackendError
 from . import tensorrt_device
-from .manifest import INPUT_NAME, BatchRange
+from .manifest import FRAME_INPUT_NAME, INPUT_NAME, BatchRange, FrameSpec
 
 PLAN_FILE = "model.plan"
 ONNX_FILE = "model.onnx"
@@ -60,10 +60,11 @@ def onnx_precision(mode: str, precision: str) -> str:
     return precision if mode == "strongly_typed" or precision == "int8" else "fp32"
 
 
-def profile_shapes(batch: BatchRange, image_size: int) -> tuple:
-    """`(min, opt, max)` input shapes of the optimization profile."""
+def profile_shapes(batch: BatchRange, image_size: int, frame: FrameSpec | None = None) -> tuple:
+    """`(min, opt, max)` input shapes of the optimization profile (of the uint8 frames of a frame graph)."""
     batch.validate()
-    return tuple((b, 3, image_size, image_size) for b in (batch.min, batch.opt, batch.max))
+    one = (3, image_size, image_size) if frame is None else frame.shape
+    return tuple((b, *one) for b in (batch.min, batch.opt, batch.max))
 
 
 def timing_cache_path(gpu_name: str, compute_capability: str, trt_version: str) -> Path:
@@ -87,7 +88,8 @@ def check_engine_compatible(built: dict, here: dict) -> None:
                            "); rebuild it on this machine with `ht-engine build --backend tensorrt`")
 
 
-def build_tensorrt(package, precision: str, batch: BatchRange, directory: Path, progress, stage, device: str = "cuda"):
+def build_tensorrt(package, precision: str, batch: BatchRange, directory: Path, progress, stage, device: str = "cuda",
+                   frame: FrameSpec | None = None):
     """Export ONNX, check its ops against TensorRT's parser table, build and serialize the engine."""
     from .build import export_onnx_file
     from .trt_ops import check_tensorrt_ops
@@ -102,13 +104,14 @@ def build_tensorrt(package, precision: str, batch: BatchRange, directory: Path, 
     identity = tensorrt_device.cuda_device_identity(index)
     identity["tensorrt_version"] = trt.__version__
     graph_precision = onnx_precision(mode, precision)
-    proto = export_onnx_file(package, graph_precision, batch, directory / ONNX_FILE, progress)
+    proto = export_onnx_file(package, graph_precision, batch, directory / ONNX_FILE, progress, frame)
     check_tensorrt_ops(proto, f"the {graph_precision} ONNX graph")
     del proto
     cache = timing_cache_path(identity["gpu_name"], identity["compute_capability"], trt.__version__)
     with stage(progress, f"building the TensorRT {trt.__version__} engine ({mode.replace('_', ' ')}, {precision})"):
-        plan = build_engine(trt, directory / ONNX_FILE, mode, precision, profile_shapes(batch, package.config.image_size),
-                            cache, progress)
+        plan = build_engine(trt, directory / ONNX_FILE, mode, precision,
+                            profile_shapes(batch, package.config.image_size, frame), cache, progress,
+                            INPUT_NAME if frame is None else FRAME_INPUT_NAME)
     (directory / PLAN_FILE).write_bytes(plan)
     return PLAN_FILE, {"tensorrt": {**identity, "build_mode": mode, "onnx_precision": graph_precision}}
 
@@ -133,7 +136,8 @@ def _progress_monitor(trt, progress):
     return Monitor()
 
 
-def build_engine(trt, onnx_path: Path, mode: str, precision: str, shapes: tuple, cache_path: Path, progress) -> bytes:
+def build_engine(trt, onnx_path: Path, mode: str, precision: str, shapes: tuple, cache_path: Path, progress,
+                 input_name: str = INPUT_NAME) -> bytes:
     """Parse `onnx_path` and build a serialized engine (needs TensorRT and a GPU)."""
     from ..fileio import atomic_write
 
@@ -164,7 +168,7 @@ def build_engine(trt, onnx_path: Path, mode: str, precision: str, shapes: tuple,
                 for output in range(layer.num_outputs):
                     layer.set_output_type(output, trt.float32)
     profile = builder.create_optimization_profile()
-    profile.set_shape(INPUT_NAME, *shapes)
+    profile.set_shape(input_name, *shapes)
     config.add_optimization_profile(profile)
     cache = config.create_timing_cache(cache_path.read_bytes() if cache_path.is_file() else b"")
     config.set_timing_cache(cache, ignore_mismatch=False)

@@ -17,7 +17,7 @@ from ..fileio import staging_directory
 from .manifest import MANIFEST
 
 PLATFORMS = {"onnx": ("onnxruntime_onnx", "model.onnx"), "tensorrt": ("tensorrt_plan", "model.plan")}
-TYPES = {"float32": "TYPE_FP32", "float16": "TYPE_FP16"}
+TYPES = {"float32": "TYPE_FP32", "float16": "TYPE_FP16", "uint8": "TYPE_UINT8"}
 INSTANCE_KINDS = ("gpu", "cpu")
 # A model name is one directory of the repository: never ".", ".." or a path.
 MODEL_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
