@@ -128,7 +128,8 @@ def test_dicom_frame_time_vector_and_rgb_color(tmp_path):
     path = tmp_path / "colour.dcm"
     write_dicom(path, colour, fps=FPS, photometric="RGB")
     ds = pydicom.dcmread(path)
-    ds.FrameTimeVector = [0, 40, 60]  # ms before each frame: variable timing wins over FrameTime
+    ds.FrameTimeVector = [0, 40, 60]  # ms before each frame
+    ds.FrameIncrementPointer = 0x00181065  # frames advance by FrameTimeVector, not FrameTime
     ds.save_as(path)
     _, stamps, pixels = read_all(DicomSource(path))
     np.testing.assert_allclose(stamps, [0.0, 0.04, 0.1])
