@@ -267,6 +267,10 @@ def dicom_support() -> dict:
 # Photometric interpretations the DICOM source turns into uint8 gray (MONOCHROME*) or RGB (all others).
 DICOM_PHOTOMETRICS = ("MONOCHROME1", "MONOCHROME2", "RGB", "PALETTE COLOR", "YBR_FULL", "YBR_FULL_422",
                       "YBR_PARTIAL_420", "YBR_ICT", "YBR_RCT")
+# PS3.3 C.7.6.3.1.2: YBR_PARTIAL_420 is the partial-range (Y 16..235) transform of RGB. pydicom's JPEG decoding
+# hands its components over unconverted (convert_color_space has no partial-range transform), so we invert it here.
+_RGB_TO_YBR_PARTIAL = np.array([[0.2568, 0.5041, 0.0979], [-0.1482, -0.2910, 0.4392], [0.4392, -0.3678, -0.0714]])
+_YBR_PARTIAL_OFFSET = np.array([16.0, 128.0, 128.0])
 _FRAME_TIME_TAG = 0x00181063
 _FRAME_TIME_VECTOR_TAG = 0x00181065
 
@@ -301,6 +305,8 @@ class DicomSource(Source):
         try:
             # Deferred reading: element values over 1 KB (the pixel data) stay on disk until decoded.
             self.dataset = pydicom.dcmread(self.path, defer_size="1 KB")
+            if self.dataset.file_meta.get("TransferSyntaxUID") == "1.2.840.10008.1.2.1.99":
+                self.dataset = pydicom.dcmread(self.path)  # a deflated stream has no offsets to read deferred values at
         except Exception as exc:
             raise self._error(None, "not a readable DICOM file", exc) from exc
         ds = self.dataset
@@ -435,6 +441,9 @@ class DicomSource(Source):
                 pixels.astype(np.int64) >> max(lut_bits - 8, 0), 0, 255).astype(np.uint8)
         if pixels.dtype != np.uint8:
             pixels = self._scaled(pixels, int(ds.get("BitsStored", ds.BitsAllocated)))
+        if self.photometric == "YBR_PARTIAL_420":
+            rgb = (pixels.astype(np.float64) - _YBR_PARTIAL_OFFSET) @ np.linalg.inv(_RGB_TO_YBR_PARTIAL).T
+            pixels = np.rint(np.clip(rgb, 0.0, 255.0)).astype(np.uint8)
         if self.photometric == "MONOCHROME1":
             pixels = 255 - pixels  # MONOCHROME1: 0 is white
         return pixels
@@ -448,6 +457,8 @@ class DicomSource(Source):
             # reads locate each frame correctly.
             for index in range(self.frame_count):
                 yield pixel_array(self.path, index=index, as_rgb=True)
+        elif syntax == "1.2.840.10008.1.2.1.99":
+            yield from iter_pixels(self.dataset, as_rgb=True)  # the file parser of `iter_pixels` does not inflate
         else:
             yield from iter_pixels(self.path, as_rgb=True)
 
