@@ -408,7 +408,11 @@ class DicomSource(Source):
                 stamp = content[0].get("FrameReferenceDateTime") or content[0].get("FrameAcquisitionDateTime")
             if not stamp:
                 return None
-            times.append(DT(stamp))
+            try:
+                times.append(DT(stamp))
+            except ValueError as exc:
+                raise self._error(len(times), f"FrameReferenceDateTime/FrameAcquisitionDateTime {stamp!r} is not a "
+                                  f"DICOM date-time (YYYYMMDDHHMMSS.FFFFFF)", exc) from exc
         return np.array([(t - times[0]).total_seconds() for t in times], dtype=np.float64)
 
     def _scaled(self, pixels: np.ndarray, bits: int) -> np.ndarray:
@@ -418,7 +422,11 @@ class DicomSource(Source):
         signed = bool(int(ds.get("PixelRepresentation", 0))) and self.photometric.startswith("MONOCHROME")
         values = pixels.astype(np.float64)
         if self.photometric.startswith("MONOCHROME") and "WindowCenter" in ds and "WindowWidth" in ds:
-            center, width = _first(ds.WindowCenter), _first(ds.WindowWidth)
+            try:
+                center, width = _first(ds.WindowCenter), _first(ds.WindowWidth)
+            except (TypeError, ValueError, IndexError) as exc:
+                raise self._error(None, f"WindowCenter {ds.WindowCenter!r} / WindowWidth {ds.WindowWidth!r} are not "
+                                  f"numbers; expected a VOI window or none", exc) from exc
             if width >= 1:
                 values = values * float(ds.get("RescaleSlope", 1) or 1) + float(ds.get("RescaleIntercept", 0) or 0)
                 # PS3.3 C.11.2.1.2.1, the linear VOI function onto 0..255.
