@@ -12,7 +12,8 @@ compressed to a 50 dB display range. Lesions drift and breathe (their radii and 
 their masks (inside the sector) are the ground truth.
 
 Writers: `write_video` (PyAV: H.264 in MP4, FFV1 in MKV/AVI) and `write_dicom` (pydicom: Ultrasound Multi-frame
-Image Storage, MONOCHROME2 / RGB / YBR_FULL_422, uncompressed or RLE Lossless, with frame timing tags).
+Image Storage, MONOCHROME2 / RGB / YBR_FULL_422 / PALETTE COLOR, uncompressed, RLE, JPEG-LS, JPEG 2000 or JPEG
+Baseline, with frame timing tags and a Sequence of Ultrasound Regions).
 """
 
 from __future__ import annotations
@@ -28,7 +29,18 @@ from .errors import InputError
 DYNAMIC_RANGE_DB = 50.0
 DISPLAY_OFFSET_DB = 24.0  # mean tissue (0 dB) shows mid-gray
 SPECKLE_CORRELATION = 0.8  # frame-to-frame correlation of the complex speckle field
-DICOM_PHOTOMETRICS = ("MONOCHROME2", "RGB", "YBR_FULL_422")
+DICOM_PHOTOMETRICS = ("MONOCHROME2", "RGB", "YBR_FULL_422", "PALETTE COLOR")
+# What each transfer syntax of the writer may hold (PS3.5 §8.2): RLE, JPEG-LS and JPEG 2000 are written lossless, so
+# no palette index is altered; subsampled YBR_FULL_422 exists uncompressed and as JPEG's own 4:2:2.
+DICOM_SYNTAX_PHOTOMETRICS = {
+    "explicit-little": ("MONOCHROME2", "RGB", "YBR_FULL_422", "PALETTE COLOR"),
+    "rle": ("MONOCHROME2", "RGB", "PALETTE COLOR"),
+    "jpeg-ls": ("MONOCHROME2", "RGB", "PALETTE COLOR"),
+    "jpeg2000": ("MONOCHROME2", "RGB", "PALETTE COLOR"),
+    "jpeg-baseline": ("MONOCHROME2", "RGB", "YBR_FULL_422"),
+}
+_SYNTAX_UIDS = {"rle": "1.2.840.10008.1.2.5", "jpeg-ls": "1.2.840.10008.1.2.4.80", "jpeg2000": "1.2.840.10008.1.2.4.90"}
+JPEG_QUALITY = 95
 
 
 @dataclass
@@ -228,15 +240,21 @@ def _frame_rate(fps: float):
 
 
 def write_dicom(path, frames: np.ndarray, fps: float = 30.0, photometric: str = "MONOCHROME2",
-                compression: str | None = None) -> None:
-    """uint8 frames → Ultrasound Multi-frame Image Storage with FrameTime/CineRate timing tags.
+                transfer_syntax: str = "explicit-little", scan_region: tuple[int, int, int, int] | None = None,
+                palette_bits: int = 16, jpeg_quality: int = JPEG_QUALITY) -> None:
+    """uint8 frames → Ultrasound Multi-frame Image Storage with timing tags and a Sequence of Ultrasound Regions.
 
-    Gray `[T,H,W]` frames are stored as MONOCHROME2, or replicated to RGB / YBR_FULL_422 when `photometric` asks;
-    `[T,H,W,3]` frames are RGB. `compression="rle"` stores RLE Lossless (pydicom's own encoder).
-    YBR_FULL_422 subsamples chroma horizontally (width must be even); gray content survives it exactly.
+    Gray `[T,H,W]` frames are stored as MONOCHROME2, replicated to RGB / YBR_FULL_422, or as the indices of a
+    PALETTE COLOR lookup table (`phantom_palette(palette_bits)`); `[T,H,W,3]` frames are RGB or YBR_FULL_422.
+    `transfer_syntax` (see `DICOM_SYNTAX_PHOTOMETRICS` for the valid pairs): explicit-little (uncompressed),
+    rle (pydicom's encoder), jpeg-ls (pyjpegls, lossless), jpeg2000 (pylibjpeg-openjpeg, lossless; colour is
+    stored as YBR_RCT, the reversible transform), jpeg-baseline (Pillow at `jpeg_quality`: lossy; RGB without colour
+    transform, YBR_FULL_422 with 4:2:2 chroma). YBR_FULL_422 subsamples chroma horizontally (width must be even);
+    gray content survives it exactly uncompressed. `scan_region` `(x0, y0, x1, y1)` (max inclusive) is the 2D
+    tissue region written to the Sequence of Ultrasound Regions (default: the whole frame).
     """
     from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, RLELossless, UltrasoundMultiFrameImageStorage, generate_uid
+    from pydicom.uid import ExplicitVRLittleEndian, UltrasoundMultiFrameImageStorage, generate_uid
 
     from .fileio import atomic_write
 
@@ -245,13 +263,21 @@ def write_dicom(path, frames: np.ndarray, fps: float = 30.0, photometric: str = 
         raise InputError(f"write_dicom expects uint8 [T,H,W] or [T,H,W,3], got {frames.dtype} {frames.shape}")
     if photometric not in DICOM_PHOTOMETRICS:
         raise InputError(f"photometric must be one of {DICOM_PHOTOMETRICS}, got {photometric!r}")
-    if compression not in (None, "rle"):
-        raise InputError(f"compression must be None or 'rle', got {compression!r}")
-    if frames.ndim == 4 and photometric == "MONOCHROME2":
-        raise InputError("RGB frames cannot be stored as MONOCHROME2; pass photometric='RGB' or 'YBR_FULL_422'")
+    if transfer_syntax not in DICOM_SYNTAX_PHOTOMETRICS:
+        raise InputError(f"transfer_syntax must be one of {tuple(DICOM_SYNTAX_PHOTOMETRICS)}, got {transfer_syntax!r}")
+    if photometric not in DICOM_SYNTAX_PHOTOMETRICS[transfer_syntax]:
+        raise InputError(f"{photometric} cannot be stored as {transfer_syntax} in DICOM; {transfer_syntax} stores "
+                         f"{', '.join(DICOM_SYNTAX_PHOTOMETRICS[transfer_syntax])}")
+    if frames.ndim == 4 and photometric in ("MONOCHROME2", "PALETTE COLOR"):
+        raise InputError(f"RGB frames cannot be stored as {photometric}; pass photometric='RGB' or 'YBR_FULL_422'")
+    if palette_bits not in (8, 16):
+        raise InputError(f"palette_bits must be 8 or 16, got {palette_bits}")
     count, height, width = frames.shape[:3]
-    if photometric == "YBR_FULL_422" and (width % 2 or compression):
-        raise InputError("YBR_FULL_422 needs an even width and uncompressed storage")
+    if photometric == "YBR_FULL_422" and width % 2:
+        raise InputError(f"YBR_FULL_422 needs an even width, got {width}")
+    x0, y0, x1, y1 = scan_region if scan_region is not None else (0, 0, width - 1, height - 1)
+    if not (0 <= x0 <= x1 < width and 0 <= y0 <= y1 < height):
+        raise InputError(f"scan_region {scan_region} must lie inside the {height}x{width} frame (x0, y0, x1, y1)")
 
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = UltrasoundMultiFrameImageStorage
@@ -272,7 +298,7 @@ def write_dicom(path, frames: np.ndarray, fps: float = 30.0, photometric: str = 
     ds.AccessionNumber, ds.ReferringPhysicianName = "", ""
     ds.SeriesNumber, ds.InstanceNumber = 1, 1
     ds.PatientOrientation = ""
-    ds.LossyImageCompression = "00"
+    ds.LossyImageCompression = "01" if transfer_syntax == "jpeg-baseline" else "00"
     ds.StudyDescription = "HT engine synthetic phantom cine"
     ds.ImageType = ["DERIVED", "SECONDARY"]
     ds.Manufacturer = "HT engine phantom generator"
@@ -281,9 +307,10 @@ def write_dicom(path, frames: np.ndarray, fps: float = 30.0, photometric: str = 
     ds.FrameIncrementPointer = 0x00181063  # frames advance by FrameTime
     ds.CineRate = max(1, round(fps))
     ds.RecommendedDisplayFrameRate = max(1, round(fps))
+    ds.SequenceOfUltrasoundRegions = [_ultrasound_region(x0, y0, x1, y1)]
     ds.Rows, ds.Columns = height, width
     ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
-    if photometric == "MONOCHROME2":
+    if photometric in ("MONOCHROME2", "PALETTE COLOR"):
         ds.SamplesPerPixel = 1
         pixels = frames
     else:
@@ -291,15 +318,72 @@ def write_dicom(path, frames: np.ndarray, fps: float = 30.0, photometric: str = 
         ds.PlanarConfiguration = 0
         pixels = frames if frames.ndim == 4 else np.repeat(frames[..., None], 3, axis=3)
     ds.PhotometricInterpretation = photometric
-    if photometric == "YBR_FULL_422":
+    if photometric == "PALETTE COLOR":
+        _set_palette(ds, palette_bits)
+    if photometric == "YBR_FULL_422" and transfer_syntax == "explicit-little":
         data = _pack_ybr_full_422(pixels)
     else:
         data = np.ascontiguousarray(pixels).tobytes()
     ds.PixelData = data + (b"\0" if len(data) % 2 else b"")  # DICOM values have even length
-    if compression == "rle":
-        ds.compress(RLELossless, np.ascontiguousarray(pixels))
+    if transfer_syntax == "jpeg-baseline":
+        _encode_jpeg_baseline(ds, pixels, photometric, jpeg_quality)
+    elif transfer_syntax != "explicit-little":
+        if transfer_syntax == "jpeg2000" and ds.SamplesPerPixel == 3:
+            ds.PhotometricInterpretation = "YBR_RCT"  # the reversible colour transform, as lossless J2K colour is
+        ds.compress(_SYNTAX_UIDS[transfer_syntax], np.ascontiguousarray(pixels))
 
     atomic_write(Path(path), lambda tmp: ds.save_as(tmp, enforce_file_format=True))
+
+
+def phantom_palette(bits: int = 16) -> np.ndarray:
+    """The PALETTE COLOR table the phantom writes: a 256-entry heat map, `[256,3]` uint16 of `bits` bits."""
+    index = np.arange(256, dtype=np.int64)
+    rgb = np.stack([np.clip(3 * index, 0, 255), np.clip(3 * index - 255, 0, 255), np.clip(3 * index - 510, 0, 255)],
+                   axis=1)
+    return (rgb * 257 if bits == 16 else rgb).astype(np.uint16)
+
+
+def _set_palette(ds, bits: int) -> None:
+    # 16-bit entries; 8-bit ones are stored one per 16-bit word (PS3.3 C.7.6.3.1.6), their descriptor says 8.
+    table = phantom_palette(bits)
+    for channel, colour in enumerate(("Red", "Green", "Blue")):
+        setattr(ds, f"{colour}PaletteColorLookupTableDescriptor", [256, 0, bits])
+        setattr(ds, f"{colour}PaletteColorLookupTableData", table[:, channel].astype("<u2").tobytes())
+
+
+def _ultrasound_region(x0: int, y0: int, x1: int, y1: int):
+    from pydicom.dataset import Dataset
+
+    region = Dataset()
+    region.RegionSpatialFormat = 1  # 2D
+    region.RegionDataType = 1  # tissue
+    region.RegionFlags = 0
+    region.RegionLocationMinX0, region.RegionLocationMinY0 = x0, y0
+    region.RegionLocationMaxX1, region.RegionLocationMaxY1 = x1, y1
+    region.PhysicalUnitsXDirection = region.PhysicalUnitsYDirection = 3  # cm
+    region.PhysicalDeltaX = region.PhysicalDeltaY = 0.01
+    region.ReferencePixelX0, region.ReferencePixelY0 = (x0 + x1) // 2, y0
+    return region
+
+
+def _encode_jpeg_baseline(ds, pixels: np.ndarray, photometric: str, quality: int) -> None:
+    """Each frame a JPEG Baseline image (Pillow), encapsulated with a basic offset table."""
+    import io
+
+    from PIL import Image
+    from pydicom.encaps import encapsulate
+    from pydicom.uid import JPEGBaseline8Bit
+
+    options = {"MONOCHROME2": {}, "RGB": {"keep_rgb": True, "subsampling": 0}, "YBR_FULL_422": {"subsampling": 1}}
+    encoded = []
+    for frame in pixels:
+        buffer = io.BytesIO()
+        Image.fromarray(np.ascontiguousarray(frame)).save(buffer, format="JPEG", quality=quality,
+                                                           **options[photometric])
+        encoded.append(buffer.getvalue())
+    ds.PixelData = encapsulate(encoded, has_bot=True)
+    ds["PixelData"].VR = "OB"
+    ds.file_meta.TransferSyntaxUID = JPEGBaseline8Bit
 
 
 def _pack_ybr_full_422(rgb: np.ndarray) -> bytes:

@@ -89,8 +89,12 @@ def test_bad_arguments():
         phantom_cine(0)
     with pytest.raises(InputError, match="16x16"):
         PhantomGenerator(8, 8)
-    with pytest.raises(InputError, match="photometric"):
-        write_dicom("x.dcm", np.zeros((1, 4, 4), np.uint8), photometric="PALETTE COLOR")
+    with pytest.raises(InputError, match="photometric must be one of"):
+        write_dicom("x.dcm", np.zeros((1, 4, 4), np.uint8), photometric="HSV")
+    with pytest.raises(InputError, match="transfer_syntax must be one of"):
+        write_dicom("x.dcm", np.zeros((1, 4, 4), np.uint8), transfer_syntax="mpeg2")
+    with pytest.raises(InputError, match="scan_region"):
+        write_dicom("x.dcm", np.zeros((1, 4, 4), np.uint8), scan_region=(0, 0, 4, 3))
     with pytest.raises(InputError, match="extension"):
         write_video("x.gif", np.zeros((1, 4, 4), np.uint8))
 
@@ -115,3 +119,38 @@ def test_phantom_command_writes_dicom_video_and_masks(tmp_path, capsys):
     np.testing.assert_array_equal(np.load(masks), expected.masks.astype(np.uint8))
     assert mp4.stat().st_size > 0 and str(dcm) in capsys.readouterr().out
     assert main(["phantom", "--frames", "2", "--out", str(tmp_path / "cine.gif")]) == 2
+    region = ds.SequenceOfUltrasoundRegions[0]
+    rows, columns = np.nonzero(expected.sector)
+    assert (region.RegionSpatialFormat, region.RegionDataType) == (1, 1)
+    assert (region.RegionLocationMinX0, region.RegionLocationMinY0, region.RegionLocationMaxX1,
+            region.RegionLocationMaxY1) == (columns.min(), rows.min(), columns.max(), rows.max())
+
+
+@pytest.mark.parametrize("syntax,photometric,uid,stored", [
+    ("jpeg-ls", "PALETTE COLOR", "1.2.840.10008.1.2.4.80", "PALETTE COLOR"),
+    ("jpeg2000", "RGB", "1.2.840.10008.1.2.4.90", "YBR_RCT"),
+    ("jpeg-baseline", "YBR_FULL_422", "1.2.840.10008.1.2.4.50", "YBR_FULL_422"),
+    ("rle", "MONOCHROME2", "1.2.840.10008.1.2.5", "MONOCHROME2"),
+])
+def test_phantom_command_transfer_syntax_and_photometric(tmp_path, syntax, photometric, uid, stored):
+    pydicom = pytest.importorskip("pydicom")
+    pytest.importorskip("pylibjpeg")
+    pytest.importorskip("jpeg_ls")
+    from engine.cli import main
+
+    out = tmp_path / "cine.dcm"
+    assert main(["phantom", "--frames", "2", "--height", "48", "--width", "64", "--out", str(out),
+                 "--transfer-syntax", syntax, "--photometric", photometric]) == 0
+    ds = pydicom.dcmread(out)
+    assert ds.file_meta.TransferSyntaxUID == uid and ds.PhotometricInterpretation == stored
+
+
+def test_phantom_command_refuses_invalid_dicom_options(tmp_path, capsys):
+    from engine.cli import main
+
+    assert main(["phantom", "--frames", "2", "--out", str(tmp_path / "c.dcm"), "--transfer-syntax", "jpeg-baseline",
+                 "--photometric", "PALETTE COLOR"]) == 2
+    assert main(["phantom", "--frames", "2", "--out", str(tmp_path / "c.mp4"), "--transfer-syntax", "rle"]) == 2
+    err = capsys.readouterr().err
+    assert "--photometric PALETTE COLOR cannot be stored as --transfer-syntax jpeg-baseline" in err
+    assert "apply to .dcm output, not .mp4" in err

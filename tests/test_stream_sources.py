@@ -91,12 +91,13 @@ def test_mp4_lossless_exact_and_lossy_within_codec_error(tmp_path, cine):
     assert 30.0 < psnr < 99.0, f"H.264 crf 18 should be lossy but close: PSNR {psnr:.1f} dB"
 
 
-@pytest.mark.parametrize("photometric,compression", [("MONOCHROME2", None), ("MONOCHROME2", "rle"), ("RGB", None),
-                                                     ("RGB", "rle"), ("YBR_FULL_422", None)])
-def test_dicom_round_trip(tmp_path, photometric, compression):
+@pytest.mark.parametrize("photometric,syntax", [("MONOCHROME2", "explicit-little"), ("MONOCHROME2", "rle"),
+                                                ("RGB", "explicit-little"), ("RGB", "rle"),
+                                                ("YBR_FULL_422", "explicit-little")])
+def test_dicom_round_trip(tmp_path, photometric, syntax):
     cine = phantom_cine(5, 41, 62, fps=FPS, seed=5)  # YBR_FULL_422 needs an even width
     path = tmp_path / "cine.dcm"
-    write_dicom(path, cine.frames, fps=FPS, photometric=photometric, compression=compression)
+    write_dicom(path, cine.frames, fps=FPS, photometric=photometric, transfer_syntax=syntax)
     source = open_source(path)
     assert isinstance(source, DicomSource) and len(source) == 5
     indices, stamps, pixels = read_all(source)
@@ -128,7 +129,8 @@ def test_dicom_frame_time_vector_and_rgb_color(tmp_path):
     path = tmp_path / "colour.dcm"
     write_dicom(path, colour, fps=FPS, photometric="RGB")
     ds = pydicom.dcmread(path)
-    ds.FrameTimeVector = [0, 40, 60]  # ms before each frame: variable timing wins over FrameTime
+    ds.FrameTimeVector = [0, 40, 60]  # ms before each frame
+    ds.FrameIncrementPointer = 0x00181065  # frames advance by FrameTimeVector, not FrameTime
     ds.save_as(path)
     _, stamps, pixels = read_all(DicomSource(path))
     np.testing.assert_allclose(stamps, [0.0, 0.04, 0.1])

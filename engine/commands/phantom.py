@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..phantom import DICOM_PHOTOMETRICS, DICOM_SYNTAX_PHOTOMETRICS
 from .options import frame_rate, integer, seed
 
 # Frames are synthesized in float32 with a few full-size temporaries: about this many bytes per pixel at the peak.
@@ -26,6 +27,12 @@ def register(subparsers) -> None:
     parser.add_argument("--masks", type=Path, default=None,
                         help="also write the ground-truth lesion masks (uint8 0/1) as a .npy array [T,H,W] "
                              "(default: none)")
+    parser.add_argument("--transfer-syntax", choices=tuple(DICOM_SYNTAX_PHOTOMETRICS), default="explicit-little",
+                        help=".dcm: how the pixel data is stored: %(choices)s (jpeg-baseline is lossy; the others "
+                             "lossless; default: %(default)s)")
+    parser.add_argument("--photometric", choices=DICOM_PHOTOMETRICS, default="MONOCHROME2",
+                        help=".dcm: photometric interpretation: %(choices)s (not every pair with --transfer-syntax "
+                             "is valid DICOM; invalid ones are refused; default: %(default)s)")
     parser.set_defaults(handler=run)
 
 
@@ -43,6 +50,14 @@ def run(args) -> int:
     check_output_file(args.out, "--out")
     if args.masks is not None:
         check_output_file(args.masks, "--masks")
+    dicom_options = args.transfer_syntax != "explicit-little" or args.photometric != "MONOCHROME2"
+    if suffix != ".dcm" and dicom_options:
+        raise InputError(f"--transfer-syntax and --photometric apply to .dcm output, not {suffix}")
+    if args.photometric not in DICOM_SYNTAX_PHOTOMETRICS[args.transfer_syntax]:
+        raise InputError(f"--photometric {args.photometric} cannot be stored as --transfer-syntax "
+                         f"{args.transfer_syntax}; it stores {', '.join(DICOM_SYNTAX_PHOTOMETRICS[args.transfer_syntax])}")
+    if args.photometric == "YBR_FULL_422" and args.width % 2:
+        raise InputError(f"--photometric YBR_FULL_422 needs an even --width, got {args.width}")
     needed, available = WORK_BYTES_PER_PIXEL * args.frames * args.height * args.width, available_memory()
     if available is not None and needed > available:
         raise InputError(f"--frames {args.frames} of {args.height}x{args.width} need about {needed / 2**30:.1f} GiB "
@@ -50,7 +65,10 @@ def run(args) -> int:
     cine = phantom_cine(args.frames, args.height, args.width, fps=args.fps, seed=args.seed, lesions=args.lesions)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     if suffix == ".dcm":
-        write_dicom(args.out, cine.frames, fps=args.fps)
+        rows, columns = np.nonzero(cine.sector)
+        write_dicom(args.out, cine.frames, fps=args.fps, photometric=args.photometric,
+                    transfer_syntax=args.transfer_syntax,
+                    scan_region=(int(columns.min()), int(rows.min()), int(columns.max()), int(rows.max())))
     else:
         write_video(args.out, cine.frames, fps=args.fps)
     print(f"wrote {args.out}: {args.frames} frames {args.height}x{args.width} at {args.fps:g} fps "

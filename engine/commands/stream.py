@@ -25,6 +25,10 @@ def register(subparsers) -> None:
                              "off for all)")
     parser.add_argument("--fps", type=frame_rate, default=None,
                         help="frame rate of image folders and DICOM files without timing tags (default 30)")
+    parser.add_argument("--region", choices=("full", "scan"), default="full",
+                        help="full: the whole frame; scan: DICOM frames cropped to the 2D tissue region of their "
+                             "Sequence of Ultrasound Regions, masks pasted back at full size (background outside; "
+                             "default: %(default)s)")
     parser.add_argument("--out", type=Path, default=None, help="overlay video (.mp4 or .mkv; default: none)")
     parser.add_argument("--report", type=Path, default=None, help="metrics report (JSON; default: none)")
     parser.add_argument("--jsonl", type=Path, default=None,
@@ -85,7 +89,7 @@ def run(args) -> int:
     from ..errors import OutputError
     from ..fileio import atomic_write, check_output_directory, check_output_file
     from ..runtime import Predictor
-    from ..stream import JsonLinesSink, OverlayVideoSink, PngMaskSink, StreamPipeline
+    from ..stream import JsonLinesSink, OverlayVideoSink, PngMaskSink, RegionPasteSink, StreamPipeline, open_source
 
     # Every output is checked before the model loads: an unwritable --report must not surface after the stream.
     if args.out is not None and args.out.suffix.lower() not in (".mp4", ".mkv"):
@@ -95,6 +99,10 @@ def run(args) -> int:
             check_output_file(path, option)
     if args.masks is not None:
         check_output_directory(args.masks, "--masks")
+    realtime = args.policy == "latest" if args.realtime is None else args.realtime
+    # A scan region is read from the file before the model loads: a file without one fails first.
+    source = open_source(args.source, fps=args.fps, realtime=realtime, region="scan") if args.region == "scan" \
+        else args.source
     predictor = Predictor.load(args.artifact, backend=args.backend, device=args.device, precision=args.precision)
     sinks = []
     if args.out is not None:
@@ -103,15 +111,17 @@ def run(args) -> int:
         sinks.append(JsonLinesSink(args.jsonl))
     if args.masks is not None:
         sinks.append(PngMaskSink(args.masks))
+    if args.region == "scan":
+        sinks = [RegionPasteSink(sink, source.region) for sink in sinks]
     warm_up(predictor, args.max_batch)
-    realtime = args.policy == "latest" if args.realtime is None else args.realtime
     show, live = progress_printer()
     pipeline = StreamPipeline(predictor, policy=args.policy, max_batch=args.max_batch, budget_ms=args.budget_ms,
                               sinks=sinks, on_progress=None if args.quiet else show,
                               progress_interval_s=0.5 if live else 5.0)
-    context = {"artifact": str(args.artifact), **predictor.provenance()}
+    context = {"artifact": str(args.artifact), **predictor.provenance(),
+               "region": source.region_info if args.region == "scan" else {"region": "full"}}
     try:
-        pipeline.run(args.source, fps=args.fps, realtime=realtime, context=context)
+        pipeline.run(source, fps=args.fps, realtime=realtime, context=context)
     finally:
         if live and not args.quiet:
             print(file=sys.stderr)

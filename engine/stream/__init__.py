@@ -9,6 +9,7 @@
 
 from .metrics import LatencyReservoir, StreamMetrics
 from .pipeline import POLICIES, Channel, StreamPipeline, StreamResult, stream
+from .region import RegionPasteSink, ScanRegion, scan_region
 from .sinks import (
                     CallbackSink,
                     CollectSink,
@@ -33,7 +34,8 @@ from .sources import (
 
 __all__ = [
     "ArraySource", "CallbackSink", "Channel", "CollectSink", "DicomSource", "FolderSource", "Frame", "JsonLinesSink",
-    "LatencyReservoir", "LiveSource", "OverlayVideoSink", "POLICIES", "PngMaskSink", "Sink", "Source", "StreamMetrics",
+    "LatencyReservoir", "LiveSource", "OverlayVideoSink", "POLICIES", "PngMaskSink", "RegionPasteSink", "ScanRegion",
+    "Sink", "Source", "StreamMetrics",
     "StreamPipeline", "StreamResult", "VideoSource", "dicom_support", "draw_overlay", "frame_record", "open_source",
-    "stream",
+    "scan_region", "stream",
 ]

@@ -16,6 +16,7 @@ import numpy as np
 
 from ..errors import HTError, SourceError
 from ..preprocess import check_frame
+from .region import REGIONS, scan_region
 
 VIDEO_SUFFIXES = (".mp4", ".m4v", ".mov", ".avi", ".mkv", ".webm", ".mpg", ".mpeg", ".wmv", ".ts")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
@@ -43,6 +44,8 @@ class Frame:
     index: int
     timestamp: float
     pixels: np.ndarray
+    #: the whole frame when `pixels` is a crop of it (a source opened with `region="scan"`), else None
+    full: np.ndarray | None = None
 
 
 class Source:
@@ -261,17 +264,37 @@ def dicom_support() -> dict:
     return support
 
 
-class DicomSource(Source):
-    """A multi-frame DICOM (ultrasound cine) read frame by frame with pydicom.
+# Photometric interpretations the DICOM source turns into uint8 gray (MONOCHROME*) or RGB (all others).
+DICOM_PHOTOMETRICS = ("MONOCHROME1", "MONOCHROME2", "RGB", "PALETTE COLOR", "YBR_FULL", "YBR_FULL_422",
+                      "YBR_PARTIAL_420", "YBR_ICT", "YBR_RCT")
+# PS3.3 C.7.6.3.1.2: YBR_PARTIAL_420 is the partial-range (Y 16..235) transform of RGB. pydicom's JPEG decoding
+# hands its components over unconverted (convert_color_space has no partial-range transform), so we invert it here.
+_RGB_TO_YBR_PARTIAL = np.array([[0.2568, 0.5041, 0.0979], [-0.1482, -0.2910, 0.4392], [0.4392, -0.3678, -0.0714]])
+_YBR_PARTIAL_OFFSET = np.array([16.0, 128.0, 128.0])
+_FRAME_TIME_TAG = 0x00181063
+_FRAME_TIME_VECTOR_TAG = 0x00181065
 
-    MONOCHROME1/2, RGB and YBR_FULL(_422) (converted to RGB); 8-bit, or more bits scaled down to 8. Timestamps
-    from FrameTimeVector, FrameTime, CineRate or RecommendedDisplayFrameRate (in that order; else `fps`).
+
+class DicomSource(Source):
+    """A multi-frame DICOM (ultrasound cine, Enhanced US Volume) read frame by frame with pydicom.
+
+    Pixels are decoded by pydicom's pixel handlers (pylibjpeg, pyjpegls and Pillow plugins; see `dicom_support`),
+    colour follows PS3.3: palettes through `apply_color_lut`, YBR to RGB through the decoders and
+    `convert_color_space`. Monochrome data of more than 8 bits is scaled to 8 by its VOI window (WindowCenter/
+    WindowWidth, after the Modality LUT's rescale) when the file has one, else by its stored bit range.
+    Timestamps from the attribute the FrameIncrementPointer names, else FrameTimeVector, FrameTime, the per-frame
+    FrameReferenceDateTime / FrameAcquisitionDateTime, CineRate or RecommendedDisplayFrameRate; else `fps`.
+    `region="scan"` crops every frame to the 2D tissue region of the Sequence of Ultrasound Regions
+    (`engine.stream.region`); `Frame.full` then keeps the whole frame.
     """
 
-    def __init__(self, path, realtime: bool = False, fps: float = DEFAULT_FPS):
+    def __init__(self, path, realtime: bool = False, fps: float = DEFAULT_FPS, region: str = "full"):
         super().__init__(realtime)
         self.path = Path(path)
         self.name = str(self.path)
+        if region not in REGIONS:
+            raise SourceError(f"{self.path}: region must be one of {', '.join(REGIONS)}, got {region!r}",
+                              source=self.name)
         if not self.path.is_file():
             raise SourceError(f"{self.path}: DICOM file does not exist", source=self.name)
         try:
@@ -282,6 +305,8 @@ class DicomSource(Source):
         try:
             # Deferred reading: element values over 1 KB (the pixel data) stay on disk until decoded.
             self.dataset = pydicom.dcmread(self.path, defer_size="1 KB")
+            if self.dataset.file_meta.get("TransferSyntaxUID") == "1.2.840.10008.1.2.1.99":
+                self.dataset = pydicom.dcmread(self.path)  # a deflated stream has no offsets to read deferred values at
         except Exception as exc:
             raise self._error(None, "not a readable DICOM file", exc) from exc
         ds = self.dataset
@@ -293,14 +318,21 @@ class DicomSource(Source):
             raise self._error(0, f"no Image Pixel module: missing {', '.join(missing)} (is this an image object?)")
         self.frame_count = int(ds.get("NumberOfFrames", 1) or 1)
         self.photometric = str(ds.PhotometricInterpretation)
-        if self.photometric not in ("MONOCHROME1", "MONOCHROME2", "RGB", "YBR_FULL", "YBR_FULL_422"):
-            raise self._error(0, f"photometric interpretation {self.photometric} is not supported; expected "
-                              f"MONOCHROME1/2, RGB, YBR_FULL or YBR_FULL_422")
+        if self.photometric not in DICOM_PHOTOMETRICS:
+            raise self._error(0, f"PhotometricInterpretation {self.photometric} is not supported; expected one of "
+                              f"{', '.join(DICOM_PHOTOMETRICS)}")
+        bits = int(ds.BitsAllocated)
+        if bits not in (8, 16):
+            raise self._error(0, f"BitsAllocated {bits} is not supported; expected 8 or 16")
         syntax = str(ds.file_meta.get("TransferSyntaxUID", "1.2.840.10008.1.2"))
         support = dicom_support()
-        if syntax in support and not support[syntax][1]:
+        if syntax not in support:
+            raise self._error(0, f"TransferSyntaxUID {syntax} is not supported; expected one of "
+                              f"{', '.join(name for name, _, _ in support.values())}")
+        if not support[syntax][1]:
             raise self._error(0, f"pixel data is compressed as {support[syntax][0]} ({syntax}) and no installed "
                               f"decoder handles it (install pylibjpeg / python-gdcm plugins for pydicom)")
+        self.region = scan_region(ds, self.name) if region == "scan" else None
         self.held_frames = self._held_frames(syntax)
         if self.held_frames is not None and self.held_frames > self.frame_count:
             raise self._error(None, f"NumberOfFrames is {self.frame_count} but the pixel data holds "
@@ -309,6 +341,11 @@ class DicomSource(Source):
 
     def __len__(self) -> int:
         return self.frame_count
+
+    @property
+    def region_info(self) -> dict:
+        """Which part of the frames is streamed (for reports): the whole frame, or the ultrasound region used."""
+        return {"region": "full"} if self.region is None else self.region.info()
 
     def _held_frames(self, syntax: str) -> int | None:
         """Whole frames the native (uncompressed) pixel data holds; None for encapsulated data."""
@@ -334,26 +371,87 @@ class DicomSource(Source):
     def _timestamps(self, fps: float) -> np.ndarray:
         ds = self.dataset
         count = self.frame_count
-        if "FrameTimeVector" in ds and len(ds.FrameTimeVector) == count:
+        pointer = ds.get("FrameIncrementPointer")
+        pointers = [] if pointer is None else [int(tag) for tag in _values(pointer)]
+        vector = ds.get("FrameTimeVector")
+        if _FRAME_TIME_VECTOR_TAG in pointers and (vector is None or len(vector) != count):
+            raise self._error(None, f"FrameIncrementPointer names FrameTimeVector, which holds "
+                              f"{0 if vector is None else len(vector)} values for {count} frames; expected one per "
+                              f"frame")
+        if vector is not None and len(vector) == count and _FRAME_TIME_TAG not in pointers:
             # The vector holds the increment before each frame (ms); its first entry is 0 by definition.
-            increments = np.array([float(v) for v in ds.FrameTimeVector], dtype=np.float64)
+            increments = np.array([float(v) for v in vector], dtype=np.float64)
             increments[0] = 0.0
             return np.cumsum(increments) / 1000.0
         if "FrameTime" in ds and float(ds.FrameTime) > 0:
             return np.arange(count) * float(ds.FrameTime) / 1000.0
+        per_frame = self._per_frame_times()
+        if per_frame is not None:
+            return per_frame
         for key in ("CineRate", "RecommendedDisplayFrameRate"):
             if key in ds and float(ds.get(key)) > 0:
                 return np.arange(count) / float(ds.get(key))
         return np.arange(count) / float(fps)
 
+    def _per_frame_times(self) -> np.ndarray | None:
+        """Enhanced objects: seconds since the first frame from each frame's Frame Content date-times."""
+        from pydicom.valuerep import DT
+
+        groups = self.dataset.get("PerFrameFunctionalGroupsSequence")
+        if groups is None or len(groups) != self.frame_count:
+            return None
+        times = []
+        for item in groups:
+            content = item.get("FrameContentSequence")
+            stamp = None
+            if content:
+                stamp = content[0].get("FrameReferenceDateTime") or content[0].get("FrameAcquisitionDateTime")
+            if not stamp:
+                return None
+            try:
+                times.append(DT(stamp))
+            except ValueError as exc:
+                raise self._error(len(times), f"FrameReferenceDateTime/FrameAcquisitionDateTime {stamp!r} is not a "
+                                  f"DICOM date-time (YYYYMMDDHHMMSS.FFFFFF)", exc) from exc
+        return np.array([(t - times[0]).total_seconds() for t in times], dtype=np.float64)
+
+    def _scaled(self, pixels: np.ndarray, bits: int) -> np.ndarray:
+        """More than 8 bits → uint8: the VOI window (monochrome, after rescale) if the file has one, else the bit
+        range."""
+        ds = self.dataset
+        signed = bool(int(ds.get("PixelRepresentation", 0))) and self.photometric.startswith("MONOCHROME")
+        values = pixels.astype(np.float64)
+        if self.photometric.startswith("MONOCHROME") and "WindowCenter" in ds and "WindowWidth" in ds:
+            try:
+                center, width = _first(ds.WindowCenter), _first(ds.WindowWidth)
+            except (TypeError, ValueError, IndexError) as exc:
+                raise self._error(None, f"WindowCenter {ds.WindowCenter!r} / WindowWidth {ds.WindowWidth!r} are not "
+                                  f"numbers; expected a VOI window or none", exc) from exc
+            if width >= 1:
+                values = values * float(ds.get("RescaleSlope", 1) or 1) + float(ds.get("RescaleIntercept", 0) or 0)
+                # PS3.3 C.11.2.1.2.1, the linear VOI function onto 0..255.
+                scaled = ((values - (center - 0.5)) / max(width - 1.0, 1.0) + 0.5) * 255.0
+                return np.rint(np.clip(scaled, 0.0, 255.0)).astype(np.uint8)
+        integers = pixels.astype(np.int64)
+        if signed:
+            integers = integers + (1 << (bits - 1))  # signed → offset binary before dropping low bits
+        return np.clip(integers >> max(bits - 8, 0), 0, 255).astype(np.uint8)
+
     def _to_uint8(self, pixels: np.ndarray) -> np.ndarray:
         ds = self.dataset
+        if self.photometric == "PALETTE COLOR":
+            from pydicom.pixels import apply_color_lut
+
+            # The descriptor's first mapped value and entry bit depth are applied by pydicom (PS3.3 C.7.6.3.1.5).
+            pixels = apply_color_lut(pixels, ds)
+            lut_bits = int(ds.RedPaletteColorLookupTableDescriptor[2])
+            return pixels if pixels.dtype == np.uint8 else np.clip(
+                pixels.astype(np.int64) >> max(lut_bits - 8, 0), 0, 255).astype(np.uint8)
         if pixels.dtype != np.uint8:
-            bits = int(ds.get("BitsStored", ds.BitsAllocated))
-            pixels = pixels.astype(np.int64)
-            if int(ds.get("PixelRepresentation", 0)):
-                pixels = pixels + (1 << (bits - 1))  # signed → offset binary before dropping low bits
-            pixels = np.clip(pixels >> max(bits - 8, 0), 0, 255).astype(np.uint8)
+            pixels = self._scaled(pixels, int(ds.get("BitsStored", ds.BitsAllocated)))
+        if self.photometric == "YBR_PARTIAL_420":
+            rgb = (pixels.astype(np.float64) - _YBR_PARTIAL_OFFSET) @ np.linalg.inv(_RGB_TO_YBR_PARTIAL).T
+            pixels = np.rint(np.clip(rgb, 0.0, 255.0)).astype(np.uint8)
         if self.photometric == "MONOCHROME1":
             pixels = 255 - pixels  # MONOCHROME1: 0 is white
         return pixels
@@ -367,6 +465,8 @@ class DicomSource(Source):
             # reads locate each frame correctly.
             for index in range(self.frame_count):
                 yield pixel_array(self.path, index=index, as_rgb=True)
+        elif syntax == "1.2.840.10008.1.2.1.99":
+            yield from iter_pixels(self.dataset, as_rgb=True)  # the file parser of `iter_pixels` does not inflate
         else:
             yield from iter_pixels(self.path, as_rgb=True)
 
@@ -387,11 +487,26 @@ class DicomSource(Source):
                 raise self._error(index, f"NumberOfFrames is {self.frame_count} but the pixel data holds more "
                                   f"frames; expected them to match (altered header?)")
             timestamp = float(self.timestamps[index])
-            yield Frame(index, timestamp, self._checked(self._to_uint8(pixels), index))
+            pixels = self._checked(self._to_uint8(pixels), index)
+            if self.region is None:
+                yield Frame(index, timestamp, pixels)
+            else:
+                yield Frame(index, timestamp, self.region.crop(pixels), full=pixels)
             index += 1
         if index < self.frame_count:
             raise self._error(index, f"NumberOfFrames is {self.frame_count} but the pixel data holds {index} "
                               f"frames (truncated file?)")
+
+
+def _values(value) -> list:
+    """A DICOM value of any multiplicity as a list (pydicom gives a single value unwrapped)."""
+    from pydicom.multival import MultiValue
+
+    return list(value) if isinstance(value, MultiValue | list | tuple) else [value]
+
+
+def _first(value) -> float:
+    return float(_values(value)[0])
 
 
 def _is_dicom(path: Path) -> bool:
@@ -405,15 +520,21 @@ def _is_dicom(path: Path) -> bool:
         return False
 
 
-def open_source(spec, fps: float | None = None, realtime: bool = False) -> Source:
+def open_source(spec, fps: float | None = None, realtime: bool = False, region: str = "full") -> Source:
     """Any supported input → a `Source`.
 
     `spec`: a `Source`; a path to a video file, a DICOM file or a folder of images; a numpy array `[T,H,W(,3)]`;
     a callable returning frames (None ends); or an iterable of frames / `(timestamp, frame)` pairs.
     `fps` is the frame rate of arrays, folders and DICOM files without timing tags (default 30).
     `realtime` replays files and arrays at their own frame rate, as a scanner would deliver them.
+    `region="scan"` crops DICOM frames to their ultrasound scan region (other inputs have none: refused).
     """
     rate = DEFAULT_FPS if fps is None else float(fps)
+    if region not in REGIONS:
+        raise SourceError(f"region must be one of {', '.join(REGIONS)}, got {region!r}")
+    if region != "full" and not (isinstance(spec, (str, Path)) and Path(spec).is_file() and _is_dicom(Path(spec))):
+        raise SourceError(f"region={region!r} needs a DICOM file with a Sequence of Ultrasound Regions; "
+                          f"{spec if isinstance(spec, (str, Path)) else type(spec).__name__} has none")
     if isinstance(spec, Source):
         spec.realtime = realtime or spec.realtime
         return spec
@@ -427,7 +548,7 @@ def open_source(spec, fps: float | None = None, realtime: bool = False) -> Sourc
             raise SourceError(f"{path}: no such file or folder (expected a video, a DICOM file or a folder of "
                               f"images)", source=str(path))
         if _is_dicom(path):
-            return DicomSource(path, realtime=realtime, fps=rate)
+            return DicomSource(path, realtime=realtime, fps=rate, region=region)
         if path.suffix.lower() in IMAGE_SUFFIXES:
             raise SourceError(f"{path}: a single image is not a stream; use `ht-engine predict` or pass its folder",
                               source=str(path))
