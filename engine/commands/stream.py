@@ -63,9 +63,11 @@ def format_report(report: dict) -> str:
     if e2e.get("count"):
         lines.append(f"end-to-end latency ms: p50 {e2e['p50']:.1f}  p95 {e2e['p95']:.1f}  p99 {e2e['p99']:.1f}  "
                      f"max {e2e['max']:.1f}")
-        stages = "  ".join(f"{stage} {report['latency_ms'][stage]['p50']:.1f}"
+        fused = report["fused_into_infer"]
+        stages = "  ".join(f"{stage} {report['latency_ms'][stage]['p50']:.1f}" + (" (fused into infer)"
+                                                                                 if stage in fused else "")
                            for stage in ("queue", "preprocess", "infer", "postprocess", "sink"))
-        lines.append(f"stage latency p50 ms: {stages}")
+        lines.append(f"stage latency p50 ms ({report['frame_path']} frame path): {stages}")
     return "\n".join(lines)
 
 
