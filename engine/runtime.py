@@ -25,8 +25,6 @@ from .preprocess import check_frame, preprocess_frames
 from .threads import budget, limit_numpy_blas
 from .version import __version__
 
-FRAME_PATHS = ("frames", "grid", "logits")
-
 
 def _usable_backend(name: str, device: str):
     """The module of backend `name`, or a `BackendError` saying why it cannot run on `device`."""
@@ -216,9 +214,9 @@ class Predictor:
 
     @property
     def frame_path(self) -> str:
-        """How raw frames become results here, one of `FRAME_PATHS`: "frames" (the runner's `run_frames` does it
-        all, pre- and postprocessing fused into inference), "grid" (host preprocessing, seg logits on the head's
-        grid, masks in one separable step) or "logits" (host preprocessing, `forward`, masks from full logits)."""
+        """How raw frames become results here: "frames" (the runner's `run_frames` does it all, pre- and
+        postprocessing fused into inference), "grid" (host preprocessing, seg logits on the head's grid, masks in one
+        separable step) or "logits" (host preprocessing, `forward`, masks from full logits)."""
         if self.runner.run_frames is not None:
             return "frames"
         if self.task == "seg" and self.runner.run_grid is not None:
@@ -229,7 +227,7 @@ class Predictor:
         """Checked uint8 frames → what `infer_batch` takes: the frames themselves on the "frames" path (the runner
         preprocesses), else the preprocessed float32 batch (`preprocess`)."""
         if self.frame_path == "frames":
-            return list(frames)
+            return [check_frame(frame, index) for index, frame in enumerate(frames)]
         return self.preprocess(frames)
 
     def infer_batch(self, prepared, first_index: int = 0):

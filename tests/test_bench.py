@@ -481,6 +481,25 @@ def test_stream_benchmark_script_runs_both_policies_at_both_rates(small_package,
     assert [line.split()[:2] for line in table] == [["latest", "30"], ["all", "30"], ["latest", "60"], ["all", "60"]]
 
 
+def test_frames_benchmark_script_reports_its_targets(small_package, tmp_path, capsys):
+    from benchmarks import bench_frames
+
+    out = tmp_path / "frames.json"
+    assert bench_frames.main(["--package", str(small_package), "--quick", "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["quick"] and report["machine"]["git"]["sha"] and isinstance(report["cpu_flags"], list)
+    assert [(c["precision"], c["height"], c["width"]) for c in report["cases"]] == [
+        (p, h, w) for p in ("bf16", "fp32") for h, w in ((480, 640), (1080, 1920))]
+    for case in report["cases"]:
+        assert case["frame_path"] == "grid" and case["predict_ms"]["runs"] == case["forward_ms"]["runs"] == 2
+        assert case["ratio_of_medians"] > 0 and case["median_ratio"] > 0
+    assert report["host"]["pre_ms"]["runs"] == report["host"]["post_ms"]["runs"] == 2
+    assert [(t["limit"], isinstance(t["met"], bool)) for t in report["targets"]] == [
+        (1.10, True), (1.15, True), (3.0, True), (3.0, True)]
+    printed = capsys.readouterr().out
+    assert "predict ms" in printed and "target host pre at 1080x1920" in printed
+
+
 def test_plot_is_a_png(report, tmp_path):
     pytest.importorskip("matplotlib", reason="plots need matplotlib (pip install -e '.[bench]')")
     path = tmp_path / "bench.png"
