@@ -72,12 +72,15 @@ def format_report(report: dict) -> str:
 
 
 def warm_up(predictor, max_batch: int = 1) -> None:
-    """One forward per batch size before the clock starts: first calls allocate, compile or autotune."""
+    """One call per batch size of the frame path the stream runs (prepare, infer, results) before the clock starts:
+    first calls allocate, compile or autotune. Mid-gray frames of the runner's frame geometry where it has one (a
+    frame artifact), else of the model's input size."""
     import numpy as np
 
-    size = predictor.image_size
+    shape = predictor.runner.frame_shape or (predictor.image_size, predictor.image_size)
+    frame = np.full(shape, 128, dtype=np.uint8)
     for batch in sorted({1, max_batch}):
-        predictor.forward(np.full((batch, 3, size, size), 0.5, dtype=np.float32))
+        predictor.predict([frame] * batch, batch_size=batch)
 
 
 def run(args) -> int:
