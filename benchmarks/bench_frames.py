@@ -103,7 +103,8 @@ def summarize(samples: dict, predictors: dict) -> dict:
             cases.append({
                 "device": "cpu", "precision": precision, "batch": 1, "height": height, "width": width,
                 "frame_path": predictors[precision].frame_path, "predict_ms": stats(predict),
-                "forward_ms": stats(forward), "ratio_of_medians": statistics.median(predict) / statistics.median(forward),
+                "forward_ms": stats(forward),
+                "ratio_of_medians": statistics.median(predict) / statistics.median(forward),
                 "median_ratio": statistics.median(p / f for p, f in zip(predict, forward))})
     host = {"height": HOST_SHAPE[0], "width": HOST_SHAPE[1], "pre_ms": stats(samples["pre host"]),
             "post_ms": stats(samples["post host"])}

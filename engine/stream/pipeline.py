@@ -205,7 +205,7 @@ class StreamPipeline:
         finished) before they are reported as hung.
     """
 
-    def __init__(self, predictor, policy: str = "latest", max_batch: int = 1, batch_wait_ms: float = 2.0,
+    def __init__(self, predictor: StreamModel, policy: str = "latest", max_batch: int = 1, batch_wait_ms: float = 2.0,
                  budget_ms: float | None = None, sinks=(), queue_size: int | None = None, on_progress=None,
                  progress_interval_s: float = 1.0, join_timeout_s: float = 10.0):
         if policy not in POLICIES:
