@@ -30,7 +30,7 @@ import torch
 
 from engine import Predictor
 from engine.bench.flops import count_flops
-from engine.bench.machine import cpu_model, git_state, short_sha
+from engine.bench.machine import cpu_flags, cpu_model, git_state, short_sha
 from engine.bench.measure import relative_error
 from engine.config import AUTHORS_PREPROCESSING, ModelConfig
 from engine.model import build_reference_model
@@ -51,18 +51,6 @@ from engine import Predictor
 p = Predictor.load({path!r}, backend="optimized", precision={precision!r})
 print(time.perf_counter() - t)
 """
-
-
-def cpu_flags() -> list:
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return []
-    flags = set()
-    for line in text.splitlines():
-        if line.startswith("flags"):
-            flags |= set(line.split(":", 1)[1].split())
-    return sorted(f for f in flags if f.startswith(("avx512", "amx", "avx2", "avx_vnni")))
 
 
 def summary(times: list) -> dict:

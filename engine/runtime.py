@@ -222,20 +222,51 @@ class Predictor:
 
     def _predict_chunk(self, chunk: list, first: int) -> list:
         sizes = [frame.shape[:2] for frame in chunk]
-        if self.runner.run_frames is not None:
-            return self._predict_frames(chunk, first)
-        batch = self.preprocess(chunk)
-        if self.task == "seg" and self.runner.run_grid is not None:
-            logits = self._run_grid(batch)
-            return results_from_logits(self.task, logits, sizes, self.classes, first_index=first,
-                                       image_size=self.image_size)
-        logits = self.forward(batch)
-        logits = logits.detach().float().cpu().numpy() if _is_torch_tensor(logits) else np.asarray(logits)
-        return results_from_logits(self.task, logits, sizes, self.classes, first_index=first)
+        return self.results(self.infer_batch(self.prepare(chunk), first), sizes, first)
 
-    def _run_grid(self, batch: np.ndarray) -> np.ndarray:
+    @property
+    def frame_path(self) -> str:
+        """How raw frames become results here: "frames" (the runner's `run_frames` does it all, pre- and
+        postprocessing fused into inference), "grid" (host preprocessing, seg logits on the head's grid, masks in one
+        separable step) or "logits" (host preprocessing, `forward`, masks from full logits)."""
+        if self.runner.run_frames is not None:
+            return "frames"
+        if self.task == "seg" and self.runner.run_grid is not None:
+            return "grid"
+        return "logits"
+
+    def prepare(self, frames: list):
+        """Checked uint8 frames → what `infer_batch` takes: the frames themselves on the "frames" path (the runner
+        preprocesses), else the preprocessed float32 batch (`preprocess`)."""
+        if self.frame_path == "frames":
+            return [check_frame(frame, index) for index, frame in enumerate(frames)]
+        return self.preprocess(frames)
+
+    def infer_batch(self, prepared, first_index: int = 0):
+        """What `prepare` made (a list of frames, or a float32 `[B,3,S,S]` batch: numpy, or a torch tensor on the
+        runner's device) → the outputs `results` takes: per-frame masks/probabilities ("frames"), grid logits
+        ("grid") or logits ("logits"), as numpy."""
+        path = self.frame_path
+        if path == "frames":
+            return self._run_frames(prepared, first_index)
+        if path == "grid":
+            return self._run_grid(prepared)
+        logits = self.forward(prepared)
+        return logits.detach().float().cpu().numpy() if _is_torch_tensor(logits) else np.asarray(logits)
+
+    def results(self, outputs, sizes: list, first_index: int = 0) -> list:
+        """`infer_batch` outputs and each frame's `(height, width)` → one `FrameResult` per frame."""
+        path = self.frame_path
+        if path == "frames":
+            return results_from_outputs(self.task, outputs, sizes, self.classes, first_index=first_index)
+        return results_from_logits(self.task, outputs, sizes, self.classes, first_index=first_index,
+                                   image_size=self.image_size if path == "grid" else None)
+
+    def _run_grid(self, batch) -> np.ndarray:
         self._check_batch(batch)
-        if self.runner.uses_torch:
+        if _is_torch_tensor(batch):
+            logits = self.runner.run_grid(batch.contiguous()).float().cpu().numpy()
+        elif self.runner.uses_torch:
             import torch
 
             logits = self.runner.run_grid(torch.from_numpy(batch)).float().cpu().numpy()
@@ -247,21 +278,24 @@ class Predictor:
                                f"[{batch.shape[0]},{self.num_classes},g,g]: the model does not match its config")
         return logits
 
-    def _predict_frames(self, chunk: list, first: int) -> list:
-        """Runs of equal-size frames through `Runner.run_frames` (a frame artifact takes one geometry only)."""
-        results, start = [], 0
-        while start < len(chunk):
+    def _run_frames(self, frames: list, first: int) -> list:
+        """Runs of equal-size frames through `Runner.run_frames` (a frame artifact takes one geometry only); one
+        output (mask or probabilities) per frame."""
+        outputs, start = [], 0
+        while start < len(frames):
             end = start + 1
-            while end < len(chunk) and chunk[end].shape == chunk[start].shape:
+            while end < len(frames) and frames[end].shape == frames[start].shape:
                 end += 1
-            group = chunk[start:end]
+            group = frames[start:end]
             expected = self.runner.frame_shape
             if expected is not None and tuple(group[0].shape) != tuple(expected):
                 raise InputError(f"frame {first + start} has shape {list(group[0].shape)}, but {self.source} is a frame "
                                  f"artifact built for frames of shape {list(expected)} (build one with --frame-size "
                                  f"{group[0].shape[0]}x{group[0].shape[1]}, or use the package)")
-            outputs = np.asarray(self.runner.run_frames(group))
-            results += results_from_outputs(self.task, outputs, [f.shape[:2] for f in group], self.classes,
-                                            first_index=first + start)
+            produced = np.asarray(self.runner.run_frames(group))
+            if len(produced) != len(group):
+                raise BackendError(f"{self.source}: the runner returned {len(produced)} outputs for {len(group)} "
+                                   f"frames {first + start}..{first + end - 1}")
+            outputs += list(produced)
             start = end
-        return results
+        return outputs

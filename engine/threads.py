@@ -26,10 +26,12 @@ def limit_numpy_blas() -> None:
             return
         _LIMITED = True
         try:
-            from threadpoolctl import threadpool_limits
+            from threadpoolctl import ThreadpoolController
         except ImportError:
             return
-        threadpool_limits(limits={"openblas": 1})
+        # Selected by internal API: a `threadpool_limits` dict keyed "openblas" matches no library (its keys are
+        # user APIs, where "blas" would take torch's MKL too, or file prefixes, which differ between numpy wheels).
+        ThreadpoolController().select(internal_api="openblas").limit(limits=1)
 
 
 def budget() -> dict:

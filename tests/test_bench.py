@@ -30,11 +30,13 @@ from engine.bench import (
 from engine.bench.flops import dft_filter_flops
 from engine.bench.machine import git_state, machine_info, short_sha
 from engine.bench.measure import relative_error
-from engine.bench.report import ReportError, format_markdown, validate_report, write_plot
+from engine.bench.report import ReportError, format_frames_table, format_markdown, validate_report, write_plot
 from engine.cli import main
 from engine.config import ModelConfig
 from engine.model import build_reference_model
 from engine.package import save_package
+from engine.postprocess import results_from_logits
+from engine.preprocess import preprocess_frames
 from engine.runner import Runner
 
 from .helpers import random_images, small_config, small_tensors
@@ -314,6 +316,93 @@ def test_schema_rejects_a_broken_report(report):
         validate_report(timed_without_latency)
 
 
+# ---------------------------------------------------------------- frame path (--frames)
+
+FRAME_SIZES = [(48, 64), (7, 3)]  # non-square, and smaller than the model's input on both axes
+
+
+def _frames_backend() -> types.ModuleType:
+    """A registry module whose runner has the whole frame path (`run_frames`), made from the reference model."""
+    module = types.ModuleType("fake_frames_backend")
+
+    def available(device):
+        return True, ""
+
+    def load(package, device, precision):
+        cfg = package.config
+        model = build_reference_model(cfg, package.tensors)
+
+        @torch.inference_mode()
+        def run(batch):
+            return model(batch)
+
+        def run_frames(frames):
+            logits = run(torch.from_numpy(preprocess_frames(frames, cfg.preprocessing))).numpy()
+            results = results_from_logits(cfg.task, logits, [f.shape[:2] for f in frames], cfg.classes)
+            return np.stack([r.mask for r in results])
+
+        return Runner(run=run, uses_torch=True, device="cpu", precision=precision, run_frames=run_frames)
+
+    module.available, module.load = available, load
+    return module
+
+
+@pytest.fixture(scope="module")
+def frames_report(small_package):
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setitem(sys.modules, "fake_frames", _frames_backend())
+        patch.setitem(BACKEND_MODULES, "fake_frames", "fake_frames")
+        return run_bench(fast_options(small_package, backends=["reference", "optimized", "fake_frames"],
+                                      frames=FRAME_SIZES, min_runs=2))
+
+
+def test_frame_rows_split_end_to_end_into_pre_infer_post(frames_report):
+    validate_report(frames_report)
+    json.dumps(frames_report, allow_nan=False)
+    assert frames_report["settings"]["frames"] == [list(size) for size in FRAME_SIZES]
+    paths = {"reference": "logits", "optimized": "grid", "fake_frames": "frames"}
+    cases = [c for c in frames_report["cases"] if c["status"] == "ok"]
+    assert {(c["backend"], c["batch"]) for c in cases} == {(b, n) for b in paths for n in (1, 2)}
+    for case in cases:
+        assert [(e["height"], e["width"]) for e in case["frames"]] == FRAME_SIZES
+        for entry in case["frames"]:
+            assert entry["status"] == "ok", entry["message"]
+            assert entry["frame_path"] == paths[case["backend"]]
+            assert entry["end_to_end_ms"]["runs"] >= 2 and entry["infer_ms"]["runs"] >= 2
+            assert entry["end_to_end_vs_forward"] > 0
+            fused = entry["frame_path"] == "frames"
+            assert entry["fused_into_infer"] == (["preprocess", "postprocess"] if fused else [])
+            for stage in ("pre_ms", "post_ms"):
+                assert (entry[stage] is None) if fused else entry[stage]["runs"] >= 2
+            host = "perf_counter_ns"  # a CPU run: every step on the host clock, each named
+            assert entry["timers"] == {"end_to_end": host, "pre": None if fused else host, "infer": host,
+                                       "post": None if fused else host}
+    table = format_frames_table(frames_report).splitlines()
+    assert len(table) == 2 + 2 * len(cases) and "pre ms" in table[0] and "infer ms" in table[0]
+    assert any("fused" in line and "fake_frames" in line for line in table[2:])
+    assert any("48x64" in line and "grid" in line and "host/host/host/host" in line for line in table[2:])
+    markdown = format_markdown(frames_report)
+    frame_lines = [line for line in markdown.splitlines() if line.startswith("| ") and "x64 |" in line]
+    assert len(frame_lines) == len(cases)
+    assert format_frames_table({**frames_report, "cases": []}) == ""
+
+
+def test_schema_checks_the_frame_entries(frames_report):
+    entry_path = next(i for i, c in enumerate(frames_report["cases"]) if c["backend"] == "optimized")
+    missing_pre = json.loads(json.dumps(frames_report))
+    missing_pre["cases"][entry_path]["frames"][0]["pre_ms"] = None  # a host path must time its preprocessing
+    with pytest.raises(ReportError, match=f"cases/{entry_path}/frames/0"):
+        validate_report(missing_pre)
+    no_field = json.loads(json.dumps(frames_report))
+    del no_field["cases"][0]["frames"]
+    with pytest.raises(ReportError, match="frames"):
+        validate_report(no_field)
+    bad_timer = json.loads(json.dumps(frames_report))
+    bad_timer["cases"][entry_path]["frames"][1]["timers"]["infer"] = "wall"
+    with pytest.raises(ReportError, match="timers/infer"):
+        validate_report(bad_timer)
+
+
 # ---------------------------------------------------------------- CLI
 
 def test_cli_bench_writes_a_valid_json_and_prints_the_table(small_package, tmp_path, capsys):
@@ -328,6 +417,28 @@ def test_cli_bench_writes_a_valid_json_and_prints_the_table(small_package, tmp_p
     assert {(c["backend"], c["precision"]) for c in report["cases"]} == {
         ("reference", "fp32"), ("reference", "int8"), ("optimized", "fp32"), ("optimized", "int8")}
     assert "median ms" in printed and "max rel err" in printed and f"report: {out}" in printed
+
+
+def test_cli_bench_frames_adds_the_frame_table(small_package, tmp_path, capsys):
+    out, markdown = tmp_path / "bench.json", tmp_path / "bench.md"
+    rc = main(["bench", str(small_package), "--backends", "optimized", "--batch", "1", "--duration", "0",
+               "--warmup", "0", "--min-runs", "1", "--no-compile", "--gemm-size", "64", "--frames", "48x64,7x3",
+               "--json", str(out), "--markdown", str(markdown)])
+    printed = capsys.readouterr().out
+    assert rc == 0
+    report = json.loads(out.read_text())
+    validate_report(report)
+    assert report["settings"]["frames"] == [[48, 64], [7, 3]]
+    assert all(len(case["frames"]) == 2 for case in report["cases"] if case["status"] == "ok")
+    assert "e2e ms" in printed and "48x64" in printed and "7x3" in printed
+    assert "Frame path" in markdown.read_text()
+
+
+@pytest.mark.parametrize("bad", ["48by64", "48x", "0x64", "48x64,", "-4x8"])
+def test_cli_bench_refuses_a_bad_frame_size(bad, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["bench", "--frames", bad])
+    assert exit_info.value.code == 2 and "argument --frames" in capsys.readouterr().err
 
 
 def test_cli_plot_without_matplotlib_is_a_clear_error_before_any_work(small_package, tmp_path, capsys, monkeypatch):
@@ -368,6 +479,25 @@ def test_stream_benchmark_script_runs_both_policies_at_both_rates(small_package,
     assert all(run["processed"] == 4 for run in runs if run["policy"] == "all")
     table = capsys.readouterr().out.split("e2e p50 ms")[1].splitlines()[1:5]
     assert [line.split()[:2] for line in table] == [["latest", "30"], ["all", "30"], ["latest", "60"], ["all", "60"]]
+
+
+def test_frames_benchmark_script_reports_its_targets(small_package, tmp_path, capsys):
+    from benchmarks import bench_frames
+
+    out = tmp_path / "frames.json"
+    assert bench_frames.main(["--package", str(small_package), "--quick", "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["quick"] and report["machine"]["git"]["sha"] and isinstance(report["cpu_flags"], list)
+    assert [(c["precision"], c["height"], c["width"]) for c in report["cases"]] == [
+        (p, h, w) for p in ("bf16", "fp32") for h, w in ((480, 640), (1080, 1920))]
+    for case in report["cases"]:
+        assert case["frame_path"] == "grid" and case["predict_ms"]["runs"] == case["forward_ms"]["runs"] == 2
+        assert case["ratio_of_medians"] > 0 and case["median_ratio"] > 0
+    assert report["host"]["pre_ms"]["runs"] == report["host"]["post_ms"]["runs"] == 2
+    assert [(t["limit"], isinstance(t["met"], bool)) for t in report["targets"]] == [
+        (1.10, True), (1.15, True), (3.0, True), (3.0, True)]
+    printed = capsys.readouterr().out
+    assert "predict ms" in printed and "target host pre at 1080x1920" in printed
 
 
 def test_plot_is_a_png(report, tmp_path):

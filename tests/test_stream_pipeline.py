@@ -16,6 +16,8 @@ from engine.config import AUTHORS_PREPROCESSING
 from engine.errors import InputError, SourceError, StreamError
 from engine.package import save_package
 from engine.phantom import phantom_cine
+from engine.postprocess import results_from_logits
+from engine.runner import Runner
 from engine.runtime import Predictor
 from engine.stream import (
     CallbackSink,
@@ -52,10 +54,12 @@ def small_predictor(tmp_path, task="seg", seed=0):
 
 
 class SlowPredictor:
-    """Stands in for a model whose inference takes `infer_s` per batch (sleep: no CPU burned)."""
+    """Stands in for a model whose inference takes `infer_s` per batch (sleep: no CPU burned): a `StreamModel` on
+    the host "logits" path."""
 
     task = "seg"
     classes = ["background", "lesion"]
+    frame_path = "logits"
 
     def __init__(self, infer_s: float, fail_at: int | None = None):
         self.infer_s = infer_s
@@ -66,7 +70,10 @@ class SlowPredictor:
         # The frame's first pixel rides through the batch, so each result can be traced back to its frame.
         return np.stack([np.full((3, 4, 4), float(f.flat[0]), dtype=np.float32) for f in frames])
 
-    def forward(self, batch):
+    def prepare(self, frames):
+        return self.preprocess(frames)
+
+    def infer_batch(self, batch, first_index=0):
         ids = [int(v) for v in batch[:, 0, 0, 0]]
         self.seen.extend(ids)
         if self.fail_at is not None and self.fail_at in ids:
@@ -75,6 +82,9 @@ class SlowPredictor:
         logits = np.zeros((len(batch), 2, 4, 4), dtype=np.float32)
         logits[:, 1] = (batch[:, 0] % 2) * 2.0 - 1.0  # odd ids → all lesion, even → all background
         return logits
+
+    def results(self, logits, sizes, first_index=0):
+        return results_from_logits(self.task, logits, sizes, self.classes, first_index=first_index)
 
 
 def numbered_frames(count: int, height: int = 24, width: int = 32) -> np.ndarray:
@@ -119,6 +129,45 @@ def test_stream_micro_batches_equal_predict_batches(tmp_path):
     report = stream(predictor, rgb, policy="all", max_batch=4, batch_wait_ms=2000, sinks=[sink])
     assert report["batch_sizes"] == {"4": 2}
     assert_results_equal(sink.results, expected)
+
+
+def test_stream_takes_the_grid_path_of_the_optimized_runner(tmp_path):
+    reference = small_predictor(tmp_path, "seg", seed=3)
+    optimized = Predictor.load(reference.source, backend="optimized")
+    assert optimized.frame_path == "grid"
+    cine = phantom_cine(5, 37, 58, seed=5)
+    sink = CollectSink()
+    report = stream(optimized, cine.frames, policy="all", max_batch=2, sinks=[sink])
+    assert_results_equal(sink.results, optimized.predict(list(cine.frames), batch_size=1))
+    assert report["frame_path"] == "grid" and report["fused_into_infer"] == []
+
+
+def frames_predictor(host: Predictor, calls: list) -> Predictor:
+    """A predictor whose runner has the whole frame path (`run_frames`), made here from `host`'s own predict."""
+
+    def run_frames(frames):
+        calls.append([(frame.dtype, frame.shape) for frame in frames])
+        results = host.predict(frames, batch_size=len(frames))
+        return np.stack([r.mask if host.task == "seg" else r.probabilities for r in results])
+
+    runner = Runner(run=host.runner.run, uses_torch=True, device="cpu", precision="fp32", run_frames=run_frames)
+    return Predictor(runner, task=host.task, classes=host.classes, preprocessing=host.preprocessing,
+                     image_size=host.image_size, backend="frames-test", source=host.source)
+
+
+@pytest.mark.parametrize("task", ["seg", "cls"])
+def test_stream_frame_path_passes_uint8_frames_to_the_runner(tmp_path, task):
+    host = small_predictor(tmp_path, task, seed=2)
+    calls = []
+    predictor = frames_predictor(host, calls)
+    assert predictor.frame_path == "frames"
+    cine = phantom_cine(8, 41, 66, seed=6)
+    sink = CollectSink()
+    report = stream(predictor, cine.frames, policy="all", max_batch=4, batch_wait_ms=2000, sinks=[sink])
+    assert_results_equal(sink.results, host.predict(list(cine.frames), batch_size=4))
+    assert calls == [[(np.dtype(np.uint8), (41, 66))] * 4] * 2  # raw frames, micro-batched, not preprocessed
+    assert report["frame_path"] == "frames" and report["fused_into_infer"] == ["preprocess", "postprocess"]
+    assert report["latency_ms"]["preprocess"]["count"] == 8
 
 
 # --- policies ---------------------------------------------------------------------------------------------------

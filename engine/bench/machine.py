@@ -34,6 +34,23 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+# The instruction-set extensions that change CPU numbers: AVX2/AVX-512 (BF16, VNNI), AVX-VNNI and AMX (bf16/int8 tiles).
+CPU_FLAG_PREFIXES = ("avx512", "amx", "avx2", "avx_vnni")
+
+
+def cpu_flags() -> list:
+    """The CPU's vector and matrix extensions (`CPU_FLAG_PREFIXES`) from /proc/cpuinfo, sorted; [] elsewhere."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return []
+    flags = set()
+    for line in text.splitlines():
+        if line.startswith("flags"):
+            flags |= set(line.split(":", 1)[1].split())
+    return sorted(f for f in flags if f.startswith(CPU_FLAG_PREFIXES))
+
+
 def library_versions() -> dict:
     versions = {}
     for name in LIBRARIES:

@@ -13,6 +13,11 @@ COLUMNS = ("backend", "prec", "batch", "median ms", "p90 ms", "p99 ms", "max ms"
            "x compiled", "GFLOP/s", "% GEMM", "peak MiB", "1st load s", "max rel err")
 
 
+FRAME_COLUMNS = ("backend", "prec", "batch", "frame", "path", "e2e ms", "e2e p99", "pre ms", "infer ms", "post ms",
+                 "x forward", "timers (e2e/pre/infer/post)")
+TIMER_NAMES = {"perf_counter_ns": "host", "cuda_events": "device", None: "-"}
+
+
 def load_schema() -> dict:
     return json.loads(SCHEMA_PATH.read_text())
 
@@ -59,6 +64,42 @@ def format_table(report: dict) -> str:
         else:
             cells += rest
         lines.append("  ".join(cells).rstrip())
+    return "\n".join(lines)
+
+
+def _stage(stats: dict | None, fused: bool) -> str:
+    return "fused" if fused else _num(None if stats is None else stats["median_ms"], ".2f")
+
+
+def frame_rows(report: dict) -> list:
+    """One row per case x frame size: uint8 frames in, results out (median ms), split into pre / infer / post."""
+    rows = []
+    for case in report["cases"]:
+        for entry in case["frames"]:
+            head = [case["backend"], case["precision"], str(case["batch"]), f"{entry['height']}x{entry['width']}",
+                    entry["frame_path"] or "-"]
+            if entry["status"] != "ok":
+                rows.append(head + [f"{entry['status']}: {entry['message']}"])
+                continue
+            e2e, timers, fused = entry["end_to_end_ms"], entry["timers"], entry["fused_into_infer"]
+            rows.append(head + [
+                _num(e2e["median_ms"], ".2f"), _num(e2e["p99_ms"], ".2f"),
+                _stage(entry["pre_ms"], "preprocess" in fused), _stage(entry["infer_ms"], False),
+                _stage(entry["post_ms"], "postprocess" in fused), _num(entry["end_to_end_vs_forward"], ".2f"),
+                "/".join(TIMER_NAMES[timers[key]] for key in ("end_to_end", "pre", "infer", "post"))])
+    return rows
+
+
+def format_frames_table(report: dict) -> str:
+    """The frame-path rows as a fixed-width table ("" when no frame size was measured)."""
+    rows = frame_rows(report)
+    if not rows:
+        return ""
+    full = [row for row in rows if len(row) == len(FRAME_COLUMNS)]
+    widths = [max([len(c)] + [len(row[i]) for row in full]) for i, c in enumerate(FRAME_COLUMNS)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(FRAME_COLUMNS, widths)), "  ".join("-" * w for w in widths)]
+    for row in rows:
+        lines.append("  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row[:len(FRAME_COLUMNS)])).rstrip())
     return "\n".join(lines)
 
 
@@ -115,6 +156,14 @@ def format_markdown(report: dict) -> str:
             _num(case["speedup_vs_compiled"], ".2f"), _num(None if fraction is None else 100 * fraction, ".0f"),
             _num(None if peak is None else peak / 2**20, ".0f"), _num(case["first_load_s"], ".1f"),
             _num(case["max_rel_error"], ".1e")]) + " |")
+    rows = frame_rows(report)
+    if rows:
+        lines += ["", "Frame path (uint8 frames in, results out; decode excluded), median ms at each batch; "
+                      "timers: host = host clock, device = CUDA events.", "",
+                  "| " + " | ".join(FRAME_COLUMNS) + " |", "|" + "---|" * 3 + "---|---|" + "---:|" * 6 + "---|"]
+        for row in rows:
+            cells = [cell.replace("|", "/") for cell in row]
+            lines.append("| " + " | ".join(cells) + " |" * (len(FRAME_COLUMNS) - len(cells) + 1))
     return "\n".join(lines) + "\n"
 
 

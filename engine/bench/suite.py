@@ -9,6 +9,13 @@ Per (backend, precision): load once (`load_s`). Per batch: the first call (`firs
 compile; `first_load_s = load_s + first_call_s`), whose output gives the correctness column (max relative error
 to the eager reference on the same inputs), then warm-up runs and timed runs of the backend's runner on a batch
 already on the device. Peak memory covers that batch's runs (weights included).
+
+With frame sizes (`frames`), each timed case also measures what a user feels at that batch: uint8 frames in,
+masks (or probabilities) out through `Predictor.predict` (decode excluded), and the same path split into its three
+steps as the predictor runs them (`prepare` / `infer_batch` / `results`, see `Predictor.frame_path`). Host work is
+timed with the host clock, inference with the case's own timer (CUDA events for torch runners on a GPU), and each
+entry names its timers. On the "frames" path pre- and postprocessing run inside inference: their entries are null
+and `fused_into_infer` says so.
 """
 
 from __future__ import annotations
@@ -22,13 +29,14 @@ from pathlib import Path
 import numpy as np
 
 from ..backends import BACKEND_MODULES, backend_status
-from ..errors import BackendError, HTError, PackageError
+from ..errors import BackendError, HTError, InputError, PackageError
 from .flops import count_flops
 from .machine import machine_info
 from .measure import LatencyStats, PeakMemory, gemm_rate, relative_error, throughput_fps, time_calls, timer_kind
 
 SCHEMA_NAME = "ht-engine-bench"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+HOST_TIMER = "perf_counter_ns"
 EAGER = "reference"
 COMPILED = "compiled-reference"
 # Which measured GEMM rate a precision's achieved FLOP rate is compared with (int8/fp8: none is measured).
@@ -51,6 +59,7 @@ class BenchOptions:
     seed: int = 0
     gemm_duration_s: float = 1.0
     gemm_size: int | None = None  # None: 1024 on CPU, 4096 on CUDA
+    frames: list = field(default_factory=list)  # (height, width) frame sizes measured end to end
 
 
 def _noop(_message: str) -> None:
@@ -62,7 +71,14 @@ def _case(backend: str, precision: str, batch: int, role: str, status: str = "ok
             "message": message, "load_s": None, "first_call_s": None, "first_load_s": None, "timer": None,
             "latency_ms": None, "samples_ms": [], "throughput_fps": None, "peak_memory_bytes": None,
             "memory_kind": None, "max_rel_error": None, "speedup_vs_eager": None, "speedup_vs_compiled": None,
-            "gflops_per_s": None, "gemm_fraction": None, "gemm_precision": None}
+            "gflops_per_s": None, "gemm_fraction": None, "gemm_precision": None, "frames": []}
+
+
+def _frame_case(height: int, width: int, frame_path: str | None, status: str = "ok", message: str = "") -> dict:
+    return {"height": height, "width": width, "frame_path": frame_path,
+            "fused_into_infer": ["preprocess", "postprocess"] if frame_path == "frames" else [],
+            "status": status, "message": message, "timers": None, "end_to_end_ms": None, "pre_ms": None,
+            "infer_ms": None, "post_ms": None, "end_to_end_vs_forward": None}
 
 
 def _output_error(actual, expected) -> float | None:
@@ -199,7 +215,54 @@ class _Suite:
         error = "" if case["max_rel_error"] is not None or role == "eager" else "; outputs contain NaN/inf"
         self.progress(f"  batch {batch}: median {stats.median_ms:.2f} ms over {stats.runs} runs, "
                       f"{case['throughput_fps']:.2f} frames/s, max rel err {_fmt_err(case['max_rel_error'])}{error}")
+        with torch.inference_mode():
+            case["frames"] = [self.measure_frames(predictor, batch, height, width, stats.median_ms, timer)
+                              for height, width in self.options.frames]
         return case
+
+    def frame_batch(self, batch: int, height: int, width: int) -> list:
+        generator = np.random.default_rng([self.options.seed, batch, height, width])
+        return list(generator.integers(0, 256, size=(batch, height, width), dtype=np.uint8))
+
+    def measure_frames(self, predictor, batch: int, height: int, width: int, forward_ms: float,
+                       infer_timer: str) -> dict:
+        """One frame size at `batch`: `predict` end to end, then its three steps, each timed on its own."""
+        entry = _frame_case(height, width, predictor.frame_path)
+        frames = self.frame_batch(batch, height, width)
+        sizes = [(height, width)] * batch
+        options = self.options
+
+        def timed(call, timer: str = HOST_TIMER) -> dict:
+            samples = time_calls(call, timer=timer, warmup_runs=options.warmup_runs, duration_s=options.duration_s,
+                                 min_runs=options.min_runs, device=self.device)
+            return LatencyStats.from_samples(samples).to_dict()
+
+        try:
+            predictor.predict(frames, batch_size=batch)  # first call: lazy allocations, not timed
+            entry["end_to_end_ms"] = timed(lambda: predictor.predict(frames, batch_size=batch))
+            prepared = predictor.prepare(frames)
+            outputs = predictor.infer_batch(prepared)
+            entry["infer_ms"] = timed(lambda: predictor.infer_batch(prepared), infer_timer)
+            fused = entry["fused_into_infer"]
+            if "preprocess" not in fused:
+                entry["pre_ms"] = timed(lambda: predictor.prepare(frames))
+            if "postprocess" not in fused:
+                entry["post_ms"] = timed(lambda: predictor.results(outputs, sizes))
+        except HTError as exc:
+            entry.update(status="unsupported" if isinstance(exc, InputError) else "error",
+                         message=f"{type(exc).__name__}: {exc}")
+            return entry
+        except Exception as exc:  # one frame size failing must not take the case's other measurements with it
+            entry.update(status="error", message=f"frame path failed: {type(exc).__name__}: {exc}")
+            return entry
+        entry["timers"] = {"end_to_end": HOST_TIMER, "pre": None if entry["pre_ms"] is None else HOST_TIMER,
+                           "infer": infer_timer, "post": None if entry["post_ms"] is None else HOST_TIMER}
+        median = entry["end_to_end_ms"]["median_ms"]
+        entry["end_to_end_vs_forward"] = median / forward_ms if forward_ms > 0 else None
+        self.progress(f"    frames {height}x{width} ({entry['frame_path']} path): end to end {median:.2f} ms "
+                      f"({entry['end_to_end_vs_forward'] or 0:.2f}x forward): pre {_fmt_ms(entry['pre_ms'])}, "
+                      f"infer {_fmt_ms(entry['infer_ms'])}, post {_fmt_ms(entry['post_ms'])}")
+        return entry
 
     def check_output(self, case: dict, output) -> None:
         batch = case["batch"]
@@ -298,6 +361,10 @@ def _fmt_err(value) -> str:
     return "n/a" if value is None else f"{value:.2e}"
 
 
+def _fmt_ms(stats: dict | None) -> str:
+    return "fused" if stats is None else f"{stats['median_ms']:.2f} ms"
+
+
 def resolve_source(options: BenchOptions) -> tuple:
     """`(package path, artifact manifest or None)`; an artifact needs the package it was built from."""
     from ..artifacts import read_manifest
@@ -354,6 +421,7 @@ def run_bench(options: BenchOptions, progress=_noop, command: str | None = None)
                  f"({suite.gemm[precision]['size']}³ matmul)")
     settings = {key: (str(value) if isinstance(value, Path) else value)
                 for key, value in asdict(options).items()}
+    settings["frames"] = [list(size) for size in options.frames]  # JSON's form, also when given as tuples
     report = {
         "schema": SCHEMA_NAME,
         "schema_version": SCHEMA_VERSION,

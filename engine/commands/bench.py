@@ -9,7 +9,7 @@ import tempfile
 from pathlib import Path
 
 from ..config import ARCHS
-from .options import batch_size, class_count, integer, real, seconds, seed
+from .options import batch_size, class_count, frame_sizes, integer, real, seconds, seed
 
 DEFAULT_ARCH = "biomedclip-vit-b16"
 DEFAULT_TASK = "seg"
@@ -52,6 +52,9 @@ def register(subparsers) -> None:
                              "(default fp32); a backend that lacks one reports it as unsupported")
     parser.add_argument("--batch", type=_csv("batch"), default=[1], help="comma-separated batch sizes (default 1)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default cpu)")
+    parser.add_argument("--frames", type=frame_sizes, default=[], metavar="HxW[,HxW...]",
+                        help="also measure each case end to end at these frame sizes: uint8 frames in, masks or "
+                             "probabilities out (decode excluded), split into pre / infer / post")
     parser.add_argument("--duration", type=seconds, default=2.0,
                         help="seconds of timed runs per case after warm-up (default 2; at least --min-runs run)")
     parser.add_argument("--warmup", type=integer(0, 10_000, "a run count"), default=1, help="untimed runs per case after the first call (default 1)")
@@ -88,7 +91,7 @@ def _generated_package(args, directory: Path) -> Path:
 
 def run(args) -> int:
     from ..bench import BenchOptions, format_header, format_table, run_bench, validate_report, write_json, write_plot
-    from ..bench.report import ReportError, format_markdown
+    from ..bench.report import ReportError, format_frames_table, format_markdown
     from ..errors import InputError
     from ..fileio import check_output_file
 
@@ -114,11 +117,15 @@ def run(args) -> int:
                                precisions=args.precisions, batches=args.batch, device=args.device,
                                duration_s=args.duration, warmup_runs=args.warmup, min_runs=args.min_runs,
                                compiled_baseline=args.compiled_baseline, seed=args.seed, gemm_size=args.gemm_size,
-                               time_limit_s=args.time_limit or None)
+                               time_limit_s=args.time_limit or None, frames=args.frames)
         report = run_bench(options, progress=lambda message: print(message, flush=True), command=command)
     print()
     print(format_header(report))
     print(format_table(report))
+    frames_table = format_frames_table(report)
+    if frames_table:
+        print()
+        print(frames_table)
     print(f"done in {report['wall_s']:.0f} s")
     if args.json is not None:
         try:

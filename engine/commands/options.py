@@ -55,6 +55,25 @@ class_count = integer(1, MAX_CLASSES, "a class count")
 milliseconds = real(0.0, 3.6e6, "duration (ms)", low_open=True)
 seconds = real(0.0, 86400.0, "duration (s)")
 
+MAX_FRAME_SIDE = 16384  # an 8K frame's long side is 7680; past this a "frame" is a mistake, not a video
+
+
+def frame_sizes(text: str) -> list:
+    """`HxW[,HxW...]` → `[(H, W), ...]`, each side in 1..MAX_FRAME_SIDE."""
+    sizes = []
+    for item in (part.strip() for part in text.split(",")):
+        height, sep, width = item.lower().partition("x")
+        if not sep or not height.isdigit() or not width.isdigit():
+            raise argparse.ArgumentTypeError(f"{item!r} is not a frame size; expected HxW, e.g. 480x640")
+        size = (int(height), int(width))
+        if not all(1 <= side <= MAX_FRAME_SIDE for side in size):
+            raise argparse.ArgumentTypeError(f"{item!r}: each side must be in 1..{MAX_FRAME_SIDE}")
+        sizes.append(size)
+    return sizes
+
+
+frame_sizes.__name__ = "comma-separated frame sizes"
+
 
 def available_memory() -> int | None:
     """Bytes of memory the system can give now (Linux `MemAvailable`); None where that is not known."""

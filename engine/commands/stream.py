@@ -70,19 +70,24 @@ def format_report(report: dict) -> str:
     if e2e.get("count"):
         lines.append(f"end-to-end latency ms: p50 {e2e['p50']:.1f}  p95 {e2e['p95']:.1f}  p99 {e2e['p99']:.1f}  "
                      f"max {e2e['max']:.1f}")
-        stages = "  ".join(f"{stage} {report['latency_ms'][stage]['p50']:.1f}"
+        fused = report["fused_into_infer"]
+        stages = "  ".join(f"{stage} {report['latency_ms'][stage]['p50']:.1f}" + (" (fused into infer)"
+                                                                                 if stage in fused else "")
                            for stage in ("queue", "preprocess", "infer", "postprocess", "sink"))
-        lines.append(f"stage latency p50 ms: {stages}")
+        lines.append(f"stage latency p50 ms ({report['frame_path']} frame path): {stages}")
     return "\n".join(lines)
 
 
 def warm_up(predictor, max_batch: int = 1) -> None:
-    """One forward per batch size before the clock starts: first calls allocate, compile or autotune."""
+    """One call per batch size of the frame path the stream runs (prepare, infer, results) before the clock starts:
+    first calls allocate, compile or autotune. Mid-gray frames of the runner's frame geometry where it has one (a
+    frame artifact), else of the model's input size."""
     import numpy as np
 
-    size = predictor.image_size
+    shape = predictor.runner.frame_shape or (predictor.image_size, predictor.image_size)
+    frame = np.full(shape, 128, dtype=np.uint8)
     for batch in sorted({1, max_batch}):
-        predictor.forward(np.full((batch, 3, size, size), 0.5, dtype=np.float32))
+        predictor.predict([frame] * batch, batch_size=batch)
 
 
 def run(args) -> int:

@@ -22,16 +22,37 @@ import collections
 import threading
 import time
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 
 from ..errors import HTError, InputError, StreamError
-from ..postprocess import results_from_logits
 from .metrics import StreamMetrics
 from .sources import Frame, open_source
 
 POLICIES = ("latest", "all")
 THREAD_PREFIX = "ht-stream"
+# The stages whose work the runner does inside inference on the "frames" path (on the device, or in the graph).
+FUSED_STAGES = ("preprocess", "postprocess")
+
+
+class StreamModel(Protocol):
+    """What the pipeline runs: `engine.runtime.Predictor`, whose frame path the stages split (its `predict` runs the
+    same three calls in one thread). `frame_path` names it ("frames": `prepare` passes uint8 frames through and
+    `infer_batch` makes the results' arrays itself; "grid"/"logits": `prepare` preprocesses on the host and
+    `results` makes the masks)."""
+
+    task: str
+    classes: list
+
+    @property
+    def frame_path(self) -> str: ...
+
+    def prepare(self, frames: list): ...
+
+    def infer_batch(self, prepared, first_index: int = 0): ...
+
+    def results(self, outputs, sizes: list, first_index: int = 0) -> list: ...
 
 
 @dataclass
@@ -115,7 +136,7 @@ class Channel:
 class _Item:
     frame: Frame
     stamps: dict
-    batch: object = None  # the preprocessed [1,3,S,S] array/tensor
+    batch: object = None  # what `prepare` made of the frame: [1,3,S,S] array/tensor, or [frame] on the frames path
     ready: object = None  # a CUDA event the upload must reach before inference (GPU only)
 
 
@@ -140,29 +161,39 @@ class _CudaStaging:
             event.record(self.copy_stream)
         return device_batch, event
 
-    def forward(self, predictor, items: list):
+    def infer(self, predictor, items: list):
         torch = self.torch
         with torch.cuda.stream(self.infer_stream):
             for item in items:
                 self.infer_stream.wait_event(item.ready)
                 item.batch.record_stream(self.infer_stream)  # the copy stream's memory is used here
             batch = torch.cat([item.batch for item in items]) if len(items) > 1 else items[0].batch
-            logits = predictor.forward(batch)
-            return logits.float().cpu().numpy()
+            return predictor.infer_batch(batch, items[0].frame.index)
 
 
 def _cuda_device(predictor) -> str | None:
+    """The CUDA device host-preprocessed batches are staged to; None on the CPU and on the "frames" path (the
+    runner uploads the uint8 frames itself)."""
     runner = getattr(predictor, "runner", None)
     device = str(getattr(runner, "device", "cpu"))
-    if runner is not None and getattr(runner, "uses_torch", False) and device.startswith("cuda"):
+    if runner is not None and getattr(runner, "uses_torch", False) and device.startswith("cuda") and \
+            predictor.frame_path != "frames":
         return device
     return None
+
+
+def _combine(prepared: list):
+    """The `prepare` outputs of single frames as one micro-batch: frames concatenated as a list, batches along B."""
+    if isinstance(prepared[0], list):
+        return [frame for one in prepared for frame in one]
+    return prepared[0] if len(prepared) == 1 else np.concatenate(prepared)
 
 
 class StreamPipeline:
     """Runs a predictor over a source. Build once, `run(source)` once; `report` holds the metrics afterwards.
 
-    predictor: an `engine.runtime.Predictor` (or anything with `task`, `classes`, `preprocess`, `forward`).
+    predictor: an `engine.runtime.Predictor` (or another `StreamModel`). On its "frames" path the preprocess stage
+        passes frames through and pre/postprocessing run inside the infer stage (the report's `fused_into_infer`).
     policy: "latest" (real time, drops stale frames) or "all" (every frame, backpressure).
     max_batch: largest micro-batch. Under `latest` it is also how many fresh frames may wait for inference.
     batch_wait_ms: how long inference waits for more frames to fill a batch once it holds one (`all` only;
@@ -174,7 +205,7 @@ class StreamPipeline:
         finished) before they are reported as hung.
     """
 
-    def __init__(self, predictor, policy: str = "latest", max_batch: int = 1, batch_wait_ms: float = 2.0,
+    def __init__(self, predictor: StreamModel, policy: str = "latest", max_batch: int = 1, batch_wait_ms: float = 2.0,
                  budget_ms: float | None = None, sinks=(), queue_size: int | None = None, on_progress=None,
                  progress_interval_s: float = 1.0, join_timeout_s: float = 10.0):
         if policy not in POLICIES:
@@ -284,7 +315,7 @@ class StreamPipeline:
                     break
                 item = taken[0]
                 item.stamps["preprocess_start"] = time.monotonic()
-                batch = self.predictor.preprocess([item.frame.pixels])
+                batch = self.predictor.prepare([item.frame.pixels])
                 if self._staging is not None:
                     item.batch, item.ready = self._staging.upload(batch)
                 else:
@@ -325,17 +356,16 @@ class StreamPipeline:
                 for item in items:
                     item.stamps["infer_start"] = start
                 if self._staging is not None:
-                    logits = self._staging.forward(self.predictor, items)
+                    outputs = self._staging.infer(self.predictor, items)
                 else:
-                    batch = items[0].batch if len(items) == 1 else np.concatenate([i.batch for i in items])
-                    logits = _to_numpy(self.predictor.forward(batch))
+                    outputs = self.predictor.infer_batch(_combine([i.batch for i in items]), items[0].frame.index)
                 end = time.monotonic()
                 self._infer_ema = _ema(self._infer_ema, end - start)
                 self.metrics.batch(len(items))
                 for item in items:
                     item.stamps["infer_end"] = end
                     item.batch = item.ready = None  # free the input now, not when the result is delivered
-                if not self._to_postprocess.put((items, logits)):
+                if not self._to_postprocess.put((items, outputs)):
                     break
                 items = []
         except Exception as exc:
@@ -351,12 +381,11 @@ class StreamPipeline:
                 taken = self._to_postprocess.get(1)
                 if taken is None:
                     break
-                items, logits = taken[0]
+                items, outputs = taken[0]
                 for offset, item in enumerate(items):
                     frame = item.frame
-                    result = results_from_logits(self.predictor.task, logits[offset:offset + 1],
-                                                 [frame.pixels.shape[:2]], self.predictor.classes,
-                                                 first_index=frame.index)[0]
+                    result = self.predictor.results(outputs[offset:offset + 1], [frame.pixels.shape[:2]],
+                                                    first_index=frame.index)[0]
                     item.stamps["postprocess_end"] = time.monotonic()
                     if not self._to_sinks.put((item, result)):
                         return
@@ -408,7 +437,9 @@ class StreamPipeline:
         if device is not None:
             self._staging = _CudaStaging(device)
         context = dict(context or {})
-        context.update(source=source.name, policy=self.policy, max_batch=self.max_batch,
+        frame_path = self.predictor.frame_path
+        context.update(source=source.name, policy=self.policy, max_batch=self.max_batch, frame_path=frame_path,
+                       fused_into_infer=list(FUSED_STAGES) if frame_path == "frames" else [],
                        budget_ms=None if self.budget_s is None else 1e3 * self.budget_s,
                        realtime=bool(source.realtime and source.has_clock))
         opened = []
@@ -532,12 +563,6 @@ def _stage_error(stage: str, exc: BaseException, frames: list) -> StreamError:
 
 def _ema(previous: float | None, value: float, weight: float = 0.3) -> float:
     return value if previous is None else (1 - weight) * previous + weight * value
-
-
-def _to_numpy(logits) -> np.ndarray:
-    if type(logits).__module__.startswith("torch"):
-        return logits.detach().float().cpu().numpy()
-    return np.asarray(logits)
 
 
 def stream(predictor, source, policy: str = "latest", sinks=(), **options) -> dict:
