@@ -12,6 +12,7 @@ from .pipeline import POLICIES, Channel, StreamPipeline, StreamResult, stream
 from .sinks import (
                     CallbackSink,
                     CollectSink,
+                    DicomSegSink,
                     JsonLinesSink,
                     OverlayVideoSink,
                     PngMaskSink,
@@ -32,7 +33,7 @@ from .sources import (
 )
 
 __all__ = [
-    "ArraySource", "CallbackSink", "Channel", "CollectSink", "DicomSource", "FolderSource", "Frame", "JsonLinesSink",
+    "ArraySource", "CallbackSink", "Channel", "CollectSink", "DicomSegSink", "DicomSource", "FolderSource", "Frame", "JsonLinesSink",
     "LatencyReservoir", "LiveSource", "OverlayVideoSink", "POLICIES", "PngMaskSink", "Sink", "Source", "StreamMetrics",
     "StreamPipeline", "StreamResult", "VideoSource", "dicom_support", "draw_overlay", "frame_record", "open_source",
     "stream",
