@@ -21,7 +21,7 @@ LAYERS = (
     "errors", "version", "settings", "runner", "fileio", "devices", "threads",
     "config",
     "package",
-    "preprocess", "postprocess", "images", "synthetic", "phantom",
+    "preprocess", "postprocess", "images", "synthetic", "phantom", "dicom_seg",
     "model",
     "weights",
     "optimize",

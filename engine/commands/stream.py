@@ -31,6 +31,9 @@ def register(subparsers) -> None:
                         help="one JSON line per processed frame (default: none)")
     parser.add_argument("--masks", type=Path, default=None,
                         help="folder for PNG masks (segmentation models; default: none)")
+    parser.add_argument("--dicom-seg", type=Path, default=None, metavar="OUT.dcm",
+                        help="DICOM Segmentation of the processed frames of a DICOM source (segmentation models; "
+                             "needs the [dicom] extra; default: none)")
     parser.add_argument("--quiet", action="store_true", help="no live progress line")
     add_load_options(parser)
     parser.set_defaults(handler=run)
@@ -82,10 +85,10 @@ def warm_up(predictor, max_batch: int = 1) -> None:
 
 
 def run(args) -> int:
-    from ..errors import OutputError
+    from ..errors import InputError, OutputError
     from ..fileio import atomic_write, check_output_directory, check_output_file
     from ..runtime import Predictor
-    from ..stream import JsonLinesSink, OverlayVideoSink, PngMaskSink, StreamPipeline
+    from ..stream import DicomSegSink, JsonLinesSink, OverlayVideoSink, PngMaskSink, StreamPipeline
 
     # Every output is checked before the model loads: an unwritable --report must not surface after the stream.
     if args.out is not None and args.out.suffix.lower() not in (".mp4", ".mkv"):
@@ -95,7 +98,14 @@ def run(args) -> int:
             check_output_file(path, option)
     if args.masks is not None:
         check_output_directory(args.masks, "--masks")
+    if args.dicom_seg is not None:
+        from ..dicom_seg import check_dicom_source, check_seg_output
+
+        check_seg_output(args.dicom_seg, "--dicom-seg")
+        check_dicom_source(args.source, "--dicom-seg")
     predictor = Predictor.load(args.artifact, backend=args.backend, device=args.device, precision=args.precision)
+    if args.dicom_seg is not None and predictor.task != "seg":
+        raise InputError(f"--dicom-seg needs a segmentation model; {args.artifact} is a {predictor.task!r} model")
     sinks = []
     if args.out is not None:
         sinks.append(OverlayVideoSink(args.out))
@@ -103,6 +113,8 @@ def run(args) -> int:
         sinks.append(JsonLinesSink(args.jsonl))
     if args.masks is not None:
         sinks.append(PngMaskSink(args.masks))
+    if args.dicom_seg is not None:
+        sinks.append(DicomSegSink(args.dicom_seg, predictor.provenance()))
     warm_up(predictor, args.max_batch)
     realtime = args.policy == "latest" if args.realtime is None else args.realtime
     show, live = progress_printer()
@@ -121,7 +133,8 @@ def run(args) -> int:
             print(format_report(pipeline.report))
             outputs = [(label, path) for label, path in (("overlay video", args.out), ("report", args.report),
                                                           ("per-frame JSON lines", args.jsonl),
-                                                          ("masks", args.masks)) if path is not None]
+                                                          ("masks", args.masks),
+                                                          ("DICOM Segmentation", args.dicom_seg)) if path is not None]
             for label, path in outputs:
                 print(f"{label}: {path}")
     return 0
