@@ -30,6 +30,7 @@ LAYERS = (
     "backends",
     "runtime",
     "stream",
+    "holoscan",
     "bench",
     "commands",
     "cli",
