@@ -3,8 +3,10 @@
 The SEG references its source the way a PACS or viewer follows it: the same Study Instance UID (and patient), the
 source series in the Referenced Series Sequence, and per frame a Derivation Image Sequence naming the source
 instance and frame it was computed from. One segment per foreground class, labelled with the class name and
-identified as made by `ht-engine` (its version and the package sha256 as algorithm parameters). Pixel spacing and
-orientation come from the source where it has them.
+identified as made by `ht-engine` (its version and the package sha256 as algorithm parameters). The source's pixel
+spacing and slice thickness are carried over by highdicom (Pixel Measures; only when the source has both, which
+readers need); a source with a Frame of Reference and orientation would carry those too, but an ultrasound cine
+has neither.
 
 Ultrasound cines usually have no Frame of Reference; highdicom then only derives a SEG from a single source frame.
 So the SEG is built by highdicom for the first frame and its frames repeated for every other one, each frame's
@@ -106,7 +108,6 @@ def build_dicom_seg(source_path, masks, classes, provenance: dict, frame_numbers
         segmented_property_type=CodedConcept("85756007", "SCT", "Tissue"),
         algorithm_type=SegmentAlgorithmTypeValues.AUTOMATIC, algorithm_identification=algorithm)
         for number, name in enumerate(classes) if number > 0]
-    spacing = source.get("PixelSpacing")
     template = Segmentation(
         source_images=[view], pixel_array=masks[0][None].astype(np.uint8),
         segmentation_type=SegmentationTypeValues.BINARY, segment_descriptions=segments,
@@ -132,16 +133,14 @@ def build_dicom_seg(source_path, masks, classes, provenance: dict, frame_numbers
     dataset.PerFrameFunctionalGroupsSequence = groups
     dataset.NumberOfFrames = len(groups)
     _temporal_dimension(pydicom, dataset)
+    shared = dataset.get("SharedFunctionalGroupsSequence")
+    if shared and "PixelMeasuresSequence" in shared[0] and "SliceThickness" not in shared[0].PixelMeasuresSequence[0]:
+        # Readers (highdicom among them) take Pixel Measures only with both spacing and thickness; a spacing
+        # without a thickness (which a 2D source may lack) would make the whole object unreadable to them.
+        del shared[0].PixelMeasuresSequence
     for series in dataset.ReferencedSeriesSequence:
         for instance in series.ReferencedInstanceSequence:
             instance.ReferencedSOPClassUID = source.SOPClassUID
-    if spacing is not None and "SharedFunctionalGroupsSequence" in dataset:
-        shared = dataset.SharedFunctionalGroupsSequence[0]
-        if "PixelMeasuresSequence" not in shared:
-            measures = pydicom.Dataset()
-            measures.PixelSpacing = list(spacing)
-            measures.SliceThickness = source.get("SliceThickness", 1.0)
-            shared.PixelMeasuresSequence = [measures]
     dataset.PixelData = np.packbits(np.stack(planes).ravel(), bitorder="little").tobytes()
     return dataset
 

@@ -127,6 +127,9 @@ def test_dicom_seg_from_predict_matches_its_masks(tmp_path, package, photometric
     pytest.importorskip("highdicom")
     source = tmp_path / "study.dcm"
     write_dicom(source, phantom_cine(frames, 40, 52, fps=12.0, seed=6).frames, fps=12.0, photometric=photometric)
+    with_spacing = pydicom.dcmread(source)
+    with_spacing.PixelSpacing, with_spacing.SliceThickness = [0.25, 0.3], 1.5
+    with_spacing.save_as(source)
     out = tmp_path / "out"
     assert main(["predict", str(package), str(source), "--out", str(out), "--dicom-seg"]) == 0
     results = json.loads((out / "predictions.json").read_text())["results"]
@@ -143,6 +146,8 @@ def test_dicom_seg_from_predict_matches_its_masks(tmp_path, package, photometric
     assert ds.SegmentationType == "BINARY" and int(ds.NumberOfFrames) == 2 * frames
     assert ds.StudyInstanceUID == src.StudyInstanceUID and ds.SeriesInstanceUID != src.SeriesInstanceUID
     assert ds.PatientID == src.PatientID
+    measures = ds.SharedFunctionalGroupsSequence[0].PixelMeasuresSequence[0]
+    assert [float(v) for v in measures.PixelSpacing] == [0.25, 0.3] and float(measures.SliceThickness) == 1.5
     referenced = ds.ReferencedSeriesSequence[0]
     assert referenced.SeriesInstanceUID == src.SeriesInstanceUID
     assert referenced.ReferencedInstanceSequence[0].ReferencedSOPInstanceUID == src.SOPInstanceUID
@@ -164,6 +169,9 @@ def test_dicom_seg_from_stream_references_the_processed_frames(tmp_path, package
     pytest.importorskip("highdicom")
     source = tmp_path / "cine.dcm"
     write_dicom(source, phantom_cine(4, 40, 52, seed=7).frames)
+    spacing_only = pydicom.dcmread(source)  # a spacing without a thickness: left out, so readers still read it
+    spacing_only.PixelSpacing = [0.25, 0.3]
+    spacing_only.save_as(source)
     seg_path = tmp_path / "seg" / "cine_seg.dcm"
     masks = tmp_path / "masks"
     assert main(["stream", str(package), str(source), "--policy", "all", "--masks", str(masks), "--dicom-seg",

@@ -55,7 +55,9 @@ class HTInferenceOp(Operator):
     """`Predictor.predict` on each frame tensor: in `frame` (TensorMap with a uint8 frame) and `info`; out `tensor`
     (the mask or probabilities, as a TensorMap) and `result` (`(info, FrameResult)`).
 
-    The frame is read through the array interface of the Holoscan tensor (no copy for host tensors)."""
+    A host tensor is read through its array interface (no copy). A device tensor (an upstream GPU operator's) is
+    copied to the host with CuPy, because `Predictor.predict` takes host frames: the runner uploads it again
+    (docs/holoscan.md says what that costs and what is left to do)."""
 
     def __init__(self, fragment, *args, predictor, **kwargs):
         self.predictor = predictor
@@ -73,7 +75,7 @@ class HTInferenceOp(Operator):
         info = op_input.receive("info")
         if "frame" not in tensors:
             raise InputError(f"HTInferenceOp: the frame TensorMap has no 'frame' tensor (got {sorted(tensors)})")
-        pixels = np.asarray(tensors["frame"])
+        pixels = _host_array(tensors["frame"])
         result = self.predictor.predict([pixels], batch_size=1)[0]
         result.index = info["index"]
         self.frames += 1
@@ -82,6 +84,14 @@ class HTInferenceOp(Operator):
         else:
             op_output.emit({"probabilities": result.probabilities}, "tensor")
         op_output.emit((info, pixels, result), "result")
+
+
+def _host_array(tensor) -> np.ndarray:
+    if hasattr(tensor, "__array_interface__") or not hasattr(tensor, "__cuda_array_interface__"):
+        return np.asarray(tensor)
+    import cupy
+
+    return cupy.asnumpy(cupy.asarray(tensor))
 
 
 class ResultSinkOp(Operator):
