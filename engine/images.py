@@ -103,6 +103,32 @@ def _legend(classes: tuple, height: int, width: int) -> np.ndarray:
     return np.asarray(patch)
 
 
+def mask_edges(mask: np.ndarray) -> np.ndarray:
+    """Pixels on either side of a class boundary (a two-pixel contour)."""
+    edge = np.zeros(mask.shape, dtype=bool)
+    vertical = mask[1:, :] != mask[:-1, :]
+    horizontal = mask[:, 1:] != mask[:, :-1]
+    edge[1:, :] |= vertical
+    edge[:-1, :] |= vertical
+    edge[:, 1:] |= horizontal
+    edge[:, :-1] |= horizontal
+    return edge
+
+
+def burn_text(rgb: np.ndarray, lines: list, color=(255, 255, 255)) -> np.ndarray:
+    """`lines` of text burned into the bottom left of an RGB uint8 frame, on a dark band so they stay legible."""
+    from PIL import Image, ImageDraw
+
+    image = Image.fromarray(rgb)
+    draw = ImageDraw.Draw(image)
+    line = 12
+    top = max(0, rgb.shape[0] - 4 - line * len(lines))
+    draw.rectangle((0, top, rgb.shape[1], rgb.shape[0]), fill=(0, 0, 0))
+    for row, text in enumerate(lines):
+        draw.text((4, top + 2 + row * line), text, fill=color)
+    return np.asarray(image).copy()
+
+
 def draw_overlay(pixels: np.ndarray, result, alpha: float = 0.35, legend: bool = False) -> np.ndarray:
     """The one overlay style of `predict` and `stream`: an RGB uint8 frame with the mask tinted in its class colours
     and outlined, both clipped to the image content (`content_region`), or a probability bar (classification);
@@ -117,13 +143,7 @@ def draw_overlay(pixels: np.ndarray, result, alpha: float = 0.35, legend: bool =
             weight = int(round(alpha * 256))
             colors = colorize_mask(mask[labelled]).astype(np.uint16)
             rgb[labelled] = ((256 - weight) * rgb[labelled].astype(np.uint16) + weight * colors) >> 8
-        edge = np.zeros_like(labelled)
-        vertical = mask[1:, :] != mask[:-1, :]
-        horizontal = mask[:, 1:] != mask[:, :-1]
-        edge[1:, :] |= vertical
-        edge[:-1, :] |= vertical
-        edge[:, 1:] |= horizontal
-        edge[:, :-1] |= horizontal
+        edge = mask_edges(mask)
         rgb[edge] = colorize_mask(np.maximum(mask[edge], 1))  # the contour takes the foreground class's colour
         if legend and len(result.classes) > 1:
             patch = _legend(tuple(result.classes), *rgb.shape[:2])

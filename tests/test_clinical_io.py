@@ -200,3 +200,25 @@ def test_dicom_seg_refuses_non_dicom_sources_and_cls_models_before_work(tmp_path
     assert not (tmp_path / "c" / "predictions.json").exists()
     assert main(["stream", str(package), str(dicom), "--dicom-seg", str(tmp_path / "s.txt"), "--quiet"]) == 2
     assert "ends in .dcm" in capsys.readouterr().err
+
+
+def test_demo_overlay_shows_ground_truth_dice_and_latency():
+    from engine.commands.demo import dice, ground_truth_decorator
+    from engine.stream import Frame, StreamResult
+
+    truth = np.zeros((2, 80, 120), dtype=np.uint8)
+    truth[1, 10:30, 40:70] = 1
+    predicted = np.zeros((80, 120), dtype=np.uint8)
+    predicted[10:30, 40:55] = 1
+    assert dice(predicted > 0, truth[1] > 0) == pytest.approx(2 * 300 / (300 + 600))
+    assert dice(predicted[:0] > 0, truth[0, :0] > 0) == 1.0
+    scores = []
+    decorate = ground_truth_decorator(truth, scores)
+    pixels = np.full((80, 120), 90, dtype=np.uint8)
+    item = StreamResult(Frame(1, 0.0, pixels), FrameResult(1, 80, 120, mask=predicted, classes=["bg", "lesion"]),
+                        0.025)
+    rgb = decorate(item, draw_overlay(pixels, item.result, legend=True))
+    assert scores == [pytest.approx(2 / 3)]
+    np.testing.assert_array_equal(rgb[10, 60], [255, 255, 255])  # the ground truth's contour, past the prediction
+    band = rgb[40:]  # three caption lines of 12 pixels, on black, at the bottom
+    assert (band > 128).any() and band.mean() < 45  # light text on a black band over the gray frame

@@ -110,12 +110,14 @@ class OverlayVideoSink(Sink):
     """An H.264 MP4 (or FFV1 MKV) of the processed frames with their masks drawn over them.
 
     Each frame is shown at its own source timestamp, so frames dropped by the `latest` policy appear as the
-    previous result held on screen, and the video keeps the source's real timing.
+    previous result held on screen, and the video keeps the source's real timing. `decorate(item, rgb) -> rgb`, when
+    given, draws more over each overlay frame (the demo's ground truth, Dice and latency).
     """
 
-    def __init__(self, path, crf: int = 20):
+    def __init__(self, path, crf: int = 20, decorate=None):
         self.path = Path(path)
         self.crf = crf
+        self.decorate = decorate
         self.container = None
         self.stream = None
         self.first_timestamp = None
@@ -160,6 +162,8 @@ class OverlayVideoSink(Sink):
             raise InputError(f"frame {item.frame.index} is {pixels.shape[:2]}, the overlay video is {self.size}: "
                              f"one video holds frames of one size")
         rgb = draw_overlay(pixels, item.result, legend=True)
+        if self.decorate is not None:
+            rgb = self.decorate(item, rgb)
         if rgb.shape[0] % 2 or rgb.shape[1] % 2:
             rgb = np.pad(rgb, ((0, rgb.shape[0] % 2), (0, rgb.shape[1] % 2), (0, 0)), mode="edge")
         frame = av.VideoFrame.from_ndarray(rgb, format="rgb24")
