@@ -222,3 +222,13 @@ def test_demo_overlay_shows_ground_truth_dice_and_latency():
     np.testing.assert_array_equal(rgb[10, 60], [255, 255, 255])  # the ground truth's contour, past the prediction
     band = rgb[40:]  # three caption lines of 12 pixels, on black, at the bottom
     assert (band > 128).any() and band.mean() < 45  # light text on a black band over the gray frame
+
+
+def test_predict_checks_every_input_before_the_model_runs(tmp_path, package, capsys):
+    image = tmp_path / "scan.png"
+    Image.fromarray(np.random.default_rng(5).integers(1, 255, (30, 40), dtype=np.uint8)).save(image)
+    bad = tmp_path / "broken.dcm"
+    bad.write_bytes(b"\0" * 128 + b"DICM" + b"\x02\x00")
+    assert main(["predict", str(package), str(image), str(bad), "--out", str(tmp_path / "o")]) == 2
+    assert str(bad) in capsys.readouterr().err
+    assert not (tmp_path / "o").exists() or not any((tmp_path / "o").iterdir())
