@@ -108,14 +108,18 @@ def build_dicom_seg(source_path, masks, classes, provenance: dict, frame_numbers
         segmented_property_type=CodedConcept("85756007", "SCT", "Tissue"),
         algorithm_type=SegmentAlgorithmTypeValues.AUTOMATIC, algorithm_identification=algorithm)
         for number, name in enumerate(classes) if number > 0]
-    template = Segmentation(
-        source_images=[view], pixel_array=masks[0][None].astype(np.uint8),
-        segmentation_type=SegmentationTypeValues.BINARY, segment_descriptions=segments,
-        series_instance_uid=highdicom.UID(), series_number=int(source.get("SeriesNumber", 0) or 0) + 100,
-        sop_instance_uid=highdicom.UID(), instance_number=1, manufacturer=MANUFACTURER,
-        manufacturer_model_name="ht-engine", software_versions=str(provenance["engine_version"]),
-        device_serial_number=str(provenance["package_sha256"])[:16], series_description="ht-engine segmentation",
-        omit_empty_frames=False)
+    try:
+        template = Segmentation(
+            source_images=[view], pixel_array=masks[0][None].astype(np.uint8),
+            segmentation_type=SegmentationTypeValues.BINARY, segment_descriptions=segments,
+            series_instance_uid=highdicom.UID(), series_number=int(source.get("SeriesNumber", 0) or 0) + 100,
+            sop_instance_uid=highdicom.UID(), instance_number=1, manufacturer=MANUFACTURER,
+            manufacturer_model_name="ht-engine", software_versions=str(provenance["engine_version"]),
+            device_serial_number=str(provenance["package_sha256"])[:16], series_description="ht-engine segmentation",
+            omit_empty_frames=False)
+    except (AttributeError, TypeError, ValueError) as exc:  # highdicom's checks of the source's attributes
+        raise InputError(f"{source_path}: cannot derive a DICOM Segmentation from this source: "
+                         f"{type(exc).__name__}: {exc}") from exc
     per_segment = template.PerFrameFunctionalGroupsSequence
     groups, planes = [], []
     for segment in range(1, len(classes)):

@@ -224,7 +224,7 @@ def test_demo_overlay_shows_ground_truth_dice_and_latency():
     assert (band > 128).any() and band.mean() < 45  # light text on a black band over the gray frame
 
 
-def test_predict_checks_every_input_before_the_model_runs(tmp_path, package, capsys):
+def test_predict_checks_every_input_before_the_first_frame(tmp_path, package, capsys):
     image = tmp_path / "scan.png"
     Image.fromarray(np.random.default_rng(5).integers(1, 255, (30, 40), dtype=np.uint8)).save(image)
     bad = tmp_path / "broken.dcm"

@@ -106,12 +106,12 @@ def run(args) -> int:
 
         for path in inputs:
             check_dicom_source(path, "--dicom-seg")
-    # Every input is opened (images decoded, DICOM headers and video containers checked) before the model loads.
-    opened = [input_frames(path) for path in inputs]
     predictor = Predictor.load(args.artifact, backend=args.backend, device=args.device, precision=args.precision)
     if args.dicom_seg and predictor.task != "seg":
         raise InputError(f"--dicom-seg needs a segmentation model; {args.artifact} is a {predictor.task!r} model "
                          f"(its class probabilities are in predictions.json)")
+    # Every input is opened (images decoded, DICOM headers read, files checked) before the first frame is inferred.
+    opened = [input_frames(path) for path in inputs]
     entries, overlays = [], 0
     for path, stem, (frames, multi) in zip(inputs, output_stems(inputs), opened):
         masks = []
