@@ -1,9 +1,12 @@
-"""`ht-engine predict`: masks (PNG) or class probabilities for image files, plus a JSON summary."""
+"""`ht-engine predict`: masks (PNG), overlays or class probabilities for every frame of image files, folders, videos
+and DICOM files (the inputs `stream` takes), plus a JSON summary, and DICOM Segmentation objects on request."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
+
+from .options import batch_size
 
 
 def add_load_options(parser) -> None:
@@ -19,12 +22,18 @@ def add_load_options(parser) -> None:
 
 
 def register(subparsers) -> None:
-    parser = subparsers.add_parser("predict", help="run a package/artifact on image files")
+    parser = subparsers.add_parser("predict", help="run a package/artifact on images, videos and DICOM files")
     parser.add_argument("artifact", type=Path, help=".htpkg package or built artifact directory")
     parser.add_argument("inputs", nargs="+", type=Path,
-                        help="image files (PNG, JPEG, BMP, TIFF: 8-bit gray/RGB) or folders of them")
+                        help="image files (PNG, JPEG, BMP, TIFF: 8-bit gray/RGB), folders of them, video files or "
+                             "DICOM files (single- or multi-frame): every frame gets a result")
     parser.add_argument("--out", type=Path, default=Path("predictions"),
                         help="output directory for masks, overlays and predictions.json (default: %(default)s)")
+    parser.add_argument("--batch-size", type=batch_size, default=8,
+                        help="frames of a video or DICOM file per inference batch (default: %(default)s)")
+    parser.add_argument("--dicom-seg", action="store_true",
+                        help="also write OUT/<stem>_seg.dcm, a DICOM Segmentation of each DICOM input "
+                             "(segmentation models; needs the [dicom] extra)")
     add_load_options(parser)
     parser.set_defaults(handler=run)
 
@@ -50,7 +59,7 @@ def output_stems(paths) -> list:
 
 
 def expand_inputs(paths: list[Path]) -> list[Path]:
-    """The image files to predict: each file as given, each folder as its image files in natural order."""
+    """The files to predict: each file as given, each folder as its image files in natural order."""
     from ..stream.sources import FolderSource
 
     expanded = []
@@ -59,33 +68,81 @@ def expand_inputs(paths: list[Path]) -> list[Path]:
     return expanded
 
 
+def input_frames(path: Path):
+    """`(frame number in the file, pixels)` of every frame of one input file, and whether the file is multi-frame:
+    an image file is one frame; a video or DICOM file is read through the stream sources (`open_source`)."""
+    from ..images import read_image
+    from ..stream import DicomSource, open_source
+    from ..stream.sources import IMAGE_SUFFIXES
+
+    if path.suffix.lower() in IMAGE_SUFFIXES:
+        return iter([(0, read_image(path))]), False
+    source = open_source(path)
+    multi = not isinstance(source, DicomSource) or len(source) > 1
+    return ((frame.index, frame.pixels) for frame in source), multi
+
+
+def batches(frames, size: int):
+    batch = []
+    for item in frames:
+        batch.append(item)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
 def run(args) -> int:
+    from ..errors import InputError
     from ..fileio import atomic_write, check_output_directory
-    from ..images import overlay, read_image, write_png
+    from ..images import draw_overlay, write_mask_png, write_png
     from ..runtime import Predictor
 
     check_output_directory(args.out, "--out")
     inputs = expand_inputs(args.inputs)
+    if args.dicom_seg:
+        from ..dicom_seg import check_dicom_source
+
+        for path in inputs:
+            check_dicom_source(path, "--dicom-seg")
     predictor = Predictor.load(args.artifact, backend=args.backend, device=args.device, precision=args.precision)
-    frames = [read_image(path) for path in inputs]
-    entries = []
-    for path, stem, frame in zip(inputs, output_stems(inputs), frames):
-        result = predictor.predict([frame])[0]
-        entry = {"input": str(path), **result.summary()}
-        entry.pop("index")
-        if result.mask is not None:
-            mask_path = args.out / f"{stem}_mask.png"
-            overlay_path = args.out / f"{stem}_overlay.png"
-            write_png(mask_path, result.mask)
-            gray = frame if frame.ndim == 2 else frame.mean(axis=2).astype("uint8")
-            write_png(overlay_path, overlay(gray, result.mask))
-            entry.update(mask=str(mask_path), overlay=str(overlay_path))
-        entries.append(entry)
-        print(f"{path}: " + (f"mask {entry['mask']}" if result.mask is not None else
-                             f"{entry['label']} ({max(entry['probabilities'].values()):.3f})"), flush=True)
+    if args.dicom_seg and predictor.task != "seg":
+        raise InputError(f"--dicom-seg needs a segmentation model; {args.artifact} is a {predictor.task!r} model "
+                         f"(its class probabilities are in predictions.json)")
+    # Every input is opened (images decoded, DICOM headers read, files checked) before the first frame is inferred.
+    opened = [input_frames(path) for path in inputs]
+    entries, overlays = [], 0
+    for path, stem, (frames, multi) in zip(inputs, output_stems(inputs), opened):
+        masks = []
+        for batch in batches(frames, args.batch_size):
+            results = predictor.predict([pixels for _, pixels in batch], batch_size=args.batch_size)
+            for (number, pixels), result in zip(batch, results):
+                name = f"{stem}_frame{number:05d}" if multi else stem
+                entry = {**result.summary(), "index": len(entries), "input": str(path), "frame": number}
+                if result.mask is not None:
+                    mask_path, overlay_path = args.out / f"{name}_mask.png", args.out / f"{name}_overlay.png"
+                    write_mask_png(mask_path, result.mask)
+                    write_png(overlay_path, draw_overlay(pixels, result, legend=True))
+                    overlays += 1
+                    entry.update(mask=str(mask_path), overlay=str(overlay_path))
+                    if args.dicom_seg:
+                        masks.append(result.mask)
+                entries.append(entry)
+                where = f"{path}" + (f" frame {number}" if multi else "")
+                print(f"{where}: " + (f"mask {entry['mask']}" if result.mask is not None else
+                                      f"{entry['label']} ({max(entry['probabilities'].values()):.3f})"), flush=True)
+        if args.dicom_seg:
+            from ..dicom_seg import write_dicom_seg
+
+            seg_path = args.out / f"{stem}_seg.dcm"
+            write_dicom_seg(seg_path, path, masks, predictor.classes, predictor.provenance())
+            print(f"DICOM Segmentation: {seg_path}", flush=True)
     summary = {"artifact": str(args.artifact), **predictor.provenance(), "task": predictor.task,
                "classes": predictor.classes, "results": entries}
     summary_path = args.out / "predictions.json"
     atomic_write(summary_path, lambda tmp: tmp.write_text(json.dumps(summary, indent=2)))
+    if overlays:
+        print(f"overlays: {overlays} in {args.out} (*_overlay.png)")
     print(f"summary: {summary_path}")
     return 0

@@ -35,6 +35,9 @@ def register(subparsers) -> None:
                         help="one JSON line per processed frame (default: none)")
     parser.add_argument("--masks", type=Path, default=None,
                         help="folder for PNG masks (segmentation models; default: none)")
+    parser.add_argument("--dicom-seg", type=Path, default=None, metavar="OUT.dcm",
+                        help="DICOM Segmentation of the processed frames of a DICOM source (segmentation models; "
+                             "needs the [dicom] extra; default: none)")
     parser.add_argument("--quiet", action="store_true", help="no live progress line")
     add_load_options(parser)
     parser.set_defaults(handler=run)
@@ -91,10 +94,18 @@ def warm_up(predictor, max_batch: int = 1) -> None:
 
 
 def run(args) -> int:
-    from ..errors import OutputError
+    from ..errors import InputError, OutputError
     from ..fileio import atomic_write, check_output_directory, check_output_file
     from ..runtime import Predictor
-    from ..stream import JsonLinesSink, OverlayVideoSink, PngMaskSink, RegionPasteSink, StreamPipeline, open_source
+    from ..stream import (
+        DicomSegSink,
+        JsonLinesSink,
+        OverlayVideoSink,
+        PngMaskSink,
+        RegionPasteSink,
+        StreamPipeline,
+        open_source,
+    )
 
     # Every output is checked before the model loads: an unwritable --report must not surface after the stream.
     if args.out is not None and args.out.suffix.lower() not in (".mp4", ".mkv"):
@@ -104,11 +115,18 @@ def run(args) -> int:
             check_output_file(path, option)
     if args.masks is not None:
         check_output_directory(args.masks, "--masks")
+    if args.dicom_seg is not None:
+        from ..dicom_seg import check_dicom_source, check_seg_output
+
+        check_seg_output(args.dicom_seg, "--dicom-seg")
+        check_dicom_source(args.source, "--dicom-seg")
     realtime = args.policy == "latest" if args.realtime is None else args.realtime
     # A scan region is read from the file before the model loads: a file without one fails first.
     source = open_source(args.source, fps=args.fps, realtime=realtime, region="scan") if args.region == "scan" \
         else args.source
     predictor = Predictor.load(args.artifact, backend=args.backend, device=args.device, precision=args.precision)
+    if args.dicom_seg is not None and predictor.task != "seg":
+        raise InputError(f"--dicom-seg needs a segmentation model; {args.artifact} is a {predictor.task!r} model")
     sinks = []
     if args.out is not None:
         sinks.append(OverlayVideoSink(args.out))
@@ -116,6 +134,8 @@ def run(args) -> int:
         sinks.append(JsonLinesSink(args.jsonl))
     if args.masks is not None:
         sinks.append(PngMaskSink(args.masks))
+    if args.dicom_seg is not None:
+        sinks.append(DicomSegSink(args.dicom_seg, predictor.provenance()))
     if args.region == "scan":
         sinks = [RegionPasteSink(sink, source.region) for sink in sinks]
     warm_up(predictor, args.max_batch)
@@ -136,7 +156,8 @@ def run(args) -> int:
             print(format_report(pipeline.report))
             outputs = [(label, path) for label, path in (("overlay video", args.out), ("report", args.report),
                                                           ("per-frame JSON lines", args.jsonl),
-                                                          ("masks", args.masks)) if path is not None]
+                                                          ("masks", args.masks),
+                                                          ("DICOM Segmentation", args.dicom_seg)) if path is not None]
             for label, path in outputs:
                 print(f"{label}: {path}")
     return 0

@@ -13,6 +13,7 @@ from .region import RegionPasteSink, ScanRegion, scan_region
 from .sinks import (
                     CallbackSink,
                     CollectSink,
+                    DicomSegSink,
                     JsonLinesSink,
                     OverlayVideoSink,
                     PngMaskSink,
@@ -33,9 +34,9 @@ from .sources import (
 )
 
 __all__ = [
-    "ArraySource", "CallbackSink", "Channel", "CollectSink", "DicomSource", "FolderSource", "Frame", "JsonLinesSink",
-    "LatencyReservoir", "LiveSource", "OverlayVideoSink", "POLICIES", "PngMaskSink", "RegionPasteSink", "ScanRegion",
-    "Sink", "Source", "StreamMetrics",
+    "ArraySource", "CallbackSink", "Channel", "CollectSink", "DicomSegSink", "DicomSource", "FolderSource", "Frame",
+    "JsonLinesSink", "LatencyReservoir", "LiveSource", "OverlayVideoSink", "POLICIES", "PngMaskSink", "RegionPasteSink",
+    "ScanRegion", "Sink", "Source", "StreamMetrics",
     "StreamPipeline", "StreamResult", "VideoSource", "dicom_support", "draw_overlay", "frame_record", "open_source",
     "scan_region", "stream",
 ]

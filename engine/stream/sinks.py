@@ -13,6 +13,7 @@ import numpy as np
 
 from ..errors import InputError
 from ..fileio import check_output_directory, check_output_file
+from ..images import draw_overlay, mask_image
 
 
 class Sink:
@@ -85,7 +86,8 @@ class JsonLinesSink(Sink):
 
 
 class PngMaskSink(Sink):
-    """`<dir>/mask_<index>.png` per frame: class indices as 8-bit gray (segmentation models only)."""
+    """`<dir>/mask_<index>.png` per frame: palette PNGs whose pixel values are the class indices, shown in the class
+    colours (segmentation models only)."""
 
     def __init__(self, folder):
         self.folder = Path(folder)
@@ -101,53 +103,21 @@ class PngMaskSink(Sink):
         self.folder.mkdir(parents=True, exist_ok=True)
 
     def write(self, item) -> None:
-        from PIL import Image
-
-        Image.fromarray(item.result.mask.astype(np.uint8)).save(self.folder / f"mask_{item.frame.index:06d}.png")
-
-
-def draw_overlay(pixels: np.ndarray, result, alpha: float = 0.35) -> np.ndarray:
-    """RGB uint8 frame with the mask tinted in its class colours and outlined (seg), or a probability bar (cls)."""
-    from ..images import colorize_mask  # lazily: engine.images pulls in the package module (torch)
-
-    rgb = np.repeat(pixels[..., None], 3, axis=2) if pixels.ndim == 2 else pixels.copy()
-    if result.mask is not None:
-        mask = result.mask
-        labelled = mask > 0
-        if labelled.any():
-            # Blend only the labelled pixels, in 8-bit fixed point: a full-frame float blend costs more than
-            # the rest of the sink on a 2-core CPU.
-            weight = int(round(alpha * 256))
-            colors = colorize_mask(mask[labelled]).astype(np.uint16)
-            rgb[labelled] = ((256 - weight) * rgb[labelled].astype(np.uint16) + weight * colors) >> 8
-        edge = np.zeros_like(labelled)
-        vertical = mask[1:, :] != mask[:-1, :]
-        horizontal = mask[:, 1:] != mask[:, :-1]
-        edge[1:, :] |= vertical
-        edge[:-1, :] |= vertical
-        edge[:, 1:] |= horizontal
-        edge[:, :-1] |= horizontal
-        rgb[edge] = colorize_mask(np.maximum(mask[edge], 1))  # the contour takes the foreground class's colour
-    if result.probabilities is not None:
-        height, width = rgb.shape[:2]
-        bar = max(4, height // 40)
-        top = int(np.argmax(result.probabilities))
-        filled = int(round(float(result.probabilities[top]) * width))
-        rgb[:bar, :, :] = 0
-        rgb[:bar, :filled, :] = colorize_mask(np.array([top + 1]))[0]
-    return rgb
+        mask_image(item.result.mask.astype(np.uint8)).save(self.folder / f"mask_{item.frame.index:06d}.png")
 
 
 class OverlayVideoSink(Sink):
     """An H.264 MP4 (or FFV1 MKV) of the processed frames with their masks drawn over them.
 
     Each frame is shown at its own source timestamp, so frames dropped by the `latest` policy appear as the
-    previous result held on screen, and the video keeps the source's real timing.
+    previous result held on screen, and the video keeps the source's real timing. `decorate(item, rgb) -> rgb`, when
+    given, draws more over each overlay frame (the demo's ground truth, Dice and latency).
     """
 
-    def __init__(self, path, crf: int = 20):
+    def __init__(self, path, crf: int = 20, decorate=None):
         self.path = Path(path)
         self.crf = crf
+        self.decorate = decorate
         self.container = None
         self.stream = None
         self.first_timestamp = None
@@ -191,7 +161,9 @@ class OverlayVideoSink(Sink):
         if pixels.shape[:2] != self.size:
             raise InputError(f"frame {item.frame.index} is {pixels.shape[:2]}, the overlay video is {self.size}: "
                              f"one video holds frames of one size")
-        rgb = draw_overlay(pixels, item.result)
+        rgb = draw_overlay(pixels, item.result, legend=True)
+        if self.decorate is not None:
+            rgb = self.decorate(item, rgb)
         if rgb.shape[0] % 2 or rgb.shape[1] % 2:
             rgb = np.pad(rgb, ((0, rgb.shape[0] % 2), (0, rgb.shape[1] % 2), (0, 0)), mode="edge")
         frame = av.VideoFrame.from_ndarray(rgb, format="rgb24")
@@ -211,3 +183,35 @@ class OverlayVideoSink(Sink):
         finally:
             self.container.close()
             self.container = None
+
+
+class DicomSegSink(Sink):
+    """A DICOM Segmentation object (`engine.dicom_seg`) of the processed frames of a DICOM source, written when the
+    stream ends (also after an error: the frames finished by then). Under `latest` only the processed frames are in
+    it, each referencing its own source frame. `provenance`: `Predictor.provenance()` (algorithm identification)."""
+
+    def __init__(self, path, provenance: dict):
+        self.path = Path(path)
+        self.provenance = provenance
+        self.masks, self.frame_numbers = [], []
+
+    def open(self, info: dict) -> None:
+        from ..dicom_seg import check_dicom_source, check_seg_output
+
+        super().open(info)
+        if info["task"] != "seg":
+            raise InputError(f"a DICOM Segmentation needs a segmentation model; this one is a {info['task']!r} "
+                             f"model (use the JSON-lines sink for class probabilities)")
+        check_dicom_source(info["source"], "--dicom-seg")
+        check_seg_output(self.path, "--dicom-seg")
+
+    def write(self, item) -> None:
+        self.masks.append(item.result.mask)
+        self.frame_numbers.append(item.frame.index)
+
+    def close(self) -> None:
+        from ..dicom_seg import write_dicom_seg
+
+        if self.masks:
+            write_dicom_seg(self.path, self.info["source"], self.masks, self.info["classes"], self.provenance,
+                            self.frame_numbers)
