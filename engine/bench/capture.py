@@ -16,13 +16,17 @@ import warnings
 from collections import Counter
 
 
+def _first_line(text: str) -> str:
+    return (text.splitlines() or [""])[0]
+
+
 class _Recorder(logging.Handler):
     def __init__(self, tally: Counter):
         super().__init__(logging.WARNING)
         self.tally = tally
 
     def emit(self, record: logging.LogRecord) -> None:
-        self.tally[("logging", record.name, record.getMessage().splitlines()[0] if record.msg else "")] += 1
+        self.tally[("logging", record.name, _first_line(record.getMessage()))] += 1
 
 
 class ThirdPartyWarnings:
@@ -47,8 +51,7 @@ class ThirdPartyWarnings:
             for logger, handlers in saved:
                 logger.handlers = handlers
         for warning in caught:
-            message = str(warning.message).splitlines()[0] if str(warning.message) else ""
-            self.tally[("warnings", warning.category.__name__, message)] += 1
+            self.tally[("warnings", warning.category.__name__, _first_line(str(warning.message)))] += 1
 
     def to_list(self) -> list:
         return [{"source": source, "category": category, "message": message, "count": count}

@@ -15,7 +15,7 @@ TAIL_COLUMNS = ("runs", "timer", "frames/s", "x eager", "x compiled", "GFLOP/s",
                 "max rel err")
 
 
-FRAME_COLUMNS = ("backend", "prec", "batch", "frame", "path", "e2e ms", "e2e tail", "pre ms", "infer ms", "post ms",
+FRAME_COLUMNS = ("backend", "prec", "batch", "frame", "path", "e2e ms", "e2e {tail}", "pre ms", "infer ms", "post ms",
                  "x forward", "timers (e2e/pre/infer/post)")
 TIMER_NAMES = {"perf_counter_ns": "host", "cuda_events": "device", None: "-"}
 
@@ -91,9 +91,14 @@ def _stage(stats: dict | None, fused: bool) -> str:
     return "fused" if fused else _num(None if stats is None else stats["median_ms"], ".2f")
 
 
+def frame_columns(report: dict) -> tuple:
+    tail = percentile_key(max(report["settings"]["percentiles"]))[:-3]
+    return tuple(column.format(tail=tail) for column in FRAME_COLUMNS)
+
+
 def frame_rows(report: dict) -> list:
     """One row per case x frame size: uint8 frames in, results out (median ms and the highest requested
-    percentile, "e2e tail"), split into pre / infer / post."""
+    percentile, "e2e p99" by default), split into pre / infer / post."""
     rows = []
     tail = percentile_key(max(report["settings"]["percentiles"]))
     for case in report["cases"]:
@@ -117,9 +122,10 @@ def format_frames_table(report: dict) -> str:
     rows = frame_rows(report)
     if not rows:
         return ""
-    full = [row for row in rows if len(row) == len(FRAME_COLUMNS)]
-    widths = [max([len(c)] + [len(row[i]) for row in full]) for i, c in enumerate(FRAME_COLUMNS)]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(FRAME_COLUMNS, widths)), "  ".join("-" * w for w in widths)]
+    names = frame_columns(report)
+    full = [row for row in rows if len(row) == len(names)]
+    widths = [max([len(c)] + [len(row[i]) for row in full]) for i, c in enumerate(names)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(names, widths)), "  ".join("-" * w for w in widths)]
     for row in rows:
         lines.append("  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row[:len(FRAME_COLUMNS)])).rstrip())
     return "\n".join(lines)
@@ -183,7 +189,7 @@ def format_markdown(report: dict) -> str:
     if rows:
         lines += ["", "Frame path (uint8 frames in, results out; decode excluded), median ms at each batch; "
                       "timers: host = host clock, device = CUDA events.", "",
-                  "| " + " | ".join(FRAME_COLUMNS) + " |", "|" + "---|" * 3 + "---|---|" + "---:|" * 6 + "---|"]
+                  "| " + " | ".join(frame_columns(report)) + " |", "|" + "---|" * 3 + "---|---|" + "---:|" * 6 + "---|"]
         for row in rows:
             cells = [cell.replace("|", "/") for cell in row]
             lines.append("| " + " | ".join(cells) + " |" * (len(FRAME_COLUMNS) - len(cells) + 1))
