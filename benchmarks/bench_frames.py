@@ -9,7 +9,7 @@ which changes masks, not timings), or `--package`. Providers: the `optimized` ba
 480×640 and 1080×1920, plus the host steps at 1080×1920 (`Predictor.prepare`: Pillow's gray + resize + scale;
 `Predictor.results`: masks from the head's grid logits). Timed in interleaved rounds (each round runs every
 measurement once, its order rotated), so load changes on a shared machine hit all of them alike; every call is
-timed with the package's own timer (`engine.bench.measure.time_calls`, host clock). Reported: median, p10/p90 and
+timed with the package's own timer (`engine.bench.measure.host_call_ms`, host clock). Reported: median, p10/p90 and
 spread `(p90 - p10) / median`, the predict/forward ratio (of medians, and the median of the per-round ratios), and
 the issue's targets: bf16 predict ≤ 1.10× forward at 480×640 and ≤ 1.15× at 1080×1920; pre and post each ≤ 3 ms at
 1080×1920. Writes `benchmarks/results/frames-cpu.json` (device, dtype, shapes, git sha, date, CPU model and flags).
@@ -24,12 +24,11 @@ import sys
 import tempfile
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from engine import Predictor
 from engine.bench.machine import cpu_flags, machine_info, short_sha
-from engine.bench.measure import LatencyStats, time_calls
+from engine.bench.measure import LatencyStats, host_call_ms
 from engine.config import ModelConfig
 from engine.package import save_package
 from engine.synthetic import synthetic_frame
@@ -44,14 +43,9 @@ RATIO_TARGETS = {(480, 640): 1.10, (1080, 1920): 1.15}
 HOST_TARGET_MS = 3.0
 
 
-def once_ms(call) -> float:
-    return time_calls(call, timer="perf_counter_ns", warmup_runs=0, duration_s=0.0, min_runs=1)[0]
-
-
 def stats(samples: list) -> dict:
-    out = LatencyStats.from_samples(samples).to_dict()
-    p10, p90 = np.percentile(samples, [10, 90])
-    out.update(p10_ms=float(p10), spread=float((p90 - p10) / out["median_ms"]) if out["median_ms"] > 0 else None)
+    out = LatencyStats.from_samples(samples, (10, 90, 99)).to_dict()
+    out["spread"] = (out["p90_ms"] - out["p10_ms"]) / out["median_ms"] if out["median_ms"] > 0 else None
     return out
 
 
@@ -90,7 +84,7 @@ def run_rounds(calls: dict, rounds: int, warmup: int) -> dict:
         for index in range(rounds):
             shift = index % len(names)
             for name in names[shift:] + names[:shift]:
-                samples[name].append(once_ms(calls[name]))
+                samples[name].append(host_call_ms(calls[name]))
     return samples
 
 

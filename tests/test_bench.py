@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 import types
 from pathlib import Path
 
@@ -29,7 +30,7 @@ from engine.bench import (
 )
 from engine.bench.flops import dft_filter_flops
 from engine.bench.machine import git_state, machine_info, short_sha
-from engine.bench.measure import relative_error
+from engine.bench.measure import relative_error, short_percentiles
 from engine.bench.report import ReportError, format_frames_table, format_markdown, validate_report, write_plot
 from engine.cli import main
 from engine.config import ModelConfig
@@ -99,25 +100,52 @@ def test_full_size_seg_count_matches_the_design_card():
 
 # ---------------------------------------------------------------- measurement core
 
-def test_time_calls_runs_warmup_then_at_least_min_runs():
+def test_time_calls_warms_up_once_then_runs_the_iterations():
     calls = []
-    samples = time_calls(lambda: calls.append(1), timer="perf_counter_ns", warmup_runs=4, duration_s=0.0,
-                         min_runs=7)
-    assert len(samples) == 7 and len(calls) == 11
+    samples = time_calls(lambda: calls.append(1), timer="perf_counter_ns", warmup_s=0.0, duration_s=0.0,
+                         iterations=7)
+    assert len(samples) == 7 and len(calls) == 8  # a zero warm-up is still one untimed call
     assert all(s >= 0 for s in samples)
-    capped = time_calls(lambda: None, timer="perf_counter_ns", warmup_runs=0, duration_s=60.0, max_runs=5)
+    capped = time_calls(lambda: None, timer="perf_counter_ns", warmup_s=0.0, duration_s=60.0, max_runs=5)
     assert len(capped) == 5
+
+
+def test_time_calls_warmup_is_seconds_and_duration_and_iterations_both_hold():
+    stamps = []
+
+    def call():
+        stamps.append(time.perf_counter())
+        time.sleep(0.002)
+
+    started = time.perf_counter()
+    samples = time_calls(call, timer="perf_counter_ns", warmup_s=0.05, duration_s=0.0, iterations=3)
+    untimed = stamps[:-3]
+    assert len(samples) == 3 and len(untimed) >= 2  # 2 ms calls: more than one fits in 50 ms
+    assert stamps[-3] - started >= 0.05  # the first timed call starts after the warm-up seconds
+    stamps.clear()
+    started = time.perf_counter()
+    long = time_calls(call, timer="perf_counter_ns", warmup_s=0.0, duration_s=0.05, iterations=2)
+    assert len(long) > 2 and time.perf_counter() - started >= 0.05  # the duration is the longer condition here
+    many = time_calls(call, timer="perf_counter_ns", warmup_s=0.0, duration_s=0.01, iterations=20)
+    assert len(many) == 20  # 20 runs of 2 ms outlast 10 ms: here the iterations are the longer condition
 
 
 def test_latency_stats_percentiles():
     rng = np.random.default_rng(3)
     samples = rng.gamma(2.0, 3.0, size=501)
-    stats = LatencyStats.from_samples(samples)
+    stats = LatencyStats.from_samples(samples, (90, 99, 99.9))
     ordered = np.sort(samples)
     assert stats.runs == 501
     assert stats.median_ms == ordered[250]  # odd count: the middle sample exactly
-    assert stats.p90_ms == pytest.approx(ordered[450]) and stats.p99_ms == pytest.approx(ordered[495])
+    assert list(stats.percentiles_ms) == ["p90_ms", "p99_ms", "p99.9_ms"]
+    assert stats.percentiles_ms["p90_ms"] == pytest.approx(ordered[450])
+    assert stats.percentiles_ms["p99_ms"] == pytest.approx(ordered[495])
     assert stats.max_ms == ordered[-1] and stats.min_ms == ordered[0]
+    assert stats.mean_ms == pytest.approx(samples.mean())
+    # p90 needs 100 runs, p99 1000, p99.9 10000; the max (p100) is exact from any count.
+    assert short_percentiles(stats.to_dict()) == [("p99_ms", 1000), ("p99.9_ms", 10000)]
+    assert short_percentiles(LatencyStats.from_samples(samples[:99], (90, 100)).to_dict()) == [("p90_ms", 100)]
+    assert short_percentiles(LatencyStats.from_samples(rng.gamma(2.0, 3.0, size=1000), (50, 99)).to_dict()) == []
     with pytest.raises(ValueError):
         LatencyStats.from_samples([])
 
@@ -198,7 +226,7 @@ def small_package(tmp_path_factory):
 
 
 def fast_options(package, **overrides) -> BenchOptions:
-    fields = dict(source=package, precisions=["fp32"], batches=[1, 2], duration_s=0.0, warmup_runs=0, min_runs=1,
+    fields = dict(source=package, precisions=["fp32"], batches=[1, 2], duration_s=0.0, warmup_s=0.0, iterations=1,
                   compiled_baseline=False, gemm_size=64, gemm_duration_s=0.0)
     fields.update(overrides)
     return BenchOptions(**fields)
@@ -237,7 +265,7 @@ def _cases(report, backend):
 @pytest.fixture(scope="module")
 def report(small_package):
     return run_bench(fast_options(small_package, backends=["reference", "optimized"], precisions=["fp32", "bf16"],
-                                  min_runs=2))
+                                  iterations=2))
 
 
 def test_report_validates_and_lists_every_case_with_its_correctness(report):
@@ -264,8 +292,75 @@ def test_report_validates_and_lists_every_case_with_its_correctness(report):
     assert unsupported["status"] == "unsupported" and "fp32" in unsupported["message"]
     assert unsupported["latency_ms"] is None and unsupported["max_rel_error"] is None
     table = format_table(report)
-    assert table.count("\n") == len(report["cases"]) + 1
+    rows = [line for line in table.splitlines() if not line.startswith(("warning: ", "note: "))]
+    assert len(rows) == len(report["cases"]) + 2
     assert "unsupported: backend 'reference' runs in" in table
+
+
+def _few_samples(report) -> list:
+    return [warning for warning in report["warnings"] if warning["kind"] == "few_samples"]
+
+
+def test_requested_percentiles_and_run_counts_are_reported_and_few_runs_are_flagged(small_package):
+    few = run_bench(fast_options(small_package, backends=["reference"], batches=[1], iterations=5,
+                                 percentiles=[50, 75, 99.9]))
+    validate_report(few)
+    (case,) = few["cases"]
+    assert few["settings"]["percentiles"] == [50, 75, 99.9] and few["settings"]["iterations"] == 5
+    assert set(case["latency_ms"]) == {"runs", "min_ms", "mean_ms", "median_ms", "max_ms", "p50_ms", "p75_ms",
+                                       "p99.9_ms"}
+    assert case["latency_ms"]["runs"] == len(case["samples_ms"]) >= 5  # --duration 0: the iterations decide
+    assert case["latency_ms"]["min_ms"] <= case["latency_ms"]["p50_ms"] <= case["latency_ms"]["p99.9_ms"]
+    (warning,) = _few_samples(few)
+    # 5 runs: p50 needs 20, p75 40, p99.9 10000; all three are flagged, in the JSON and under the table.
+    assert warning["backend"] == "reference" and warning["batch"] == 1
+    assert "p50 needs 20" in warning["message"] and "p99.9 needs 10000" in warning["message"]
+    assert f"warning: {warning['message']}" in format_table(few)
+    assert "p75 ms" in format_table(few) and "p90 ms" not in format_table(few)
+    enough = run_bench(fast_options(small_package, backends=["reference"], batches=[1], iterations=20,
+                                    percentiles=[50]))
+    validate_report(enough)
+    assert enough["cases"][0]["latency_ms"]["runs"] >= 20 and _few_samples(enough) == []
+    stale = json.loads(json.dumps(enough))
+    stale["cases"][0]["latency_ms"]["p50"] = 1.0  # not a percentile key
+    with pytest.raises(ReportError, match="latency_ms"):
+        validate_report(stale)
+
+
+def test_load_average_above_the_cores_is_a_warning(small_package, monkeypatch):
+    monkeypatch.setattr(os, "getloadavg", lambda: (4.0 * (os.cpu_count() or 1), 0.0, 0.0))
+    report = run_bench(fast_options(small_package, backends=["reference"], batches=[1]))
+    validate_report(report)
+    loaded = [warning for warning in report["warnings"] if warning["kind"] == "load_average"]
+    assert len(loaded) == 2 and "start" in loaded[0]["message"] and "end" in loaded[1]["message"]
+
+
+def test_third_party_warnings_go_to_the_report_not_the_console(small_package, monkeypatch, capsys):
+    import logging
+    import warnings
+
+    def noisy(transform):
+        module = _fake_backend(transform)
+        load = module.load
+
+        def noisy_load(package, device, precision):
+            warnings.warn("inductor: falling back to eager", UserWarning, stacklevel=1)
+            logging.getLogger("torch._inductor.fake").warning("cudagraphs skipped")
+            return load(package, device, precision)
+
+        module.load = noisy_load
+        return module
+
+    monkeypatch.setitem(sys.modules, "fake_noisy", noisy(lambda y: y))
+    monkeypatch.setitem(BACKEND_MODULES, "fake_noisy", "fake_noisy")
+    report = run_bench(fast_options(small_package, backends=["fake_noisy"], batches=[1, 2]))
+    validate_report(report)
+    captured = capsys.readouterr()
+    assert "falling back" not in captured.out + captured.err and "cudagraphs" not in captured.out + captured.err
+    entries = {(e["source"], e["category"], e["message"]): e["count"] for e in report["third_party_warnings"]}
+    assert entries[("warnings", "UserWarning", "inductor: falling back to eager")] == 1
+    assert entries[("logging", "torch._inductor.fake", "cudagraphs skipped")] == 1
+    assert "kept off the console" in format_table(report)
 
 
 def test_a_fast_wrong_backend_cannot_hide_and_a_crash_does_not_stop_the_run(small_package, monkeypatch):
@@ -353,7 +448,7 @@ def frames_report(small_package):
         patch.setitem(sys.modules, "fake_frames", _frames_backend())
         patch.setitem(BACKEND_MODULES, "fake_frames", "fake_frames")
         return run_bench(fast_options(small_package, backends=["reference", "optimized", "fake_frames"],
-                                      frames=FRAME_SIZES, min_runs=2))
+                                      frames=FRAME_SIZES, iterations=2))
 
 
 def test_frame_rows_split_end_to_end_into_pre_infer_post(frames_report):
@@ -408,7 +503,7 @@ def test_schema_checks_the_frame_entries(frames_report):
 def test_cli_bench_writes_a_valid_json_and_prints_the_table(small_package, tmp_path, capsys):
     out = tmp_path / "bench.json"
     rc = main(["bench", str(small_package), "--backends", "reference,optimized", "--precisions", "fp32,int8",
-               "--batch", "1", "--duration", "0", "--warmup", "0", "--min-runs", "1", "--no-compile",
+               "--batch", "1", "--duration", "0", "--warmup", "0", "--iterations", "1", "--no-compile",
                "--gemm-size", "64", "--json", str(out)])
     printed = capsys.readouterr().out
     assert rc == 0
@@ -416,13 +511,40 @@ def test_cli_bench_writes_a_valid_json_and_prints_the_table(small_package, tmp_p
     validate_report(report)
     assert {(c["backend"], c["precision"]) for c in report["cases"]} == {
         ("reference", "fp32"), ("reference", "int8"), ("optimized", "fp32"), ("optimized", "int8")}
-    assert "median ms" in printed and "max rel err" in printed and f"report: {out}" in printed
+    for column in ("min ms", "mean ms", "p50 ms", "p90 ms", "p95 ms", "p99 ms", "max ms", "timer", "max rel err"):
+        assert column in printed
+    assert "perf_counter_ns" in printed and f"report: {out}" in printed
+
+
+def test_cli_bench_exports_every_sample(small_package, tmp_path, capsys):
+    out, times = tmp_path / "bench.json", tmp_path / "times" / "samples.json"
+    rc = main(["bench", str(small_package), "--backends", "reference", "--batch", "1,2", "--duration", "0",
+               "--warmup", "0", "--iterations", "4", "--percentiles", "50,99", "--no-compile", "--gemm-size", "64",
+               "--json", str(out), "--export-times", str(times)])
+    assert rc == 0 and f"times: {times}" in capsys.readouterr().out
+    report, exported = json.loads(out.read_text()), json.loads(times.read_text())
+    validate_report(report)
+    assert report["settings"]["percentiles"] == [50.0, 99.0] and report["settings"]["warmup_s"] == 0.0
+    assert exported["schema"] == "ht-engine-bench-times" and len(exported["cases"]) == len(report["cases"]) == 2
+    for case, samples in zip(report["cases"], exported["cases"]):
+        assert samples["timer"] == case["timer"] == "perf_counter_ns"
+        assert samples["samples_ms"] == case["samples_ms"] and len(samples["samples_ms"]) == case["latency_ms"]["runs"]
+        assert case["latency_ms"]["runs"] >= 4 and case["gpu_split_ms"] is None
+
+
+def test_cli_bench_refuses_a_bad_export_path_and_bad_percentiles_before_any_work(small_package, tmp_path, capsys):
+    assert main(["bench", str(small_package), "--export-times", str(tmp_path)]) == 2
+    assert "--export-times" in capsys.readouterr().err
+    for bad in ("0", "50,101", "", "p99"):
+        with pytest.raises(SystemExit) as exit_info:
+            main(["bench", "--percentiles", bad])
+        assert exit_info.value.code == 2 and "argument --percentiles" in capsys.readouterr().err
 
 
 def test_cli_bench_frames_adds_the_frame_table(small_package, tmp_path, capsys):
     out, markdown = tmp_path / "bench.json", tmp_path / "bench.md"
     rc = main(["bench", str(small_package), "--backends", "optimized", "--batch", "1", "--duration", "0",
-               "--warmup", "0", "--min-runs", "1", "--no-compile", "--gemm-size", "64", "--frames", "48x64,7x3",
+               "--warmup", "0", "--iterations", "1", "--no-compile", "--gemm-size", "64", "--frames", "48x64,7x3",
                "--json", str(out), "--markdown", str(markdown)])
     printed = capsys.readouterr().out
     assert rc == 0

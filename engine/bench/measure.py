@@ -9,10 +9,11 @@ tolerance table (`tests/tolerances.py`) all compare with it.
 
 from __future__ import annotations
 
+import math
 import re
 import resource
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -21,29 +22,63 @@ _PROC_STATUS = Path("/proc/self/status")
 _PROC_CLEAR_REFS = Path("/proc/self/clear_refs")
 
 
+DEFAULT_PERCENTILES = (50.0, 90.0, 95.0, 99.0)
+# A percentile p rests on the samples above it: among 1 / (1 - p/100) samples one lies above it on average, and it
+# takes ten times that many before the estimate stops moving with every new run (p99: 1000 samples).
+SAMPLES_PER_TAIL = 10
+
+
+def percentile_key(percentile: float) -> str:
+    """The report's key of a percentile: 50 -> "p50_ms", 99.9 -> "p99.9_ms"."""
+    return f"p{f'{percentile:.6f}'.rstrip('0').rstrip('.')}_ms"  # never an exponent: 1e-05 is no key
+
+
+def short_percentiles(stats: dict) -> list:
+    """`(key, runs needed)` of each percentile in `stats` (a `LatencyStats.to_dict()`) that rests on fewer timed
+    runs than `samples_needed` asks for."""
+    short = []
+    for key in stats:
+        if key.startswith("p") and key.endswith("_ms"):
+            need = samples_needed(float(key[1:-3]))
+            if need is not None and stats["runs"] < need:
+                short.append((key, need))
+    return short
+
+
+def samples_needed(percentile: float) -> int | None:
+    """Timed runs a percentile needs to be trusted (`SAMPLES_PER_TAIL / (1 - p/100)`); None for p100, the max,
+    which every sample count gives exactly."""
+    if percentile >= 100.0:
+        return None
+    return math.ceil(round(SAMPLES_PER_TAIL / (1.0 - percentile / 100.0), 6))  # p99.9: 10000, not 10001
+
+
 @dataclass(frozen=True)
 class LatencyStats:
-    """Latency statistics of timed runs, in milliseconds (percentiles linearly interpolated)."""
+    """Latency statistics of timed runs, in milliseconds: min / mean / median / max and the requested percentiles
+    (linearly interpolated), keyed by `percentile_key`."""
 
     runs: int
-    median_ms: float
-    p90_ms: float
-    p99_ms: float
-    max_ms: float
     min_ms: float
     mean_ms: float
+    median_ms: float
+    max_ms: float
+    percentiles_ms: dict
 
     @classmethod
-    def from_samples(cls, samples_ms) -> "LatencyStats":
+    def from_samples(cls, samples_ms, percentiles=DEFAULT_PERCENTILES) -> "LatencyStats":
         values = np.asarray(list(samples_ms), dtype=np.float64)
         if values.size == 0:
             raise ValueError("latency statistics need at least one timed run")
-        p50, p90, p99 = np.percentile(values, [50, 90, 99])
-        return cls(runs=int(values.size), median_ms=float(p50), p90_ms=float(p90), p99_ms=float(p99),
-                   max_ms=float(values.max()), min_ms=float(values.min()), mean_ms=float(values.mean()))
+        wanted = [float(p) for p in percentiles]
+        at = np.percentile(values, wanted) if wanted else []
+        return cls(runs=int(values.size), min_ms=float(values.min()), mean_ms=float(values.mean()),
+                   median_ms=float(np.median(values)), max_ms=float(values.max()),
+                   percentiles_ms={percentile_key(p): float(v) for p, v in zip(wanted, at)})
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        return {"runs": self.runs, "min_ms": self.min_ms, "mean_ms": self.mean_ms, "median_ms": self.median_ms,
+                "max_ms": self.max_ms, **self.percentiles_ms}
 
 
 def throughput_fps(batch: int, samples_ms) -> float:
@@ -56,28 +91,36 @@ def timer_kind(device: str, uses_torch: bool) -> str:
     return "cuda_events" if device.startswith("cuda") and uses_torch else "perf_counter_ns"
 
 
-def time_calls(call, *, timer: str, warmup_runs: int, duration_s: float, min_runs: int = 1,
+def time_calls(call, *, timer: str, warmup_s: float, duration_s: float, iterations: int = 1,
                max_runs: int = 100_000, device: str = "cuda") -> list:
-    """Run `call()` `warmup_runs` times untimed, then timed until `duration_s` of wall time has passed and at
-    least `min_runs` ran (at most `max_runs`). Returns the latencies in milliseconds. With `cuda_events`, the
-    events go on the current stream of `device`, where the torch runners enqueue their work."""
-    for _ in range(warmup_runs):
+    """Warm up with untimed calls for `warmup_s` seconds (at least one call), then time calls until both at least
+    `iterations` ran and `duration_s` seconds of wall time passed, whichever is longer (at most `max_runs`: a
+    cap on memory, not a convention). Returns the latencies in milliseconds. With `cuda_events`, the events go on
+    the current stream of `device`, where the torch runners enqueue their work."""
+    warmup_end = time.perf_counter_ns() + int(warmup_s * 1e9)
+    call()
+    while time.perf_counter_ns() < warmup_end:
         call()
     if timer == "cuda_events":
         import torch
 
         with torch.cuda.device(torch.device(device)):
-            return _time_cuda(call, duration_s, min_runs, max_runs)
+            return _time_cuda(call, duration_s, iterations, max_runs)
     samples = []
     deadline = time.perf_counter_ns() + int(duration_s * 1e9)
-    while len(samples) < max_runs and (len(samples) < min_runs or time.perf_counter_ns() < deadline):
-        start = time.perf_counter_ns()
-        call()
-        samples.append((time.perf_counter_ns() - start) / 1e6)
+    while len(samples) < max_runs and (len(samples) < iterations or time.perf_counter_ns() < deadline):
+        samples.append(host_call_ms(call))
     return samples
 
 
-def _time_cuda(call, duration_s: float, min_runs: int, max_runs: int) -> list:
+def host_call_ms(call) -> float:
+    """Milliseconds of one `call()` on the host clock (`perf_counter_ns`), the timer of every host-side run."""
+    start = time.perf_counter_ns()
+    call()
+    return (time.perf_counter_ns() - start) / 1e6
+
+
+def _time_cuda(call, duration_s: float, iterations: int, max_runs: int) -> list:
     import torch
 
     from htkernels.timing import cuda_event_ms
@@ -85,7 +128,7 @@ def _time_cuda(call, duration_s: float, min_runs: int, max_runs: int) -> list:
     torch.cuda.synchronize()
     samples = []
     deadline = time.perf_counter_ns() + int(duration_s * 1e9)
-    while len(samples) < max_runs and (len(samples) < min_runs or time.perf_counter_ns() < deadline):
+    while len(samples) < max_runs and (len(samples) < iterations or time.perf_counter_ns() < deadline):
         samples.append(cuda_event_ms(call))
     return samples
 
@@ -189,8 +232,8 @@ def gemm_rate(precision: str, device: str = "cpu", size: int | None = None, dura
     b = torch.randn(size, size, generator=generator).to(device=device, dtype=dtype)
     timer = "cuda_events" if device.startswith("cuda") else "perf_counter_ns"
     with torch.inference_mode():
-        samples = time_calls(lambda: torch.matmul(a, b), timer=timer, warmup_runs=1, duration_s=duration_s,
-                             min_runs=3, device=device)
+        samples = time_calls(lambda: torch.matmul(a, b), timer=timer, warmup_s=0.0, duration_s=duration_s,
+                             iterations=3, device=device)
     median_ms, min_ms = float(np.median(samples)), float(np.min(samples))
     flops = 2.0 * size ** 3
     return {"precision": precision, "size": size, "runs": len(samples), "median_ms": median_ms, "min_ms": min_ms,

@@ -6,14 +6,16 @@ import json
 from pathlib import Path
 
 from ..errors import HTError
+from .measure import percentile_key
 
 SCHEMA_PATH = Path(__file__).resolve().parents[1] / "data" / "bench_schema.json"
 
-COLUMNS = ("backend", "prec", "batch", "median ms", "p90 ms", "p99 ms", "max ms", "runs", "frames/s", "x eager",
-           "x compiled", "GFLOP/s", "% GEMM", "peak MiB", "1st load s", "max rel err")
+HEAD_COLUMNS = ("backend", "prec", "batch")
+TAIL_COLUMNS = ("runs", "timer", "frames/s", "x eager", "x compiled", "GFLOP/s", "% GEMM", "peak MiB", "1st load s",
+                "max rel err")
 
 
-FRAME_COLUMNS = ("backend", "prec", "batch", "frame", "path", "e2e ms", "e2e p99", "pre ms", "infer ms", "post ms",
+FRAME_COLUMNS = ("backend", "prec", "batch", "frame", "path", "e2e ms", "e2e {tail}", "pre ms", "infer ms", "post ms",
                  "x forward", "timers (e2e/pre/infer/post)")
 TIMER_NAMES = {"perf_counter_ns": "host", "cuda_events": "device", None: "-"}
 
@@ -22,12 +24,24 @@ def load_schema() -> dict:
     return json.loads(SCHEMA_PATH.read_text())
 
 
+def percentile_keys(report: dict) -> list:
+    """The latency keys of the requested percentiles, in the order asked for ("p50_ms", "p99_ms", ...)."""
+    return [percentile_key(p) for p in report["settings"]["percentiles"]]
+
+
+def columns(report: dict) -> tuple:
+    """The table's columns: min, mean, each requested percentile and max latency between the case and the rest."""
+    latency = ["min ms", "mean ms"] + [f"{key[:-3]} ms" for key in percentile_keys(report)] + ["max ms"]
+    return HEAD_COLUMNS + tuple(latency) + TAIL_COLUMNS
+
+
 def _num(value, fmt: str) -> str:
     return "-" if value is None else format(value, fmt)
 
 
 def table_rows(report: dict) -> list:
     rows = []
+    keys = percentile_keys(report)
     for case in report["cases"]:
         name = case["backend"] + {"eager": " (eager)", "compiled": ""}.get(case["role"], "")
         head = [name, case["precision"], str(case["batch"])]
@@ -36,9 +50,9 @@ def table_rows(report: dict) -> list:
             continue
         lat = case["latency_ms"]
         peak = case["peak_memory_bytes"]
-        rows.append(head + [
-            _num(lat["median_ms"], ".2f"), _num(lat["p90_ms"], ".2f"), _num(lat["p99_ms"], ".2f"),
-            _num(lat["max_ms"], ".2f"), str(lat["runs"]), _num(case["throughput_fps"], ".2f"),
+        latency = [lat["min_ms"], lat["mean_ms"]] + [lat[key] for key in keys] + [lat["max_ms"]]
+        rows.append(head + [_num(value, ".2f") for value in latency] + [
+            str(lat["runs"]), case["timer"], _num(case["throughput_fps"], ".2f"),
             _num(case["speedup_vs_eager"], ".2f"), _num(case["speedup_vs_compiled"], ".2f"),
             _num(case["gflops_per_s"], ".1f"),
             _num(None if case["gemm_fraction"] is None else 100 * case["gemm_fraction"], ".1f"),
@@ -49,21 +63,27 @@ def table_rows(report: dict) -> list:
 
 
 def format_table(report: dict) -> str:
-    """The report as a fixed-width table; cases without timings show their status and why in one cell."""
+    """The report as a fixed-width table; cases without timings show their status and why in one cell. The
+    report's `warnings` follow it, one line each."""
+    names = columns(report)
     rows = table_rows(report)
-    full = [row for row in rows if len(row) == len(COLUMNS)]
-    widths = [max([len(c)] + [len(row[i]) for row in full]) for i, c in enumerate(COLUMNS)]
-    lines = ["  ".join(c.rjust(w) if i > 2 else c.ljust(w) for i, (c, w) in enumerate(zip(COLUMNS, widths)))]
+    full = [row for row in rows if len(row) == len(names)]
+    widths = [max([len(c)] + [len(row[i]) for row in full]) for i, c in enumerate(names)]
+    lines = ["  ".join(c.rjust(w) if i > 2 else c.ljust(w) for i, (c, w) in enumerate(zip(names, widths)))]
     lines.append("  ".join("-" * w for w in widths))
     for row in rows:
-        cells = [cell.rjust(widths[i]) if 2 < i < len(COLUMNS) - 1 else cell.ljust(widths[i])
-                 for i, cell in enumerate(row[:3])]
+        cells = [cell.ljust(widths[i]) for i, cell in enumerate(row[:3])]
         rest = row[3:]
-        if len(row) == len(COLUMNS):
+        if len(row) == len(names):
             cells += [cell.rjust(widths[3 + i]) for i, cell in enumerate(rest)]
         else:
             cells += rest
         lines.append("  ".join(cells).rstrip())
+    lines += [f"warning: {warning['message']}" for warning in report["warnings"]]
+    if report["third_party_warnings"]:
+        count = sum(entry["count"] for entry in report["third_party_warnings"])
+        lines.append(f"note: {count} warnings of the libraries underneath were kept off the console "
+                     f"(third_party_warnings in --json)")
     return "\n".join(lines)
 
 
@@ -71,9 +91,16 @@ def _stage(stats: dict | None, fused: bool) -> str:
     return "fused" if fused else _num(None if stats is None else stats["median_ms"], ".2f")
 
 
+def frame_columns(report: dict) -> tuple:
+    tail = percentile_key(max(report["settings"]["percentiles"]))[:-3]
+    return tuple(column.format(tail=tail) for column in FRAME_COLUMNS)
+
+
 def frame_rows(report: dict) -> list:
-    """One row per case x frame size: uint8 frames in, results out (median ms), split into pre / infer / post."""
+    """One row per case x frame size: uint8 frames in, results out (median ms and the highest requested
+    percentile, "e2e p99" by default), split into pre / infer / post."""
     rows = []
+    tail = percentile_key(max(report["settings"]["percentiles"]))
     for case in report["cases"]:
         for entry in case["frames"]:
             head = [case["backend"], case["precision"], str(case["batch"]), f"{entry['height']}x{entry['width']}",
@@ -83,7 +110,7 @@ def frame_rows(report: dict) -> list:
                 continue
             e2e, timers, fused = entry["end_to_end_ms"], entry["timers"], entry["fused_into_infer"]
             rows.append(head + [
-                _num(e2e["median_ms"], ".2f"), _num(e2e["p99_ms"], ".2f"),
+                _num(e2e["median_ms"], ".2f"), _num(e2e[tail], ".2f"),
                 _stage(entry["pre_ms"], "preprocess" in fused), _stage(entry["infer_ms"], False),
                 _stage(entry["post_ms"], "postprocess" in fused), _num(entry["end_to_end_vs_forward"], ".2f"),
                 "/".join(TIMER_NAMES[timers[key]] for key in ("end_to_end", "pre", "infer", "post"))])
@@ -95,9 +122,10 @@ def format_frames_table(report: dict) -> str:
     rows = frame_rows(report)
     if not rows:
         return ""
-    full = [row for row in rows if len(row) == len(FRAME_COLUMNS)]
-    widths = [max([len(c)] + [len(row[i]) for row in full]) for i, c in enumerate(FRAME_COLUMNS)]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(FRAME_COLUMNS, widths)), "  ".join("-" * w for w in widths)]
+    names = frame_columns(report)
+    full = [row for row in rows if len(row) == len(names)]
+    widths = [max([len(c)] + [len(row[i]) for row in full]) for i, c in enumerate(names)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(names, widths)), "  ".join("-" * w for w in widths)]
     for row in rows:
         lines.append("  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row[:len(FRAME_COLUMNS)])).rstrip())
     return "\n".join(lines)
@@ -129,6 +157,7 @@ def format_markdown(report: dict) -> str:
               else f"{machine['cpu']['model']}, {machine['cpu']['logical_cores']} logical cores, "
                    f"{machine['cpu']['torch_threads']} torch threads")
     gemm = ", ".join(f"{k} {v['gflops']:.0f}" for k, v in report["gemm"].items())
+    tail = percentile_key(max(report["settings"]["percentiles"]))
     lines = [
         f"Measured {machine['date']} on {device}; torch {machine['libraries']['torch']}, git "
         f"{str(machine['git']['sha'])[:10]}{' (dirty)' if machine['git']['dirty'] else ''}, 1-minute load average "
@@ -138,8 +167,8 @@ def format_markdown(report: dict) -> str:
         f"({flops['reference']['total'] / 1e9:.2f} as the reference runs it). GEMM peak measured in the same run "
         f"(GFLOP/s): {gemm}.",
         "",
-        "| backend | precision | batch | median ms | p99 ms | frames/s | × eager | × torch.compile | % GEMM peak "
-        "| peak MiB | first load s | max rel. error |",
+        f"| backend | precision | batch | median ms | {tail[:-3]} ms | frames/s | × eager | × torch.compile "
+        "| % GEMM peak | peak MiB | first load s | max rel. error |",
         "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for case in report["cases"]:
@@ -152,7 +181,7 @@ def format_markdown(report: dict) -> str:
         lat, peak, fraction = case["latency_ms"], case["peak_memory_bytes"], case["gemm_fraction"]
         lines.append(" | ".join([
             f"| {name}", case["precision"], str(case["batch"]), _num(lat["median_ms"], ".1f"),
-            _num(lat["p99_ms"], ".1f"), _num(case["throughput_fps"], ".2f"), _num(case["speedup_vs_eager"], ".2f"),
+            _num(lat[tail], ".1f"), _num(case["throughput_fps"], ".2f"), _num(case["speedup_vs_eager"], ".2f"),
             _num(case["speedup_vs_compiled"], ".2f"), _num(None if fraction is None else 100 * fraction, ".0f"),
             _num(None if peak is None else peak / 2**20, ".0f"), _num(case["first_load_s"], ".1f"),
             _num(case["max_rel_error"], ".1e")]) + " |")
@@ -160,7 +189,7 @@ def format_markdown(report: dict) -> str:
     if rows:
         lines += ["", "Frame path (uint8 frames in, results out; decode excluded), median ms at each batch; "
                       "timers: host = host clock, device = CUDA events.", "",
-                  "| " + " | ".join(FRAME_COLUMNS) + " |", "|" + "---|" * 3 + "---|---|" + "---:|" * 6 + "---|"]
+                  "| " + " | ".join(frame_columns(report)) + " |", "|" + "---|" * 3 + "---|---|" + "---:|" * 6 + "---|"]
         for row in rows:
             cells = [cell.replace("|", "/") for cell in row]
             lines.append("| " + " | ".join(cells) + " |" * (len(FRAME_COLUMNS) - len(cells) + 1))
@@ -188,6 +217,25 @@ def write_json(report: dict, path: Path) -> None:
     from ..fileio import atomic_write
 
     text = json.dumps(report, indent=2, allow_nan=False) + "\n"
+    atomic_write(Path(path), lambda tmp: tmp.write_text(text))
+
+
+TIMES_SCHEMA = "ht-engine-bench-times"
+
+
+def times_document(report: dict) -> dict:
+    """Every timed sample of every case (`--export-times`): per case its latencies in ms and the timer that took
+    them, the raw data behind the report's statistics (trtexec's --exportTimes)."""
+    return {"schema": TIMES_SCHEMA, "schema_version": 1, "command": report["command"],
+            "cases": [{"backend": case["backend"], "precision": case["precision"], "batch": case["batch"],
+                       "role": case["role"], "status": case["status"], "timer": case["timer"],
+                       "samples_ms": case["samples_ms"]} for case in report["cases"]]}
+
+
+def write_times(report: dict, path: Path) -> None:
+    from ..fileio import atomic_write
+
+    text = json.dumps(times_document(report), indent=1, allow_nan=False) + "\n"
     atomic_write(Path(path), lambda tmp: tmp.write_text(text))
 
 

@@ -7,8 +7,16 @@ here. A precision a backend does not run (`BackendError`) is reported as `unsupp
 
 Per (backend, precision): load once (`load_s`). Per batch: the first call (`first_call_s`, where lazy compilers
 compile; `first_load_s = load_s + first_call_s`), whose output gives the correctness column (max relative error
-to the eager reference on the same inputs), then warm-up runs and timed runs of the backend's runner on a batch
-already on the device. Peak memory covers that batch's runs (weights included).
+to the eager reference on the same inputs), then `warmup_s` seconds of untimed runs (at least one) and timed runs
+of the backend's runner on a batch already on the device until both `iterations` ran and `duration_s` passed
+(trtexec's and perf_analyzer's conventions, see docs/bench.md). Peak memory covers that batch's runs (weights
+included). Python warnings and log records of the libraries underneath are counted into the report
+(`third_party_warnings`, see `capture.py`) instead of printed between the progress lines.
+
+`warnings` lists what makes numbers less trustworthy: a percentile resting on fewer runs than
+`measure.samples_needed` asks for, and a 1-minute load average above the logical cores at the start or end.
+`gpu_split_ms` (host-to-device copy / compute / device-to-host copy, trtexec's "Host Latency" vs "GPU Compute")
+is in the schema for artifact runtimes on a GPU; no runner reports it yet, so it is null.
 
 With frame sizes (`frames`), each timed case also measures what a user feels at that batch: uint8 frames in,
 masks (or probabilities) out through `Predictor.predict` (decode excluded), and the same path split into its three
@@ -22,6 +30,7 @@ from __future__ import annotations
 
 import gc
 import math
+import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -30,12 +39,23 @@ import numpy as np
 
 from ..backends import BACKEND_MODULES, backend_status
 from ..errors import BackendError, HTError, InputError, PackageError
+from .capture import ThirdPartyWarnings
 from .flops import count_flops
 from .machine import machine_info
-from .measure import LatencyStats, PeakMemory, gemm_rate, relative_error, throughput_fps, time_calls, timer_kind
+from .measure import (
+    DEFAULT_PERCENTILES,
+    LatencyStats,
+    PeakMemory,
+    gemm_rate,
+    relative_error,
+    short_percentiles,
+    throughput_fps,
+    time_calls,
+    timer_kind,
+)
 
 SCHEMA_NAME = "ht-engine-bench"
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 HOST_TIMER = "perf_counter_ns"
 EAGER = "reference"
 COMPILED = "compiled-reference"
@@ -51,9 +71,10 @@ class BenchOptions:
     precisions: list = field(default_factory=lambda: ["fp32"])
     batches: list = field(default_factory=lambda: [1])
     device: str = "cpu"
-    duration_s: float = 2.0
-    warmup_runs: int = 1
-    min_runs: int = 3
+    duration_s: float = 2.0  # timed runs last at least this long ...
+    iterations: int = 3  # ... and number at least this many
+    warmup_s: float = 0.2  # seconds of untimed runs before them (at least one run)
+    percentiles: list = field(default_factory=lambda: list(DEFAULT_PERCENTILES))
     compiled_baseline: bool = True
     time_limit_s: float | None = None
     seed: int = 0
@@ -71,7 +92,8 @@ def _case(backend: str, precision: str, batch: int, role: str, status: str = "ok
             "message": message, "load_s": None, "first_call_s": None, "first_load_s": None, "timer": None,
             "latency_ms": None, "samples_ms": [], "throughput_fps": None, "peak_memory_bytes": None,
             "memory_kind": None, "max_rel_error": None, "speedup_vs_eager": None, "speedup_vs_compiled": None,
-            "gflops_per_s": None, "gemm_fraction": None, "gemm_precision": None, "frames": []}
+            "gflops_per_s": None, "gemm_fraction": None, "gemm_precision": None, "gpu_split_ms": None,
+            "frames": []}
 
 
 def _frame_case(height: int, width: int, frame_path: str | None, status: str = "ok", message: str = "") -> dict:
@@ -107,6 +129,7 @@ class _Suite:
         self.cases: list = []
         self.reference_outputs: dict = {}
         self.inputs: dict = {}
+        self.third_party = ThirdPartyWarnings()
 
     def out_of_time(self) -> bool:
         limit = self.options.time_limit_s
@@ -131,6 +154,10 @@ class _Suite:
             self.skipped_all(backend, precision, role, "skipped", self.time_limit_message())
             return
         self.progress(f"{backend} {precision}: loading")
+        with self.third_party.capture():
+            self.load_and_measure(backend, precision, role, make_predictor)
+
+    def load_and_measure(self, backend: str, precision: str, role: str, make_predictor) -> None:
         memory = PeakMemory(self.device)
         start = time.perf_counter()
         try:
@@ -193,8 +220,8 @@ class _Suite:
             del output
             timer = timer_kind(self.device, runner.uses_torch)
             with torch.inference_mode():
-                samples = time_calls(call, timer=timer, warmup_runs=self.options.warmup_runs,
-                                     duration_s=self.options.duration_s, min_runs=self.options.min_runs,
+                samples = time_calls(call, timer=timer, warmup_s=self.options.warmup_s,
+                                     duration_s=self.options.duration_s, iterations=self.options.iterations,
                                      device=self.device)
         except HTError as exc:
             case.update(status="error", message=f"{type(exc).__name__}: {exc}")
@@ -204,7 +231,7 @@ class _Suite:
             return case
         case["peak_memory_bytes"] = memory.peak()
         case["memory_kind"] = memory.kind
-        stats = LatencyStats.from_samples(samples)
+        stats = LatencyStats.from_samples(samples, self.options.percentiles)
         case.update(timer=timer, latency_ms=stats.to_dict(), samples_ms=[round(s, 4) for s in samples],
                     throughput_fps=throughput_fps(batch, samples))
         case["gflops_per_s"] = self.flops_per_frame * case["throughput_fps"] / 1e9
@@ -233,9 +260,9 @@ class _Suite:
         options = self.options
 
         def timed(call, timer: str = HOST_TIMER) -> dict:
-            samples = time_calls(call, timer=timer, warmup_runs=options.warmup_runs, duration_s=options.duration_s,
-                                 min_runs=options.min_runs, device=self.device)
-            return LatencyStats.from_samples(samples).to_dict()
+            samples = time_calls(call, timer=timer, warmup_s=options.warmup_s, duration_s=options.duration_s,
+                                 iterations=options.iterations, device=self.device)
+            return LatencyStats.from_samples(samples, options.percentiles).to_dict()
 
         try:
             predictor.predict(frames, batch_size=batch)  # first call: lazy allocations, not timed
@@ -357,6 +384,36 @@ def add_speedups(cases: list) -> None:
                 case[f"speedup_vs_{role}"] = reference / median
 
 
+def sample_warnings(cases: list) -> list:
+    """One warning per timed case whose percentiles rest on too few runs (`measure.samples_needed`)."""
+    found = []
+    for case in cases:
+        stats = case["latency_ms"]
+        if stats is None:
+            continue
+        short = short_percentiles(stats)
+        if short:
+            needs = ", ".join(f"{key[:-3]} needs {need}" for key, need in short)
+            found.append({"kind": "few_samples", "backend": case["backend"], "precision": case["precision"],
+                          "batch": case["batch"],
+                          "message": f"{case['backend']} {case['precision']} batch {case['batch']}: "
+                                     f"{stats['runs']} timed runs ({needs}; raise --iterations or --duration)"})
+    return found
+
+
+def load_warning(when: str) -> list:
+    """A warning when the 1-minute load average exceeds the logical cores: other work shares the machine."""
+    cores = os.cpu_count()
+    if not hasattr(os, "getloadavg") or cores is None:
+        return []
+    load = os.getloadavg()[0]
+    if load <= cores:
+        return []
+    return [{"kind": "load_average", "backend": None, "precision": None, "batch": None,
+             "message": f"1-minute load average {load:.1f} at the {when} of the run exceeds the {cores} logical "
+                        f"cores: other work competes for the CPU and the timings are slower and noisier"}]
+
+
 def _fmt_err(value) -> str:
     return "n/a" if value is None else f"{value:.2e}"
 
@@ -398,6 +455,12 @@ def run_bench(options: BenchOptions, progress=_noop, command: str | None = None)
     for batch in options.batches:
         if batch < 1:
             raise BackendError(f"batch sizes must be >= 1, got {batch}")
+    if not options.percentiles or not all(0 < p <= 100 for p in options.percentiles):
+        raise InputError(f"percentiles must be numbers in (0, 100], got {options.percentiles}")
+    if options.iterations < 1 or options.warmup_s < 0 or options.duration_s < 0:
+        raise InputError(f"iterations must be >= 1 and warmup/duration >= 0 s, got {options.iterations}, "
+                         f"{options.warmup_s}, {options.duration_s}")
+    started_loaded = load_warning("start")
     suite = _Suite(options, progress)
     package = load_package(package_path)
     if artifact is not None and artifact.get("package_sha256") not in (None, package.sha256):
@@ -435,6 +498,8 @@ def run_bench(options: BenchOptions, progress=_noop, command: str | None = None)
         "gemm": suite.gemm,
         "cases": suite.run(package_path, artifact),
     }
+    report["warnings"] = started_loaded + sample_warnings(report["cases"]) + load_warning("end")
+    report["third_party_warnings"] = suite.third_party.to_list()
     report["settings"]["torch_threads"] = torch.get_num_threads()
     report["wall_s"] = time.perf_counter() - suite.started
     return report

@@ -3,6 +3,7 @@ the eager reference and `torch.compile` of it, as a console table, JSON (engine/
 
 from __future__ import annotations
 
+import argparse
 import shlex
 import sys
 import tempfile
@@ -26,49 +27,77 @@ def _csv(kind):
     return parse
 
 
+def percentiles(text: str) -> list:
+    """`50,90,99.9` -> `[50.0, 90.0, 99.9]`, each in (0, 100]."""
+    parse = real(0.0, 100.0, "percentile", low_open=True)
+    values = [parse(item.strip()) for item in text.split(",") if item.strip()]
+    if not values:
+        raise argparse.ArgumentTypeError("empty percentile list; expected e.g. 50,90,95,99")
+    return values
+
+
+percentiles.__name__ = "comma-separated percentiles"
+
+
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
         "bench", help="benchmark every backend x precision x batch against the eager and compiled reference",
-        description="Measure latency (median/p90/p99/max), throughput, peak memory, first-load time, FLOP rate and "
-                    "max error to the reference for each backend x precision x batch, next to the eager reference "
-                    "and torch.compile(reference) in the same process. Defaults finish in about 2-3 minutes on a "
-                    "2-core CPU.")
+        description="Measure latency (min/mean/max and the --percentiles), throughput, peak memory, first-load "
+                    "time, FLOP rate and max error to the reference for each backend x precision x batch, next to "
+                    "the eager reference and torch.compile(reference) in the same process. Timed runs per case "
+                    "follow trtexec and perf_analyzer: --warmup seconds untimed, then at least --iterations runs "
+                    "and at least --duration seconds, whichever is longer. Defaults finish in about 2-3 minutes "
+                    "on a 2-core CPU.")
     parser.add_argument("artifact", nargs="?", type=Path,
                         help=".htpkg package or built artifact directory (default: a seeded random package of "
                              "--arch/--task)")
     parser.add_argument("--arch", choices=sorted(ARCHS), default=None,
                         help=f"benchmark a seeded random package of this arch (default {DEFAULT_ARCH})")
     parser.add_argument("--task", choices=("seg", "cls"), default=None, help=f"with --arch (default {DEFAULT_TASK})")
-    parser.add_argument("--num-classes", type=class_count, default=2, help="with --arch (default 2)")
+    parser.add_argument("--num-classes", type=class_count, default=2, help="with --arch (default %(default)s)")
     parser.add_argument("--filter", dest="filter_kind", choices=("channel", "spectral"), default="channel",
-                        help="with --arch: the adapters' frequency filter (default channel)")
+                        help="with --arch: the adapters' frequency filter (default %(default)s)")
     parser.add_argument("--package", type=Path, default=None,
                         help="for an artifact source: the package it was built from (baselines, correctness)")
     parser.add_argument("--backends", type=_csv("backend"), default=None,
                         help="comma-separated backends (default: every registered backend; those that cannot run "
                              "on --device are listed as unsupported)")
-    parser.add_argument("--precisions", type=_csv("precision"), default=["fp32"],
+    parser.add_argument("--precisions", type=_csv("precision"), default="fp32",
                         help="comma-separated precisions tried on every backend, e.g. fp32,bf16,fp16,int8 "
-                             "(default fp32); a backend that lacks one reports it as unsupported")
-    parser.add_argument("--batch", type=_csv("batch"), default=[1], help="comma-separated batch sizes (default 1)")
-    parser.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default cpu)")
-    parser.add_argument("--frames", type=frame_sizes, default=[], metavar="HxW[,HxW...]",
+                             "(default %(default)s); a backend that lacks one reports it as unsupported")
+    parser.add_argument("--batch", type=_csv("batch"), default="1",
+                        help="comma-separated batch sizes (default %(default)s)")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default %(default)s)")
+    parser.add_argument("--frames", type=frame_sizes, default=None, metavar="HxW[,HxW...]",
                         help="also measure each case end to end at these frame sizes: uint8 frames in, masks or "
                              "probabilities out (decode excluded), split into pre / infer / post")
+    parser.add_argument("--iterations", type=integer(1, 1_000_000, "a run count"), default=3,
+                        help="timed runs per case at least (trtexec --iterations; default %(default)s)")
     parser.add_argument("--duration", type=seconds, default=2.0,
-                        help="seconds of timed runs per case after warm-up (default 2; at least --min-runs run)")
-    parser.add_argument("--warmup", type=integer(0, 10_000, "a run count"), default=1, help="untimed runs per case after the first call (default 1)")
-    parser.add_argument("--min-runs", type=integer(1, 1_000_000, "a run count"), default=3, help="timed runs per case at least (default 3)")
+                        help="seconds of timed runs per case at least (trtexec --duration); with --iterations, "
+                             "whichever takes longer (default %(default)s)")
+    parser.add_argument("--warmup", type=seconds, default=0.2,
+                        help="seconds of untimed runs per case before the timed ones, at least one run (trtexec "
+                             "--warmUp, in seconds here; default %(default)s)")
+    parser.add_argument("--percentiles", type=percentiles, default="50,90,95,99",
+                        help="comma-separated latency percentiles in (0, 100] the report and the table show, next "
+                             "to min/mean/max (trtexec --percentile; default %(default)s); a percentile p from "
+                             "fewer than 10 / (1 - p/100) timed runs is flagged")
     parser.add_argument("--no-compile", dest="compiled_baseline", action="store_false",
                         help="skip the torch.compile(reference) baseline")
     parser.add_argument("--time-limit", type=real(0.0, 86400.0, "duration (s)"), default=120.0,
                         help="seconds after which backends not yet loaded (and further batch sizes) are reported "
-                             "as skipped, so that the defaults end in about 3 minutes (default 120; 0: no limit)")
+                             "as skipped, so that the defaults end in about 3 minutes (default %(default)s; "
+                             "0: no limit)")
     # Three float32 n x n matrices: 16384 is 3 GiB, more than any cache-relevant size needs.
     parser.add_argument("--gemm-size", type=integer(1, 16384, "a matrix side"), default=None,
                         help="side of the square matmul that measures the GEMM peak (default 1024 CPU, 4096 GPU)")
-    parser.add_argument("--seed", type=seed, default=0, help="seed of the inputs (and of a generated package)")
+    parser.add_argument("--seed", type=seed, default=0,
+                        help="seed of the inputs (and of a generated package) (default %(default)s)")
     parser.add_argument("--json", type=Path, default=None, help="write the report as JSON here")
+    parser.add_argument("--export-times", type=Path, default=None, metavar="FILE",
+                        help="write every timed sample here as JSON: per case its latencies in ms and the timer "
+                             "(trtexec --exportTimes)")
     parser.add_argument("--markdown", type=Path, default=None,
                         help="write the table as a Markdown section (machine, command, results) here")
     parser.add_argument("--plot", type=Path, default=None,
@@ -91,11 +120,12 @@ def _generated_package(args, directory: Path) -> Path:
 
 def run(args) -> int:
     from ..bench import BenchOptions, format_header, format_table, run_bench, validate_report, write_json, write_plot
-    from ..bench.report import ReportError, format_frames_table, format_markdown
+    from ..bench.report import ReportError, format_frames_table, format_markdown, write_times
     from ..errors import InputError
     from ..fileio import check_output_file
 
-    for option, path in (("--json", args.json), ("--markdown", args.markdown), ("--plot", args.plot)):
+    for option, path in (("--json", args.json), ("--export-times", args.export_times), ("--markdown", args.markdown),
+                         ("--plot", args.plot)):
         if path is not None:
             check_output_file(path, option)
     if args.artifact is not None and (args.arch or args.task):
@@ -115,9 +145,10 @@ def run(args) -> int:
             source = _generated_package(args, Path(scratch))
         options = BenchOptions(source=source, package=args.package, backends=args.backends,
                                precisions=args.precisions, batches=args.batch, device=args.device,
-                               duration_s=args.duration, warmup_runs=args.warmup, min_runs=args.min_runs,
-                               compiled_baseline=args.compiled_baseline, seed=args.seed, gemm_size=args.gemm_size,
-                               time_limit_s=args.time_limit or None, frames=args.frames)
+                               duration_s=args.duration, iterations=args.iterations, warmup_s=args.warmup,
+                               percentiles=args.percentiles, compiled_baseline=args.compiled_baseline,
+                               seed=args.seed, gemm_size=args.gemm_size, time_limit_s=args.time_limit or None,
+                               frames=args.frames or [])
         report = run_bench(options, progress=lambda message: print(message, flush=True), command=command)
     print()
     print(format_header(report))
@@ -136,6 +167,9 @@ def run(args) -> int:
             print(f"note: {exc}; writing the report unvalidated", file=sys.stderr)
         write_json(report, args.json)
         print(f"report: {args.json}")
+    if args.export_times is not None:
+        write_times(report, args.export_times)
+        print(f"times: {args.export_times}")
     if args.markdown is not None:
         from ..fileio import atomic_write
 
