@@ -23,9 +23,10 @@ _PROC_CLEAR_REFS = Path("/proc/self/clear_refs")
 
 
 DEFAULT_PERCENTILES = (50.0, 90.0, 95.0, 99.0)
-# A percentile p rests on the samples above it: among 1 / (1 - p/100) samples one lies above it on average, and it
-# takes ten times that many before the estimate stops moving with every new run (p99: 1000 samples).
-SAMPLES_PER_TAIL = 10
+# A percentile p rests on the samples above it: among 1 / (1 - p/100) samples one lies above it on average. Fewer
+# than that and the reported "p99" is just the maximum of a handful of runs (p99: 100 samples, p90: 10), the rule
+# trtexec and perf_analyzer users expect a warning for.
+SAMPLES_PER_TAIL = 1
 
 
 def percentile_key(percentile: float) -> str:
@@ -50,7 +51,7 @@ def samples_needed(percentile: float) -> int | None:
     which every sample count gives exactly."""
     if percentile >= 100.0:
         return None
-    return math.ceil(round(SAMPLES_PER_TAIL / (1.0 - percentile / 100.0), 6))  # p99.9: 10000, not 10001
+    return math.ceil(round(SAMPLES_PER_TAIL / (1.0 - percentile / 100.0), 6))  # p99.9: 1000, not 1001
 
 
 @dataclass(frozen=True)
