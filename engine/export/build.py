@@ -14,12 +14,13 @@ from ..package import LoadedPackage, load_package
 from .aoti import AOTI_PRECISIONS
 from .manifest import ARTIFACT_BACKENDS, BatchRange, is_artifact_directory, make_manifest, write_manifest
 from .onnx_export import ARTIFACT_PRECISIONS as ONNX_PRECISIONS
+from .openvino import OPENVINO_PRECISIONS
 from .tensorrt import MODE_PRECISIONS
 
 DEFAULT_BATCH = BatchRange(1, 4, 16)
 # Every precision some writer builds (which ones a backend builds on a device: `check_precision`).
 BUILD_PRECISIONS = tuple(sorted({*ONNX_PRECISIONS, *AOTI_PRECISIONS["cpu"], *AOTI_PRECISIONS["cuda"],
-                                 *(p for mode in MODE_PRECISIONS.values() for p in mode)}))
+                                 *OPENVINO_PRECISIONS, *(p for mode in MODE_PRECISIONS.values() for p in mode)}))
 HEARTBEAT_S = 15.0
 ARTIFACT_WHAT = "a built artifact (a directory with an ht-engine manifest.json)"
 
@@ -79,11 +80,15 @@ def build_artifact(package, backend: str, precision: str, batch: BatchRange, out
             from .aoti import build_aoti
 
             artifact, extra = build_aoti(package, precision, batch, directory, progress, stage, device)
+        elif backend == "openvino":
+            from .openvino import build_openvino
+
+            artifact, extra = build_openvino(package, precision, batch, directory, progress, stage, device)
         else:
             from .tensorrt import build_tensorrt
 
             artifact, extra = build_tensorrt(package, precision, batch, directory, progress, stage, device)
-        tools = tool_versions(["ht-engine", "torch", "onnx", "onnxruntime", "onnxscript", "tensorrt"])
+        tools = tool_versions(["ht-engine", "torch", "onnx", "onnxruntime", "onnxscript", "tensorrt", "openvino"])
         manifest = make_manifest(backend=backend, precision=precision, batch=batch, config=config,
                                  package_sha256=package.sha256, artifact=artifact, directory=directory, tools=tools,
                                  extra=extra)
@@ -99,6 +104,8 @@ def check_precision(backend: str, precision: str, device: str) -> None:
         allowed = ONNX_PRECISIONS
     elif backend == "aoti":
         allowed = AOTI_PRECISIONS["cuda" if device.startswith("cuda") else "cpu"]
+    elif backend == "openvino":
+        allowed = OPENVINO_PRECISIONS
     else:
         return
     if precision not in allowed:
