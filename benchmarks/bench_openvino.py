@@ -55,7 +55,7 @@ def openvino_reference(model, example: torch.Tensor, precision: str, threads: in
 
     path = Path(tempfile.mkdtemp(prefix="ov-reference-")) / "reference.onnx"
     torch.onnx.export(model, (example,), str(path), dynamo=True, input_names=["images"],
-                      dynamic_shapes={"x": {0: torch.export.Dim("batch", min=1, max=64)}})
+                      dynamic_shapes={"images": {0: torch.export.Dim("batch", min=1, max=64)}})
     converted = openvino.convert_model(str(path))
     config = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": threads, "INFERENCE_PRECISION_HINT": precision}
     request = openvino.Core().compile_model(converted, "CPU", config).create_infer_request()
@@ -67,8 +67,9 @@ def openvino_reference(model, example: torch.Tensor, precision: str, threads: in
     return run
 
 
-def providers(package_path: Path, workdir: Path, threads: int, compile_reference: bool, batch_max: int) -> dict:
-    """name → callable(numpy batch) → numpy logits."""
+def providers(package_path: Path, workdir: Path, threads: int, compile_reference: bool, batch_max: int,
+              failures: dict) -> dict:
+    """name → callable(numpy batch) → numpy logits; a provider that cannot be made is recorded in `failures`."""
     package = load_package(package_path)
     reference = load_model(package.config, package.tensors).eval()
     bf16 = cpu_has_bf16()
@@ -85,7 +86,11 @@ def providers(package_path: Path, workdir: Path, threads: int, compile_reference
     if compile_reference:
         made["torch.compile(reference) fp32"] = torch_call(torch.compile(reference))
     for precision in ("f32", "bf16") if bf16 else ("f32",):
-        made[f"OpenVINO(reference) {precision}"] = openvino_reference(reference, example, precision, threads)
+        name = f"OpenVINO(reference) {precision}"
+        try:
+            made[name] = openvino_reference(reference, example, precision, threads)
+        except Exception as exc:  # noqa: BLE001 — any conversion failure is a result of this benchmark
+            failures[name] = f"{type(exc).__name__}: {str(exc)[-600:]}"
     for precision in ("fp32", "bf16") if bf16 else ("fp32",):
         predictor = Predictor.load(package_path, backend="optimized", precision=precision)
         made[f"ours optimized {precision}"] = predictor.forward
@@ -143,7 +148,8 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory(prefix="bench-openvino-") as tmp:
         workdir = Path(tmp)
         save_package(workdir / "model.htpkg", config, random_package_tensors(config, seed=0))
-        made = providers(workdir / "model.htpkg", workdir, args.threads, not args.quick, max(batches))
+        failures = {}
+        made = providers(workdir / "model.htpkg", workdir, args.threads, not args.quick, max(batches), failures)
         rows = []
         for batch in batches:
             x = synthetic_batch(config.preprocessing, batch, seed=100 * batch)
@@ -153,11 +159,14 @@ def main(argv=None) -> int:
               "model": {"arch": config.arch, "task": config.task, "width": config.width, "layers": config.layers,
                         "quick": args.quick},
               "threads": args.threads, "rounds": rounds, "cpu_features": cpu_features(), "machine": machine_info("cpu"),
-              "git": git_state(), "libraries": library_versions(), "rows": rows}
+              "git": git_state(), "libraries": library_versions(), "rows": rows,
+              "failed_providers": failures}
     atomic_write(args.out, lambda path: path.write_text(json.dumps(report, indent=2)))
     for row in rows:
         print(f"{row['provider']:<34} b{row['batch']}  {row['median_ms']:>9.2f} ms  [{row['p10_ms']:.1f}..{row['p90_ms']:.1f}]"
               f"  x{row['eager_over_this']:<6} err {row['relative_error']:.2e}  masks {row['mask_agreement']:.4f}")
+    for name, reason in failures.items():
+        print(f"{name}: could not be made: {reason.splitlines()[-1] if reason else ''}")
     print(f"cpu features: {report['cpu_features']}\nwrote {args.out}")
     return 0
 
