@@ -32,6 +32,7 @@ from engine import Predictor  # noqa: E402
 from engine.backends.reference import load_model  # noqa: E402
 from engine.bench.machine import git_state, library_versions, machine_info  # noqa: E402
 from engine.bench.measure import relative_error  # noqa: E402
+from engine.bench.openvino_anchor import openvino_reference  # noqa: E402
 from engine.config import ModelConfig  # noqa: E402
 from engine.export.build import build_artifact  # noqa: E402
 from engine.export.manifest import BatchRange  # noqa: E402
@@ -47,31 +48,12 @@ QUICK_MODEL = dict(width=192, layers=6, heads=3, head_dim=128, bottleneck=32, ex
 OUT = ROOT / "benchmarks" / "results" / "openvino-cpu.json"
 
 
-def openvino_reference(model, example: torch.Tensor, precision: str, threads: int):
-    """OpenVINO on the eager reference module (`convert_model` through its PyTorch frontend), as a CPU user would
-    deploy the authors' model. The IR keeps a dynamic batch; bf16 is the `INFERENCE_PRECISION_HINT`."""
-    import openvino
-
-    converted = openvino.convert_model(model, example_input=example)
-    converted.reshape({0: openvino.PartialShape([-1, *example.shape[1:]])})
-    config = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": threads, "INFERENCE_PRECISION_HINT": precision}
-    request = openvino.Core().compile_model(converted, "CPU", config).create_infer_request()
-
-    def run(x: np.ndarray) -> np.ndarray:
-        request.infer({0: x})
-        return request.get_output_tensor(0).data.copy()
-
-    return run
-
-
 def providers(package_path: Path, workdir: Path, threads: int, compile_reference: bool, batch_max: int,
               failures: dict) -> dict:
     """name → callable(numpy batch) → numpy logits; a provider that cannot be made is recorded in `failures`."""
     package = load_package(package_path)
     reference = load_model(package.config, package.tensors).eval()
     bf16 = cpu_has_bf16()
-    size = package.config.image_size
-    example = torch.rand(1, 3, size, size)
 
     def torch_call(module):
         def run(x):
@@ -82,10 +64,10 @@ def providers(package_path: Path, workdir: Path, threads: int, compile_reference
     made = {"reference eager fp32": torch_call(reference)}
     if compile_reference:
         made["torch.compile(reference) fp32"] = torch_call(torch.compile(reference))
-    for precision in ("f32", "bf16") if bf16 else ("f32",):
+    for precision in ("fp32", "bf16") if bf16 else ("fp32",):
         name = f"OpenVINO(reference) {precision}"
         try:
-            made[name] = openvino_reference(reference, example, precision, threads)
+            made[name] = openvino_reference(package_path, precision, threads).forward
         except Exception as exc:  # noqa: BLE001 — any conversion failure is a result of this benchmark
             failures[name] = f"{type(exc).__name__}: {str(exc)[-600:]}"
     for precision in ("fp32", "bf16") if bf16 else ("fp32",):

@@ -209,3 +209,17 @@ print("ok")
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300,
                           cwd=tmp_path)
     assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-3000:]
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_openvino_anchor_on_the_reference_model_matches_it(packages, name):
+    """The benchmark's CPU anchor (OpenVINO's conversion of the eager reference model) computes the reference."""
+    from engine.bench.openvino_anchor import openvino_reference
+
+    path, reference = packages[name]
+    anchor = openvino_reference(path, "fp32")
+    x = random_images(3, reference.cfg.image_size, seed=40)
+    with torch.no_grad():
+        expected = reference(x)
+    assert_relative(torch.from_numpy(anchor.forward(x.numpy())), expected, RELATIVE[torch.float32],
+                    f"openvino anchor {name}")
