@@ -223,3 +223,8 @@ def test_openvino_anchor_on_the_reference_model_matches_it(packages, name):
         expected = reference(x)
     assert_relative(torch.from_numpy(anchor.forward(x.numpy())), expected, RELATIVE[torch.float32],
                     f"openvino anchor {name}")
+
+
+def test_auto_on_an_artifact_runs_its_own_backend(artifacts):
+    predictor = Predictor.load(artifacts["cls", "fp32"].directory, backend="auto", precision="auto")
+    assert (predictor.backend, predictor.runner.precision, predictor.auto_choice) == ("openvino", "fp32", None)
