@@ -5,7 +5,7 @@
 
 Providers: the reference model eager and `torch.compile`d (skipped with --quick: minutes of compile on 2 cores),
 OpenVINO on the reference model (`openvino.convert_model` of the eager module; f32, and bf16 where the CPU has bf16
-units), our `optimized` backend fp32/bf16, our `openvino` artifact fp32/bf16, and ONNX Runtime on our ONNX artifact.
+units), our `optimized` backend fp32/bf16, our `openvino` artifact fp32/bf16/int8, and ONNX Runtime on our ONNX artifact.
 Timed round-robin (one call of each provider per round) so load changes on a shared machine hit all alike; reports
 median and spread (p10..p90) per batch, the ratio to eager, the relative error to the eager reference and the mask
 agreement with the fp32 reference on synthetic ultrasound frames, and the CPU's features (AVX-512 BF16, AMX, VNNI).
@@ -74,7 +74,8 @@ def providers(package_path: Path, workdir: Path, threads: int, compile_reference
         predictor = Predictor.load(package_path, backend="optimized", precision=precision)
         made[f"ours optimized {precision}"] = predictor.forward
     batch = BatchRange(1, 1, batch_max)
-    for backend, precision in [("openvino", "fp32")] + ([("openvino", "bf16")] if bf16 else []) + [("onnx", "fp32")]:
+    ours = [("openvino", "fp32")] + ([("openvino", "bf16")] if bf16 else []) + [("openvino", "int8"), ("onnx", "fp32")]
+    for backend, precision in ours:
         out = build_artifact(package, backend, precision, batch, workdir / f"{backend}-{precision}")
         made[f"ours {backend} artifact {precision}"] = Predictor.load(out).forward
     return made
@@ -118,6 +119,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="reduced model, batch 1, 5 rounds, no torch.compile")
     parser.add_argument("--rounds", type=int, default=15)
+    parser.add_argument("--no-compile", action="store_true", help="leave out torch.compile(reference)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", type=Path, default=OUT)
     args = parser.parse_args(argv)
@@ -128,13 +130,14 @@ def main(argv=None) -> int:
         workdir = Path(tmp)
         save_package(workdir / "model.htpkg", config, random_package_tensors(config, seed=0))
         failures = {}
-        made = providers(workdir / "model.htpkg", workdir, args.threads, not args.quick, max(batches), failures)
+        compile_reference = not (args.quick or args.no_compile)
+        made = providers(workdir / "model.htpkg", workdir, args.threads, compile_reference, max(batches), failures)
         rows = []
         for batch in batches:
             x = synthetic_batch(config.preprocessing, batch, seed=100 * batch)
             rows += summarize(*measure(made, x, rounds), batch)
     report = {"what": "OpenVINO on the reference model beside our backends (CPU, interleaved rounds)",
-              "command": "benchmarks/bench_openvino.py" + (" --quick" if args.quick else ""),
+              "command": " ".join(["benchmarks/bench_openvino.py", *(argv if argv is not None else sys.argv[1:])]),
               "model": {"arch": config.arch, "task": config.task, "width": config.width, "layers": config.layers,
                         "quick": args.quick},
               "threads": args.threads, "rounds": rounds, "cpu_features": cpu_features(), "machine": machine_info("cpu"),
