@@ -14,7 +14,7 @@ export HTK_CUDA_ARCHS
 $(STAMP): pyproject.toml constraints.txt setup.py $(wildcard csrc/*)
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt torch==2.13.0
-	$(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt -e ".[torch,dev,triton,artifacts,stream,bench,dicom,holoscan]"
+	$(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt -e ".[torch,dev,triton,artifacts,stream,bench,dicom,holoscan,openvino]"
 	touch $(STAMP)
 
 demo: $(STAMP)

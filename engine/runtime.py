@@ -90,6 +90,8 @@ class Predictor:
         self.source = source
         self.sha256 = sha256
         self.artifact_sha256 = artifact_sha256
+        # What `backend="auto"` picked and the table it picked from (`engine.autoselect.Choice.record()`), or None.
+        self.auto_choice = None
         limit_numpy_blas()
 
     def provenance(self) -> dict:
@@ -97,13 +99,16 @@ class Predictor:
         for every record of results (predictions.json, stream reports, bench)."""
         return {"engine_version": __version__, "backend": self.backend, "precision": self.runner.precision,
                 "device": self.runner.device, "source": str(self.source), "package_sha256": self.sha256,
-                "artifact_manifest_sha256": self.artifact_sha256, "threads": budget()}
+                "artifact_manifest_sha256": self.artifact_sha256, "threads": budget(),
+                **({"auto": self.auto_choice} if self.auto_choice is not None else {})}
 
     @classmethod
     def load(cls, path: str | Path, backend: str | None = None, device: str = "cpu", precision: str = "fp32", *,
              kernels: str | None = None) -> "Predictor":
         """Load a package or a built artifact directory. `backend=None` means `reference` for a package and the
-        artifact's own backend for an artifact. `kernels` picks the adapter kernels of `backend="optimized"`:
+        artifact's own backend for an artifact; `"auto"` the fastest usable one for a package (measured once per
+        machine, `engine.autoselect`; `precision="auto"` lets it pick the precision too) and the artifact's own for an
+        artifact. `kernels` picks the adapter kernels of `backend="optimized"`:
         "triton" (the default on CUDA when Triton is installed), "cuda" (the CUDA C++ kernels of htkernels._C) or
         "torch" (plain torch ops, the CPU path)."""
         path = Path(path)
@@ -111,6 +116,8 @@ class Predictor:
             raise BackendError(f"kernels={kernels!r} selects the adapter kernels of backend 'optimized'; "
                                f"backend {backend!r} has no kernel choice")
         if path.is_dir():
+            if backend == "auto":  # an artifact runs on its own backend, at the precision it was built for
+                backend, precision = None, "fp32" if precision == "auto" else precision
             artifact = open_artifact(path)
             name = artifact_backend(artifact, backend, precision)
             runner = _load_runner(name, artifact, device, artifact.manifest["precision"])
@@ -121,6 +128,8 @@ class Predictor:
                        artifact_sha256=artifact.manifest.get(DIGEST_KEY))
         if not path.exists():
             raise PackageError(f"{path} does not exist: expected a .htpkg package or a built artifact directory")
+        if backend == "auto":
+            return cls._load_auto(path, device, precision)
         name = backend or "reference"
         module = _usable_backend(name, device)
         package = load_package(path)
@@ -133,6 +142,27 @@ class Predictor:
         cfg = package.config
         return cls(runner, task=cfg.task, classes=cfg.classes, preprocessing=cfg.preprocessing,
                    image_size=cfg.image_size, backend=name, source=path, sha256=package.sha256)
+
+    @classmethod
+    def _load_auto(cls, path: Path, device: str, precision: str) -> "Predictor":
+        from .autoselect import choose
+
+        package = load_package(path)
+
+        def load(name: str, chosen_precision: str):
+            module = _usable_backend(name, device)
+            if name in ARTIFACT_BACKENDS:
+                source = build_temporary_artifact(package, name, chosen_precision, device)
+                return module.load(source, device, chosen_precision)
+            return module.load(package, device, chosen_precision)
+
+        choice = choose(package.config, device, precision, load)
+        runner = choice.runner or load(choice.backend, choice.precision)
+        cfg = package.config
+        predictor = cls(runner, task=cfg.task, classes=cfg.classes, preprocessing=cfg.preprocessing,
+                        image_size=cfg.image_size, backend=choice.backend, source=path, sha256=package.sha256)
+        predictor.auto_choice = choice.record()
+        return predictor
 
     @property
     def num_classes(self) -> int:

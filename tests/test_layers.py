@@ -28,6 +28,7 @@ LAYERS = (
     "export",
     "artifacts",
     "backends",
+    "autoselect",
     "runtime",
     "stream",
     "holoscan",

@@ -218,7 +218,7 @@ def test_refuses_wrong_backend_and_precision(artifacts):
 
 @pytest.mark.parametrize("field,value,message", [
     ("format_version", 99, "format version 99"),
-    ("backend", "openvino", "names backend 'openvino'"),
+    ("backend", "coreml", "names backend 'coreml'"),
     ("format", "something", "format 'something'"),
     ("batch", {"min": 4, "opt": 2, "max": 8}, "invalid batch range"),
 ])

@@ -80,7 +80,8 @@ def test_stream_command_errors_are_clear(tmp_path, package, capsys):
     assert json.loads(report.read_text())["processed"] == 1
 
 
-def test_demo_runs_and_says_where_its_files_are(tmp_path, capsys):
+def test_demo_runs_and_says_where_its_files_are(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("HT_ENGINE_CACHE", str(tmp_path / "cache"))
     out = tmp_path / "demo"
     assert main(["demo", "--out", str(out), "--frames", "12"]) == 0
     printed = capsys.readouterr().out
@@ -88,4 +89,4 @@ def test_demo_runs_and_says_where_its_files_are(tmp_path, capsys):
         assert (out / name).is_file() and str(out / name) in printed
     report = json.loads((out / "stream_report.json").read_text())
     assert report["policy"] == "latest" and report["frames_in"] == 12 and report["processed"] >= 1
-    assert report["backend"] in ("optimized", "reference")
+    assert report["backend"] in ("optimized", "openvino", "onnx") and report["auto"]["backend"] == report["backend"]

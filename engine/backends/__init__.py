@@ -13,6 +13,7 @@ BACKEND_MODULES = {
     "onnx": "engine.backends.onnx",
     "aoti": "engine.backends.aoti",
     "tensorrt": "engine.backends.tensorrt",
+    "openvino": "engine.backends.openvino",
 }
 
 

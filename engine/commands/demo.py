@@ -32,13 +32,6 @@ def register(subparsers) -> None:
     parser.set_defaults(handler=run)
 
 
-def best_backend(device: str = "cpu") -> str:
-    from ..backends import available_backends
-
-    backends = available_backends(device)
-    return "optimized" if "optimized" in backends else "reference"
-
-
 def dice(predicted: np.ndarray, truth: np.ndarray) -> float:
     """Dice of two boolean masks; 1.0 when both are empty (nothing to find, nothing found)."""
     total = int(predicted.sum()) + int(truth.sum())
@@ -82,10 +75,12 @@ def run(args) -> int:
     size = "ViT-B/16" if args.full else f"reduced ViT (width {config.width}, {config.layers} blocks)"
     print(f"1. wrote a seeded {args.arch} segmentation package, {size}: {package} (sha256 {sha[:12]}…)")
 
-    backend = best_backend("cpu")
-    predictor = Predictor.load(package, backend=backend, device="cpu")
+    predictor = Predictor.load(package, backend="auto", device="cpu")
     warm_up(predictor)
-    print(f"2. loaded it on the {backend!r} backend (CPU) and warmed it up")
+    picked = predictor.auto_choice
+    how = "measured the candidates now" if picked["measured_now"] else "the choice cached for this machine"
+    print(f"2. loaded it on the fastest CPU backend, {picked['backend']!r} at {picked['precision']} ({how}: "
+          f"{picked['table_ms']} ms), and warmed it up")
 
     cine = phantom_cine(args.frames, 480, 640, fps=args.fps, seed=1)
     cine_path = out / "phantom.mp4"

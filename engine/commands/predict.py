@@ -12,12 +12,14 @@ from .options import batch_size
 def add_load_options(parser) -> None:
     from ..backends import BACKEND_MODULES
 
-    parser.add_argument("--backend", default=None, choices=tuple(BACKEND_MODULES),
+    parser.add_argument("--backend", default=None, choices=(*BACKEND_MODULES, "auto"),
                         help="backend to run on, one of %(choices)s (default: reference for a package, the "
-                             "artifact's own for an artifact)")
+                             "artifact's own for an artifact; auto: the fastest usable one, measured once per "
+                             "machine)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default: %(default)s)")
     parser.add_argument("--precision", default="fp32",
-                        help="fp32, bf16, fp16 or int8 where the backend offers it; an artifact runs at the precision "
+                        help="fp32, bf16, fp16 or int8 where the backend offers it (auto: with --backend auto, the fastest "
+                             "precision too); an artifact runs at the precision "
                              "it was built for (default: %(default)s)")
 
 

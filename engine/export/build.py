@@ -14,15 +14,17 @@ from ..package import LoadedPackage, load_package
 from .aoti import AOTI_PRECISIONS
 from .manifest import ARTIFACT_BACKENDS, BatchRange, FrameSpec, is_artifact_directory, make_manifest, write_manifest
 from .onnx_export import ARTIFACT_PRECISIONS as ONNX_PRECISIONS
+from .openvino import OPENVINO_PRECISIONS
 from .tensorrt import MODE_PRECISIONS
 
 DEFAULT_BATCH = BatchRange(1, 4, 16)
 # Every precision some writer builds (which ones a backend builds on a device: `check_precision`).
 BUILD_PRECISIONS = tuple(sorted({*ONNX_PRECISIONS, *AOTI_PRECISIONS["cpu"], *AOTI_PRECISIONS["cuda"],
-                                 *(p for mode in MODE_PRECISIONS.values() for p in mode)}))
+                                 *OPENVINO_PRECISIONS, *(p for mode in MODE_PRECISIONS.values() for p in mode)}))
 # Frame artifacts keep the exact in-graph preprocessing in float32: ONNX and TensorRT build their fp32 graph only
-# (their fp16 graphs are converted op by op); AOTInductor's reduced precisions apply to the model inside.
-FRAME_PRECISIONS = {"onnx": ("fp32",), "tensorrt": ("fp32",)}
+# (their fp16 graphs are converted op by op); AOTInductor's reduced precisions apply to the model inside. OpenVINO
+# IR is built from tensor graphs only (its runner has no frame path yet).
+FRAME_PRECISIONS = {"onnx": ("fp32",), "tensorrt": ("fp32",), "openvino": ()}
 HEARTBEAT_S = 15.0
 ARTIFACT_WHAT = "a built artifact (a directory with an ht-engine manifest.json)"
 
@@ -74,6 +76,9 @@ def build_artifact(package, backend: str, precision: str, batch: BatchRange, out
     if frame is not None:
         frame.validate()
         allowed = FRAME_PRECISIONS.get(backend)
+        if allowed == ():
+            raise BackendError(f"{backend} artifacts are built without --frame-size only (tensor in, logits out); "
+                               f"build an onnx, tensorrt or aoti frame artifact for raw frames")
         if allowed is not None and precision not in allowed:
             raise BackendError(f"{backend} frame artifacts are built in {allowed}, got {precision!r} (the exact "
                                f"in-graph preprocessing needs float32; build a tensor artifact without --frame-size "
@@ -90,11 +95,15 @@ def build_artifact(package, backend: str, precision: str, batch: BatchRange, out
             from .aoti import build_aoti
 
             artifact, extra = build_aoti(package, precision, batch, directory, progress, stage, device, frame)
+        elif backend == "openvino":
+            from .openvino import build_openvino
+
+            artifact, extra = build_openvino(package, precision, batch, directory, progress, stage, device)
         else:
             from .tensorrt import build_tensorrt
 
             artifact, extra = build_tensorrt(package, precision, batch, directory, progress, stage, device, frame)
-        tools = tool_versions(["ht-engine", "torch", "onnx", "onnxruntime", "onnxscript", "tensorrt"])
+        tools = tool_versions(["ht-engine", "torch", "onnx", "onnxruntime", "onnxscript", "tensorrt", "openvino"])
         manifest = make_manifest(backend=backend, precision=precision, batch=batch, config=config,
                                  package_sha256=package.sha256, artifact=artifact, directory=directory, tools=tools,
                                  extra=extra, frame=frame)
@@ -111,6 +120,8 @@ def check_precision(backend: str, precision: str, device: str) -> None:
         allowed = ONNX_PRECISIONS
     elif backend == "aoti":
         allowed = AOTI_PRECISIONS["cuda" if device.startswith("cuda") else "cpu"]
+    elif backend == "openvino":
+        allowed = OPENVINO_PRECISIONS
     else:
         return
     if precision not in allowed:

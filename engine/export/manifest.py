@@ -24,7 +24,7 @@ FORMAT_VERSION = 2
 LEGACY_FORMAT_VERSIONS = (1,)
 DIGEST_KEY = "manifest_sha256"
 MAX_BATCH = 8192
-ARTIFACT_BACKENDS = ("onnx", "tensorrt", "aoti")
+ARTIFACT_BACKENDS = ("onnx", "tensorrt", "aoti", "openvino")
 INPUT_NAME = "images"
 OUTPUT_NAME = "logits"
 # Frame artifacts (`build --frame-size`): raw uint8 frames in, a uint8 mask (seg) or probabilities (cls) out.

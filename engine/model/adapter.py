@@ -60,12 +60,14 @@ class HTAdapter(nn.Module):
         self.gamma = nn.Parameter(torch.full((width,), 1e-6))
         self.gammax = nn.Parameter(torch.ones(width))
         self.project1 = nn.Linear(width, bottleneck)
+        # The token grid is fixed by the config; kept as an int so a tracer (TorchScript, OpenVINO's frontend) sees a
+        # constant, not arithmetic on a traced size.
+        self.grid = grid
         self.spatial = SpatialPart(bottleneck, filter_kind, grid)
         self.project2 = nn.Linear(bottleneck, width)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        batch, tokens, _ = x.shape
-        grid = int(round((tokens - 1) ** 0.5))
+        batch, grid = x.shape[0], self.grid
         mixed = self.norm(x) * self.gamma + x * self.gammax
         z = self.project1(mixed)
         cls, spatial = z[:, :1], z[:, 1:]

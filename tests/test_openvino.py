@@ -1,0 +1,230 @@
+"""OpenVINO IR artifacts: build, manifest, accuracy against the reference (fp32, bf16, int8), device names, refusal
+of tampered files, and a torch-free runtime."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("openvino", reason="openvino is not installed (pip install 'ht-engine[openvino]')")
+
+from engine import Predictor, available_backends  # noqa: E402
+from engine.artifacts import open_artifact  # noqa: E402
+from engine.backends import openvino as openvino_backend  # noqa: E402
+from engine.errors import BackendError, PackageError  # noqa: E402
+from engine.export.build import build_artifact  # noqa: E402
+from engine.export.manifest import BatchRange  # noqa: E402
+from engine.export.openvino import MODEL_BIN, MODEL_XML, cpu_features, cpu_has_bf16  # noqa: E402
+from engine.synthetic import synthetic_frame  # noqa: E402
+from tests.artifact_helpers import small_package  # noqa: E402
+from tests.helpers import random_images  # noqa: E402
+from tests.tolerances import RELATIVE, assert_relative, relative_error  # noqa: E402
+
+REPO = Path(__file__).resolve().parent.parent
+CASES = {"seg": ("biomedclip-vit-b16", "seg", 96), "cls": ("openai-clip-vit-b16", "cls", 112)}
+BUILDS = [("seg", "fp32"), ("seg", "bf16"), ("seg", "int8"), ("cls", "fp32")]
+# bf16 keeps 8 bits of mantissa: the table's bf16 bound on the logits; masks may differ only at near-ties.
+BF16_MASK_AGREEMENT = 0.99
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    return tmp_path_factory.mktemp("openvino")
+
+
+@pytest.fixture(scope="module")
+def packages(workdir):
+    made = {}
+    for name, (arch, task, size) in CASES.items():
+        path = workdir / f"{name}.htpkg"
+        made[name] = (path, small_package(path, arch, task, size=size))
+    return made
+
+
+@pytest.fixture(scope="module")
+def artifacts(workdir, packages):
+    return {(name, precision): open_artifact(build_artifact(packages[name][0], "openvino", precision,
+                                                            BatchRange(1, 2, 8), workdir / f"{name}-{precision}"))
+            for name, precision in BUILDS}
+
+
+def _synthetic_batch(predictor, batch: int, seed: int) -> torch.Tensor:
+    """Preprocessed synthetic ultrasound frames (what int8 is calibrated on; unseen seeds)."""
+    frames = [synthetic_frame(150 + 17 * i, 200 + 23 * i, seed=seed + i)[0] for i in range(batch)]
+    return torch.from_numpy(predictor.preprocess(frames))
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+@pytest.mark.parametrize("batch", [1, 3])
+def test_fp32_matches_reference(packages, artifacts, name, batch):
+    _, reference = packages[name]
+    predictor = Predictor.load(artifacts[name, "fp32"].directory)
+    assert predictor.backend == "openvino" and predictor.runner.precision == "fp32"
+    x = random_images(batch, reference.cfg.image_size, seed=20 + batch)
+    with torch.no_grad():
+        expected = reference(x)
+    actual = predictor.forward(x.numpy())
+    assert isinstance(actual, np.ndarray) and actual.dtype == np.float32
+    assert_relative(torch.from_numpy(actual), expected, RELATIVE[torch.float32], f"openvino fp32 {name} b{batch}")
+
+
+def test_manifest_records_openvino(artifacts):
+    manifest = artifacts["seg", "bf16"].manifest
+    assert manifest["backend"] == "openvino" and manifest["artifact"] == MODEL_XML
+    assert set(manifest["files"]) == {MODEL_XML, MODEL_BIN}
+    info = manifest["openvino"]
+    assert info["inference_precision_hint"] == "bf16" and info["device"] == "cpu" and info["version"]
+    assert manifest["tools"]["openvino"]
+
+
+@pytest.mark.skipif(not cpu_has_bf16(), reason="this CPU has no bf16 units (AVX-512 BF16 or AMX)")
+@pytest.mark.parametrize("batch", [1, 3])
+def test_bf16_is_bounded_and_masks_agree(packages, artifacts, batch):
+    _, reference = packages["seg"]
+    predictor = Predictor.load(artifacts["seg", "bf16"].directory, precision="bf16")
+    x = _synthetic_batch(predictor, batch, seed=500 + batch)
+    with torch.no_grad():
+        expected = reference(x)
+    actual = torch.from_numpy(predictor.forward(x.numpy()))
+    assert_relative(actual, expected, RELATIVE[torch.bfloat16], f"openvino bf16 b{batch}")
+    assert relative_error(actual, expected) > RELATIVE[torch.float32], "the bf16 hint was not applied"
+    agreement = (actual.argmax(1) == expected.argmax(1)).float().mean().item()
+    assert agreement >= BF16_MASK_AGREEMENT, f"bf16 masks agree on {agreement:.4f} of the pixels"
+
+
+def test_bf16_refused_without_bf16_units(artifacts, monkeypatch):
+    monkeypatch.setattr(openvino_backend, "cpu_has_bf16", lambda: False)
+    with pytest.raises(BackendError, match="no bf16 units"):
+        Predictor.load(artifacts["seg", "bf16"].directory)
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+def test_int8_is_bounded(packages, artifacts, batch):
+    _, reference = packages["seg"]
+    predictor = Predictor.load(artifacts["seg", "int8"].directory)
+    x = _synthetic_batch(predictor, batch, seed=900 + batch)
+    with torch.no_grad():
+        expected = reference(x)
+    actual = torch.from_numpy(predictor.forward(x.numpy()))
+    assert_relative(actual, expected, RELATIVE[torch.int8], f"openvino int8 b{batch}")
+    assert relative_error(actual, expected) > RELATIVE[torch.bfloat16] / 3, "an int8 graph cannot be this exact"
+
+
+def test_int8_runs_int8_kernels(artifacts):
+    """The CPU plugin executes the quantized GEMMs in int8 (not dequantized to f32)."""
+    import openvino
+
+    compiled = openvino.Core().compile_model(str(artifacts["seg", "int8"].model_file), "CPU")
+    precisions = [node.get_rt_info()["runtimePrecision"].astype(str) for node in compiled.get_runtime_model().get_ops()
+                  if node.get_rt_info()["layerType"].astype(str) in ("FullyConnected", "MatMul", "Convolution")]
+    assert precisions and sum(p in ("i8", "u8") for p in precisions) >= len(precisions) // 2, precisions
+
+
+def test_available_on_cpu():
+    assert "openvino" in available_backends("cpu")
+    assert "openvino" not in available_backends("cuda")
+
+
+@pytest.mark.parametrize(("device", "name"), [("cpu", "CPU"), ("gpu", "GPU"), ("gpu:1", "GPU.1"), ("npu", "NPU")])
+def test_device_names(device, name):
+    assert openvino_backend.openvino_device(device) == name
+
+
+@pytest.mark.parametrize(("device", "message"), [("cuda", "no NVIDIA CUDA device"), ("cpu:1", "runs on 'cpu'"),
+                                                 ("gpu:x", "runs on 'cpu'"), ("tpu", "runs on 'cpu'")])
+def test_bad_device_names_refused(artifacts, device, message):
+    with pytest.raises(BackendError, match=message):
+        Predictor.load(artifacts["cls", "fp32"].directory, device=device)
+
+
+@pytest.mark.parametrize("device", ["gpu", "npu"])
+def test_absent_device_refused(artifacts, device):
+    import openvino
+
+    present = openvino.Core().available_devices
+    if any(name.startswith(device.upper()) for name in present):
+        pytest.skip(f"OpenVINO has a {device.upper()} device here ({present})")
+    with pytest.raises(BackendError, match=f"no device {device.upper()} here"):
+        Predictor.load(artifacts["cls", "fp32"].directory, device=device)
+
+
+def test_fp16_precision_refused(packages, tmp_path):
+    with pytest.raises(BackendError, match="builds precisions"):
+        build_artifact(packages["cls"][0], "openvino", "fp16", BatchRange(1, 1, 1), tmp_path / "fp16")
+    assert not (tmp_path / "fp16").exists()
+
+
+@pytest.mark.parametrize("file_name", [MODEL_XML, MODEL_BIN])
+def test_refuses_tampered_ir(artifacts, tmp_path, file_name):
+    target = tmp_path / "copy"
+    shutil.copytree(artifacts["cls", "fp32"].directory, target)
+    data = bytearray((target / file_name).read_bytes())
+    data[len(data) // 2] ^= 0x01
+    (target / file_name).write_bytes(bytes(data))
+    with pytest.raises(PackageError, match="altered or corrupt"):
+        Predictor.load(target)
+
+
+def test_cpu_features_read_flags(tmp_path):
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\nflags\t\t: fpu avx512f avx512_bf16 avx512_vnni\n")
+    features = cpu_features(cpuinfo)
+    assert features["avx512_bf16"] and features["avx512_vnni"] and not features["amx_bf16"]
+    assert cpu_has_bf16(features) and not any(cpu_features(tmp_path / "absent").values())
+
+
+def test_no_torch_in_the_openvino_runtime_path(artifacts, tmp_path):
+    """A fresh interpreter where importing torch fails loads and runs an OpenVINO artifact, numpy in and out."""
+    directory = artifacts["seg", "fp32"].directory
+    script = f"""
+import sys
+
+class BlockTorch:
+    def find_spec(self, name, path=None, target=None):
+        if name == "torch" or name.startswith("torch."):
+            raise ImportError("torch is blocked in this test")
+        return None
+
+sys.meta_path.insert(0, BlockTorch())
+import numpy as np
+from engine import Predictor, available_backends
+assert "openvino" in available_backends("cpu")
+predictor = Predictor.load({str(directory)!r}, backend="openvino", device="cpu")
+x = np.random.default_rng(0).random((2, 3, 96, 96), dtype=np.float32)
+logits = predictor.forward(x)
+assert isinstance(logits, np.ndarray) and logits.shape == (2, 3, 96, 96), logits.shape
+frame = np.random.default_rng(1).integers(0, 256, (61, 77), dtype=np.uint8)
+assert predictor.predict(frame)[0].mask.shape == (61, 77)
+assert not any(m == "torch" or m.startswith("torch.") for m in sys.modules)
+print("ok")
+"""
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300,
+                          cwd=tmp_path)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-3000:]
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_openvino_anchor_on_the_reference_model_matches_it(packages, name):
+    """The benchmark's CPU anchor (OpenVINO's conversion of the eager reference model) computes the reference."""
+    from engine.bench.openvino_anchor import openvino_reference
+
+    path, reference = packages[name]
+    anchor = openvino_reference(path, "fp32")
+    x = random_images(3, reference.cfg.image_size, seed=40)
+    with torch.no_grad():
+        expected = reference(x)
+    assert_relative(torch.from_numpy(anchor.forward(x.numpy())), expected, RELATIVE[torch.float32],
+                    f"openvino anchor {name}")
+
+
+def test_auto_on_an_artifact_runs_its_own_backend(artifacts):
+    predictor = Predictor.load(artifacts["cls", "fp32"].directory, backend="auto", precision="auto")
+    assert (predictor.backend, predictor.runner.precision, predictor.auto_choice) == ("openvino", "fp32", None)
