@@ -27,6 +27,7 @@ from typing import Callable
 import numpy as np
 
 from .backends import available_backends
+from .cpuinfo import cpu_model
 from .errors import BackendError, PackageError
 from .export.openvino import cpu_has_bf16
 from .fileio import atomic_write
@@ -61,20 +62,10 @@ class Choice:
                 "table_ms": dict(self.table)}
 
 
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown cpu"
-
-
 def machine_key(device: str) -> str:
     """What a measured choice depends on besides the model: the CPU, its cores, the device, the engine version and the
     backends installed."""
-    return (f"{platform.machine()}|{_cpu_model()}|{os.cpu_count()} cpus|{device}|ht-engine {__version__}|"
+    return (f"{platform.machine()}|{cpu_model()}|{os.cpu_count()} cpus|{device}|ht-engine {__version__}|"
             f"{','.join(available_backends(device))}")
 
 

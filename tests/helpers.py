@@ -39,3 +39,35 @@ def seeded_frame(shape, rgb, seed):
         return gray
     tint = rng.integers(-20, 20, size=(1, 1, 3))
     return np.clip(gray[..., None].astype(np.int16) + tint, 0, 255).astype(np.uint8)
+
+
+_TORCH_BLOCKED_PRELUDE = '''
+import sys
+
+class BlockTorch:
+    def find_spec(self, name, path=None, target=None):
+        if name == "torch" or name.startswith("torch."):
+            raise ImportError("torch is blocked in this test")
+        return None
+
+sys.meta_path.insert(0, BlockTorch())
+'''
+_TORCH_BLOCKED_CODA = '''
+assert not any(m == "torch" or m.startswith("torch.") for m in sys.modules)
+print("ok")
+'''
+
+
+def run_without_torch(body: str, cwd) -> None:
+    """Run `body` in a fresh interpreter where importing torch fails, and assert it ran to the end with torch never
+    imported (the torch-free runtime's promise)."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = _TORCH_BLOCKED_PRELUDE + body + _TORCH_BLOCKED_CODA
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300,
+                          cwd=cwd)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-3000:]

@@ -5,10 +5,7 @@ the package, the manifest's frame section, the TensorRT op check, a torch-free r
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +26,7 @@ from engine.export.trt_ops import check_tensorrt_ops
 from engine.package import load_package, save_package
 from engine.preprocess import pil_gray_resize
 from engine.synthetic import synthetic_frame
-from tests.helpers import small_config, small_tensors
+from tests.helpers import run_without_torch, small_config, small_tensors
 
 REPO = Path(__file__).resolve().parent.parent
 SIZE = 96
@@ -234,29 +231,13 @@ def test_tensorrt_profile_spans_uint8_frames():
 def test_no_torch_in_the_frame_artifact_runtime(artifacts, tmp_path):
     """A fresh interpreter where importing torch fails predicts with a frame artifact."""
     directory = artifacts["seg", 600, 800, 3].directory
-    script = f"""
-import sys
-
-class BlockTorch:
-    def find_spec(self, name, path=None, target=None):
-        if name == "torch" or name.startswith("torch."):
-            raise ImportError("torch is blocked in this test")
-        return None
-
-sys.meta_path.insert(0, BlockTorch())
-import numpy as np
+    run_without_torch(f"""import numpy as np
 from engine import Predictor
 predictor = Predictor.load({str(directory)!r})
 frames = np.random.default_rng(1).integers(0, 256, (3, 600, 800, 3), dtype=np.uint8)
 results = predictor.predict(frames)
 assert [r.mask.shape for r in results] == [(600, 800)] * 3
-assert 'torch' not in sys.modules and not any(m.startswith("torch.") for m in sys.modules)
-print("ok")
-"""
-    env = dict(os.environ, PYTHONPATH=str(REPO))
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300,
-                          cwd=tmp_path)
-    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-3000:]
+""", tmp_path)
 
 
 def test_cli_build_and_export_triton_of_a_frame_artifact(packages, tmp_path, capsys):

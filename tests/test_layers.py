@@ -18,7 +18,7 @@ REPO = Path(__file__).resolve().parents[1]
 # public facade, is the unit `engine` and sits on top; `engine/__main__.py` belongs to `cli`).
 LAYERS = (
     "htkernels",
-    "errors", "version", "settings", "runner", "fileio", "devices", "threads",
+    "errors", "version", "settings", "runner", "fileio", "devices", "threads", "cpuinfo",
     "config",
     "package",
     "preprocess", "postprocess", "images", "synthetic", "phantom", "dicom_seg",

@@ -4,10 +4,7 @@ TensorRT op check, and a torch-free runtime."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +23,7 @@ from engine.export.trt_ops import TABLE, check_tensorrt_ops, op_table
 from engine.model import build_reference_model
 from engine.package import save_package
 from engine.synthetic import synthetic_frame
-from tests.helpers import random_images, small_config, small_tensors
+from tests.helpers import random_images, run_without_torch, small_config, small_tensors
 from tests.tolerances import RELATIVE, assert_relative, relative_error
 
 REPO = Path(__file__).resolve().parent.parent
@@ -304,17 +301,7 @@ def test_op_check_names_an_unsupported_op():
 def test_no_torch_in_the_onnx_runtime_path(artifacts, tmp_path):
     """A fresh interpreter where importing torch fails loads and runs an ONNX artifact, numpy in and out."""
     directory = artifacts["seg", "fp32"].directory
-    script = f"""
-import sys
-
-class BlockTorch:
-    def find_spec(self, name, path=None, target=None):
-        if name == "torch" or name.startswith("torch."):
-            raise ImportError("torch is blocked in this test")
-        return None
-
-sys.meta_path.insert(0, BlockTorch())
-import numpy as np
+    run_without_torch(f"""import numpy as np
 from engine import Predictor, available_backends
 assert "onnx" in available_backends("cpu")
 predictor = Predictor.load({str(directory)!r})
@@ -323,13 +310,7 @@ logits = predictor.forward(x)
 assert isinstance(logits, np.ndarray) and logits.shape == (2, 3, 96, 96), logits.shape
 frame = np.random.default_rng(1).integers(0, 256, (61, 77), dtype=np.uint8)
 assert predictor.predict(frame)[0].mask.shape == (61, 77)
-assert not any(m == "torch" or m.startswith("torch.") for m in sys.modules)
-print("ok")
-"""
-    env = dict(os.environ, PYTHONPATH=str(REPO))
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300,
-                          cwd=tmp_path)
-    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-3000:]
+""", tmp_path)
 
 
 def test_cli_build_and_export_triton(packages, tmp_path, capsys):

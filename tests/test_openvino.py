@@ -3,10 +3,7 @@ of tampered files, and a torch-free runtime."""
 
 from __future__ import annotations
 
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +21,7 @@ from engine.export.manifest import BatchRange  # noqa: E402
 from engine.export.openvino import MODEL_BIN, MODEL_XML, cpu_features, cpu_has_bf16  # noqa: E402
 from engine.synthetic import synthetic_frame  # noqa: E402
 from tests.artifact_helpers import small_package  # noqa: E402
-from tests.helpers import random_images  # noqa: E402
+from tests.helpers import random_images, run_without_torch  # noqa: E402
 from tests.tolerances import RELATIVE, assert_relative, relative_error  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
@@ -183,17 +180,7 @@ def test_cpu_features_read_flags(tmp_path):
 def test_no_torch_in_the_openvino_runtime_path(artifacts, tmp_path):
     """A fresh interpreter where importing torch fails loads and runs an OpenVINO artifact, numpy in and out."""
     directory = artifacts["seg", "fp32"].directory
-    script = f"""
-import sys
-
-class BlockTorch:
-    def find_spec(self, name, path=None, target=None):
-        if name == "torch" or name.startswith("torch."):
-            raise ImportError("torch is blocked in this test")
-        return None
-
-sys.meta_path.insert(0, BlockTorch())
-import numpy as np
+    run_without_torch(f"""import numpy as np
 from engine import Predictor, available_backends
 assert "openvino" in available_backends("cpu")
 predictor = Predictor.load({str(directory)!r}, backend="openvino", device="cpu")
@@ -202,13 +189,7 @@ logits = predictor.forward(x)
 assert isinstance(logits, np.ndarray) and logits.shape == (2, 3, 96, 96), logits.shape
 frame = np.random.default_rng(1).integers(0, 256, (61, 77), dtype=np.uint8)
 assert predictor.predict(frame)[0].mask.shape == (61, 77)
-assert not any(m == "torch" or m.startswith("torch.") for m in sys.modules)
-print("ok")
-"""
-    env = dict(os.environ, PYTHONPATH=str(REPO))
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300,
-                          cwd=tmp_path)
-    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-3000:]
+""", tmp_path)
 
 
 @pytest.mark.parametrize("name", sorted(CASES))

@@ -10,6 +10,8 @@ from importlib import metadata
 from pathlib import Path
 
 from .. import settings
+from ..cpuinfo import cpu_flags as all_cpu_flags
+from ..cpuinfo import cpu_model
 
 # Distributions whose versions change the numbers (missing ones are recorded as null).
 LIBRARIES = ("torch", "numpy", "triton", "onnxruntime", "onnxruntime-gpu", "onnx", "tensorrt", "safetensors",
@@ -24,31 +26,13 @@ THREAD_AND_DEVICE_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_N
 ENVIRONMENT = tuple(setting.name for setting in settings.SETTINGS) + THREAD_AND_DEVICE_VARIABLES
 
 
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 # The instruction-set extensions that change CPU numbers: AVX2/AVX-512 (BF16, VNNI), AVX-VNNI and AMX (bf16/int8 tiles).
 CPU_FLAG_PREFIXES = ("avx512", "amx", "avx2", "avx_vnni")
 
 
 def cpu_flags() -> list:
     """The CPU's vector and matrix extensions (`CPU_FLAG_PREFIXES`) from /proc/cpuinfo, sorted; [] elsewhere."""
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return []
-    flags = set()
-    for line in text.splitlines():
-        if line.startswith("flags"):
-            flags |= set(line.split(":", 1)[1].split())
-    return sorted(f for f in flags if f.startswith(CPU_FLAG_PREFIXES))
+    return sorted(f for f in all_cpu_flags() if f.startswith(CPU_FLAG_PREFIXES))
 
 
 def library_versions() -> dict:

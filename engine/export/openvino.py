@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..cpuinfo import CPUINFO, cpu_flags
 from ..errors import BackendError
 from .manifest import INPUT_NAME
 
@@ -26,7 +27,6 @@ OPENVINO_PRECISIONS = ("fp32", "bf16", "int8")
 INFERENCE_PRECISION = {"fp32": "f32", "bf16": "bf16", "int8": "f32"}
 MODEL_XML = "model.xml"
 MODEL_BIN = "model.bin"
-CPUINFO = Path("/proc/cpuinfo")
 # /proc/cpuinfo flags of the CPU units that matter for these precisions.
 CPU_FEATURE_FLAGS = ("avx512f", "avx512_bf16", "amx_bf16", "amx_int8", "avx512_vnni", "avx_vnni")
 BF16_FLAGS = ("avx512_bf16", "amx_bf16")
@@ -34,15 +34,7 @@ BF16_FLAGS = ("avx512_bf16", "amx_bf16")
 
 def cpu_features(cpuinfo: Path = CPUINFO) -> dict:
     """Which of `CPU_FEATURE_FLAGS` this CPU has (all False where /proc/cpuinfo is unreadable)."""
-    try:
-        text = cpuinfo.read_text()
-    except OSError:
-        return {flag: False for flag in CPU_FEATURE_FLAGS}
-    flags = set()
-    for line in text.splitlines():
-        if line.startswith("flags"):
-            flags.update(line.split(":", 1)[1].split())
-            break
+    flags = cpu_flags(cpuinfo)
     return {flag: flag in flags for flag in CPU_FEATURE_FLAGS}
 
 
