@@ -71,3 +71,15 @@ def run_without_torch(body: str, cwd) -> None:
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300,
                           cwd=cwd)
     assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-3000:]
+
+
+def frame_packages(root) -> dict:
+    """Small seeded packages of the frame-path tests: 2-class seg, 3-class seg and 3-class cls, by name."""
+    from engine.package import save_package
+
+    out = {}
+    for task, classes in (("seg", 2), ("seg3", 3), ("cls", 3)):
+        cfg = small_config("biomedclip-vit-b16", task[:3], num_classes=classes)
+        out[task] = root / f"{task}.htpkg"
+        save_package(out[task], cfg, small_tensors(cfg, seed=31))
+    return out

@@ -9,23 +9,16 @@ import torch
 import torch.nn.functional as F
 
 from engine import Predictor
-from engine.package import save_package
 from engine.postprocess import bilinear_matrix, composed_upsample_matrix, mask_from_maps, results_from_logits
 from engine.preprocess import preprocess_frames, resize_like_pil, to_gray
 
-from .helpers import FRAMES, small_config, small_tensors
+from .helpers import FRAMES, frame_packages
 from .helpers import seeded_frame as _frame
 
 
 @pytest.fixture(scope="module")
 def packages(tmp_path_factory):
-    root = tmp_path_factory.mktemp("frames")
-    out = {}
-    for task, classes in (("seg", 2), ("seg3", 3), ("cls", 3)):
-        cfg = small_config("biomedclip-vit-b16", task[:3], num_classes=classes)
-        out[task] = root / f"{task}.htpkg"
-        save_package(out[task], cfg, small_tensors(cfg, seed=31))
-    return out
+    return frame_packages(tmp_path_factory.mktemp("frames"))
 
 
 @pytest.mark.parametrize("shape,rgb", FRAMES)

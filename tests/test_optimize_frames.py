@@ -12,11 +12,10 @@ from engine import Predictor
 from engine.errors import InputError
 from engine.optimize.frames import FramePipeline, masks_from_grid, probabilities
 from engine.optimize.model import OptimizedHTModel
-from engine.package import save_package
 from engine.postprocess import composed_upsample_matrix, mask_from_maps, results_from_logits, softmax
 from engine.preprocess import preprocess_frames
 
-from .helpers import FRAMES, small_config, small_tensors
+from .helpers import FRAMES, frame_packages, small_config, small_tensors
 from .helpers import seeded_frame as _frame
 
 cuda_only = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU on this machine")
@@ -132,13 +131,7 @@ def test_pipeline_refuses_mixed_empty_and_non_uint8_frames():
 
 @pytest.fixture(scope="module")
 def packages(tmp_path_factory):
-    root = tmp_path_factory.mktemp("cudaframes")
-    out = {}
-    for task, classes in (("seg", 2), ("seg3", 3), ("cls", 3)):
-        cfg = small_config("biomedclip-vit-b16", task[:3], num_classes=classes)
-        out[task] = root / f"{task}.htpkg"
-        save_package(out[task], cfg, small_tensors(cfg, seed=31))
-    return out
+    return frame_packages(tmp_path_factory.mktemp("cudaframes"))
 
 
 @pytest.mark.parametrize("batch", [1, 5])
