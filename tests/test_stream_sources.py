@@ -303,3 +303,15 @@ def test_dicom_number_of_frames_mismatch_is_reported(tmp_path, cine, declared):
         for frame in open_source(path):
             seen.append(frame.index)
     assert seen == ([] if declared < 5 else [0, 1, 2, 3, 4])
+
+
+def test_dicom_header_claiming_huge_frames_is_refused_before_decoding(tmp_path, cine):
+    import pydicom
+
+    path = tmp_path / "bomb.dcm"
+    write_dicom(path, cine.frames[:2], fps=FPS)
+    ds = pydicom.dcmread(path)
+    ds.Rows, ds.Columns = 65535, 65535  # a decoder would allocate 4 GiB per frame
+    ds.save_as(path)
+    with pytest.raises(SourceError, match=r"bomb\.dcm: frames of 65535x65535x1 pixels; expected 1 to \d+ pixels"):
+        open_source(path)

@@ -21,6 +21,9 @@ VIDEO_SUFFIXES = (".mp4", ".m4v", ".mov", ".avi", ".mkv", ".webm", ".mpg", ".mpe
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 DICOM_SUFFIXES = (".dcm", ".dicom")
 DEFAULT_FPS = 30.0
+# Ultrasound frames are at most a few megapixels; 8192x8192 (RGB counted thrice) bounds what a header may make a
+# decoder allocate for one frame.
+MAX_DICOM_FRAME_PIXELS = 3 * 8192 * 8192
 # Transfer syntaxes whose pixel data can be read, given the decoders pydicom finds installed (see `dicom_support`).
 _COMPRESSED_SYNTAXES = {
     "1.2.840.10008.1.2.5": "RLE Lossless",
@@ -284,6 +287,15 @@ class DicomSource(Source):
             self.dataset = pydicom.dcmread(self.path, defer_size="1 KB")
         except Exception as exc:
             raise self._error(None, "not a readable DICOM file", exc) from exc
+        try:
+            self._read_header(fps)
+        except HTError:
+            raise
+        except Exception as exc:  # deferred elements are parsed on access: pydicom raises many types for bad ones
+            raise self._error(None, "the DICOM header cannot be interpreted (corrupt or altered element)",
+                              exc) from exc
+
+    def _read_header(self, fps: float) -> None:
         ds = self.dataset
         missing = [key for key in ("Rows", "Columns", "BitsAllocated", "SamplesPerPixel",
                                    "PhotometricInterpretation") if key not in ds]
@@ -301,7 +313,15 @@ class DicomSource(Source):
         if syntax in support and not support[syntax][1]:
             raise self._error(0, f"pixel data is compressed as {support[syntax][0]} ({syntax}) and no installed "
                               f"decoder handles it (install pylibjpeg / python-gdcm plugins for pydicom)")
+        pixels = int(ds.Rows) * int(ds.Columns) * int(ds.SamplesPerPixel)
+        if not 0 < pixels <= MAX_DICOM_FRAME_PIXELS:
+            raise self._error(None, f"frames of {ds.Rows}x{ds.Columns}x{ds.SamplesPerPixel} pixels; expected 1 to "
+                              f"{MAX_DICOM_FRAME_PIXELS} pixels per frame (a corrupt header, or a decompression bomb)")
         self.held_frames = self._held_frames(syntax)
+        if self.held_frames == 0:
+            raise self._error(None, f"NumberOfFrames is {self.frame_count} but the pixel data holds 0 whole frames "
+                              f"of {ds.Rows}x{ds.Columns}x{ds.SamplesPerPixel} at {ds.BitsAllocated} bits; expected "
+                              f"them to match (truncated file or altered header?)")
         if self.held_frames is not None and self.held_frames > self.frame_count:
             raise self._error(None, f"NumberOfFrames is {self.frame_count} but the pixel data holds "
                               f"{self.held_frames} frames; expected them to match (altered header?)")
@@ -387,7 +407,12 @@ class DicomSource(Source):
                 raise self._error(index, f"NumberOfFrames is {self.frame_count} but the pixel data holds more "
                                   f"frames; expected them to match (altered header?)")
             timestamp = float(self.timestamps[index])
-            yield Frame(index, timestamp, self._checked(self._to_uint8(pixels), index))
+            try:
+                pixels = self._to_uint8(pixels)
+            except Exception as exc:  # BitsStored/PixelRepresentation are only parsed here, and may be garbage
+                raise self._error(index, "cannot convert the pixels to 8 bits (BitsStored or PixelRepresentation "
+                                  "invalid?)", exc) from exc
+            yield Frame(index, timestamp, self._checked(pixels, index))
             index += 1
         if index < self.frame_count:
             raise self._error(index, f"NumberOfFrames is {self.frame_count} but the pixel data holds {index} "
