@@ -315,3 +315,11 @@ def test_dicom_header_claiming_huge_frames_is_refused_before_decoding(tmp_path, 
     ds.save_as(path)
     with pytest.raises(SourceError, match=r"bomb\.dcm: frames of 65535x65535x1 pixels; expected 1 to \d+ pixels"):
         open_source(path)
+
+
+def test_video_with_an_unknown_codec_is_a_source_error(tmp_path, cine):
+    path = tmp_path / "unknown.mkv"
+    write_video(path, cine.frames[:3], fps=FPS)
+    path.write_bytes(path.read_bytes().replace(b"V_FFV1", b"V_QQQQ"))  # a codec id FFmpeg has no decoder for
+    with pytest.raises(SourceError, match=r"unknown\.mkv, frame 0: "):
+        list(open_source(path))

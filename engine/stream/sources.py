@@ -217,15 +217,20 @@ class VideoSource(Source):
             if not container.streams.video:
                 raise self._error(0, "the file has no video stream")
             stream = container.streams.video[0]
-            stream.thread_type = "AUTO"
-            gray = self.gray if self.gray is not None else stream.codec_context.pix_fmt in ("gray", "gray8")
-            declared, slack = stream.frames, 0
-            if not declared and container.duration and stream.average_rate:
-                # Containers without a frame count (MKV) still record their duration in the header.
-                declared = int(round(container.duration / 1e6 * float(stream.average_rate)))
-                slack = max(2, declared // 50)
+            try:
+                stream.thread_type = "AUTO"
+                # A stream whose codec FFmpeg cannot decode has no codec context at all.
+                gray = self.gray if self.gray is not None else stream.codec_context.pix_fmt in ("gray", "gray8")
+                declared, slack = stream.frames, 0
+                if not declared and container.duration and stream.average_rate:
+                    # Containers without a frame count (MKV) still record their duration in the header.
+                    declared = int(round(container.duration / 1e6 * float(stream.average_rate)))
+                    slack = max(2, declared // 50)
+                decoded = container.decode(stream)
+            except Exception as exc:  # PyAV raises av.error.*, AttributeError, ValueError for corrupt headers
+                raise self._error(0, "the video stream cannot be decoded (unknown codec or corrupt header)",
+                                  exc) from exc
             pixel_format = "gray" if gray else "rgb24"
-            decoded = container.decode(stream)
             while True:
                 try:
                     frame = next(decoded)
@@ -235,7 +240,11 @@ class VideoSource(Source):
                     raise self._error(index, "decoding failed (truncated or corrupt video)", exc) from exc
                 timestamp = float(frame.time) if frame.time is not None else index / float(stream.average_rate or
                                                                                            DEFAULT_FPS)
-                yield Frame(index, timestamp, self._checked(frame.to_ndarray(format=pixel_format), index))
+                try:
+                    pixels = frame.to_ndarray(format=pixel_format)
+                except Exception as exc:  # a frame of a pixel format FFmpeg cannot convert
+                    raise self._error(index, f"cannot convert the decoded frame to {pixel_format}", exc) from exc
+                yield Frame(index, timestamp, self._checked(pixels, index))
                 index += 1
             if declared and index < declared - slack:
                 raise self._error(index, f"the video ended after {index} of the {declared} frames its container "
