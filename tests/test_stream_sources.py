@@ -305,3 +305,23 @@ def test_dicom_number_of_frames_mismatch_is_reported(tmp_path, cine, declared):
         for frame in open_source(path):
             seen.append(frame.index)
     assert seen == ([] if declared < 5 else [0, 1, 2, 3, 4])
+
+
+def test_dicom_header_claiming_huge_frames_is_refused_before_decoding(tmp_path, cine):
+    import pydicom
+
+    path = tmp_path / "bomb.dcm"
+    write_dicom(path, cine.frames[:2], fps=FPS)
+    ds = pydicom.dcmread(path)
+    ds.Rows, ds.Columns = 65535, 65535  # a decoder would allocate 4 GiB per frame
+    ds.save_as(path)
+    with pytest.raises(SourceError, match=r"bomb\.dcm: frames of 65535x65535x1 pixels; expected 1 to \d+ pixels"):
+        open_source(path)
+
+
+def test_video_with_an_unknown_codec_is_a_source_error(tmp_path, cine):
+    path = tmp_path / "unknown.mkv"
+    write_video(path, cine.frames[:3], fps=FPS)
+    path.write_bytes(path.read_bytes().replace(b"V_FFV1", b"V_QQQQ"))  # a codec id FFmpeg has no decoder for
+    with pytest.raises(SourceError, match=r"unknown\.mkv, frame 0: "):
+        list(open_source(path))

@@ -22,6 +22,9 @@ VIDEO_SUFFIXES = (".mp4", ".m4v", ".mov", ".avi", ".mkv", ".webm", ".mpg", ".mpe
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 DICOM_SUFFIXES = (".dcm", ".dicom")
 DEFAULT_FPS = 30.0
+# Ultrasound frames are at most a few megapixels; 8192x8192 (RGB counted thrice) bounds what a header may make a
+# decoder allocate for one frame.
+MAX_DICOM_FRAME_PIXELS = 3 * 8192 * 8192
 # Transfer syntaxes whose pixel data can be read, given the decoders pydicom finds installed (see `dicom_support`).
 _COMPRESSED_SYNTAXES = {
     "1.2.840.10008.1.2.5": "RLE Lossless",
@@ -217,15 +220,20 @@ class VideoSource(Source):
             if not container.streams.video:
                 raise self._error(0, "the file has no video stream")
             stream = container.streams.video[0]
-            stream.thread_type = "AUTO"
-            gray = self.gray if self.gray is not None else stream.codec_context.pix_fmt in ("gray", "gray8")
-            declared, slack = stream.frames, 0
-            if not declared and container.duration and stream.average_rate:
-                # Containers without a frame count (MKV) still record their duration in the header.
-                declared = int(round(container.duration / 1e6 * float(stream.average_rate)))
-                slack = max(2, declared // 50)
+            try:
+                stream.thread_type = "AUTO"
+                # A stream whose codec FFmpeg cannot decode has no codec context at all.
+                gray = self.gray if self.gray is not None else stream.codec_context.pix_fmt in ("gray", "gray8")
+                declared, slack = stream.frames, 0
+                if not declared and container.duration and stream.average_rate:
+                    # Containers without a frame count (MKV) still record their duration in the header.
+                    declared = int(round(container.duration / 1e6 * float(stream.average_rate)))
+                    slack = max(2, declared // 50)
+                decoded = container.decode(stream)
+            except Exception as exc:  # PyAV raises av.error.*, AttributeError, ValueError for corrupt headers
+                raise self._error(0, "the video stream cannot be decoded (unknown codec or corrupt header)",
+                                  exc) from exc
             pixel_format = "gray" if gray else "rgb24"
-            decoded = container.decode(stream)
             while True:
                 try:
                     frame = next(decoded)
@@ -235,7 +243,11 @@ class VideoSource(Source):
                     raise self._error(index, "decoding failed (truncated or corrupt video)", exc) from exc
                 timestamp = float(frame.time) if frame.time is not None else index / float(stream.average_rate or
                                                                                            DEFAULT_FPS)
-                yield Frame(index, timestamp, self._checked(frame.to_ndarray(format=pixel_format), index))
+                try:
+                    pixels = frame.to_ndarray(format=pixel_format)
+                except Exception as exc:  # a frame of a pixel format FFmpeg cannot convert
+                    raise self._error(index, f"cannot convert the decoded frame to {pixel_format}", exc) from exc
+                yield Frame(index, timestamp, self._checked(pixels, index))
                 index += 1
             if declared and index < declared - slack:
                 raise self._error(index, f"the video ended after {index} of the {declared} frames its container "
@@ -309,6 +321,15 @@ class DicomSource(Source):
                 self.dataset = pydicom.dcmread(self.path)  # a deflated stream has no offsets to read deferred values at
         except Exception as exc:
             raise self._error(None, "not a readable DICOM file", exc) from exc
+        try:
+            self._read_header(fps, region)
+        except HTError:
+            raise
+        except Exception as exc:  # deferred elements are parsed on access: pydicom raises many types for bad ones
+            raise self._error(None, "the DICOM header cannot be interpreted (corrupt or altered element)",
+                              exc) from exc
+
+    def _read_header(self, fps: float, region: str) -> None:
         ds = self.dataset
         missing = [key for key in ("Rows", "Columns", "BitsAllocated", "SamplesPerPixel",
                                    "PhotometricInterpretation") if key not in ds]
@@ -332,8 +353,16 @@ class DicomSource(Source):
         if not support[syntax][1]:
             raise self._error(0, f"pixel data is compressed as {support[syntax][0]} ({syntax}) and no installed "
                               f"decoder handles it (install pylibjpeg / python-gdcm plugins for pydicom)")
+        pixels = int(ds.Rows) * int(ds.Columns) * int(ds.SamplesPerPixel)
+        if not 0 < pixels <= MAX_DICOM_FRAME_PIXELS:
+            raise self._error(None, f"frames of {ds.Rows}x{ds.Columns}x{ds.SamplesPerPixel} pixels; expected 1 to "
+                              f"{MAX_DICOM_FRAME_PIXELS} pixels per frame (a corrupt header, or a decompression bomb)")
         self.region = scan_region(ds, self.name) if region == "scan" else None
         self.held_frames = self._held_frames(syntax)
+        if self.held_frames == 0:
+            raise self._error(None, f"NumberOfFrames is {self.frame_count} but the pixel data holds 0 whole frames "
+                              f"of {ds.Rows}x{ds.Columns}x{ds.SamplesPerPixel} at {ds.BitsAllocated} bits; expected "
+                              f"them to match (truncated file or altered header?)")
         if self.held_frames is not None and self.held_frames > self.frame_count:
             raise self._error(None, f"NumberOfFrames is {self.frame_count} but the pixel data holds "
                               f"{self.held_frames} frames; expected them to match (altered header?)")
@@ -487,7 +516,12 @@ class DicomSource(Source):
                 raise self._error(index, f"NumberOfFrames is {self.frame_count} but the pixel data holds more "
                                   f"frames; expected them to match (altered header?)")
             timestamp = float(self.timestamps[index])
-            pixels = self._checked(self._to_uint8(pixels), index)
+            try:
+                pixels = self._to_uint8(pixels)
+            except Exception as exc:  # BitsStored/PixelRepresentation are only parsed here, and may be garbage
+                raise self._error(index, "cannot convert the pixels to 8 bits (BitsStored or PixelRepresentation "
+                                  "invalid?)", exc) from exc
+            pixels = self._checked(pixels, index)
             if self.region is None:
                 yield Frame(index, timestamp, pixels)
             else:
