@@ -83,3 +83,14 @@ def frame_packages(root) -> dict:
         out[task] = root / f"{task}.htpkg"
         save_package(out[task], cfg, small_tensors(cfg, seed=31))
     return out
+
+
+def tiny_seg_package(path, arch: str = "openai-clip-vit-b16", num_classes: int = 2, seed: int = 3):
+    """A two-block 64×64 seg package at `path` (the CLI and stream tests' model: fast to load and run)."""
+    from engine.config import AUTHORS_PREPROCESSING
+    from engine.package import save_package
+
+    cfg = small_config(arch, task="seg", num_classes=num_classes, image_size=64, layers=2, extract_layers=[0, 1],
+                       adapter_layers=[0, 1], preprocessing={**AUTHORS_PREPROCESSING, "size": 64})
+    save_package(path, cfg, small_tensors(cfg, seed=seed))
+    return path

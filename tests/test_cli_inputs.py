@@ -11,21 +11,14 @@ import pytest
 from PIL import Image
 
 from engine.cli import main
-from engine.config import AUTHORS_PREPROCESSING
 from engine.errors import InputError
 from engine.images import read_image
-from engine.package import save_package
-from tests.helpers import small_config, small_tensors
+from tests.helpers import tiny_seg_package
 
 
 @pytest.fixture(scope="module")
 def package(tmp_path_factory):
-    cfg = small_config("openai-clip-vit-b16", task="seg", num_classes=2, image_size=64, layers=2,
-                       extract_layers=[0, 1], adapter_layers=[0, 1], preprocessing={**AUTHORS_PREPROCESSING,
-                                                                                   "size": 64})
-    path = tmp_path_factory.mktemp("pkg") / "small.htpkg"
-    save_package(path, cfg, small_tensors(cfg, seed=3))
-    return path
+    return tiny_seg_package(tmp_path_factory.mktemp("pkg") / "small.htpkg")
 
 
 def one_line_error(capsys, *fragments) -> str:

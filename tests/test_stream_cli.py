@@ -11,21 +11,14 @@ pytest.importorskip("av")
 pytest.importorskip("pydicom")
 
 from engine.cli import main  # noqa: E402
-from engine.config import AUTHORS_PREPROCESSING  # noqa: E402
-from engine.package import save_package  # noqa: E402
 from engine.phantom import phantom_cine, write_dicom  # noqa: E402
 from engine.runtime import Predictor  # noqa: E402
-from tests.helpers import small_config, small_tensors  # noqa: E402
+from tests.helpers import tiny_seg_package  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def package(tmp_path_factory):
-    cfg = small_config("openai-clip-vit-b16", task="seg", num_classes=2, image_size=64, layers=2,
-                       extract_layers=[0, 1], adapter_layers=[0, 1], preprocessing={**AUTHORS_PREPROCESSING,
-                                                                                   "size": 64})
-    path = tmp_path_factory.mktemp("pkg") / "small.htpkg"
-    save_package(path, cfg, small_tensors(cfg, seed=3))
-    return path
+    return tiny_seg_package(tmp_path_factory.mktemp("pkg") / "small.htpkg")
 
 
 def test_stream_command_all_policy_outputs(tmp_path, package, capsys):

@@ -12,25 +12,18 @@ pydicom = pytest.importorskip("pydicom")
 pytest.importorskip("av")
 
 from engine.cli import main  # noqa: E402
-from engine.config import AUTHORS_PREPROCESSING  # noqa: E402
 from engine.errors import SourceError  # noqa: E402
-from engine.package import save_package  # noqa: E402
 from engine.phantom import phantom_cine, write_dicom  # noqa: E402
 from engine.runtime import Predictor  # noqa: E402
 from engine.stream import CollectSink, DicomSource, RegionPasteSink, StreamPipeline, open_source  # noqa: E402
-from tests.helpers import small_config, small_tensors  # noqa: E402
+from tests.helpers import tiny_seg_package  # noqa: E402
 
 REGION = (13, 9, 13 + 70 - 1, 9 + 51 - 1)  # x0, y0, x1, y1 (inclusive): a 51x70 scan inside a 75x101 screen
 
 
 @pytest.fixture(scope="module")
 def package(tmp_path_factory):
-    cfg = small_config("biomedclip-vit-b16", task="seg", num_classes=3, image_size=64, layers=2,
-                       extract_layers=[0, 1], adapter_layers=[0, 1], preprocessing={**AUTHORS_PREPROCESSING,
-                                                                                   "size": 64})
-    path = tmp_path_factory.mktemp("pkg") / "small.htpkg"
-    save_package(path, cfg, small_tensors(cfg, seed=5))
-    return path
+    return tiny_seg_package(tmp_path_factory.mktemp("pkg") / "small.htpkg", "biomedclip-vit-b16", num_classes=3, seed=5)
 
 
 @pytest.fixture(scope="module")
