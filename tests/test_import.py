@@ -91,7 +91,8 @@ class _Holder(nn.Module):
         return x
 
 
-def _torchscript_archive(state: dict, path: Path) -> None:
+def _torchscript_archive(state: dict, path: Path, buffers: bool = False) -> None:
+    """A scripted module holding `state` under its dotted names, as parameters (or buffers: any dtype)."""
     root = _Holder()
     for key, value in state.items():
         *parents, leaf = key.split(".")
@@ -100,7 +101,10 @@ def _torchscript_archive(state: dict, path: Path) -> None:
             if part not in module._modules:
                 module.add_module(part, _Holder())
             module = module._modules[part]
-        module.register_parameter(leaf, nn.Parameter(value, requires_grad=False))
+        if buffers:
+            module.register_buffer(leaf, value)
+        else:
+            module.register_parameter(leaf, nn.Parameter(value, requires_grad=False))
     torch.jit.script(root).save(str(path))
 
 
@@ -283,16 +287,7 @@ def test_torchscript_reader_equals_jit_state_dict(tmp_path):
     state = {"visual.a.weight": torch.randn(5, 7).half(), "visual.a.mask": torch.rand(4) > 0.5,
              "visual.b.ids": torch.arange(9, dtype=torch.int64).reshape(3, 3), "visual.b.view": base[1:4],
              "visual.c.strided": base[:, ::3], "visual.c.empty": torch.empty(0, 4), "logit_scale": torch.tensor(4.6)}
-    root = _Holder()
-    for key, value in state.items():
-        *parents, leaf = key.split(".")
-        module = root
-        for part in parents:
-            if part not in module._modules:
-                module.add_module(part, _Holder())
-            module = module._modules[part]
-        module.register_buffer(leaf, value)
-    torch.jit.script(root).save(str(tmp_path / "m.pt"))
+    _torchscript_archive(state, tmp_path / "m.pt", buffers=True)
     expected = dict(torch.jit.load(str(tmp_path / "m.pt")).state_dict())  # our own archive: trusted in this test
     got = read_torchscript_state_dict(tmp_path / "m.pt")
     assert set(got) == set(expected)
