@@ -16,7 +16,13 @@ class Runner:
     `[B,C,g,g]`, before its upsample (the frame path upsamples them to the frame in one step); `run_frames(frames)`
     takes a list of uint8 frames of one size and returns the uint8 masks `[B,H,W]` (seg) or float32 probabilities
     `[B,C]` (cls) itself, the whole frame path on the device or inside the graph of a frame artifact, whose
-    accepted frame geometry is `frame_shape` (`(H, W)` or `(H, W, 3)`; None: any size)."""
+    accepted frame geometry is `frame_shape` (`(H, W)` or `(H, W, 3)`; None: any size).
+
+    Optional, for the bench's host/device split (artifact runtimes on a GPU, trtexec's "Host Latency" vs "GPU
+    Compute"): `run_split(batch)` is `run` with its phases timed, returning `(output, (h2d_ms, compute_ms, d2h_ms))`
+    for that one call: the host-to-device copy, the compute and the device-to-host copy, on the clock `split_timer`
+    names ("cuda_events": events on the runner's own stream around each phase; "perf_counter_ns": the host clock
+    around each phase, each ending in a synchronization). `run` itself records nothing."""
 
     run: Callable | None
     uses_torch: bool
@@ -27,3 +33,5 @@ class Runner:
     run_grid: Callable | None = None
     run_frames: Callable | None = None
     frame_shape: tuple | None = None
+    run_split: Callable | None = None
+    split_timer: str | None = None

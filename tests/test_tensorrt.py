@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import importlib.util
 
+import numpy as np
 import pytest
 import torch
 
 from engine import Predictor
 from engine.artifacts import open_artifact
 from engine.backends import backend_status
+from engine.backends import tensorrt as tensorrt_backend
 from engine.errors import BackendError
 from engine.export.build import build_artifact
 from engine.export.manifest import BatchRange
@@ -23,6 +25,7 @@ from engine.export.tensorrt import (
     timing_cache_path,
 )
 from tests.artifact_helpers import small_package
+from tests.fake_tensorrt import CLASSES, MIB, FakeCudart, FakeTensorRT, expected_output, fake_artifact, patch_tensorrt
 from tests.helpers import random_images
 from tests.tolerances import RELATIVE, assert_relative
 
@@ -142,3 +145,64 @@ def test_engine_matches_reference(trt_models, task, precision):
             expected = reference(x)
         actual = torch.from_numpy(predictor.forward(x.numpy()))
         assert_relative(actual, expected, tolerance, f"tensorrt {precision} {task} batch {batch}")
+
+
+# ---------------------------------------------------------------- the runner on fakes (tests/fake_tensorrt.py)
+
+def _images(batch: int, size: int = 16, seed: int = 0):
+    return np.random.default_rng(seed).random((batch, 3, size, size - 3), dtype=np.float32)
+
+
+def _phases(cudart: FakeCudart, batch, compute_ms: float) -> tuple:
+    """The device time the fakes spend in each phase of one run of `batch` (H2D, compute, D2H)."""
+    out_bytes = batch.nbytes * CLASSES // batch.shape[1]
+    return (cudart.cost_per_mib["H2D"] * batch.nbytes / MIB, compute_ms, cudart.cost_per_mib["D2H"] * out_bytes / MIB)
+
+
+def test_untimed_run_copies_in_executes_copies_out_and_records_no_event():
+    cudart = FakeCudart()
+    engine = tensorrt_backend._Engine(FakeTensorRT(cudart), cudart, b"plan", 0)
+    for batch in (_images(2), _images(3, seed=1), _images(1, seed=2)):  # the buffers grow, then are reused
+        assert (engine.run(batch) == expected_output(batch)).all()
+    assert cudart.events == [] and engine.events is None
+    assert cudart.log == ["copy H2D", "execute", "copy D2H", "sync"] * 3
+    assert len(cudart.memory) == 2  # one device buffer per binding, grown for batch 3 and kept for batch 1
+
+
+def test_timed_run_brackets_each_phase_with_events_on_the_runner_stream():
+    cudart = FakeCudart(h2d_ms_per_mib=3.0, d2h_ms_per_mib=0.75, compute_ms=(7.0, 9.5))
+    engine = tensorrt_backend._Engine(FakeTensorRT(cudart), cudart, b"plan", 0)
+    batch = _images(2)
+    output, phases = engine.run_timed(batch)
+    assert (output == expected_output(batch)).all()
+    assert phases == pytest.approx(_phases(cudart, batch, 7.0), rel=1e-12)
+    assert cudart.log == ["record", "copy H2D", "record", "record", "execute", "record", "record", "copy D2H",
+                          "record", "sync"]
+    assert {event.stream for event in cudart.events} == {engine.stream} and engine.stream != 0
+    larger = _images(5, seed=3)
+    output, phases = engine.run_timed(larger)  # the same six events, recorded again
+    assert (output == expected_output(larger)).all() and len(cudart.events) == 6
+    assert phases == pytest.approx(_phases(cudart, larger, 9.5), rel=1e-12)
+    cudart.log.clear()
+    engine.run(batch)  # timing off again: no event is recorded
+    assert cudart.log == ["copy H2D", "execute", "copy D2H", "sync"]
+
+
+def test_a_failed_execution_is_a_backend_error_timed_or_not():
+    cudart = FakeCudart()
+    engine = tensorrt_backend._Engine(FakeTensorRT(cudart, fail=True), cudart, b"plan", 0)
+    for run in (engine.run, engine.run_timed):
+        with pytest.raises(BackendError, match="TensorRT execution failed"):
+            run(_images(1))
+
+
+def test_loaded_runner_offers_the_split_on_cuda_events(tmp_path, monkeypatch):
+    cudart = FakeCudart(compute_ms=(4.0,))
+    patch_tensorrt(monkeypatch, cudart)
+    runner = tensorrt_backend.load(fake_artifact(tmp_path), "cuda:0", "fp16")
+    assert runner.split_timer == "cuda_events" and not runner.uses_torch and runner.max_batch == 4
+    batch = _images(2, seed=4)
+    plain = runner.run(batch)
+    assert plain.dtype == np.float32 and (plain == expected_output(batch)).all() and cudart.events == []
+    output, phases = runner.run_split(batch)
+    assert (output == plain).all() and phases == pytest.approx(_phases(cudart, batch, 4.0), rel=1e-12)
