@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import types
 from pathlib import Path
 
 import numpy as np
@@ -14,10 +15,11 @@ import torch
 
 from engine import Predictor
 from engine.artifacts import open_artifact
+from engine.backends import onnx as onnx_backend
 from engine.config import AUTHORS_PREPROCESSING
 from engine.errors import BackendError, InputError, PackageError
 from engine.export.build import build_artifact
-from engine.export.manifest import DIGEST_KEY, MANIFEST, BatchRange, manifest_digest
+from engine.export.manifest import DIGEST_KEY, INPUT_NAME, MANIFEST, BatchRange, manifest_digest
 from engine.export.onnx_export import FP32_OPS, graph_ops
 from engine.export.trt_ops import TABLE, check_tensorrt_ops, op_table
 from engine.model import build_reference_model
@@ -171,6 +173,115 @@ def test_package_on_the_onnx_backend_builds_on_the_fly(packages):
     with torch.no_grad():
         expected = reference(x)
     assert_relative(torch.from_numpy(predictor.forward(x.numpy())), expected, RELATIVE[torch.float32], "on the fly")
+
+
+# ---------------------------------------------------------------- host/device split (run_split, IO binding)
+
+def _cpu_session(artifact):
+    import onnxruntime
+
+    return onnxruntime.InferenceSession(str(artifact.model_file), providers=["CPUExecutionProvider"])
+
+
+def test_bound_run_gives_run_s_output_and_three_phases(artifacts):
+    """The IO-binding path on ONNX Runtime's CPU provider (the CUDA one binds "cuda" memory the same way): the same
+    output as `session.run` at every batch size in turn, a device input re-allocated only when the batch shape
+    changes, non-contiguous input accepted."""
+    import onnxruntime
+
+    artifact = artifacts["seg", "fp32"]
+    session = _cpu_session(artifact)
+    output_names = [output["name"] for output in artifact.manifest["outputs"]]
+    bound = onnx_backend._BoundRun(onnxruntime, session, output_names[0], "cpu", 0)
+    allocated = []
+    for batch, seed in ((2, 1), (2, 2), (1, 3), (3, 4)):
+        x = random_images(batch, 96, seed=seed).numpy()
+        strided = x.transpose(0, 1, 3, 2).copy().transpose(0, 1, 3, 2)
+        for images in (x, strided):
+            output, phases = bound(images)
+            np.testing.assert_array_equal(output, session.run(output_names, {INPUT_NAME: x})[0])
+            assert len(phases) == 3 and all(ms >= 0 for ms in phases)
+        allocated.append(bound.device_input)
+    assert allocated[0] is allocated[1] and allocated[2] is not allocated[1] and allocated[3] is not allocated[2]
+    assert [list(value.shape()) for value in allocated[1:]] == [[2, 3, 96, 96], [1, 3, 96, 96], [3, 3, 96, 96]]
+
+
+class _RecordingBinding:
+    """An IOBinding that logs its calls into the log the clock ticks into."""
+
+    def __init__(self, log):
+        self.log = log
+
+    def __getattr__(self, name):
+        def call(*args):
+            self.log.append(name)
+            return [np.full((1, 2), 5.0, dtype=np.float32)] if name == "copy_outputs_to_cpu" else None
+
+        return call
+
+
+def test_bound_run_reads_the_clock_between_synchronized_phases():
+    log, ticks = [], iter([10_000_000, 11_500_000, 15_500_000, 16_000_000])
+
+    def clock():
+        log.append("tick")
+        return next(ticks)
+
+    class DeviceValue:
+        def __init__(self, shape):
+            self.value_shape = list(shape)
+
+        def shape(self):
+            return self.value_shape
+
+        def update_inplace(self, host):
+            log.append("update_inplace")
+
+    def from_shape_and_type(shape, dtype, device_type, device_id):
+        log.append(f"allocate {device_type}:{device_id}")
+        return DeviceValue(shape)
+
+    fake_ort = types.SimpleNamespace(OrtValue=types.SimpleNamespace(ortvalue_from_shape_and_type=from_shape_and_type))
+    session = types.SimpleNamespace(io_binding=lambda: _RecordingBinding(log),
+                                    run_with_iobinding=lambda binding: log.append("run_with_iobinding"))
+    bound = onnx_backend._BoundRun(fake_ort, session, "logits", "cuda", 1, clock=clock)
+    output, phases = bound(np.ones((1, 3, 4, 4), dtype=np.float32))
+    assert log == ["tick", "allocate cuda:1", "bind_ortvalue_input", "clear_binding_outputs", "bind_output",
+                   "update_inplace", "synchronize_inputs", "tick", "run_with_iobinding", "synchronize_outputs", "tick",
+                   "copy_outputs_to_cpu", "tick"]
+    assert phases == pytest.approx((1.5, 4.0, 0.5)) and (output == 5.0).all()
+
+
+@pytest.mark.parametrize("providers, split", [(["CUDAExecutionProvider", "CPUExecutionProvider"], True),
+                                              (["TensorrtExecutionProvider", "CPUExecutionProvider"], True),
+                                              (["CPUExecutionProvider"], False)])
+def test_load_offers_the_split_only_where_a_gpu_provider_runs(artifacts, monkeypatch, providers, split):
+    """Decided from the providers the session really has: ONNX Runtime falls back to the CPU provider silently when
+    its CUDA libraries do not load."""
+    import onnxruntime
+
+    class Session:
+        def __init__(self, path, options, providers):
+            pass
+
+        def get_providers(self):
+            return providers
+
+        def io_binding(self):
+            return _RecordingBinding([])
+
+    monkeypatch.setattr(onnx_backend, "providers_for", lambda device: providers)
+    monkeypatch.setattr(onnxruntime, "InferenceSession", Session)
+    runner = onnx_backend.load(artifacts["seg", "fp32"], "cuda:1", "fp32")
+    assert (runner.run_split is not None) == split
+    assert runner.split_timer == ("perf_counter_ns" if split else None)
+    if split:
+        assert (runner.run_split.device_type, runner.run_split.device_id) == ("cuda", 1)
+
+
+def test_cpu_runner_has_no_split(artifacts):
+    runner = Predictor.load(artifacts["seg", "fp32"].directory).runner
+    assert runner.run_split is None and runner.split_timer is None
 
 
 def _copy(artifact, tmp_path) -> Path:
