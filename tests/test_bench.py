@@ -30,8 +30,16 @@ from engine.bench import (
 )
 from engine.bench.flops import dft_filter_flops
 from engine.bench.machine import git_state, machine_info, short_sha
-from engine.bench.measure import relative_error, short_percentiles
-from engine.bench.report import ReportError, format_frames_table, format_markdown, validate_report, write_plot
+from engine.bench.measure import relative_error, short_percentiles, split_summary, time_split_calls
+from engine.bench.report import (
+    ReportError,
+    format_frames_table,
+    format_markdown,
+    times_document,
+    validate_report,
+    write_plot,
+)
+from engine.bench.suite import gpu_split, split_unavailable
 from engine.cli import main
 from engine.config import ModelConfig
 from engine.model import build_reference_model
@@ -40,6 +48,7 @@ from engine.postprocess import results_from_logits
 from engine.preprocess import preprocess_frames
 from engine.runner import Runner
 
+from .fake_tensorrt import MIB, FakeCudart, fake_artifact, patch_tensorrt
 from .helpers import random_images, small_config, small_tensors
 from .tolerances import RELATIVE
 
@@ -296,6 +305,155 @@ def test_report_validates_and_lists_every_case_with_its_correctness(report):
     rows = [line for line in table.splitlines() if not line.startswith(("warning: ", "note: "))]
     assert len(rows) == len(report["cases"]) + 2
     assert "unsupported: backend 'reference' runs in" in table
+    # A CPU run has no host/device split: null in every case, with why, no split columns, one note naming the cases.
+    assert all(case["gpu_split_ms"] is None for case in report["cases"])
+    timed = [case for case in report["cases"] if case["latency_ms"] is not None]
+    assert {case["gpu_split_reason"] for case in timed} == {split_unavailable("cpu", _numpy_runner("cpu"))}
+    assert "Host Latency ms" not in rows[0]
+    (note,) = [line for line in table.splitlines() if "Host Latency" in line]
+    assert note.startswith("note: no Host Latency / GPU Compute split for reference fp32, optimized fp32, "
+                           "optimized bf16: measured for artifact runtimes on a GPU only")
+    assert "perf_counter_ns" in note
+
+
+# ---------------------------------------------------------------- host/device split (gpu_split_ms)
+
+def _numpy_runner(device: str, run_split=None) -> Runner:
+    return Runner(run=lambda batch: batch, uses_torch=False, device=device, precision="fp16", run_split=run_split,
+                  split_timer=None if run_split is None else "cuda_events")
+
+
+def test_split_is_measured_only_for_runners_that_split_on_a_gpu():
+    def splitting(batch):
+        return batch, (0.1, 1.0, 0.05)
+
+    assert "on a GPU only" in split_unavailable("cpu", _numpy_runner("cpu", splitting))
+    torch_runner = Runner(run=lambda batch: batch, uses_torch=True, device="cuda", precision="fp32")
+    assert "CUDA events around the call (cuda_events)" in split_unavailable("cuda", torch_runner)
+    assert "does not split its calls" in split_unavailable("cuda:1", _numpy_runner("cuda:1"))
+    assert split_unavailable("cuda:1", _numpy_runner("cuda:1", splitting)) is None
+
+
+def test_time_split_calls_follows_the_timing_rule():
+    calls = []
+
+    def call_split():
+        calls.append(1)
+        return None, (len(calls), 2 * len(calls), 0.5)
+
+    samples = time_split_calls(call_split, warmup_s=0.0, duration_s=0.0, iterations=4)
+    assert samples == [(2.0, 4.0, 0.5), (3.0, 6.0, 0.5), (4.0, 8.0, 0.5), (5.0, 10.0, 0.5)]  # after one warm-up call
+    assert len(time_split_calls(call_split, warmup_s=0.0, duration_s=60.0, max_runs=3)) == 3
+
+
+def test_split_summary_has_each_phase_and_their_sum_per_run():
+    samples = [(0.2, 5.0, 0.1), (0.4, 3.0, 0.1), (0.3, 4.0, 0.4)]
+    summary = split_summary(samples, "cuda_events", percentiles=(50, 90))
+    assert summary["timer"] == "cuda_events" and summary["runs"] == 3
+    assert summary["h2d_ms"]["median_ms"] == pytest.approx(0.3) and summary["h2d_ms"]["max_ms"] == pytest.approx(0.4)
+    assert summary["compute_ms"]["min_ms"] == 3.0 and summary["compute_ms"]["p90_ms"] == pytest.approx(4.8)
+    assert summary["d2h_ms"]["mean_ms"] == pytest.approx(0.2)
+    # Host Latency per run: 5.3, 3.5, 4.7 (trtexec's H2D + GPU Compute + D2H), not a sum of the phase medians (4.4).
+    assert summary["host_latency_ms"]["median_ms"] == pytest.approx(4.7)
+    assert summary["host_latency_ms"]["min_ms"] == pytest.approx(3.5)
+    assert summary["samples_ms"] == [list(run) for run in samples]
+    assert all(summary[key]["runs"] == 3 for key in ("h2d_ms", "compute_ms", "d2h_ms", "host_latency_ms"))
+    with pytest.raises(ValueError):
+        split_summary([], "cuda_events")
+
+
+def _tensorrt_runner(tmp_path, monkeypatch, compute_ms):
+    from engine.backends import tensorrt
+
+    cudart = FakeCudart(h2d_ms_per_mib=2.0, d2h_ms_per_mib=0.5, compute_ms=compute_ms)
+    patch_tensorrt(monkeypatch, cudart)
+    return tensorrt.load(fake_artifact(tmp_path, max_batch=8), "cuda", "fp16")
+
+
+def test_tensorrt_runner_split_is_summarized_from_its_events(small_package, tmp_path, monkeypatch):
+    """The TensorRT runner on fakes (tests/fake_tensorrt.py: every phase costs a known device time): the suite's
+    split holds exactly those times, run by run, and the statistics over them."""
+    runner = _tensorrt_runner(tmp_path, monkeypatch, compute_ms=(4.0, 6.0, 8.0, 10.0, 12.0))
+    images = random_images(2, 20, seed=4).numpy()
+    options = fast_options(small_package, iterations=5, percentiles=[50, 99])
+    split, reason = gpu_split(runner, images, "cuda", options)
+    assert reason is None and split["timer"] == "cuda_events" and split["runs"] == 5
+    h2d, d2h = 2.0 * images.nbytes / MIB, 0.5 * (images.nbytes * 2 // 3) / MIB
+    computes = [6.0, 8.0, 10.0, 12.0, 4.0]  # the warm-up call ran the first 4 ms
+    assert split["samples_ms"] == [[round(h2d, 4), c, round(d2h, 4)] for c in computes]
+    assert split["h2d_ms"]["median_ms"] == pytest.approx(h2d) and split["d2h_ms"]["max_ms"] == pytest.approx(d2h)
+    assert split["compute_ms"]["median_ms"] == pytest.approx(8.0) and split["compute_ms"]["min_ms"] == 4.0
+    assert split["host_latency_ms"]["median_ms"] == pytest.approx(h2d + 8.0 + d2h)
+    assert split["host_latency_ms"]["p99_ms"] == pytest.approx(h2d + d2h + np.percentile(computes, 99))
+    assert gpu_split(runner, images, "cpu", options)[0] is None  # the device decides before the runner
+
+
+def test_a_failing_split_loses_only_the_split(small_package):
+    def broken(batch):
+        raise RuntimeError("cudaErrorLaunchFailure")
+
+    split, reason = gpu_split(_numpy_runner("cuda", broken), np.zeros(1), "cuda", fast_options(small_package))
+    assert split is None and reason == "the split runs failed: RuntimeError: cudaErrorLaunchFailure"
+
+
+def _with_split(report, tmp_path, monkeypatch, small_package) -> dict:
+    """`report` with its optimized fp32 cases given the split of the TensorRT runner on fakes."""
+    runner = _tensorrt_runner(tmp_path, monkeypatch, compute_ms=(7.0,))
+    split_report = json.loads(json.dumps(report))
+    for case in split_report["cases"]:
+        if case["backend"] == "optimized" and case["precision"] == "fp32":
+            images = random_images(case["batch"], 20, seed=case["batch"]).numpy()
+            case["gpu_split_ms"], case["gpu_split_reason"] = gpu_split(
+                runner, images, "cuda", fast_options(small_package, iterations=3, percentiles=[50, 90, 95, 99]))
+    return split_report
+
+
+def test_report_with_a_split_validates_and_the_table_shows_host_latency_and_gpu_compute(
+        report, small_package, tmp_path, monkeypatch):
+    split_report = _with_split(report, tmp_path, monkeypatch, small_package)
+    validate_report(split_report)
+    table = format_table(split_report).splitlines()
+    header = table[0].split()
+    assert "Latency" in header and "Compute" in header and len(table[0]) == len(table[1])
+    with_split = [c for c in split_report["cases"] if c["gpu_split_ms"] is not None]
+    assert len(with_split) == 2
+    for case in with_split:
+        (row,) = [line for line in table[2:] if line.startswith("optimized") and line.split()[1:3] == [
+            "fp32", str(case["batch"])]]
+        host, compute = case["gpu_split_ms"]["host_latency_ms"]["median_ms"], 7.0
+        assert f"{host:.3f}" in row.split() and f"{compute:.3f}" in row.split()
+    notes = [line for line in table if line.startswith("note: ")]
+    assert notes[0].startswith("note: Host Latency = H2D + GPU Compute + D2H of each run") and "optimized fp32" in \
+        notes[0] and "CUDA events on the runner's execution stream" in notes[0]
+    assert notes[1].startswith("note: no Host Latency / GPU Compute split for reference fp32, optimized bf16:")
+    markdown = format_markdown(split_report)
+    rows = [line for line in markdown.splitlines() if line.startswith("| ") and "---" not in line]
+    assert "| Host Latency ms | GPU Compute ms |" in rows[0]
+    assert all(row.count("|") == rows[0].count("|") for row in rows)
+    times = times_document(split_report)["cases"]
+    assert [c["split_samples_ms"] is not None for c in times] == [c["gpu_split_ms"] is not None
+                                                                   for c in split_report["cases"]]
+    assert all(len(c["split_samples_ms"]) == 3 and c["split_timer"] == "cuda_events" for c in times
+               if c["split_samples_ms"] is not None)
+
+
+def test_schema_checks_the_split(report, small_package, tmp_path, monkeypatch):
+    split_report = _with_split(report, tmp_path, monkeypatch, small_package)
+    index = next(i for i, c in enumerate(split_report["cases"]) if c["gpu_split_ms"] is not None)
+
+    def broken(edit):
+        copy = json.loads(json.dumps(split_report))
+        edit(copy["cases"][index])
+        with pytest.raises(ReportError, match=f"cases/{index}"):
+            validate_report(copy)
+
+    broken(lambda case: case.update(gpu_split_reason="also a reason"))  # measured: no reason
+    broken(lambda case: case.update(gpu_split_ms=None))  # null: a reason is needed
+    broken(lambda case: case["gpu_split_ms"].pop("host_latency_ms"))
+    broken(lambda case: case["gpu_split_ms"].update(timer="wall"))
+    broken(lambda case: case["gpu_split_ms"]["samples_ms"][0].pop())
+    broken(lambda case: case["gpu_split_ms"]["compute_ms"].pop("median_ms"))
+    broken(lambda case: case.pop("gpu_split_reason"))
 
 
 def _few_samples(report) -> list:
@@ -531,6 +689,7 @@ def test_cli_bench_exports_every_sample(small_package, tmp_path, capsys):
         assert samples["timer"] == case["timer"] == "perf_counter_ns"
         assert samples["samples_ms"] == case["samples_ms"] and len(samples["samples_ms"]) == case["latency_ms"]["runs"]
         assert case["latency_ms"]["runs"] >= 4 and case["gpu_split_ms"] is None
+        assert samples["split_timer"] is None and samples["split_samples_ms"] is None
 
 
 def test_cli_bench_refuses_a_bad_export_path_and_bad_percentiles_before_any_work(small_package, tmp_path, capsys):

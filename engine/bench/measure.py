@@ -2,7 +2,9 @@
 
 CPU calls are timed with `time.perf_counter_ns`; calls of torch runners on a CUDA device with CUDA events around
 the call (the device's own clock, `htkernels.timing.cuda_event_ms`, the timer the launch tuner uses too),
-synchronizing after each call so that one call's latency is not hidden in the next one's queue.
+synchronizing after each call so that one call's latency is not hidden in the next one's queue. Runners that split a
+call into its host-to-device copy, compute and device-to-host copy (`Runner.run_split`, artifact runtimes on a GPU)
+time the phases themselves; `time_split_calls` runs them under the same rule and `split_summary` summarizes them.
 `relative_error` is the one error measure of the project: the bench suite, the benchmarks and the test suite's
 tolerance table (`tests/tolerances.py`) all compare with it.
 """
@@ -98,19 +100,38 @@ def time_calls(call, *, timer: str, warmup_s: float, duration_s: float, iteratio
     `iterations` ran and `duration_s` seconds of wall time passed, whichever is longer (at most `max_runs`: a
     cap on memory, not a convention). Returns the latencies in milliseconds. With `cuda_events`, the events go on
     the current stream of `device`, where the torch runners enqueue their work."""
+    _warm_up(call, warmup_s)
+    if timer == "cuda_events":
+        import torch
+
+        from htkernels.timing import cuda_event_ms
+
+        with torch.cuda.device(torch.device(device)):
+            torch.cuda.synchronize()
+            return _timed_runs(lambda: cuda_event_ms(call), duration_s, iterations, max_runs)
+    return _timed_runs(lambda: host_call_ms(call), duration_s, iterations, max_runs)
+
+
+def time_split_calls(call_split, *, warmup_s: float, duration_s: float, iterations: int = 1,
+                     max_runs: int = 100_000) -> list:
+    """`time_calls` for a runner's `run_split` (`engine.runner.Runner`): the same warm-up and stopping rule, and per
+    timed call the `(h2d_ms, compute_ms, d2h_ms)` the call measured itself, in its own timer."""
+    _warm_up(call_split, warmup_s)
+    return _timed_runs(lambda: tuple(float(ms) for ms in call_split()[1]), duration_s, iterations, max_runs)
+
+
+def _warm_up(call, warmup_s: float) -> None:
     warmup_end = time.perf_counter_ns() + int(warmup_s * 1e9)
     call()
     while time.perf_counter_ns() < warmup_end:
         call()
-    if timer == "cuda_events":
-        import torch
 
-        with torch.cuda.device(torch.device(device)):
-            return _time_cuda(call, duration_s, iterations, max_runs)
+
+def _timed_runs(sample, duration_s: float, iterations: int, max_runs: int) -> list:
     samples = []
     deadline = time.perf_counter_ns() + int(duration_s * 1e9)
     while len(samples) < max_runs and (len(samples) < iterations or time.perf_counter_ns() < deadline):
-        samples.append(host_call_ms(call))
+        samples.append(sample())
     return samples
 
 
@@ -121,17 +142,21 @@ def host_call_ms(call) -> float:
     return (time.perf_counter_ns() - start) / 1e6
 
 
-def _time_cuda(call, duration_s: float, iterations: int, max_runs: int) -> list:
-    import torch
+SPLIT_PHASES = ("h2d_ms", "compute_ms", "d2h_ms")
 
-    from htkernels.timing import cuda_event_ms
 
-    torch.cuda.synchronize()
-    samples = []
-    deadline = time.perf_counter_ns() + int(duration_s * 1e9)
-    while len(samples) < max_runs and (len(samples) < iterations or time.perf_counter_ns() < deadline):
-        samples.append(cuda_event_ms(call))
-    return samples
+def split_summary(samples, timer: str, percentiles=DEFAULT_PERCENTILES) -> dict:
+    """A case's `gpu_split_ms` from its `time_split_calls` samples: latency statistics of each phase and of their
+    sum per run, trtexec's Host Latency (H2D + GPU Compute + D2H), the run count, the timer and every sample."""
+    phases = np.asarray(samples, dtype=np.float64).reshape(-1, len(SPLIT_PHASES))
+    if phases.shape[0] == 0:
+        raise ValueError("a host/device split needs at least one timed run")
+    summary = {"timer": timer, "runs": int(phases.shape[0])}
+    for column, key in enumerate(SPLIT_PHASES):
+        summary[key] = LatencyStats.from_samples(phases[:, column], percentiles).to_dict()
+    summary["host_latency_ms"] = LatencyStats.from_samples(phases.sum(axis=1), percentiles).to_dict()
+    summary["samples_ms"] = [[round(float(ms), 4) for ms in run] for run in phases]
+    return summary
 
 
 def relative_error(actual, expected) -> float:

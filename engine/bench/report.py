@@ -15,6 +15,15 @@ TAIL_COLUMNS = ("runs", "timer", "frames/s", "x eager", "x compiled", "GFLOP/s",
                 "max rel err")
 
 
+# trtexec's names for the host/device split (`gpu_split_ms`): its Host Latency (H2D + GPU Compute + D2H of a run)
+# and GPU Compute; the columns appear when some case has the split.
+SPLIT_COLUMNS = ("Host Latency ms", "GPU Compute ms")
+SPLIT_TIMERS = {
+    "cuda_events": "CUDA events on the runner's execution stream around each phase (the device's clock)",
+    "perf_counter_ns": "the host clock around each phase, each ending in a synchronization (so GPU Compute includes "
+                       "the runtime's host-side dispatch of the run: an upper bound)",
+}
+
 FRAME_COLUMNS = ("backend", "prec", "batch", "frame", "path", "e2e ms", "e2e {tail}", "pre ms", "infer ms", "post ms",
                  "x forward", "timers (e2e/pre/infer/post)")
 TIMER_NAMES = {"perf_counter_ns": "host", "cuda_events": "device", None: "-"}
@@ -29,10 +38,45 @@ def percentile_keys(report: dict) -> list:
     return [percentile_key(p) for p in report["settings"]["percentiles"]]
 
 
+def has_split(report: dict) -> bool:
+    """Whether some case measured the host/device split (`gpu_split_ms`)."""
+    return any(case["gpu_split_ms"] is not None for case in report["cases"])
+
+
 def columns(report: dict) -> tuple:
-    """The table's columns: min, mean, each requested percentile and max latency between the case and the rest."""
+    """The table's columns: min, mean, each requested percentile and max latency between the case and the rest, then
+    Host Latency and GPU Compute (medians of the split) where some case has the split."""
     latency = ["min ms", "mean ms"] + [f"{key[:-3]} ms" for key in percentile_keys(report)] + ["max ms"]
-    return HEAD_COLUMNS + tuple(latency) + TAIL_COLUMNS
+    return HEAD_COLUMNS + tuple(latency) + (SPLIT_COLUMNS if has_split(report) else ()) + TAIL_COLUMNS
+
+
+def split_cells(case: dict) -> list:
+    """The case's Host Latency and GPU Compute medians in ms ("-" without a split)."""
+    split = case["gpu_split_ms"]
+    if split is None:
+        return ["-", "-"]
+    return [_num(split["host_latency_ms"]["median_ms"], ".3f"), _num(split["compute_ms"]["median_ms"], ".3f")]
+
+
+def split_notes(report: dict) -> list:
+    """What the split columns hold and where they are empty, one line per timer and per reason, naming the cases
+    (backend and precision) of each; cases that were not timed are left out."""
+    measured, missing = {}, {}
+    for case in report["cases"]:
+        if case["latency_ms"] is None:
+            continue
+        split = case["gpu_split_ms"]
+        group = (measured.setdefault(split["timer"], []) if split is not None
+                 else missing.setdefault(case["gpu_split_reason"], []))
+        label = f"{case['backend']} {case['precision']}"
+        if label not in group:
+            group.append(label)
+    lines = [f"Host Latency = H2D + GPU Compute + D2H of each run (trtexec's split; medians of a second series of "
+             f"timed runs, gpu_split_ms in --json) for {', '.join(labels)}: {SPLIT_TIMERS[timer]}"
+             for timer, labels in measured.items()]
+    lines += [f"no Host Latency / GPU Compute split for {', '.join(labels)}: {reason}"
+              for reason, labels in missing.items()]
+    return lines
 
 
 def _num(value, fmt: str) -> str:
@@ -42,6 +86,7 @@ def _num(value, fmt: str) -> str:
 def table_rows(report: dict) -> list:
     rows = []
     keys = percentile_keys(report)
+    split = has_split(report)
     for case in report["cases"]:
         name = case["backend"] + {"eager": " (eager)", "compiled": ""}.get(case["role"], "")
         head = [name, case["precision"], str(case["batch"])]
@@ -51,7 +96,7 @@ def table_rows(report: dict) -> list:
         lat = case["latency_ms"]
         peak = case["peak_memory_bytes"]
         latency = [lat["min_ms"], lat["mean_ms"]] + [lat[key] for key in keys] + [lat["max_ms"]]
-        rows.append(head + [_num(value, ".2f") for value in latency] + [
+        rows.append(head + [_num(value, ".2f") for value in latency] + (split_cells(case) if split else []) + [
             str(lat["runs"]), case["timer"], _num(case["throughput_fps"], ".2f"),
             _num(case["speedup_vs_eager"], ".2f"), _num(case["speedup_vs_compiled"], ".2f"),
             _num(case["gflops_per_s"], ".1f"),
@@ -64,7 +109,7 @@ def table_rows(report: dict) -> list:
 
 def format_table(report: dict) -> str:
     """The report as a fixed-width table; cases without timings show their status and why in one cell. The
-    report's `warnings` follow it, one line each."""
+    report's `warnings` follow it, one line each, then notes: what the split columns hold or why they are absent."""
     names = columns(report)
     rows = table_rows(report)
     full = [row for row in rows if len(row) == len(names)]
@@ -80,6 +125,7 @@ def format_table(report: dict) -> str:
             cells += rest
         lines.append("  ".join(cells).rstrip())
     lines += [f"warning: {warning['message']}" for warning in report["warnings"]]
+    lines += [f"note: {note}" for note in split_notes(report)]
     if report["third_party_warnings"]:
         count = sum(entry["count"] for entry in report["third_party_warnings"])
         lines.append(f"note: {count} warnings of the libraries underneath were kept off the console "
@@ -158,6 +204,7 @@ def format_markdown(report: dict) -> str:
                    f"{machine['cpu']['torch_threads']} torch threads")
     gemm = ", ".join(f"{k} {v['gflops']:.0f}" for k, v in report["gemm"].items())
     tail = percentile_key(max(report["settings"]["percentiles"]))
+    split = has_split(report)
     lines = [
         f"Measured {machine['date']} on {device}; torch {machine['libraries']['torch']}, git "
         f"{str(machine['git']['sha'])[:10]}{' (dirty)' if machine['git']['dirty'] else ''}, 1-minute load average "
@@ -167,24 +214,27 @@ def format_markdown(report: dict) -> str:
         f"({flops['reference']['total'] / 1e9:.2f} as the reference runs it). GEMM peak measured in the same run "
         f"(GFLOP/s): {gemm}.",
         "",
-        f"| backend | precision | batch | median ms | {tail[:-3]} ms | frames/s | × eager | × torch.compile "
-        "| % GEMM peak | peak MiB | first load s | max rel. error |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        f"| backend | precision | batch | median ms | {tail[:-3]} ms | "
+        + ("Host Latency ms | GPU Compute ms | " if split else "")
+        + "frames/s | × eager | × torch.compile | % GEMM peak | peak MiB | first load s | max rel. error |",
+        "|---|---|---:|---:|---:|" + ("---:|---:|" if split else "") + "---:|---:|---:|---:|---:|---:|---:|",
     ]
     for case in report["cases"]:
         name = {"eager": "reference (eager)", "compiled": "torch.compile(reference)"}.get(case["role"],
                                                                                           case["backend"])
         if case["latency_ms"] is None:
             lines.append(f"| {name} | {case['precision']} | {case['batch']} | {case['status']}: "
-                         f"{case['message'].replace('|', '/')} |||||||||")
+                         f"{case['message'].replace('|', '/')} |||||||||" + ("||" if split else ""))
             continue
         lat, peak, fraction = case["latency_ms"], case["peak_memory_bytes"], case["gemm_fraction"]
         lines.append(" | ".join([
             f"| {name}", case["precision"], str(case["batch"]), _num(lat["median_ms"], ".1f"),
-            _num(lat[tail], ".1f"), _num(case["throughput_fps"], ".2f"), _num(case["speedup_vs_eager"], ".2f"),
+            _num(lat[tail], ".1f"), *(split_cells(case) if split else []), _num(case["throughput_fps"], ".2f"),
+            _num(case["speedup_vs_eager"], ".2f"),
             _num(case["speedup_vs_compiled"], ".2f"), _num(None if fraction is None else 100 * fraction, ".0f"),
             _num(None if peak is None else peak / 2**20, ".0f"), _num(case["first_load_s"], ".1f"),
             _num(case["max_rel_error"], ".1e")]) + " |")
+    lines += [""] + [note.replace("|", "/") + "." for note in split_notes(report)]
     rows = frame_rows(report)
     if rows:
         lines += ["", "Frame path (uint8 frames in, results out; decode excluded), median ms at each batch; "
@@ -225,11 +275,16 @@ TIMES_SCHEMA = "ht-engine-bench-times"
 
 def times_document(report: dict) -> dict:
     """Every timed sample of every case (`--export-times`): per case its latencies in ms and the timer that took
-    them, the raw data behind the report's statistics (trtexec's --exportTimes)."""
-    return {"schema": TIMES_SCHEMA, "schema_version": 1, "command": report["command"],
-            "cases": [{"backend": case["backend"], "precision": case["precision"], "batch": case["batch"],
-                       "role": case["role"], "status": case["status"], "timer": case["timer"],
-                       "samples_ms": case["samples_ms"]} for case in report["cases"]]}
+    them, the raw data behind the report's statistics (trtexec's --exportTimes), and where the case has the
+    host/device split, its `[h2d, compute, d2h]` per run and their timer (else null)."""
+    cases = []
+    for case in report["cases"]:
+        split = case["gpu_split_ms"]
+        cases.append({"backend": case["backend"], "precision": case["precision"], "batch": case["batch"],
+                      "role": case["role"], "status": case["status"], "timer": case["timer"],
+                      "samples_ms": case["samples_ms"], "split_timer": None if split is None else split["timer"],
+                      "split_samples_ms": None if split is None else split["samples_ms"]})
+    return {"schema": TIMES_SCHEMA, "schema_version": 1, "command": report["command"], "cases": cases}
 
 
 def write_times(report: dict, path: Path) -> None:

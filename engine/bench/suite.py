@@ -15,8 +15,11 @@ included). Python warnings and log records of the libraries underneath are count
 
 `warnings` lists what makes numbers less trustworthy: a percentile resting on fewer runs than
 `measure.samples_needed` asks for, and a 1-minute load average above the logical cores at the start or end.
-`gpu_split_ms` (host-to-device copy / compute / device-to-host copy, trtexec's "Host Latency" vs "GPU Compute")
-is in the schema for artifact runtimes on a GPU; no runner reports it yet, so it is null.
+`gpu_split_ms` (host-to-device copy / compute / device-to-host copy, trtexec's "Host Latency" vs "GPU Compute"):
+for a runner that splits its calls (`Runner.run_split`: the tensorrt and onnx runners on a GPU) on a CUDA device, a
+second series of timed runs under the same warm-up, duration and iterations, each run timed by the runner itself
+(`split_timer`); the first series, the case's latency, stays uninstrumented. Everywhere else it is null and
+`gpu_split_reason` says why (`split_unavailable`).
 
 With frame sizes (`frames`), each timed case also measures what a user feels at that batch: uint8 frames in,
 masks (or probabilities) out through `Predictor.predict` (decode excluded), and the same path split into its three
@@ -49,13 +52,15 @@ from .measure import (
     gemm_rate,
     relative_error,
     short_percentiles,
+    split_summary,
     throughput_fps,
     time_calls,
+    time_split_calls,
     timer_kind,
 )
 
 SCHEMA_NAME = "ht-engine-bench"
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 HOST_TIMER = "perf_counter_ns"
 EAGER = "reference"
 COMPILED = "compiled-reference"
@@ -93,6 +98,7 @@ def _case(backend: str, precision: str, batch: int, role: str, status: str = "ok
             "latency_ms": None, "samples_ms": [], "throughput_fps": None, "peak_memory_bytes": None,
             "memory_kind": None, "max_rel_error": None, "speedup_vs_eager": None, "speedup_vs_compiled": None,
             "gflops_per_s": None, "gemm_fraction": None, "gemm_precision": None, "gpu_split_ms": None,
+            "gpu_split_reason": "not measured: the case did not run",
             "frames": []}
 
 
@@ -111,6 +117,34 @@ def _output_error(actual, expected) -> float | None:
         raise BackendError(f"output shape {tuple(np.shape(actual))} differs from the reference's "
                            f"{tuple(np.shape(expected))}") from None
     return error if math.isfinite(error) else None
+
+
+def split_unavailable(device: str, runner) -> str | None:
+    """Why a case has no host/device split (None: it has one), decided from the device and what the runner offers."""
+    if not device.startswith("cuda"):
+        return (f"measured for artifact runtimes on a GPU only; on {device} nothing crosses a host/device boundary "
+                f"and the latency is the whole call on the host clock ({HOST_TIMER})")
+    if runner.uses_torch:
+        return ("a torch runner on input already on the device, timed with CUDA events around the call "
+                "(cuda_events): there are no copies to split off")
+    if runner.run_split is None:
+        return (f"this runner does not split its calls; its latency is the whole call on the host clock "
+                f"({HOST_TIMER}), copies included")
+    return None
+
+
+def gpu_split(runner, batch, device: str, options: BenchOptions) -> tuple:
+    """`(gpu_split_ms, gpu_split_reason)` of a case: its runner's `run_split` timed like the case itself (same
+    warm-up, duration, iterations and percentiles), or None and why not."""
+    reason = split_unavailable(device, runner)
+    if reason is not None:
+        return None, reason
+    try:
+        samples = time_split_calls(lambda: runner.run_split(batch), warmup_s=options.warmup_s,
+                                   duration_s=options.duration_s, iterations=options.iterations)
+    except Exception as exc:  # the case's latency is measured already; a failing split only loses the split
+        return None, f"the split runs failed: {type(exc).__name__}: {exc}"
+    return split_summary(samples, runner.split_timer, options.percentiles), None
 
 
 def _synchronize(device: str) -> None:
@@ -242,6 +276,15 @@ class _Suite:
         error = "" if case["max_rel_error"] is not None or role == "eager" else "; outputs contain NaN/inf"
         self.progress(f"  batch {batch}: median {stats.median_ms:.2f} ms over {stats.runs} runs, "
                       f"{case['throughput_fps']:.2f} frames/s, max rel err {_fmt_err(case['max_rel_error'])}{error}")
+        case["gpu_split_ms"], case["gpu_split_reason"] = gpu_split(runner, device_images, self.device, self.options)
+        split = case["gpu_split_ms"]
+        if split is not None:
+            self.progress(f"  batch {batch}: Host Latency median {split['host_latency_ms']['median_ms']:.3f} ms "
+                          f"(H2D {split['h2d_ms']['median_ms']:.3f} + GPU Compute "
+                          f"{split['compute_ms']['median_ms']:.3f} + D2H {split['d2h_ms']['median_ms']:.3f}; "
+                          f"{split['timer']}, {split['runs']} runs)")
+        elif runner.run_split is not None and self.device.startswith("cuda"):
+            self.progress(f"  batch {batch}: no host/device split: {case['gpu_split_reason']}")
         with torch.inference_mode():
             case["frames"] = [self.measure_frames(predictor, batch, height, width, stats.median_ms, timer)
                               for height, width in self.options.frames]
