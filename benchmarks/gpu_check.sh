@@ -9,8 +9,11 @@
 #      (the CUDA C++ kernels and their launcher checks) and every other test marked requires_cuda
 #   4. benchmarks (benchmarks/gpu_check.py): bf16 GEMM rate, each kernel vs eager/torch.compile reference,
 #      end-to-end forward at batch 1, 8, 64, 256 vs the eager reference and torch.compile(reference), and the frame
-#      path (uint8 frame to mask on the device, 480x640 and 1080x1920, batch 1 and 8) next to the tensor forward
-#   5. the table, last (the frame path's rows at its end)
+#      path (uint8 frame to mask on the device, 480x640 and 1080x1920, batch 1 and 8) next to the tensor forward,
+#      and the artifact runtimes' host/device split (onnx, tensorrt where they can run: trtexec's Host Latency =
+#      H2D + GPU Compute + D2H, batch 1 and 8, through ht-engine bench's own code; a runtime missing here is a row
+#      with the reason)
+#   5. the table, last (the frame path's and the split's rows at its end)
 # Writes gpu_check.json, gpu_check.log and pytest_*.log under $OUT when set, else under benchmarks/results/.
 # GPU_CHECK_BUDGET_S (default 345) is the whole script's wall-clock budget. A rerun of a part:
 #   GPU_CHECK_TESTS (comma-separated test groups, default all; "none" skips the tests),

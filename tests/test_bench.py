@@ -818,7 +818,33 @@ def test_gpu_check_dry_run_imports_every_section_without_a_gpu():
     done = _gpu_check("--dry-run")
     assert done.returncode == 0, done.stderr
     assert [line.split(":")[1].strip() for line in done.stdout.splitlines()] == [
-        "section gemm", "section block", "section tune", "section e2e", "section kernels", "section frames"]
+        "section gemm", "section block", "section tune", "section e2e", "section kernels", "section frames",
+        "section split"]
     assert _gpu_check("--help").returncode == 0
     refused = _gpu_check("--dry-run", "--sections", "gemm,nope")
     assert refused.returncode == 2 and "unknown section(s) nope" in refused.stderr
+
+
+def test_gpu_check_split_section_runs_the_bench_on_the_artifact_runtimes(tmp_path):
+    """`--device cpu --tiny`: the section's code end to end (no split on a CPU, each row says why), and its table
+    with a measured split as a GPU run writes it."""
+    out = tmp_path / "gpu_check.json"
+    done = _gpu_check("--device", "cpu", "--tiny", "--sections", "split", "--out", str(out))
+    assert done.returncode == 0, done.stderr
+    section = json.loads(out.read_text())["gpu_split"]
+    assert section["validated"] is True and section["precision"] == "fp32"
+    rows = {(row["backend"], row["batch"]): row for row in section["rows"]}
+    assert set(rows) == {(backend, batch) for backend in ("onnx", "tensorrt") for batch in (1, 2)}
+    for batch in (1, 2):
+        onnx = rows["onnx", batch]
+        assert onnx["status"] == "ok" and onnx["call_median_ms"] > 0 and onnx["gpu_split_ms"] is None
+        assert "on a GPU only" in onnx["gpu_split_reason"]
+        assert rows["tensorrt", batch]["status"] == "unsupported"
+    assert "no split: measured for artifact runtimes on a GPU only" in done.stdout
+    split = split_summary([(0.05, 1.25, 0.02), (0.07, 1.5, 0.03)], "cuda_events")
+    rows["tensorrt", 1].update(status="ok", message="", call_median_ms=1.9, gpu_split_ms=split, gpu_split_reason=None)
+    out.write_text(json.dumps({"gpu_split": section}))
+    table = _gpu_check("--table", str(out))
+    assert table.returncode == 0, table.stderr
+    (line,) = [line for line in table.stdout.splitlines() if line.strip().startswith("tensorrt") and "B=1" in line]
+    assert line.split()[3:] == ["1.900", "1.460", "0.060", "1.375", "0.025", "cuda_events", "(2", "runs)"]

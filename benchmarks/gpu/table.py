@@ -92,6 +92,7 @@ def table(results: dict) -> str:
                              f"{cell['images_per_s']:>10.0f}/s{over_eager:>8}{speedup:>8}{share:>6}  "
                              f"{cell['rel_err_vs_fp32_reference']:.1e}")
     lines += _frames_table(results.get("frames", {}))
+    lines += _split_table(results.get("gpu_split", {}))
     for key in ("errors",):
         for section, message in results.get(key, {}).items():
             lines.append(f"section {section} failed: {message.splitlines()[-1] if message else ''}")
@@ -118,4 +119,31 @@ def _frames_table(frames: dict) -> list:
         lines.append(label + cell("frames_graph") + cell("forward_graph")
                      + (f"{difference:>+10.1f}" if difference is not None else f"{'-':>10}")
                      + cell("frames_call") + cell("forward_call") + f"{row['mask_agreement_vs_host']:>10.5f}")
+    return lines
+
+
+def _split_table(split: dict) -> list:
+    """The artifact runtimes' host/device split: the whole call next to trtexec's Host Latency and its parts."""
+    if split.get("skipped"):
+        return ["", f"host/device split: skipped ({split['skipped']})"]
+    if not split.get("rows"):
+        return []
+    lines = ["", f"host/device split of the artifact runtimes, {split.get('arch')} {split.get('task')} "
+             f"{split.get('precision')} (median ms: whole call | Host Latency = H2D + GPU Compute + D2H | H2D | "
+             "GPU Compute | D2H | timer)"]
+    if split.get("validated") is not True:
+        lines.append(f"  report not validated: {split.get('validated')}")
+    for row in split["rows"]:
+        label = f"  {row['backend']:<10}{row['precision']:<6}B={row['batch']:<4}"
+        if row["call_median_ms"] is None:
+            lines.append(label + f"{row['status']}: {row['message'][:160]}")
+            continue
+        cells = f"{row['call_median_ms']:>10.3f}"
+        phases = row["gpu_split_ms"]
+        if phases is None:
+            lines.append(label + cells + f"  no split: {row['gpu_split_reason'][:160]}")
+            continue
+        for key in ("host_latency_ms", "h2d_ms", "compute_ms", "d2h_ms"):
+            cells += f"{phases[key]['median_ms']:>10.3f}"
+        lines.append(label + cells + f"  {phases['timer']} ({phases['runs']} runs)")
     return lines
