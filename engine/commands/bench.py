@@ -46,8 +46,9 @@ def register(subparsers) -> None:
                     "time, FLOP rate and max error to the reference for each backend x precision x batch, next to "
                     "the eager reference and torch.compile(reference) in the same process. Timed runs per case "
                     "follow trtexec and perf_analyzer: --warmup seconds untimed, then at least --iterations runs "
-                    "and at least --duration seconds, whichever is longer. Defaults finish in about 2-3 minutes "
-                    "on a 2-core CPU.")
+                    "and at least --duration seconds, whichever is longer. On a GPU, TensorRT and ONNX Runtime "
+                    "(CUDA provider) artifacts are also split into H2D / GPU Compute / D2H per run, trtexec's Host "
+                    "Latency and GPU Compute columns. Defaults finish in about 2-3 minutes on a 2-core CPU.")
     parser.add_argument("artifact", nargs="?", type=Path,
                         help=".htpkg package or built artifact directory (default: a seeded random package of "
                              "--arch/--task)")
@@ -96,8 +97,9 @@ def register(subparsers) -> None:
                         help="seed of the inputs (and of a generated package) (default %(default)s)")
     parser.add_argument("--json", type=Path, default=None, help="write the report as JSON here")
     parser.add_argument("--export-times", type=Path, default=None, metavar="FILE",
-                        help="write every timed sample here as JSON: per case its latencies in ms and the timer "
-                             "(trtexec --exportTimes)")
+                        help="write every timed sample here as JSON: per case its latencies in ms and the timer, "
+                             "and [H2D, compute, D2H] per run where the case has the GPU split (trtexec "
+                             "--exportTimes)")
     parser.add_argument("--markdown", type=Path, default=None,
                         help="write the table as a Markdown section (machine, command, results) here")
     parser.add_argument("--plot", type=Path, default=None,
