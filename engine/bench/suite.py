@@ -279,10 +279,10 @@ class _Suite:
         case["gpu_split_ms"], case["gpu_split_reason"] = gpu_split(runner, device_images, self.device, self.options)
         split = case["gpu_split_ms"]
         if split is not None:
-            self.progress(f"  batch {batch}: Host Latency median {split['host_latency_ms']['median_ms']:.3f} ms "
-                          f"(H2D {split['h2d_ms']['median_ms']:.3f} + GPU Compute "
-                          f"{split['compute_ms']['median_ms']:.3f} + D2H {split['d2h_ms']['median_ms']:.3f}; "
-                          f"{split['timer']}, {split['runs']} runs)")
+            self.progress(f"  batch {batch}: Host Latency median {split['host_latency_ms']['median_ms']:.3f} ms; "
+                          f"medians H2D {split['h2d_ms']['median_ms']:.3f}, GPU Compute "
+                          f"{split['compute_ms']['median_ms']:.3f}, D2H {split['d2h_ms']['median_ms']:.3f} ms "
+                          f"({split['timer']}, {split['runs']} runs)")
         elif runner.run_split is not None and self.device.startswith("cuda"):
             self.progress(f"  batch {batch}: no host/device split: {case['gpu_split_reason']}")
         with torch.inference_mode():
