@@ -8,13 +8,19 @@ STAMP := $(VENV)/.installed
 # short; a release build leaves HTK_CUDA_ARCHS unset (sm_80, 86, 89, 90). HTK_SKIP_CUDA_BUILD=1 skips it.
 HTK_CUDA_ARCHS ?= 80;90
 export HTK_CUDA_ARCHS
+# Triton's load generator: the last tritonclient wheel whose perf_analyzer runs on glibc 2.36 (later ones need 2.38);
+# installed beside the environment (its Python client is not used), found by engine.serve.perf.
+PERF_ANALYZER_TRITONCLIENT := 2.51.0
 
 .PHONY: demo test lint clean
 
 $(STAMP): pyproject.toml constraints.txt setup.py $(wildcard csrc/*)
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt torch==2.13.0
-	$(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt -e ".[torch,dev,triton,artifacts,stream,bench,dicom,holoscan,openvino]"
+	$(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt -e ".[torch,dev,triton,artifacts,stream,bench,dicom,holoscan,openvino,serve]"
+	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps -c constraints.txt nvidia-pytriton
+	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps --target $(VENV)/opt/perf_analyzer \
+		tritonclient==$(PERF_ANALYZER_TRITONCLIENT)
 	touch $(STAMP)
 
 demo: $(STAMP)

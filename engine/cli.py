@@ -15,8 +15,8 @@ from importlib import metadata
 from .errors import HTError, Terminated
 from .version import __version__
 
-COMMAND_MODULES = ("import_", "init", "predict", "demo", "build", "export_triton", "stream", "holoscan", "phantom",
-                   "bench", "upgrade")
+COMMAND_MODULES = ("import_", "init", "predict", "demo", "build", "export_triton", "stream", "holoscan", "serve",
+                   "phantom", "bench", "upgrade")
 # The runtimes `ht-engine --version` reports: always listed (version or "not installed"), then GPU builds and
 # CUDA-versioned wheels of the same runtimes where they are installed. Read from the distributions' metadata: none
 # of these heavy packages is imported.

@@ -52,5 +52,10 @@ class OutputError(HTError):
     directory holding something the engine must not replace. Checked before the work starts."""
 
 
+class ServeError(HTError):
+    """The inference server cannot start or stopped: its binaries are missing, a port is taken, the model failed to
+    load in it, or it exited on its own."""
+
+
 class Terminated(KeyboardInterrupt):
     """SIGTERM, raised like Ctrl-C so every cleanup that runs on an interrupt runs on a termination too."""

@@ -32,6 +32,7 @@ LAYERS = (
     "runtime",
     "stream",
     "holoscan",
+    "serve",
     "bench",
     "commands",
     "cli",

@@ -34,7 +34,7 @@ def default_model_name(manifest: dict) -> str:
     return re.sub(r"[^A-Za-z0-9_]", "_", f"ht_{model['arch']}_{model['task']}_{manifest['precision']}")
 
 
-def _tensor_block(spec: dict) -> str:
+def tensor_block(spec: dict) -> str:
     dims = ", ".join(str(d) for d in spec["shape"][1:])
     return f'  {{\n    name: "{spec["name"]}"\n    data_type: {TYPES[spec["dtype"]]}\n    dims: [ {dims} ]\n  }}'
 
@@ -58,8 +58,8 @@ def config_pbtxt(manifest: dict, name: str, instances: int = 1, kind: str = "gpu
                            f"batcher sends any batch from 1 up: rebuild with --batch 1,{batch['opt']},{batch['max']}")
     platform, model_file = PLATFORMS[backend]
     preferred = sorted({batch["opt"], batch["max"]})
-    inputs = ",\n".join(_tensor_block(spec) for spec in manifest["inputs"])
-    outputs = ",\n".join(_tensor_block(spec) for spec in manifest["outputs"])
+    inputs = ",\n".join(tensor_block(spec) for spec in manifest["inputs"])
+    outputs = ",\n".join(tensor_block(spec) for spec in manifest["outputs"])
     return (
         f'name: "{name}"\n'
         f'platform: "{platform}"\n'
