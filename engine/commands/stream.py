@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from .options import batch_size, frame_rate, milliseconds
-from .predict import add_load_options
+from .predict import add_dicom_seg_type_option, add_load_options, dicom_seg_type
 
 
 def register(subparsers) -> None:
@@ -38,6 +38,7 @@ def register(subparsers) -> None:
     parser.add_argument("--dicom-seg", type=Path, default=None, metavar="OUT.dcm",
                         help="DICOM Segmentation of the processed frames of a DICOM source (segmentation models; "
                              "needs the [dicom] extra; default: none)")
+    add_dicom_seg_type_option(parser)
     parser.add_argument("--quiet", action="store_true", help="no live progress line")
     add_load_options(parser)
     parser.set_defaults(handler=run)
@@ -115,6 +116,7 @@ def run(args) -> int:
             check_output_file(path, option)
     if args.masks is not None:
         check_output_directory(args.masks, "--masks")
+    seg_type = dicom_seg_type(args, args.dicom_seg is not None)
     if args.dicom_seg is not None:
         from ..dicom_seg import check_dicom_source, check_seg_output
 
@@ -127,6 +129,8 @@ def run(args) -> int:
     predictor = Predictor.load(args.artifact, backend=args.backend, device=args.device, precision=args.precision)
     if args.dicom_seg is not None and predictor.task != "seg":
         raise InputError(f"--dicom-seg needs a segmentation model; {args.artifact} is a {predictor.task!r} model")
+    if args.dicom_seg is not None and seg_type == "fractional":
+        predictor = predictor.with_probability_maps()
     sinks = []
     if args.out is not None:
         sinks.append(OverlayVideoSink(args.out))
@@ -135,7 +139,7 @@ def run(args) -> int:
     if args.masks is not None:
         sinks.append(PngMaskSink(args.masks))
     if args.dicom_seg is not None:
-        sinks.append(DicomSegSink(args.dicom_seg, predictor.provenance()))
+        sinks.append(DicomSegSink(args.dicom_seg, predictor.provenance(), segmentation_type=seg_type))
     if args.region == "scan":
         sinks = [RegionPasteSink(sink, source.region) for sink in sinks]
     warm_up(predictor, args.max_batch)
