@@ -61,3 +61,61 @@ def test_flow_report_takes_one_sample_per_frame():
     assert report["end_to_end"]["count"] == 2 and report["end_to_end"]["max"] == pytest.approx(0.4)
     assert report["end_to_end"]["p50"] == pytest.approx(0.35)
     assert report["operators"]["inference"]["max"] == pytest.approx(0.185)
+
+
+def test_holoscan_app_reads_a_capture_device_through_pyav(tmp_path, package, capsys):
+    import av
+
+    graph = "testsrc=size=96x64:rate=30:duration=0.3"
+    masks, report = tmp_path / "masks", tmp_path / "report.json"
+    assert main(["holoscan", str(package), graph, "--input-format", "lavfi", "--masks", str(masks), "--report",
+                 str(report)]) == 0
+    data = json.loads(report.read_text())
+    assert data["frames_in"] == data["processed"] == 9 and data["source"] == f"lavfi:{graph}"
+    with av.open(graph, format="lavfi") as container:
+        frames = [frame.to_ndarray(format="rgb24") for frame in container.decode(video=0)]
+    from engine import Predictor
+
+    for result in Predictor.load(package).predict(frames, batch_size=1):
+        np.testing.assert_array_equal(np.asarray(Image.open(masks / f"mask_{result.index:06d}.png")), result.mask)
+    assert "9 of 9 frames processed" in capsys.readouterr().out
+
+
+def test_inference_op_without_info_port_numbers_bare_frame_tensors(package):
+    """An upstream that sends frame tensors only (Holoscan's V4L2 capture through a format converter does) feeds
+    `HTInferenceOp(info_port=False)`; here a plain Python operator stands in for that pair."""
+    from holoscan.conditions import CountCondition
+    from holoscan.core import Application, Operator
+
+    from engine import Predictor
+    from engine.holoscan import HTInferenceOp, ResultSinkOp
+    from engine.stream import CollectSink
+
+    frames = [np.ascontiguousarray(f) for f in phantom_cine(4, 37, 51, seed=5).frames]
+
+    class TensorOnlySource(Operator):
+        def setup(self, spec):
+            spec.output("frame")
+
+        def compute(self, op_input, op_output, context):
+            op_output.emit({"frame": frames[len(sent)]}, "frame")
+            sent.append(True)
+
+    sent, sink = [], CollectSink()
+    predictor = Predictor.load(package)
+
+    class App(Application):
+        def compose(self):
+            source = TensorOnlySource(self, CountCondition(self, len(frames)), name="capture")
+            inference = HTInferenceOp(self, predictor=predictor, info_port=False, name="inference")
+            recorder = ResultSinkOp(self, sinks=[sink], info={"task": "seg", "classes": predictor.classes,
+                                                             "source": "capture"}, name="recorder")
+            self.add_flow(source, inference, {("frame", "frame")})
+            self.add_flow(inference, recorder, {("tensor", "tensor"), ("result", "result")})
+
+    App().run()
+    assert [item.frame.index for item in sink.results] == list(range(len(frames)))
+    stamps = [item.frame.timestamp for item in sink.results]
+    assert stamps[0] == 0.0 and all(later > earlier for earlier, later in zip(stamps, stamps[1:]))
+    for item, expected in zip(sink.results, predictor.predict(frames, batch_size=1)):
+        np.testing.assert_array_equal(item.result.mask, expected.mask)

@@ -6,14 +6,16 @@ import json
 import sys
 from pathlib import Path
 
-from .options import batch_size, frame_rate, milliseconds
+from .options import add_capture_options, batch_size, capture_source, frame_rate, milliseconds
 from .predict import add_dicom_seg_type_option, add_load_options, dicom_seg_type
 
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser("stream", help="stream a video / DICOM cine / image folder through a model")
     parser.add_argument("artifact", type=Path, help=".htpkg package or built artifact directory")
-    parser.add_argument("source", help="video file (mp4, avi, mkv…), multi-frame DICOM, or a folder of images")
+    parser.add_argument("source", help="video file (mp4, avi, mkv…), multi-frame DICOM, a folder of images, or with "
+                                       "--input-format a capture device or stream (/dev/video0)")
+    add_capture_options(parser)
     parser.add_argument("--policy", choices=("latest", "all"), default="latest",
                         help="%(choices)s; latest: real time, drop stale frames; all: every frame, in order "
                              "(default: %(default)s)")
@@ -124,8 +126,11 @@ def run(args) -> int:
         check_dicom_source(args.source, "--dicom-seg")
     realtime = args.policy == "latest" if args.realtime is None else args.realtime
     # A scan region is read from the file before the model loads: a file without one fails first.
-    source = open_source(args.source, fps=args.fps, realtime=realtime, region="scan") if args.region == "scan" \
-        else args.source
+    if args.region == "scan":
+        source = open_source(args.source, fps=args.fps, realtime=realtime, region="scan",
+                             input_format=args.input_format)
+    else:
+        source = capture_source(args) or args.source
     predictor = Predictor.load(args.artifact, backend=args.backend, device=args.device, precision=args.precision)
     if args.dicom_seg is not None and predictor.task != "seg":
         raise InputError(f"--dicom-seg needs a segmentation model; {args.artifact} is a {predictor.task!r} model")

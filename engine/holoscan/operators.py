@@ -19,7 +19,8 @@ from ..stream import Frame, StreamResult, open_source
 
 class FrameSourceOp(Operator):
     """Every frame of one of our sources (`engine.stream.open_source`: video, DICOM, image folder, array, live
-    callable), one per compute call; the application stops when the source ends."""
+    callable, or a `Source` such as a `CaptureSource`), one per compute call; the application stops when the source
+    ends."""
 
     def __init__(self, fragment, *args, source, fps: float | None = None, realtime: bool = False, **kwargs):
         self.spec_source = source
@@ -55,26 +56,39 @@ class HTInferenceOp(Operator):
     """`Predictor.predict` on each frame tensor: in `frame` (TensorMap with a uint8 frame) and `info`; out `tensor`
     (the mask or probabilities, as a TensorMap) and `result` (`(info, FrameResult)`).
 
+    `info_port=False` leaves out the `info` input, for an upstream that sends frame tensors only (Holoscan's
+    `V4L2VideoCaptureOp` through a `FormatConverterOp`): frames are then numbered here in arrival order, stamped with
+    their arrival time (seconds since the first frame).
+
     A host tensor is read through its array interface (no copy). A device tensor (an upstream GPU operator's) is
     copied to the host with CuPy, because `Predictor.predict` takes host frames: the runner uploads it again
     (docs/holoscan.md says what that costs and what is left to do)."""
 
-    def __init__(self, fragment, *args, predictor, **kwargs):
+    def __init__(self, fragment, *args, predictor, info_port: bool = True, **kwargs):
         self.predictor = predictor
+        self.info_port = info_port
         self.frames = 0
+        self.first_arrival = None
         super().__init__(fragment, *args, **kwargs)
 
     def setup(self, spec: OperatorSpec) -> None:
         spec.input("frame")
-        spec.input("info")
+        if self.info_port:
+            spec.input("info")
         spec.output("tensor")
         spec.output("result")
 
+    def _arrival_info(self) -> dict:
+        now = time.perf_counter()
+        self.first_arrival = now if self.first_arrival is None else self.first_arrival
+        return {"index": self.frames, "timestamp": now - self.first_arrival, "arrival": now}
+
     def compute(self, op_input, op_output, context) -> None:
         tensors = op_input.receive("frame")
-        info = op_input.receive("info")
+        info = op_input.receive("info") if self.info_port else self._arrival_info()
         if "frame" not in tensors:
-            raise InputError(f"HTInferenceOp: the frame TensorMap has no 'frame' tensor (got {sorted(tensors)})")
+            raise InputError(f"HTInferenceOp: the frame TensorMap has no 'frame' tensor (got {sorted(tensors)}); a "
+                             f"FormatConverterOp upstream names it with out_tensor_name='frame'")
         pixels = _host_array(tensors["frame"])
         result = self.predictor.predict([pixels], batch_size=1)[0]
         result.index = info["index"]
