@@ -16,7 +16,12 @@ class Runner:
     `[B,C,g,g]`, before its upsample (the frame path upsamples them to the frame in one step); `run_frames(frames)`
     takes a list of uint8 frames of one size and returns the uint8 masks `[B,H,W]` (seg) or float32 probabilities
     `[B,C]` (cls) itself, the whole frame path on the device or inside the graph of a frame artifact, whose
-    accepted frame geometry is `frame_shape` (`(H, W)` or `(H, W, 3)`; None: any size)."""
+    accepted frame geometry is `frame_shape` (`(H, W)` or `(H, W, 3)`; None: any size).
+
+    `run_device_frames(frames)`, only where the whole frame path runs on a CUDA device (the optimized backend on CUDA):
+    uint8 frames `[B,H,W]` or `[B,H,W,3]` already there, as a torch tensor on the runner's device, → the masks
+    `[B,H,W]` (seg) or probabilities `[B,C]` (cls) as a torch tensor on that device; no host copy either way (frames
+    from an upstream GPU operator)."""
 
     run: Callable | None
     uses_torch: bool
@@ -27,3 +32,4 @@ class Runner:
     run_grid: Callable | None = None
     run_frames: Callable | None = None
     frame_shape: tuple | None = None
+    run_device_frames: Callable | None = None

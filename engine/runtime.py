@@ -284,6 +284,29 @@ class Predictor:
             return "grid"
         return "logits"
 
+    @property
+    def takes_device_frames(self) -> bool:
+        """Whether `infer_device_frames` runs: the runner's whole frame path is on a CUDA device and takes frames
+        already there (`Runner.run_device_frames`: the optimized backend on CUDA). Never on a CPU runner, nor with
+        probability maps (they are made on the host)."""
+        return (self.frame_path == "frames" and self.runner.run_device_frames is not None
+                and str(self.runner.device).startswith("cuda"))
+
+    def infer_device_frames(self, frames):
+        """uint8 frames `[B,H,W]`/`[B,H,W,3]` as a torch tensor on the runner's CUDA device (an upstream GPU
+        operator's, through DLPack) → the masks `[B,H,W]` (seg) or probabilities `[B,C]` (cls) as a torch tensor on
+        that device; no host copy either way. `results(outputs.cpu().numpy(), sizes)` makes `FrameResult`s of them.
+        Only where `takes_device_frames`; elsewhere `predict` takes host frames."""
+        if not self.takes_device_frames:
+            raise BackendError(f"{self.source} on backend {self.backend!r} ({self.runner.device}) takes host frames "
+                               f"only: device frames need the optimized backend on CUDA (use predict() with host "
+                               f"frames here)")
+        outputs = self.runner.run_device_frames(frames)
+        if outputs.shape[0] != frames.shape[0]:
+            raise BackendError(f"{self.source}: the runner returned {outputs.shape[0]} outputs for "
+                               f"{frames.shape[0]} device frames")
+        return outputs
+
     def prepare(self, frames: list):
         """Checked uint8 frames → what `infer_batch` takes: the frames themselves on the "frames" path (the runner
         preprocesses), else the preprocessed float32 batch (`preprocess`)."""
