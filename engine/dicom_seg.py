@@ -1,4 +1,5 @@
-"""DICOM Segmentation Storage objects (binary) of a model's masks over a DICOM source, written with highdicom.
+"""DICOM Segmentation Storage objects of a model's results over a DICOM source, written with highdicom: BINARY (the
+class masks) or FRACTIONAL (the class probabilities, FractionalType PROBABILITY, stored as fractions of 255).
 
 The SEG references its source the way a PACS or viewer follows it: the same Study Instance UID (and patient), the
 source series in the Referenced Series Sequence, and per frame a Derivation Image Sequence naming the source
@@ -25,6 +26,9 @@ from .errors import InputError, OutputError
 from .fileio import atomic_write, check_output_file
 
 MANUFACTURER = "HT inference engine"
+SEGMENTATION_TYPES = ("binary", "fractional")
+# A FRACTIONAL SEG stores each pixel's fraction as an 8-bit value v, meaning v / MAX_FRACTIONAL_VALUE.
+MAX_FRACTIONAL_VALUE = 255
 
 
 def _pydicom():
@@ -73,27 +77,74 @@ def _algorithm(highdicom, provenance: dict):
                     "precision": str(provenance["precision"])})
 
 
-def build_dicom_seg(source_path, masks, classes, provenance: dict, frame_numbers=None):
-    """The Segmentation dataset of `masks` (uint8 class masks `[H,W]`, one per frame in `frame_numbers`, 0-based
-    frame numbers of the source; default: every frame in order) over the DICOM file `source_path`."""
+def fractional_planes(probability_maps, num_classes: int | None = None) -> np.ndarray:
+    """One frame's class probability maps `[C,H,W]` (float, in [0, 1]: `FrameResult.probability_maps`) → what a
+    FRACTIONAL SEG stores for its foreground classes: uint8 `[C-1,H,W]`, round(p · 255) (half to even)."""
+    maps = np.asarray(probability_maps)
+    if maps.ndim != 3 or (num_classes is not None and maps.shape[0] != num_classes) or \
+            not np.issubdtype(maps.dtype, np.floating):
+        raise InputError(f"a fractional DICOM Segmentation needs per-class probability maps [C,H,W] (float) per frame"
+                         f"{'' if num_classes is None else f' with C={num_classes}'}; got {maps.dtype} "
+                         f"{list(maps.shape)}")
+    if not np.isfinite(maps).all() or maps.min() < 0.0 or maps.max() > 1.0:
+        raise InputError("a fractional DICOM Segmentation stores probabilities; the maps hold values outside [0, 1] "
+                         "(or NaN): pass softmax probabilities, not logits")
+    return np.rint(maps[1:].astype(np.float64) * MAX_FRACTIONAL_VALUE).astype(np.uint8)
+
+
+def _frame_planes(item, segmentation_type: str, num_classes: int) -> np.ndarray:
+    """One frame's stored planes of the foreground classes `[C-1,H,W]`: bool (binary, from a class mask `[H,W]`)
+    or uint8 fractions of 255 (fractional, from probability maps `[C,H,W]` or their `fractional_planes`)."""
+    item = np.asarray(item)
+    if segmentation_type == "binary":
+        if item.ndim != 2:
+            raise InputError(f"a binary DICOM Segmentation needs one class mask [H,W] per frame; got "
+                             f"{list(item.shape)}")
+        return np.stack([item == segment for segment in range(1, num_classes)])
+    if item.dtype == np.uint8:
+        if item.ndim != 3 or item.shape[0] != num_classes - 1:
+            raise InputError(f"fractional planes are uint8 [C-1,H,W] (C-1={num_classes - 1}); got "
+                             f"{list(item.shape)}")
+        return item
+    return fractional_planes(item, num_classes)
+
+
+def build_dicom_seg(source_path, masks, classes, provenance: dict, frame_numbers=None,
+                    segmentation_type: str = "binary"):
+    """The Segmentation dataset of the results of the frames `frame_numbers` (0-based frame numbers of the source;
+    default: every frame in order) over the DICOM file `source_path`. Per frame, `masks` holds:
+
+    - `segmentation_type="binary"`: the uint8 class mask `[H,W]` (`FrameResult.mask`); one bit per pixel and
+      foreground class;
+    - `"fractional"`: the class probability maps `[C,H,W]` (float, `FrameResult.probability_maps`), or their stored
+      form `fractional_planes(maps)` (uint8 `[C-1,H,W]`, at most a quarter of the memory); FractionalType PROBABILITY,
+      each pixel round(p · 255) of MaximumFractionalValue 255."""
     pydicom, highdicom = _pydicom()
-    from highdicom.seg import SegmentAlgorithmTypeValues, Segmentation, SegmentationTypeValues, SegmentDescription
+    from highdicom.seg import (
+        SegmentAlgorithmTypeValues,
+        Segmentation,
+        SegmentationFractionalTypeValues,
+        SegmentationTypeValues,
+        SegmentDescription,
+    )
     from highdicom.sr import CodedConcept
 
-    masks = [np.asarray(mask) for mask in masks]
-    frame_numbers = list(range(len(masks))) if frame_numbers is None else [int(n) for n in frame_numbers]
-    if not masks or len(frame_numbers) != len(masks):
-        raise InputError(f"a DICOM Segmentation needs one mask per referenced frame; got {len(masks)} masks for "
-                         f"{len(frame_numbers)} frames")
+    if segmentation_type not in SEGMENTATION_TYPES:
+        raise InputError(f"segmentation type {segmentation_type!r} is not one of {', '.join(SEGMENTATION_TYPES)}")
     if len(classes) < 2:
         raise InputError(f"a DICOM Segmentation needs a foreground class; the model has classes {classes}")
+    planes_per_frame = [_frame_planes(item, segmentation_type, len(classes)) for item in masks]
+    frame_numbers = list(range(len(planes_per_frame))) if frame_numbers is None else [int(n) for n in frame_numbers]
+    if not planes_per_frame or len(frame_numbers) != len(planes_per_frame):
+        raise InputError(f"a DICOM Segmentation needs one result per referenced frame; got {len(planes_per_frame)} "
+                         f"results for {len(frame_numbers)} frames")
     source = pydicom.dcmread(source_path, stop_before_pixels=True)
     rows, columns = int(source.Rows), int(source.Columns)
     count = int(source.get("NumberOfFrames", 1) or 1)
-    for number, mask in zip(frame_numbers, masks):
-        if mask.shape != (rows, columns) or not 0 <= number < count:
-            raise InputError(f"{source_path}: mask {mask.shape} of frame {number} does not fit the source's "
-                             f"{count} frames of {rows}x{columns}")
+    for number, planes in zip(frame_numbers, planes_per_frame):
+        if planes.shape[1:] != (rows, columns) or not 0 <= number < count:
+            raise InputError(f"{source_path}: the {segmentation_type} result {list(planes.shape[1:])} of frame "
+                             f"{number} does not fit the source's {count} frames of {rows}x{columns}")
     # highdicom derives from one source frame when there is no Frame of Reference: give it a single-frame view of
     # the source (same instance), then repeat the frames below.
     view = copy.deepcopy(source)
@@ -108,22 +159,29 @@ def build_dicom_seg(source_path, masks, classes, provenance: dict, frame_numbers
         segmented_property_type=CodedConcept("85756007", "SCT", "Tissue"),
         algorithm_type=SegmentAlgorithmTypeValues.AUTOMATIC, algorithm_identification=algorithm)
         for number, name in enumerate(classes) if number > 0]
+    if segmentation_type == "binary":
+        kind = {"segmentation_type": SegmentationTypeValues.BINARY}
+        first = np.moveaxis(planes_per_frame[0], 0, -1)[None].astype(np.uint8)
+    else:
+        kind = {"segmentation_type": SegmentationTypeValues.FRACTIONAL,
+                "fractional_type": SegmentationFractionalTypeValues.PROBABILITY,
+                "max_fractional_value": MAX_FRACTIONAL_VALUE}
+        first = np.moveaxis(planes_per_frame[0], 0, -1)[None].astype(np.float32) / MAX_FRACTIONAL_VALUE
     try:
         template = Segmentation(
-            source_images=[view], pixel_array=masks[0][None].astype(np.uint8),
-            segmentation_type=SegmentationTypeValues.BINARY, segment_descriptions=segments,
+            source_images=[view], pixel_array=first, segment_descriptions=segments,
             series_instance_uid=highdicom.UID(), series_number=int(source.get("SeriesNumber", 0) or 0) + 100,
             sop_instance_uid=highdicom.UID(), instance_number=1, manufacturer=MANUFACTURER,
             manufacturer_model_name="ht-engine", software_versions=str(provenance["engine_version"]),
             device_serial_number=str(provenance["package_sha256"])[:16], series_description="ht-engine segmentation",
-            omit_empty_frames=False)
+            omit_empty_frames=False, **kind)
     except (AttributeError, TypeError, ValueError) as exc:  # highdicom's checks of the source's attributes
         raise InputError(f"{source_path}: cannot derive a DICOM Segmentation from this source: "
                          f"{type(exc).__name__}: {exc}") from exc
     per_segment = template.PerFrameFunctionalGroupsSequence
-    groups, planes = [], []
+    groups, stored = [], []
     for segment in range(1, len(classes)):
-        for position, (number, mask) in enumerate(zip(frame_numbers, masks), start=1):
+        for position, (number, planes) in enumerate(zip(frame_numbers, planes_per_frame), start=1):
             group = copy.deepcopy(per_segment[segment - 1])
             for derivation in group.DerivationImageSequence:
                 for image in derivation.SourceImageSequence:
@@ -132,7 +190,7 @@ def build_dicom_seg(source_path, masks, classes, provenance: dict, frame_numbers
             group.FrameContentSequence[0].DimensionIndexValues = [segment, position]
             group.FrameContentSequence[0].TemporalPositionIndex = position
             groups.append(group)
-            planes.append(mask == segment)
+            stored.append(planes[segment - 1])
     dataset = template
     dataset.PerFrameFunctionalGroupsSequence = groups
     dataset.NumberOfFrames = len(groups)
@@ -145,7 +203,10 @@ def build_dicom_seg(source_path, masks, classes, provenance: dict, frame_numbers
     for series in dataset.ReferencedSeriesSequence:
         for instance in series.ReferencedInstanceSequence:
             instance.ReferencedSOPClassUID = source.SOPClassUID
-    dataset.PixelData = np.packbits(np.stack(planes).ravel(), bitorder="little").tobytes()
+    if segmentation_type == "binary":
+        dataset.PixelData = np.packbits(np.stack(stored).ravel(), bitorder="little").tobytes()
+    else:
+        dataset.PixelData = np.stack(stored).astype(np.uint8).tobytes()
     return dataset
 
 
@@ -163,9 +224,10 @@ def _temporal_dimension(pydicom, dataset) -> None:
     dataset.DimensionIndexSequence = [index[0], temporal]
 
 
-def write_dicom_seg(path, source_path, masks, classes, provenance: dict, frame_numbers=None) -> Path:
+def write_dicom_seg(path, source_path, masks, classes, provenance: dict, frame_numbers=None,
+                    segmentation_type: str = "binary") -> Path:
     """`build_dicom_seg(...)` written atomically to `path`."""
-    dataset = build_dicom_seg(source_path, masks, classes, provenance, frame_numbers)
+    dataset = build_dicom_seg(source_path, masks, classes, provenance, frame_numbers, segmentation_type)
     path = Path(path)
     atomic_write(path, lambda tmp: dataset.save_as(tmp, enforce_file_format=True))
     return path

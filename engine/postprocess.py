@@ -7,6 +7,10 @@ separable linear map, so per axis it is one small matrix, and so is a compositio
 `L_1 − L_0` matters (one map instead of two). The results equal the two-step upsample up to float rounding: a pixel
 can differ only where two classes' upsampled logits tie within that rounding (argmax takes the first of equal
 values, and so does the sign test: a tie is class 0).
+
+On request (`probability_maps=True`, for fractional DICOM Segmentations) a seg result also carries the per-pixel class
+probabilities: the softmax over classes of the same upsampled logits `R_y · L_c · R_xᵀ`, `[C,H,W]` at the frame's
+size. That needs all C maps at full size, so it is computed only when asked; the masks stay exactly as without it.
 """
 
 from __future__ import annotations
@@ -70,9 +74,18 @@ def softmax(logits: np.ndarray, axis: int = -1) -> np.ndarray:
     return exp / exp.sum(axis=axis, keepdims=True)
 
 
+def probability_maps_from_maps(logits: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+    """`[C,h,w]` logits and the per-axis maps → float32 `[C,H,W]`: the softmax over classes of the upsampled logits
+    `rows · L_c · colsᵀ` (the maps whose argmax `mask_from_maps` takes)."""
+    maps = np.matmul(np.matmul(rows, logits.astype(np.float32, copy=False)), cols.T)
+    return softmax(maps, axis=0).astype(np.float32, copy=False)
+
+
 @dataclass
 class FrameResult:
-    """One frame's result: a class mask at the frame's own size (seg) or class probabilities (cls)."""
+    """One frame's result: a class mask at the frame's own size (seg) or class probabilities (cls); a seg result
+    asked for them (`Predictor.with_probability_maps`) also has `probability_maps`, float32 `[C,H,W]` per-pixel class
+    probabilities at the frame's size."""
 
     index: int
     height: int
@@ -80,6 +93,7 @@ class FrameResult:
     mask: np.ndarray | None = None
     probabilities: np.ndarray | None = None
     classes: list[str] = field(default_factory=list)
+    probability_maps: np.ndarray | None = None
 
     @property
     def label(self) -> str:
@@ -99,10 +113,12 @@ class FrameResult:
 
 
 def results_from_logits(task: str, logits: np.ndarray, sizes: Sequence[tuple[int, int]], classes: Sequence[str],
-                        first_index: int = 0, image_size: int | None = None) -> list[FrameResult]:
+                        first_index: int = 0, image_size: int | None = None,
+                        probability_maps: bool = False) -> list[FrameResult]:
     """Logits of a batch → one `FrameResult` per frame, at the frame's own size (`sizes`: (height, width) each):
     seg logits at the model's input size `[B,C,S,S]`, or, with `image_size` (the model's input size S), grid logits
-    `[B,C,g,g]` from before the head's upsample (the composition of the module docstring); cls logits `[B,C]`."""
+    `[B,C,g,g]` from before the head's upsample (the composition of the module docstring); cls logits `[B,C]`.
+    `probability_maps`: seg results also carry their per-pixel class probabilities (`probability_maps_from_maps`)."""
     results = []
     for offset, (height, width) in enumerate(sizes):
         index = first_index + offset
@@ -114,7 +130,9 @@ def results_from_logits(task: str, logits: np.ndarray, sizes: Sequence[tuple[int
                 rows = composed_upsample_matrix(maps.shape[1], image_size, height)
                 cols = composed_upsample_matrix(maps.shape[2], image_size, width)
             mask = mask_from_maps(maps, rows, cols)
-            results.append(FrameResult(index, height, width, mask=mask, classes=list(classes)))
+            per_pixel = probability_maps_from_maps(maps, rows, cols) if probability_maps else None
+            results.append(FrameResult(index, height, width, mask=mask, classes=list(classes),
+                                       probability_maps=per_pixel))
         else:
             probabilities = softmax(logits[offset].astype(np.float64)).astype(np.float32)
             results.append(FrameResult(index, height, width, probabilities=probabilities, classes=list(classes)))

@@ -22,7 +22,12 @@ class Runner:
     Compute"): `run_split(batch)` is `run` with its phases timed, returning `(output, (h2d_ms, compute_ms, d2h_ms))`
     for that one call: the host-to-device copy, the compute and the device-to-host copy, on the clock `split_timer`
     names ("cuda_events": events on the runner's own stream around each phase; "perf_counter_ns": the host clock
-    around each phase, each ending in a synchronization). `run` itself records nothing."""
+    around each phase, each ending in a synchronization). `run` itself records nothing.
+
+    `run_device_frames(frames)`, only where the whole frame path runs on a CUDA device (the optimized backend on CUDA):
+    uint8 frames `[B,H,W]` or `[B,H,W,3]` already there, as a torch tensor on the runner's device, → the masks
+    `[B,H,W]` (seg) or probabilities `[B,C]` (cls) as a torch tensor on that device; no host copy either way (frames
+    from an upstream GPU operator)."""
 
     run: Callable | None
     uses_torch: bool
@@ -35,3 +40,4 @@ class Runner:
     frame_shape: tuple | None = None
     run_split: Callable | None = None
     split_timer: str | None = None
+    run_device_frames: Callable | None = None

@@ -10,6 +10,7 @@ This module imports no torch at import time: the ONNX/TensorRT runtimes must wor
 
 from __future__ import annotations
 
+import copy
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -92,7 +93,24 @@ class Predictor:
         self.artifact_sha256 = artifact_sha256
         # What `backend="auto"` picked and the table it picked from (`engine.autoselect.Choice.record()`), or None.
         self.auto_choice = None
+        # Seg results carry per-pixel class probabilities (`with_probability_maps`); off: the masks-only frame path.
+        self.probability_maps = False
         limit_numpy_blas()
+
+    def with_probability_maps(self) -> "Predictor":
+        """This predictor (same runner, shared) whose seg results also carry `FrameResult.probability_maps`: float32
+        `[C,H,W]`, the softmax over classes of the logits upsampled to the frame (the maps the masks are the argmax
+        of). A runner's fused frame path (`run_frames`) returns masks only, so this view takes the grid or logits
+        path (host pre- and postprocessing); `self` keeps its own path."""
+        if self.task != "seg":
+            raise InputError(f"per-pixel class probabilities need a segmentation model; {self.source} is a "
+                             f"{self.task!r} model (its class probabilities are FrameResult.probabilities)")
+        if self.runner.run is None and self.runner.run_grid is None:
+            raise InputError(f"{self.source} is a frame artifact: it returns masks only, not per-pixel class "
+                             f"probabilities; use the package, or an artifact built without --frame-size")
+        view = copy.copy(self)
+        view.probability_maps = True
+        return view
 
     def provenance(self) -> dict:
         """What really runs: backend, precision, device, the package (and artifact) sha256, the engine version —
@@ -258,12 +276,36 @@ class Predictor:
     def frame_path(self) -> str:
         """How raw frames become results here: "frames" (the runner's `run_frames` does it all, pre- and
         postprocessing fused into inference), "grid" (host preprocessing, seg logits on the head's grid, masks in one
-        separable step) or "logits" (host preprocessing, `forward`, masks from full logits)."""
-        if self.runner.run_frames is not None:
+        separable step) or "logits" (host preprocessing, `forward`, masks from full logits). A predictor that keeps
+        probability maps (`with_probability_maps`) never takes "frames"."""
+        if self.runner.run_frames is not None and not self.probability_maps:
             return "frames"
         if self.task == "seg" and self.runner.run_grid is not None:
             return "grid"
         return "logits"
+
+    @property
+    def takes_device_frames(self) -> bool:
+        """Whether `infer_device_frames` runs: the runner's whole frame path is on a CUDA device and takes frames
+        already there (`Runner.run_device_frames`: the optimized backend on CUDA). Never on a CPU runner, nor with
+        probability maps (they are made on the host)."""
+        return (self.frame_path == "frames" and self.runner.run_device_frames is not None
+                and str(self.runner.device).startswith("cuda"))
+
+    def infer_device_frames(self, frames):
+        """uint8 frames `[B,H,W]`/`[B,H,W,3]` as a torch tensor on the runner's CUDA device (an upstream GPU
+        operator's, through DLPack) → the masks `[B,H,W]` (seg) or probabilities `[B,C]` (cls) as a torch tensor on
+        that device; no host copy either way. `results(outputs.cpu().numpy(), sizes)` makes `FrameResult`s of them.
+        Only where `takes_device_frames`; elsewhere `predict` takes host frames."""
+        if not self.takes_device_frames:
+            raise BackendError(f"{self.source} on backend {self.backend!r} ({self.runner.device}) takes host frames "
+                               f"only: device frames need the optimized backend on CUDA (use predict() with host "
+                               f"frames here)")
+        outputs = self.runner.run_device_frames(frames)
+        if outputs.shape[0] != frames.shape[0]:
+            raise BackendError(f"{self.source}: the runner returned {outputs.shape[0]} outputs for "
+                               f"{frames.shape[0]} device frames")
+        return outputs
 
     def prepare(self, frames: list):
         """Checked uint8 frames → what `infer_batch` takes: the frames themselves on the "frames" path (the runner
@@ -290,7 +332,8 @@ class Predictor:
         if path == "frames":
             return results_from_outputs(self.task, outputs, sizes, self.classes, first_index=first_index)
         return results_from_logits(self.task, outputs, sizes, self.classes, first_index=first_index,
-                                   image_size=self.image_size if path == "grid" else None)
+                                   image_size=self.image_size if path == "grid" else None,
+                                   probability_maps=self.probability_maps)
 
     def _run_grid(self, batch) -> np.ndarray:
         self._check_batch(batch)

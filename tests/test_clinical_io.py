@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -232,3 +233,159 @@ def test_predict_checks_every_input_before_the_first_frame(tmp_path, package, ca
     assert main(["predict", str(package), str(image), str(bad), "--out", str(tmp_path / "o")]) == 2
     assert str(bad) in capsys.readouterr().err
     assert not (tmp_path / "o").exists() or not any((tmp_path / "o").iterdir())
+
+
+# A FRACTIONAL SEG stores round(p * 255): its decoded fraction is within half a step of the probability it stores,
+# plus the float32 rounding by which two computations of the same probability (the frame path's and a float64
+# reference from the full logits) differ.
+HALF_STEP = 0.5 / 255
+FLOAT32_ROUNDING = 1e-5
+
+
+def _source_frames(source) -> list:
+    from engine.stream import DicomSource
+
+    return [frame.pixels for frame in DicomSource(source)]
+
+
+def _decoded_fractions(seg_path, source, frames: int, segments: int) -> np.ndarray:
+    """`[frame, segment, H, W]` fractions of a FRACTIONAL SEG, decoded by highdicom through each frame's reference
+    to its source frame."""
+    import highdicom
+
+    seg = highdicom.seg.segread(seg_path)
+    pixels = seg.get_pixels_by_source_frame(
+        source_sop_instance_uid=pydicom.dcmread(source).SOPInstanceUID, source_frame_numbers=list(range(1, frames + 1)),
+        segment_numbers=list(range(1, segments + 1)), rescale_fractional=True)
+    return np.moveaxis(np.asarray(pixels, dtype=np.float64), -1, 1)
+
+
+def _reference_probabilities(predictor, frames) -> list:
+    """float64 per-pixel class probabilities computed independently of the frame path: the model's full logits
+    (`forward`), upsampled to each frame, softmax in float64."""
+    from engine.postprocess import softmax, upsample_logits
+
+    logits = predictor.forward(predictor.preprocess(frames))
+    return [softmax(upsample_logits(one, *frame.shape[:2]).astype(np.float64), axis=0)
+            for one, frame in zip(logits, frames)]
+
+
+@pytest.mark.parametrize("photometric,frames", [("MONOCHROME2", 4), ("RGB", 3), ("MONOCHROME2", 1), ("RGB", 1)])
+def test_fractional_dicom_seg_from_predict_holds_the_predictor_probabilities(tmp_path, package, photometric, frames):
+    pytest.importorskip("highdicom")
+    from engine import Predictor
+
+    source = tmp_path / "study.dcm"
+    write_dicom(source, phantom_cine(frames, 40, 52, fps=12.0, seed=6).frames, fps=12.0, photometric=photometric)
+    out = tmp_path / "out"
+    assert main(["predict", str(package), str(source), "--out", str(out), "--dicom-seg",
+                 "--dicom-seg-type", "fractional"]) == 0
+    seg_path = out / "study_seg.dcm"
+    ds, src = pydicom.dcmread(seg_path), pydicom.dcmread(source)
+    assert ds.SOPClassUID == "1.2.840.10008.5.1.4.1.1.66.4" and ds.Modality == "SEG"
+    assert ds.SegmentationType == "FRACTIONAL" and ds.SegmentationFractionalType == "PROBABILITY"
+    assert int(ds.MaximumFractionalValue) == 255 and int(ds.BitsAllocated) == 8
+    assert int(ds.NumberOfFrames) == 2 * frames and ds.StudyInstanceUID == src.StudyInstanceUID
+    assert [segment.SegmentLabel for segment in ds.SegmentSequence] == ["class_1", "class_2"]
+    for position, group in enumerate(ds.PerFrameFunctionalGroupsSequence):
+        image = group.DerivationImageSequence[0].SourceImageSequence[0]
+        assert image.ReferencedSOPInstanceUID == src.SOPInstanceUID
+        assert int(image.ReferencedFrameNumber) == position % frames + 1
+    decoded = _decoded_fractions(seg_path, source, frames, 2)
+    pixels = _source_frames(source)
+    predictor = Predictor.load(package)
+    results = predictor.with_probability_maps().predict(pixels)
+    for number, (result, reference) in enumerate(zip(results, _reference_probabilities(predictor, pixels))):
+        expected = np.rint(result.probability_maps[1:].astype(np.float64) * 255) / 255
+        np.testing.assert_array_equal(decoded[number], expected.astype(np.float32))
+        np.testing.assert_allclose(decoded[number], reference[1:], rtol=0, atol=HALF_STEP + FLOAT32_ROUNDING)
+    masks = [_read_mask(r["mask"]) for r in json.loads((out / "predictions.json").read_text())["results"]]
+    for number, mask in enumerate(masks):
+        background = 1.0 - decoded[number].sum(axis=0)
+        from_fractions = np.argmax(np.concatenate([background[None], decoded[number]]), axis=0)
+        assert float((from_fractions == mask).mean()) >= 0.99
+
+
+def test_fractional_dicom_seg_from_stream_holds_the_processed_frames(tmp_path, package):
+    pytest.importorskip("highdicom")
+    from engine import Predictor
+
+    source = tmp_path / "cine.dcm"
+    write_dicom(source, phantom_cine(4, 40, 52, seed=7).frames)
+    seg_path = tmp_path / "seg" / "cine_seg.dcm"
+    assert main(["stream", str(package), str(source), "--policy", "all", "--dicom-seg", str(seg_path),
+                 "--dicom-seg-type", "fractional", "--quiet"]) == 0
+    assert pydicom.dcmread(seg_path).SegmentationType == "FRACTIONAL"
+    decoded = _decoded_fractions(seg_path, source, 4, 2)
+    results = Predictor.load(package).with_probability_maps().predict(_source_frames(source), batch_size=1)
+    for number, result in enumerate(results):
+        expected = np.rint(result.probability_maps[1:].astype(np.float64) * 255) / 255
+        np.testing.assert_array_equal(decoded[number], expected.astype(np.float32))
+
+
+def test_fractional_dicom_seg_is_written_atomically(tmp_path, monkeypatch):
+    pytest.importorskip("highdicom")
+    from engine.dicom_seg import write_dicom_seg
+    from engine.postprocess import softmax
+
+    source = tmp_path / "cine.dcm"
+    write_dicom(source, phantom_cine(2, 24, 30, seed=3).frames)
+    rng = np.random.default_rng(4)
+    maps = [softmax(rng.normal(size=(3, 24, 30)).astype(np.float32), axis=0) for _ in range(2)]
+    provenance = {"engine_version": __version__, "package_sha256": "0" * 64, "backend": "reference",
+                  "precision": "fp32"}
+    target = tmp_path / "seg.dcm"
+    target.write_bytes(b"the previous segmentation")
+
+    def fail_halfway(self, path, **kwargs):
+        Path(path).write_bytes(b"half a file")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(pydicom.Dataset, "save_as", fail_halfway)
+    with pytest.raises(OSError, match="disk full"):
+        write_dicom_seg(target, source, maps, ["bg", "a", "b"], provenance, segmentation_type="fractional")
+    assert target.read_bytes() == b"the previous segmentation"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cine.dcm", "seg.dcm"]
+
+
+def test_fractional_dicom_seg_refuses_what_it_cannot_store(tmp_path, package, cls_package, capsys):
+    pytest.importorskip("highdicom")
+    from engine import Predictor
+    from engine.dicom_seg import build_dicom_seg, fractional_planes
+    from engine.errors import InputError
+    from engine.runner import Runner
+    from engine.runtime import Predictor as RuntimePredictor
+    from engine.stream import DicomSegSink, Frame, StreamResult
+
+    dicom = tmp_path / "cine.dcm"
+    write_dicom(dicom, phantom_cine(2, 32, 32, seed=1).frames)
+    assert main(["predict", str(package), str(dicom), "--out", str(tmp_path / "o"), "--dicom-seg-type",
+                 "fractional"]) == 2
+    assert "add --dicom-seg" in capsys.readouterr().err
+    assert main(["stream", str(package), str(dicom), "--dicom-seg-type", "fractional", "--quiet"]) == 2
+    assert "add --dicom-seg" in capsys.readouterr().err
+    assert main(["predict", str(cls_package), str(dicom), "--out", str(tmp_path / "c"), "--dicom-seg",
+                 "--dicom-seg-type", "fractional"]) == 2
+    assert "needs a segmentation model" in capsys.readouterr().err
+    assert not (tmp_path / "c" / "predictions.json").exists()
+    with pytest.raises(InputError, match="need a segmentation model"):
+        Predictor.load(cls_package).with_probability_maps()
+    frame_artifact = RuntimePredictor(
+        Runner(run=None, uses_torch=False, device="cpu", precision="fp32", run_frames=lambda frames: None,
+               frame_shape=(32, 32)),
+        task="seg", classes=["bg", "a"], preprocessing={}, image_size=64, backend="onnx", source=tmp_path / "art")
+    with pytest.raises(InputError, match="frame artifact: it returns masks only"):
+        frame_artifact.with_probability_maps()
+    logits = np.random.default_rng(0).normal(size=(3, 32, 32)).astype(np.float32)
+    with pytest.raises(InputError, match="outside \\[0, 1\\]"):
+        fractional_planes(logits)
+    with pytest.raises(InputError, match="C=3"):
+        fractional_planes(np.full((2, 32, 32), 0.5, dtype=np.float32), 3)
+    provenance = Predictor.load(package).provenance()
+    with pytest.raises(InputError, match="not one of binary, fractional"):
+        build_dicom_seg(dicom, [np.zeros((32, 32), np.uint8)], ["bg", "a"], provenance, segmentation_type="labelmap")
+    sink = DicomSegSink(tmp_path / "s.dcm", provenance, segmentation_type="fractional")
+    sink.open({"task": "seg", "classes": ["bg", "a", "b"], "source": str(dicom)})
+    mask_only = FrameResult(0, 32, 32, mask=np.zeros((32, 32), np.uint8), classes=["bg", "a", "b"])
+    with pytest.raises(InputError, match="with_probability_maps"):
+        sink.write(StreamResult(Frame(0, 0.0, np.zeros((32, 32), np.uint8)), mask_only, 0.0))

@@ -85,3 +85,51 @@ def test_grid_logits_upsample_to_the_forward_logits(packages):
     via_full = results_from_logits("seg", full, sizes, predictor.classes)
     for a, b in zip(via_grid, via_full):
         assert (a.mask == b.mask).mean() >= 0.999
+
+
+@pytest.mark.parametrize("height,width", [(480, 640), (1, 1), (7, 3), (300, 257)])
+@pytest.mark.parametrize("classes", [2, 3])
+def test_probability_maps_are_the_softmax_of_the_two_step_upsample(height, width, classes):
+    logits = torch.randn(2, classes, 14, 14, generator=torch.Generator().manual_seed(height * width + classes)) * 4
+    two_step = F.interpolate(F.interpolate(logits, size=(224, 224), mode="bilinear", align_corners=False),
+                             size=(height, width), mode="bilinear", align_corners=False)
+    expected = torch.softmax(two_step.double(), dim=1).numpy()
+    sizes = [(height, width)] * 2
+    plain = results_from_logits("seg", logits.numpy(), sizes, [f"c{i}" for i in range(classes)], image_size=224)
+    kept = results_from_logits("seg", logits.numpy(), sizes, [f"c{i}" for i in range(classes)], image_size=224,
+                               probability_maps=True)
+    for without, result, want in zip(plain, kept, expected):
+        assert without.probability_maps is None
+        np.testing.assert_array_equal(result.mask, without.mask)  # asking for the maps leaves the masks alone
+        assert result.probability_maps.dtype == np.float32
+        assert result.probability_maps.shape == (classes, height, width)
+        np.testing.assert_allclose(result.probability_maps, want, rtol=0, atol=1e-6)
+
+
+def test_probability_maps_on_the_grid_path_equal_the_reference(packages):
+    frames = [_frame((120, 90), False, seed=5), _frame((64, 200), True, seed=6)]
+    reference = Predictor.load(packages["seg3"], backend="reference").with_probability_maps()
+    optimized = Predictor.load(packages["seg3"], backend="optimized").with_probability_maps()
+    assert (reference.frame_path, optimized.frame_path) == ("logits", "grid")
+    for want, got in zip(reference.predict(frames), optimized.predict(frames)):
+        np.testing.assert_allclose(got.probability_maps, want.probability_maps, rtol=0, atol=1e-5)
+        np.testing.assert_allclose(got.probability_maps.sum(axis=0), 1.0, rtol=0, atol=1e-6)
+        assert (np.argmax(got.probability_maps, axis=0) == got.mask).mean() >= 0.999
+
+
+def test_probability_maps_take_the_host_path_and_leave_the_predictor_alone(packages):
+    from engine.runner import Runner
+
+    predictor = Predictor.load(packages["seg"], backend="optimized")
+    fused = Runner(run=predictor.runner.run, uses_torch=True, device="cpu", precision="fp32",
+                   run_grid=predictor.runner.run_grid, run_frames=lambda frames: pytest.fail("masks-only path taken"))
+    fused_predictor = Predictor(fused, task="seg", classes=predictor.classes, preprocessing=predictor.preprocessing,
+                                image_size=predictor.image_size, backend="optimized", source=predictor.source)
+    view = fused_predictor.with_probability_maps()
+    assert (fused_predictor.frame_path, view.frame_path) == ("frames", "grid")
+    assert view.runner is fused_predictor.runner and not fused_predictor.probability_maps
+    frame = _frame((45, 70), False, seed=9)
+    (result,) = view.predict([frame])
+    (expected,) = predictor.predict([frame])
+    np.testing.assert_array_equal(result.mask, expected.mask)
+    assert result.probability_maps.shape == (2, 45, 70)

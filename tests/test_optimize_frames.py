@@ -129,6 +129,38 @@ def test_pipeline_refuses_mixed_empty_and_non_uint8_frames():
         pipeline([np.zeros((30, 40), dtype=np.float32)])
 
 
+@pytest.mark.parametrize("task,classes", [("seg", 2), ("seg", 3), ("cls", 3)])
+@pytest.mark.parametrize("batch", [1, 3])
+def test_device_frames_give_what_host_frames_give(task, classes, batch):
+    pipeline = _pipeline(task, classes)
+    shapes = [((45, 70), False), ((33, 20), True), ((7, 3), True)]
+    batches = [[_frame(shape, rgb, seed=index * 10 + k) for k in range(batch)]
+               for index, (shape, rgb) in enumerate(shapes)]
+    expected = [pipeline(frames) for frames in batches]
+    staged = list(pipeline._staging)
+    for frames, want in zip(batches, expected):
+        stacked = torch.from_numpy(np.stack(frames))
+        outputs = pipeline.run_device(stacked)
+        assert isinstance(outputs, torch.Tensor) and outputs.device == stacked.device
+        np.testing.assert_array_equal(outputs.numpy(), want)
+        # A non-contiguous view (every other column of a wider buffer) is read in place, like a strided tensor.
+        wide = torch.from_numpy(np.repeat(np.stack(frames), 2, axis=2))
+        np.testing.assert_array_equal(pipeline.run_device(wide[:, :, ::2]).numpy(), want)
+    assert list(pipeline._staging) == staged  # the device frames made no host staging buffer
+
+
+def test_device_frames_are_checked():
+    pipeline = _pipeline("seg", 2)
+    with pytest.raises(InputError, match="uint8 torch tensor"):
+        pipeline.run_device(torch.zeros(1, 30, 40))
+    with pytest.raises(InputError, match="uint8 torch tensor"):
+        pipeline.run_device(torch.zeros(1, 30, 40, 4, dtype=torch.uint8))
+    with pytest.raises(InputError, match="uint8 torch tensor"):
+        pipeline.run_device(np.zeros((1, 30, 40), dtype=np.uint8))
+    with pytest.raises(InputError, match="are on meta, but this frame path runs on cpu"):
+        pipeline.run_device(torch.empty(1, 30, 40, dtype=torch.uint8, device="meta"))
+
+
 @pytest.fixture(scope="module")
 def packages(tmp_path_factory):
     return frame_packages(tmp_path_factory.mktemp("cudaframes"))
@@ -177,3 +209,29 @@ def test_cuda_forward_keeps_its_contract_next_to_the_frame_path(packages):
     after = predictor.forward(batch)
     assert tuple(after.shape) == (2, 3, 112, 112)
     torch.testing.assert_close(torch.as_tensor(after), torch.as_tensor(before), rtol=0, atol=0)
+
+
+def test_a_cpu_predictor_never_takes_device_frames(packages):
+    from engine.errors import BackendError
+
+    for backend in ("reference", "optimized"):
+        predictor = Predictor.load(packages["seg"], backend=backend)
+        assert predictor.runner.run_device_frames is None and not predictor.takes_device_frames
+        with pytest.raises(BackendError, match="takes host frames only"):
+            predictor.infer_device_frames(torch.zeros(1, 30, 40, dtype=torch.uint8))
+
+
+@pytest.mark.parametrize("task", ["seg", "seg3"])
+@pytest.mark.requires_cuda
+@cuda_only
+def test_cuda_device_frames_equal_host_frames(packages, task):
+    predictor = Predictor.load(packages[task], backend="optimized", device="cuda")
+    assert predictor.takes_device_frames and not predictor.with_probability_maps().takes_device_frames
+    for index, (shape, rgb) in enumerate(FRAMES):
+        frames = [_frame(shape, rgb, seed=index * 10 + k) for k in range(2)]
+        expected = predictor.predict(frames, batch_size=2)
+        device_frames = torch.from_numpy(np.stack(frames)).cuda()
+        outputs = predictor.infer_device_frames(device_frames)
+        assert outputs.device == device_frames.device and outputs.dtype == torch.uint8
+        for want, got in zip(expected, predictor.results(outputs.cpu().numpy(), [shape] * 2)):
+            np.testing.assert_array_equal(got.mask, want.mask)  # the same graph, fed on the device

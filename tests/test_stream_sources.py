@@ -13,6 +13,7 @@ from engine.errors import SourceError  # noqa: E402
 from engine.phantom import phantom_cine, write_dicom, write_video  # noqa: E402
 from engine.stream import (  # noqa: E402
     ArraySource,
+    CaptureSource,
     DicomSource,
     FolderSource,
     LiveSource,
@@ -325,3 +326,48 @@ def test_video_with_an_unknown_codec_is_a_source_error(tmp_path, cine):
     path.write_bytes(path.read_bytes().replace(b"V_FFV1", b"V_QQQQ"))  # a codec id FFmpeg has no decoder for
     with pytest.raises(SourceError, match=r"unknown\.mkv, frame 0: "):
         list(open_source(path))
+
+
+# FFmpeg's virtual test-pattern device, read through PyAV exactly as a capture card is (the stand-in for one here).
+TESTSRC = "testsrc=size=96x64:rate=30:duration=0.4"
+
+
+def _pyav_frames(spec: str, pixel_format: str, options=None) -> list:
+    import av
+
+    with av.open(spec, format="lavfi", options=options or {}) as container:
+        return [frame.to_ndarray(format=pixel_format) for frame in container.decode(video=0)]
+
+
+def test_capture_source_reads_a_virtual_device_through_pyav():
+    source = open_source(TESTSRC, input_format="lavfi")
+    assert isinstance(source, CaptureSource) and source.name == f"lavfi:{TESTSRC}" and not source.has_clock
+    indices, stamps, pixels = read_all(source)
+    expected = _pyav_frames(TESTSRC, "rgb24")
+    assert indices == list(range(12)) and len(expected) == 12
+    np.testing.assert_allclose(stamps, np.arange(12) / 30, rtol=0, atol=1e-9)  # the device's presentation times
+    for got, want in zip(pixels, expected):
+        assert got.shape == (64, 96, 3) and got.dtype == np.uint8
+        np.testing.assert_array_equal(got, want)
+    assert len({frame.tobytes() for frame in pixels}) == 12  # a moving pattern: every frame differs
+
+
+def test_capture_source_passes_the_input_format_options():
+    graph = "testsrc=size=50x34:rate=10:duration=0.5,format=gray"
+    source = CaptureSource("ignored", "lavfi", {"graph": graph})  # lavfi's `graph` option replaces the URL
+    frames = [frame.pixels for frame in source]
+    expected = _pyav_frames("ignored", "gray", {"graph": graph})
+    assert len(frames) == 5 and frames[0].shape == (34, 50)  # a gray pixel format decodes to HxW
+    for got, want in zip(frames, expected):
+        np.testing.assert_array_equal(got, want)
+
+
+def test_capture_source_errors_name_the_device():
+    with pytest.raises(SourceError, match="'v4l2' input cannot open '/dev/video99'.*video_size"):
+        list(CaptureSource("/dev/video99", "v4l2", {"video_size": "640x480"}))
+    with pytest.raises(SourceError, match="opens a device or stream named by a string"):
+        open_source(np.zeros((2, 4, 4), np.uint8), input_format="lavfi")
+    with pytest.raises(SourceError, match="need an input format"):
+        open_source(TESTSRC, input_options={"framerate": "30"})
+    with pytest.raises(SourceError, match="needs FFmpeg's input format"):
+        CaptureSource("/dev/video0", "")

@@ -6,13 +6,16 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from .options import add_capture_options, capture_source
 from .predict import add_load_options
 
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser("holoscan", help="run a package/artifact as a Holoscan SDK application")
     parser.add_argument("artifact", type=Path, help=".htpkg package or built artifact directory")
-    parser.add_argument("source", help="video file, DICOM file or folder of images")
+    parser.add_argument("source", help="video file, DICOM file, folder of images, or with --input-format a capture "
+                                       "device or stream (/dev/video0)")
+    add_capture_options(parser)
     parser.add_argument("--config", type=Path, default=None,
                         help="Holoscan YAML config (see examples/holoscan/ht_ultrasound.yaml; default: none)")
     parser.add_argument("--report", type=Path, default=None,
@@ -49,6 +52,7 @@ def run(args) -> int:
             check_output_file(path, option)
     if args.masks is not None:
         check_output_directory(args.masks, "--masks")
+    source = capture_source(args) or args.source
     try:
         from ..holoscan import run_app
     except ImportError as exc:
@@ -57,7 +61,7 @@ def run(args) -> int:
     predictor = Predictor.load(args.artifact, backend=args.backend, device=args.device, precision=args.precision)
     sinks = [sink(path) for sink, path in ((OverlayVideoSink, args.out), (PngMaskSink, args.masks))
              if path is not None]
-    report = {"artifact": str(args.artifact), **run_app(predictor, args.source, config=args.config, sinks=sinks)}
+    report = {"artifact": str(args.artifact), **run_app(predictor, source, config=args.config, sinks=sinks)}
     if args.report is not None:
         atomic_write(args.report, lambda tmp: tmp.write_text(json.dumps(report, indent=2)))
     print(format_report(report))

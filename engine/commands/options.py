@@ -75,6 +75,40 @@ def frame_sizes(text: str) -> list:
 frame_sizes.__name__ = "comma-separated frame sizes"
 
 
+def key_value(text: str) -> tuple:
+    """`KEY=VALUE` → `(KEY, VALUE)` (the value may hold `=`; the key may not be empty)."""
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise argparse.ArgumentTypeError(f"{text!r} is not KEY=VALUE, e.g. video_size=1920x1080")
+    return key.strip(), value
+
+
+key_value.__name__ = "KEY=VALUE"
+
+
+def add_capture_options(parser) -> None:
+    """`--input-format` / `--input-option`: the source is a device or stream one of FFmpeg's input formats opens
+    (`engine.stream.CaptureSource`), shared by `stream` and `holoscan`."""
+    parser.add_argument("--input-format", default=None, metavar="FORMAT",
+                        help="read SOURCE with this FFmpeg input format through PyAV: v4l2 (SOURCE a capture device "
+                             "such as /dev/video0), lavfi (a virtual device such as testsrc=size=640x480:rate=30), "
+                             "mpegts (a network stream such as udp://0.0.0.0:5000), … (default: SOURCE is a file or "
+                             "folder)")
+    parser.add_argument("--input-option", type=key_value, action="append", default=None, dest="input_options",
+                        metavar="KEY=VALUE",
+                        help="an option of the input format, repeatable (v4l2: video_size=1920x1080, framerate=30, "
+                             "input_format=yuyv422; `ffmpeg -h demuxer=v4l2` lists them; default: none)")
+
+
+def capture_source(args):
+    """The `CaptureSource` `--input-format`/`--input-option` ask for, or None when SOURCE is a file or folder."""
+    from ..stream import open_source
+
+    if args.input_format is None and not args.input_options:
+        return None
+    return open_source(args.source, input_format=args.input_format, input_options=dict(args.input_options or ()))
+
+
 def available_memory() -> int | None:
     """Bytes of memory the system can give now (Linux `MemAvailable`); None where that is not known."""
     try:

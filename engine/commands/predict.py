@@ -23,6 +23,24 @@ def add_load_options(parser) -> None:
                              "it was built for (default: %(default)s)")
 
 
+def add_dicom_seg_type_option(parser) -> None:
+    from ..dicom_seg import SEGMENTATION_TYPES
+
+    parser.add_argument("--dicom-seg-type", choices=SEGMENTATION_TYPES, default=None,
+                        help="with --dicom-seg: binary (one bit per pixel and foreground class: the masks) or "
+                             "fractional (each foreground class's per-pixel probability, in 1/255 steps) "
+                             "(default: binary)")
+
+
+def dicom_seg_type(args, requested: bool) -> str:
+    """The segmentation type `--dicom-seg-type` asks for (binary by default); refused without `--dicom-seg`."""
+    from ..errors import InputError
+
+    if args.dicom_seg_type is not None and not requested:
+        raise InputError(f"--dicom-seg-type {args.dicom_seg_type} applies to a DICOM Segmentation: add --dicom-seg")
+    return args.dicom_seg_type or "binary"
+
+
 def register(subparsers) -> None:
     parser = subparsers.add_parser("predict", help="run a package/artifact on images, videos and DICOM files")
     parser.add_argument("artifact", type=Path, help=".htpkg package or built artifact directory")
@@ -36,6 +54,7 @@ def register(subparsers) -> None:
     parser.add_argument("--dicom-seg", action="store_true",
                         help="also write OUT/<stem>_seg.dcm, a DICOM Segmentation of each DICOM input "
                              "(segmentation models; needs the [dicom] extra)")
+    add_dicom_seg_type_option(parser)
     add_load_options(parser)
     parser.set_defaults(handler=run)
 
@@ -102,9 +121,10 @@ def run(args) -> int:
     from ..runtime import Predictor
 
     check_output_directory(args.out, "--out")
+    seg_type = dicom_seg_type(args, args.dicom_seg)
     inputs = expand_inputs(args.inputs)
     if args.dicom_seg:
-        from ..dicom_seg import check_dicom_source
+        from ..dicom_seg import check_dicom_source, fractional_planes
 
         for path in inputs:
             check_dicom_source(path, "--dicom-seg")
@@ -112,6 +132,8 @@ def run(args) -> int:
     if args.dicom_seg and predictor.task != "seg":
         raise InputError(f"--dicom-seg needs a segmentation model; {args.artifact} is a {predictor.task!r} model "
                          f"(its class probabilities are in predictions.json)")
+    if args.dicom_seg and seg_type == "fractional":
+        predictor = predictor.with_probability_maps()
     # Every input is opened (images decoded, DICOM headers read, files checked) before the first frame is inferred.
     opened = [input_frames(path) for path in inputs]
     entries, overlays = [], 0
@@ -129,7 +151,8 @@ def run(args) -> int:
                     overlays += 1
                     entry.update(mask=str(mask_path), overlay=str(overlay_path))
                     if args.dicom_seg:
-                        masks.append(result.mask)
+                        masks.append(result.mask if seg_type == "binary" else
+                                     fractional_planes(result.probability_maps, predictor.num_classes))
                 entries.append(entry)
                 where = f"{path}" + (f" frame {number}" if multi else "")
                 print(f"{where}: " + (f"mask {entry['mask']}" if result.mask is not None else
@@ -138,8 +161,9 @@ def run(args) -> int:
             from ..dicom_seg import write_dicom_seg
 
             seg_path = args.out / f"{stem}_seg.dcm"
-            write_dicom_seg(seg_path, path, masks, predictor.classes, predictor.provenance())
-            print(f"DICOM Segmentation: {seg_path}", flush=True)
+            write_dicom_seg(seg_path, path, masks, predictor.classes, predictor.provenance(),
+                            segmentation_type=seg_type)
+            print(f"DICOM Segmentation ({seg_type}): {seg_path}", flush=True)
     summary = {"artifact": str(args.artifact), **predictor.provenance(), "task": predictor.task,
                "classes": predictor.classes, "results": entries}
     summary_path = args.out / "predictions.json"

@@ -6,14 +6,16 @@ import json
 import sys
 from pathlib import Path
 
-from .options import batch_size, frame_rate, milliseconds
-from .predict import add_load_options
+from .options import add_capture_options, batch_size, capture_source, frame_rate, milliseconds
+from .predict import add_dicom_seg_type_option, add_load_options, dicom_seg_type
 
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser("stream", help="stream a video / DICOM cine / image folder through a model")
     parser.add_argument("artifact", type=Path, help=".htpkg package or built artifact directory")
-    parser.add_argument("source", help="video file (mp4, avi, mkv…), multi-frame DICOM, or a folder of images")
+    parser.add_argument("source", help="video file (mp4, avi, mkv…), multi-frame DICOM, a folder of images, or with "
+                                       "--input-format a capture device or stream (/dev/video0)")
+    add_capture_options(parser)
     parser.add_argument("--policy", choices=("latest", "all"), default="latest",
                         help="%(choices)s; latest: real time, drop stale frames; all: every frame, in order "
                              "(default: %(default)s)")
@@ -38,6 +40,7 @@ def register(subparsers) -> None:
     parser.add_argument("--dicom-seg", type=Path, default=None, metavar="OUT.dcm",
                         help="DICOM Segmentation of the processed frames of a DICOM source (segmentation models; "
                              "needs the [dicom] extra; default: none)")
+    add_dicom_seg_type_option(parser)
     parser.add_argument("--quiet", action="store_true", help="no live progress line")
     add_load_options(parser)
     parser.set_defaults(handler=run)
@@ -115,6 +118,7 @@ def run(args) -> int:
             check_output_file(path, option)
     if args.masks is not None:
         check_output_directory(args.masks, "--masks")
+    seg_type = dicom_seg_type(args, args.dicom_seg is not None)
     if args.dicom_seg is not None:
         from ..dicom_seg import check_dicom_source, check_seg_output
 
@@ -122,11 +126,16 @@ def run(args) -> int:
         check_dicom_source(args.source, "--dicom-seg")
     realtime = args.policy == "latest" if args.realtime is None else args.realtime
     # A scan region is read from the file before the model loads: a file without one fails first.
-    source = open_source(args.source, fps=args.fps, realtime=realtime, region="scan") if args.region == "scan" \
-        else args.source
+    if args.region == "scan":
+        source = open_source(args.source, fps=args.fps, realtime=realtime, region="scan",
+                             input_format=args.input_format)
+    else:
+        source = capture_source(args) or args.source
     predictor = Predictor.load(args.artifact, backend=args.backend, device=args.device, precision=args.precision)
     if args.dicom_seg is not None and predictor.task != "seg":
         raise InputError(f"--dicom-seg needs a segmentation model; {args.artifact} is a {predictor.task!r} model")
+    if args.dicom_seg is not None and seg_type == "fractional":
+        predictor = predictor.with_probability_maps()
     sinks = []
     if args.out is not None:
         sinks.append(OverlayVideoSink(args.out))
@@ -135,7 +144,7 @@ def run(args) -> int:
     if args.masks is not None:
         sinks.append(PngMaskSink(args.masks))
     if args.dicom_seg is not None:
-        sinks.append(DicomSegSink(args.dicom_seg, predictor.provenance()))
+        sinks.append(DicomSegSink(args.dicom_seg, predictor.provenance(), segmentation_type=seg_type))
     if args.region == "scan":
         sinks = [RegionPasteSink(sink, source.region) for sink in sinks]
     warm_up(predictor, args.max_batch)

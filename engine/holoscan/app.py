@@ -16,6 +16,7 @@ import numpy as np
 from holoscan.core import Application, DataFlowMetric, Tracker
 
 from ..errors import InputError
+from ..stream import Source
 from .operators import FrameSourceOp, HTInferenceOp, ResultSinkOp
 
 _HOP = re.compile(r"\(([^,()]+),(\d+),(\d+)\)")
@@ -44,7 +45,8 @@ class HTApplication(Application):
         source = FrameSourceOp(self, source=self.source_spec, fps=options.get("fps"),
                                realtime=bool(options.get("realtime", False)), name="source")
         inference = HTInferenceOp(self, predictor=self.predictor, name="inference")
-        info = {"task": self.predictor.task, "classes": list(self.predictor.classes), "source": str(self.source_spec)}
+        info = {"task": self.predictor.task, "classes": list(self.predictor.classes),
+                "source": source_name(self.source_spec)}
         recorder = ResultSinkOp(self, sinks=self.sinks, info=info, name="recorder")
         self.add_flow(source, inference, {("frame", "frame"), ("info", "info")})
         self.add_flow(inference, recorder, {("tensor", "tensor"), ("result", "result")})
@@ -59,6 +61,12 @@ class HTApplication(Application):
         if name not in kinds:
             raise InputError(f"scheduler name {name!r} is not one of {sorted(kinds)}")
         self.scheduler(kinds[name](self, name="scheduler", **options))
+
+
+def source_name(source) -> str:
+    """How reports and sinks name a source: a `Source`'s own name (a capture device's `v4l2:/dev/video0`), else the
+    path as given."""
+    return source.name if isinstance(source, Source) else str(source)
 
 
 def _summary(values_ms: list) -> dict:
@@ -114,5 +122,7 @@ def run_app(predictor, source, config=None, sinks=()) -> dict:
                               "messages": tracker.get_metric(path, DataFlowMetric.NUM_DST_MESSAGES)}
                        for path in tracker.get_path_strings()}
         flow = flow_report(log.read_text() if log.exists() else "")
+    # The frame source last: the predictor's provenance names its model file under the same key (as in the stream
+    # report, "source" is where the frames came from; the command adds the model as "artifact").
     return {"frames_in": app.source_op.emitted, "processed": app.inference_op.frames, "tracker_ms": tracked,
-            "latency_ms": flow, "source": str(source), "task": predictor.task, **predictor.provenance()}
+            "latency_ms": flow, "task": predictor.task, **predictor.provenance(), "source": source_name(source)}

@@ -92,12 +92,14 @@ def make_cuda_runner(model: torch.nn.Module, device: str, precision: str, max_ba
                      frames: bool = False) -> Runner:
     """Wrap a CUDA model (float32 images in, float32 logits out) so each batch size runs as one CUDA graph.
 
-    With `frames` (the model an `OptimizedHTModel`), the runner also has the frame path (`run_frames`,
-    engine.optimize.frames, one graph per frame shape) and, for seg, `run_grid`."""
+    With `frames` (the model an `OptimizedHTModel`), the runner also has the frame path (`run_frames`, and
+    `run_device_frames` for frames already on the device; engine.optimize.frames, one graph per frame shape) and, for
+    seg, `run_grid`."""
     runner = CudaGraphRunner(model.eval(), device, max_batch)
     result = Runner(run=runner, uses_torch=True, device=str(runner.device), precision=precision, max_batch=max_batch)
     if frames:
         result.run_frames = FramePipeline(runner.model, runner.device, graphs=runner)
+        result.run_device_frames = result.run_frames.run_device
         if model.cfg.task == "seg":
             result.run_grid = runner.run_grid
     return result

@@ -15,6 +15,9 @@ On CUDA the three device stages run as one CUDA graph per (B, H, W, C), captured
 runs the plain forward (engine.optimize.cuda_runner: same warm-up, same memory pool, same lock); `graphs=None` runs
 them eagerly, which is what a CPU device does (the tests drive this path on CPU with the torch provider).
 
+Frames already on the device (an upstream GPU operator's, `run_device`) skip the staging: the same graph per
+(B, H, W, C) copies them device to device into its static input, and the masks stay on the device.
+
 The device functions are plain torch and run on CPU tensors too. `masks_from_grid` equals
 `engine.postprocess.mask_from_maps` but for ties within float rounding (the order of the float32 sums may differ
 from numpy's); `kernels.preprocess` with the torch provider is `htkernels.preprocess.preprocess_ref`, equal to
@@ -138,6 +141,24 @@ class FramePipeline:
             self._staging[shape] = (torch.empty(shape, dtype=torch.uint8, pin_memory=pin),
                                     torch.empty(out_shape, dtype=out_dtype, pin_memory=pin))
         return self._staging[shape]
+
+    def run_device(self, frames: torch.Tensor) -> torch.Tensor:
+        """uint8 frames `[B,H,W(,3)]` as a torch tensor already on this pipeline's device → masks `[B,H,W]` (seg) or
+        probabilities `[B,C]` (cls), a new tensor on the device: `__call__` without the host staging (the frames are
+        read in place; on CUDA the output is a copy of the graph's buffer, which the next call reuses)."""
+        if not isinstance(frames, torch.Tensor) or frames.dtype != torch.uint8 or frames.shape[0] < 1 or \
+                not (frames.dim() == 3 or (frames.dim() == 4 and frames.shape[3] == 3)):
+            raise InputError(f"device frames are a uint8 torch tensor [B,H,W] or [B,H,W,3] with B >= 1, got "
+                             f"{getattr(frames, 'dtype', type(frames).__name__)} "
+                             f"{list(getattr(frames, 'shape', []))}")
+        if frames.device != self.device:
+            raise InputError(f"device frames are on {frames.device}, but this frame path runs on {self.device}; load "
+                             f"the predictor on the frames' device (device={str(frames.device)!r})")
+        with self._lock, kernel_errors():
+            if self.graphs is None:
+                with torch.inference_mode():
+                    return self.compute(frames.contiguous())
+            return self.graphs.replay(("frames", tuple(frames.shape)), frames, self.compute, torch.Tensor.clone)
 
     def __call__(self, frames: list) -> np.ndarray:
         if not frames:

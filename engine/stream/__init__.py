@@ -1,4 +1,5 @@
-"""Real-time streams: sources (video, DICOM, folders, arrays, live callables) → pipelined inference → sinks.
+"""Real-time streams: sources (video, DICOM, folders, arrays, live callables, capture devices) → pipelined inference
+→ sinks.
 
     from engine import Predictor
     from engine.stream import stream, OverlayVideoSink
@@ -23,6 +24,7 @@ from .sinks import (
 )
 from .sources import (
                     ArraySource,
+                    CaptureSource,
                     DicomSource,
                     FolderSource,
                     Frame,
@@ -34,9 +36,8 @@ from .sources import (
 )
 
 __all__ = [
-    "ArraySource", "CallbackSink", "Channel", "CollectSink", "DicomSegSink", "DicomSource", "FolderSource", "Frame",
-    "JsonLinesSink", "LatencyReservoir", "LiveSource", "OverlayVideoSink", "POLICIES", "PngMaskSink", "RegionPasteSink",
-    "ScanRegion", "Sink", "Source", "StreamMetrics",
-    "StreamPipeline", "StreamResult", "VideoSource", "dicom_support", "draw_overlay", "frame_record", "open_source",
-    "scan_region", "stream",
+    "ArraySource", "CallbackSink", "CaptureSource", "Channel", "CollectSink", "DicomSegSink", "DicomSource",
+    "FolderSource", "Frame", "JsonLinesSink", "LatencyReservoir", "LiveSource", "OverlayVideoSink", "POLICIES",
+    "PngMaskSink", "RegionPasteSink", "ScanRegion", "Sink", "Source", "StreamMetrics", "StreamPipeline", "StreamResult",
+    "VideoSource", "dicom_support", "draw_overlay", "frame_record", "open_source", "scan_region", "stream",
 ]

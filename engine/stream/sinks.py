@@ -188,11 +188,18 @@ class OverlayVideoSink(Sink):
 class DicomSegSink(Sink):
     """A DICOM Segmentation object (`engine.dicom_seg`) of the processed frames of a DICOM source, written when the
     stream ends (also after an error: the frames finished by then). Under `latest` only the processed frames are in
-    it, each referencing its own source frame. `provenance`: `Predictor.provenance()` (algorithm identification)."""
+    it, each referencing its own source frame. `provenance`: `Predictor.provenance()` (algorithm identification).
+    `segmentation_type`: "binary" (the masks) or "fractional" (the per-pixel class probabilities: the stream's
+    predictor must keep them, `Predictor.with_probability_maps()`; kept as uint8 fractions of 255 until the end)."""
 
-    def __init__(self, path, provenance: dict):
+    def __init__(self, path, provenance: dict, segmentation_type: str = "binary"):
+        from ..dicom_seg import SEGMENTATION_TYPES
+
+        if segmentation_type not in SEGMENTATION_TYPES:
+            raise InputError(f"segmentation type {segmentation_type!r} is not one of {', '.join(SEGMENTATION_TYPES)}")
         self.path = Path(path)
         self.provenance = provenance
+        self.segmentation_type = segmentation_type
         self.masks, self.frame_numbers = [], []
 
     def open(self, info: dict) -> None:
@@ -206,7 +213,15 @@ class DicomSegSink(Sink):
         check_seg_output(self.path, "--dicom-seg")
 
     def write(self, item) -> None:
-        self.masks.append(item.result.mask)
+        from ..dicom_seg import fractional_planes
+
+        if self.segmentation_type == "binary":
+            self.masks.append(item.result.mask)
+        elif item.result.probability_maps is None:
+            raise InputError(f"frame {item.frame.index}: a fractional DICOM Segmentation needs per-pixel class "
+                             f"probabilities; stream with Predictor.with_probability_maps()")
+        else:
+            self.masks.append(fractional_planes(item.result.probability_maps, len(self.info["classes"])))
         self.frame_numbers.append(item.frame.index)
 
     def close(self) -> None:
@@ -214,4 +229,4 @@ class DicomSegSink(Sink):
 
         if self.masks:
             write_dicom_seg(self.path, self.info["source"], self.masks, self.info["classes"], self.provenance,
-                            self.frame_numbers)
+                            self.frame_numbers, self.segmentation_type)

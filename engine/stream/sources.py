@@ -1,4 +1,5 @@
-"""Frame sources: video files, DICOM cine loops, image folders, numpy arrays and live callables/iterables.
+"""Frame sources: video files, DICOM cine loops, image folders, numpy arrays, live callables/iterables and capture
+devices or streams read by FFmpeg (V4L2 capture cards, network streams).
 
 A source is an iterable of `Frame(index, timestamp, pixels)`; `timestamp` is in seconds on the source's own clock
 (presentation time for video, frame timing tags for DICOM, capture time for live sources). Every failure is a
@@ -206,15 +207,18 @@ class VideoSource(Source):
         if not self.path.is_file():
             raise SourceError(f"{self.path}: video file does not exist", source=self.name, frame=None)
 
+    def _open(self, av):
+        try:
+            return av.open(str(self.path))
+        except Exception as exc:  # FFmpeg raises a family of av.error.* types and OSError
+            raise self._error(0, "cannot open the video (corrupt, truncated or not a video)", exc) from exc
+
     def _frames(self):
         try:
             import av
         except ImportError as exc:
             raise self._error(None, "reading video needs PyAV: pip install 'ht-engine[stream]'") from exc
-        try:
-            container = av.open(str(self.path))
-        except Exception as exc:  # FFmpeg raises a family of av.error.* types and OSError
-            raise self._error(0, "cannot open the video (corrupt, truncated or not a video)", exc) from exc
+        container = self._open(av)
         index = 0
         try:
             if not container.streams.video:
@@ -256,6 +260,38 @@ class VideoSource(Source):
                 raise self._error(0, "the video stream holds no decodable frame (truncated or empty file)")
         finally:
             container.close()
+
+
+class CaptureSource(VideoSource):
+    """A live device or stream opened by one of FFmpeg's input formats through PyAV: a V4L2 capture card or camera
+    (`CaptureSource("/dev/video0", "v4l2", {"video_size": "1920x1080", "framerate": "30"})`), a network stream
+    (`"udp://0.0.0.0:5000"` with `"mpegts"`), or FFmpeg's virtual `lavfi` devices (`"testsrc=size=320x240:rate=30"`).
+
+    `url` goes to the input format as is (a device node, an address, a filter graph); `options` are that format's
+    own options (`ffmpeg -h demuxer=v4l2` lists them), strings as FFmpeg takes them. The device paces itself: there
+    is no file clock to replay (`realtime` has no effect) and no frame count to check; timestamps are the device's
+    presentation times. Frames decode as a video file's do (gray pixel formats to HxW, others to RGB).
+    """
+
+    has_clock = False
+
+    def __init__(self, url: str, input_format: str, options: dict | None = None, gray: bool | None = None):
+        Source.__init__(self, realtime=False)
+        if not input_format:
+            raise SourceError(f"{url}: a capture source needs FFmpeg's input format (v4l2, lavfi, mpegts, …)")
+        self.path = str(url)
+        self.input_format = str(input_format)
+        self.options = {str(key): str(value) for key, value in (options or {}).items()}
+        self.name = f"{self.input_format}:{self.path}"
+        self.gray = gray
+
+    def _open(self, av):
+        try:
+            return av.open(self.path, format=self.input_format, options=self.options)
+        except Exception as exc:  # FFmpeg raises a family of av.error.* types and OSError
+            raise self._error(0, f"FFmpeg's {self.input_format!r} input cannot open {self.path!r} with options "
+                              f"{self.options} (no such device, busy, or options the device does not support; "
+                              f"`ffmpeg -f {self.input_format} -i ...` says more)", exc) from exc
 
 
 def dicom_support() -> dict:
@@ -554,7 +590,8 @@ def _is_dicom(path: Path) -> bool:
         return False
 
 
-def open_source(spec, fps: float | None = None, realtime: bool = False, region: str = "full") -> Source:
+def open_source(spec, fps: float | None = None, realtime: bool = False, region: str = "full",
+                input_format: str | None = None, input_options: dict | None = None) -> Source:
     """Any supported input → a `Source`.
 
     `spec`: a `Source`; a path to a video file, a DICOM file or a folder of images; a numpy array `[T,H,W(,3)]`;
@@ -562,7 +599,16 @@ def open_source(spec, fps: float | None = None, realtime: bool = False, region: 
     `fps` is the frame rate of arrays, folders and DICOM files without timing tags (default 30).
     `realtime` replays files and arrays at their own frame rate, as a scanner would deliver them.
     `region="scan"` crops DICOM frames to their ultrasound scan region (other inputs have none: refused).
+    `input_format` (with its `input_options`): `spec` is a device or stream that FFmpeg input format opens
+    (`CaptureSource`: "v4l2" for /dev/video*, "lavfi", "mpegts"…).
     """
+    if input_format is not None:
+        if not isinstance(spec, (str, Path)) or region != "full":
+            raise SourceError(f"input format {input_format!r} opens a device or stream named by a string (and has no "
+                              f"scan region); got {type(spec).__name__} with region={region!r}")
+        return CaptureSource(str(spec), input_format, input_options)
+    if input_options:
+        raise SourceError(f"input options {input_options} need an input format (say, v4l2) to go to")
     rate = DEFAULT_FPS if fps is None else float(fps)
     if region not in REGIONS:
         raise SourceError(f"region must be one of {', '.join(REGIONS)}, got {region!r}")
