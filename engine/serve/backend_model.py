@@ -7,11 +7,15 @@ never fails its neighbours, and nothing a client sends takes the instance down.
 
 Tensors cross the stub's boundary through DLPack (`np.from_dlpack`, `Tensor.from_dlpack`): the stub's pybind11
 NumPy bridge (`as_numpy`, `Tensor(name, array)`) predates NumPy 2's array layout and reads NumPy 2 arrays wrongly
-(seen here: garbage pixels in, empty tensors out), while DLPack is layout-independent.
+(seen here: garbage pixels in, empty tensors out), while DLPack is layout-independent. One wrinkle: the stub marks a
+capsule it consumed "used_dlpack" where the DLPack protocol says "used_dltensor", so NumPy's capsule destructor
+would take it for unconsumed and log a traceback per response; the capsule gets the protocol's name once the stub
+holds the tensor (the stub frees the array through the tensor's deleter as before).
 """
 
 from __future__ import annotations
 
+import ctypes
 import json
 
 import numpy as np
@@ -19,6 +23,20 @@ import numpy as np
 from ..errors import HTError, InputError
 from ..preprocess import check_frame
 from .repository import INPUT_NAME
+
+# A capsule keeps only the pointer to its name: this one lives as long as the process.
+_CONSUMED = ctypes.c_char_p(b"used_dltensor")
+_set_capsule_name = ctypes.pythonapi.PyCapsule_SetName
+_set_capsule_name.argtypes = (ctypes.py_object, ctypes.c_char_p)
+_set_capsule_name.restype = ctypes.c_int
+
+
+def output_tensor(pb_utils, name: str, array: np.ndarray):
+    """`array` as the stub's output tensor `name`, handed over through DLPack."""
+    capsule = np.ascontiguousarray(array).__dlpack__()
+    tensor = pb_utils.Tensor.from_dlpack(name, capsule)
+    _set_capsule_name(capsule, _CONSUMED)
+    return tensor
 
 
 class FrameBatcher:
@@ -105,7 +123,7 @@ class BackendModel:
             if isinstance(outcome, HTError):
                 responses.append(pb_utils.InferenceResponse(error=pb_utils.TritonError(str(outcome))))
             else:
-                tensor = pb_utils.Tensor.from_dlpack(self.output_name, np.ascontiguousarray(outcome))
+                tensor = output_tensor(pb_utils, self.output_name, outcome)
                 responses.append(pb_utils.InferenceResponse(output_tensors=[tensor]))
         return responses
 
