@@ -42,6 +42,7 @@ from engine.bench.report import (
 from engine.bench.suite import gpu_split, split_unavailable
 from engine.cli import main
 from engine.config import ModelConfig
+from engine.export.openvino import cpu_has_bf16
 from engine.model import build_reference_model
 from engine.package import save_package
 from engine.postprocess import results_from_logits
@@ -237,7 +238,7 @@ def small_package(tmp_path_factory):
 
 def fast_options(package, **overrides) -> BenchOptions:
     fields = dict(source=package, precisions=["fp32"], batches=[1, 2], duration_s=0.0, warmup_s=0.0, iterations=1,
-                  compiled_baseline=False, gemm_size=64, gemm_duration_s=0.0)
+                  compiled_baseline=False, anchor=False, gemm_size=64, gemm_duration_s=0.0)
     fields.update(overrides)
     return BenchOptions(**fields)
 
@@ -275,7 +276,7 @@ def _cases(report, backend):
 @pytest.fixture(scope="module")
 def report(small_package):
     return run_bench(fast_options(small_package, backends=["reference", "optimized"], precisions=["fp32", "bf16"],
-                                  iterations=2))
+                                  iterations=2, anchor=True))
 
 
 def test_report_validates_and_lists_every_case_with_its_correctness(report):
@@ -284,7 +285,8 @@ def test_report_validates_and_lists_every_case_with_its_correctness(report):
     assert report["machine"]["environment"]["HT_ENGINE_COMPILE"] == "0"  # set by the fixture above
     assert report["flops_per_frame"]["pruned"]["total"] < report["flops_per_frame"]["reference"]["total"]
     seen = {(c["backend"], c["precision"], c["batch"]): c for c in report["cases"]}
-    expected = {(b, p, n) for b in ("reference", "optimized") for p in ("fp32", "bf16") for n in (1, 2)}
+    expected = {(b, p, n) for b in ("reference", "optimized", "openvino-reference") for p in ("fp32", "bf16")
+                for n in (1, 2)}
     assert set(seen) == expected and len(report["cases"]) == len(expected)
     for batch in (1, 2):
         eager = seen[("reference", "fp32", batch)]
@@ -298,6 +300,17 @@ def test_report_validates_and_lists_every_case_with_its_correctness(report):
         assert optimized["peak_memory_bytes"] > 0 and optimized["first_load_s"] >= optimized["load_s"] > 0
         bf16 = seen[("optimized", "bf16", batch)]
         assert bf16["status"] == "ok" and 0.0 < bf16["max_rel_error"] <= RELATIVE[torch.bfloat16]
+        anchor = seen[("openvino-reference", "fp32", batch)]
+        assert anchor["role"] == "anchor" and anchor["status"] == "ok", anchor["message"]
+        assert 0.0 < anchor["max_rel_error"] <= RELATIVE[torch.float32]
+        assert optimized["time_vs_openvino_reference"]["fp32"] == pytest.approx(
+            optimized["latency_ms"]["median_ms"] / anchor["latency_ms"]["median_ms"])
+        anchor_bf16 = seen[("openvino-reference", "bf16", batch)]
+        if cpu_has_bf16():
+            assert anchor_bf16["status"] == "ok" and 0.0 < anchor_bf16["max_rel_error"] <= RELATIVE[torch.bfloat16]
+            assert set(optimized["time_vs_openvino_reference"]) == {"fp32", "bf16"}
+        else:
+            assert anchor_bf16["status"] == "unsupported" and "no bf16 units" in anchor_bf16["message"]
     unsupported = seen[("reference", "bf16", 1)]
     assert unsupported["status"] == "unsupported" and "fp32" in unsupported["message"]
     assert unsupported["latency_ms"] is None and unsupported["max_rel_error"] is None
@@ -311,9 +324,16 @@ def test_report_validates_and_lists_every_case_with_its_correctness(report):
     assert {case["gpu_split_reason"] for case in timed} == {split_unavailable("cpu", _numpy_runner("cpu"))}
     assert "Host Latency ms" not in rows[0]
     (note,) = [line for line in table.splitlines() if "Host Latency" in line]
-    assert note.startswith("note: no Host Latency / GPU Compute split for reference fp32, optimized fp32, "
-                           "optimized bf16: measured for artifact runtimes on a GPU only")
+    labels = ", ".join(dict.fromkeys(f"{case['backend']} {case['precision']}" for case in timed))
+    assert labels.startswith("reference fp32, openvino-reference fp32") and labels.endswith("optimized bf16")
+    assert note.startswith(f"note: no Host Latency / GPU Compute split for {labels}: measured for artifact "
+                           f"runtimes on a GPU only")
     assert "perf_counter_ns" in note
+    # Where the backends stand against OpenVINO on the reference model: one note per batch and pick.
+    anchored = [line for line in table.splitlines() if line.startswith("note: batch ")]
+    assert [line.split(" backend ")[0] for line in anchored] == [
+        "note: batch 1: fastest", "note: batch 1: fastest fp32", "note: batch 2: fastest", "note: batch 2: fastest fp32"]
+    assert all("x OpenVINO(reference) fp32" in line for line in anchored)
 
 
 # ---------------------------------------------------------------- host/device split (gpu_split_ms)
@@ -425,7 +445,9 @@ def test_report_with_a_split_validates_and_the_table_shows_host_latency_and_gpu_
     notes = [line for line in table if line.startswith("note: ")]
     assert notes[0].startswith("note: Host Latency = H2D + GPU Compute + D2H of each run") and "optimized fp32" in \
         notes[0] and "CUDA events on the runner's execution stream" in notes[0]
-    assert notes[1].startswith("note: no Host Latency / GPU Compute split for reference fp32, optimized bf16:")
+    anchors = "openvino-reference fp32, openvino-reference bf16, " if cpu_has_bf16() else "openvino-reference fp32, "
+    assert notes[1].startswith(f"note: no Host Latency / GPU Compute split for reference fp32, {anchors}"
+                               f"optimized bf16:")
     markdown = format_markdown(split_report)
     rows = [line for line in markdown.splitlines() if line.startswith("| ") and "---" not in line]
     assert "| Host Latency ms | GPU Compute ms |" in rows[0]
@@ -662,7 +684,7 @@ def test_schema_checks_the_frame_entries(frames_report):
 def test_cli_bench_writes_a_valid_json_and_prints_the_table(small_package, tmp_path, capsys):
     out = tmp_path / "bench.json"
     rc = main(["bench", str(small_package), "--backends", "reference,optimized", "--precisions", "fp32,int8",
-               "--batch", "1", "--duration", "0", "--warmup", "0", "--iterations", "1", "--no-compile",
+               "--batch", "1", "--duration", "0", "--warmup", "0", "--iterations", "1", "--no-compile", "--no-anchor",
                "--gemm-size", "64", "--json", str(out)])
     printed = capsys.readouterr().out
     assert rc == 0
@@ -678,7 +700,7 @@ def test_cli_bench_writes_a_valid_json_and_prints_the_table(small_package, tmp_p
 def test_cli_bench_exports_every_sample(small_package, tmp_path, capsys):
     out, times = tmp_path / "bench.json", tmp_path / "times" / "samples.json"
     rc = main(["bench", str(small_package), "--backends", "reference", "--batch", "1,2", "--duration", "0",
-               "--warmup", "0", "--iterations", "4", "--percentiles", "50,99", "--no-compile", "--gemm-size", "64",
+               "--warmup", "0", "--iterations", "4", "--percentiles", "50,99", "--no-compile", "--no-anchor", "--gemm-size", "64",
                "--json", str(out), "--export-times", str(times)])
     assert rc == 0 and f"times: {times}" in capsys.readouterr().out
     report, exported = json.loads(out.read_text()), json.loads(times.read_text())
@@ -704,7 +726,7 @@ def test_cli_bench_refuses_a_bad_export_path_and_bad_percentiles_before_any_work
 def test_cli_bench_frames_adds_the_frame_table(small_package, tmp_path, capsys):
     out, markdown = tmp_path / "bench.json", tmp_path / "bench.md"
     rc = main(["bench", str(small_package), "--backends", "optimized", "--batch", "1", "--duration", "0",
-               "--warmup", "0", "--iterations", "1", "--no-compile", "--gemm-size", "64", "--frames", "48x64,7x3",
+               "--warmup", "0", "--iterations", "1", "--no-compile", "--no-anchor", "--gemm-size", "64", "--frames", "48x64,7x3",
                "--json", str(out), "--markdown", str(markdown)])
     printed = capsys.readouterr().out
     assert rc == 0

@@ -79,6 +79,29 @@ def split_notes(report: dict) -> list:
     return lines
 
 
+def anchor_notes(report: dict) -> list:
+    """Where the backends stand against OpenVINO on the reference model, per batch: the fastest backend case and the
+    fastest fp32 one, each over the anchor at bf16 and f32 (<1: faster); empty where no anchor ran."""
+    lines = []
+    batches = sorted({case["batch"] for case in report["cases"] if case["role"] == "anchor"
+                      and case["status"] == "ok"})
+    for batch in batches:
+        timed = [case for case in report["cases"] if case["role"] == "backend" and case["status"] == "ok"
+                 and case["batch"] == batch and case["time_vs_openvino_reference"]]
+        picks = [("fastest", min(timed, key=lambda c: c["latency_ms"]["median_ms"], default=None)),
+                 ("fastest fp32", min((c for c in timed if c["precision"] == "fp32"),
+                                      key=lambda c: c["latency_ms"]["median_ms"], default=None))]
+        for what, case in picks:
+            if case is None:
+                continue
+            ratios = ", ".join(f"{ratio:.2f}x OpenVINO(reference) {precision}"
+                               for precision, ratio in case["time_vs_openvino_reference"].items())
+            lines.append(f"batch {batch}: {what} backend {case['backend']} {case['precision']} "
+                         f"{case['latency_ms']['median_ms']:.2f} ms = {ratios} (time over time; max rel. error "
+                         f"{_num(case['max_rel_error'], '.1e')})")
+    return lines
+
+
 def _num(value, fmt: str) -> str:
     return "-" if value is None else format(value, fmt)
 
@@ -125,7 +148,7 @@ def format_table(report: dict) -> str:
             cells += rest
         lines.append("  ".join(cells).rstrip())
     lines += [f"warning: {warning['message']}" for warning in report["warnings"]]
-    lines += [f"note: {note}" for note in split_notes(report)]
+    lines += [f"note: {note}" for note in split_notes(report) + anchor_notes(report)]
     if report["third_party_warnings"]:
         count = sum(entry["count"] for entry in report["third_party_warnings"])
         lines.append(f"note: {count} warnings of the libraries underneath were kept off the console "
@@ -220,8 +243,8 @@ def format_markdown(report: dict) -> str:
         "|---|---|---:|---:|---:|" + ("---:|---:|" if split else "") + "---:|---:|---:|---:|---:|---:|---:|",
     ]
     for case in report["cases"]:
-        name = {"eager": "reference (eager)", "compiled": "torch.compile(reference)"}.get(case["role"],
-                                                                                          case["backend"])
+        name = {"eager": "reference (eager)", "compiled": "torch.compile(reference)",
+                "anchor": "OpenVINO(reference)"}.get(case["role"], case["backend"])
         if case["latency_ms"] is None:
             lines.append(f"| {name} | {case['precision']} | {case['batch']} | {case['status']}: "
                          f"{case['message'].replace('|', '/')} |||||||||" + ("||" if split else ""))
@@ -234,7 +257,7 @@ def format_markdown(report: dict) -> str:
             _num(case["speedup_vs_compiled"], ".2f"), _num(None if fraction is None else 100 * fraction, ".0f"),
             _num(None if peak is None else peak / 2**20, ".0f"), _num(case["first_load_s"], ".1f"),
             _num(case["max_rel_error"], ".1e")]) + " |")
-    lines += [""] + [note.replace("|", "/") + "." for note in split_notes(report)]
+    lines += [""] + [note.replace("|", "/") + "." for note in split_notes(report) + anchor_notes(report)]
     rows = frame_rows(report)
     if rows:
         lines += ["", "Frame path (uint8 frames in, results out; decode excluded), median ms at each batch; "

@@ -32,6 +32,7 @@ and `fused_into_infer` says so.
 from __future__ import annotations
 
 import gc
+import importlib.util
 import math
 import os
 import time
@@ -58,12 +59,15 @@ from .measure import (
     time_split_calls,
     timer_kind,
 )
+from .openvino_anchor import OPENVINO_ANCHOR
 
 SCHEMA_NAME = "ht-engine-bench"
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 HOST_TIMER = "perf_counter_ns"
 EAGER = "reference"
 COMPILED = "compiled-reference"
+# Table order: the baselines first, then the backends measured against them.
+ROLES = ("eager", "compiled", "anchor", "backend")
 # Which measured GEMM rate a precision's achieved FLOP rate is compared with (int8/fp8: none is measured).
 GEMM_FOR_PRECISION = {"fp32": "fp32", "bf16": "bf16", "fp16": "fp16"}
 
@@ -81,6 +85,7 @@ class BenchOptions:
     warmup_s: float = 0.2  # seconds of untimed runs before them (at least one run)
     percentiles: list = field(default_factory=lambda: list(DEFAULT_PERCENTILES))
     compiled_baseline: bool = True
+    anchor: bool = True  # OpenVINO on the reference model (CPU): what a CPU user would deploy instead
     time_limit_s: float | None = None
     seed: int = 0
     gemm_duration_s: float = 1.0
@@ -99,7 +104,7 @@ def _case(backend: str, precision: str, batch: int, role: str, status: str = "ok
             "memory_kind": None, "max_rel_error": None, "speedup_vs_eager": None, "speedup_vs_compiled": None,
             "gflops_per_s": None, "gemm_fraction": None, "gemm_precision": None, "gpu_split_ms": None,
             "gpu_split_reason": "not measured: the case did not run",
-            "frames": []}
+            "time_vs_openvino_reference": None, "frames": []}
 
 
 def _frame_case(height: int, width: int, frame_path: str | None, status: str = "ok", message: str = "") -> dict:
@@ -334,6 +339,19 @@ class _Suite:
                       f"infer {_fmt_ms(entry['infer_ms'])}, post {_fmt_ms(entry['post_ms'])}")
         return entry
 
+    def measure_anchor(self, package_path: Path) -> None:
+        """OpenVINO on the reference model, f32 and (where the CPU has bf16 units) bf16; on the CPU only."""
+        from ..export.openvino import cpu_has_bf16
+        from .openvino_anchor import ANCHOR_PRECISIONS, openvino_reference
+
+        for precision in ANCHOR_PRECISIONS:
+            reason = anchor_unavailable(self.device, precision, cpu_has_bf16())
+            if reason is not None:
+                self.skipped_all(OPENVINO_ANCHOR, precision, "anchor", "unsupported", reason)
+                continue
+            self.measure(OPENVINO_ANCHOR, precision, "anchor",
+                         lambda p=precision: openvino_reference(package_path, p))
+
     def check_output(self, case: dict, output) -> None:
         batch = case["batch"]
         if case["role"] == "eager":
@@ -371,9 +389,11 @@ class _Suite:
                 self.measure(backend, precision, "backend",
                              lambda b=backend, p=precision, s=path: Predictor.load(s, backend=b, device=self.device,
                                                                                  precision=p))
+        if options.anchor:
+            self.measure_anchor(package_path)
         if options.compiled_baseline:
             self.measure(COMPILED, "fp32", "compiled", lambda: compiled_reference(package_path, self.device))
-        self.cases.sort(key=lambda case: ("eager", "compiled", "backend").index(case["role"]))  # baselines first
+        self.cases.sort(key=lambda case: ROLES.index(case["role"]))  # baselines first
         add_speedups(self.cases)
         return self.cases
 
@@ -411,12 +431,28 @@ def compiled_reference(package_path: Path, device: str):
                      backend=COMPILED, source=Path(package_path), sha256=package.sha256)
 
 
+def anchor_unavailable(device: str, precision: str, cpu_bf16: bool) -> str | None:
+    """Why the OpenVINO anchor cannot run at `precision` here (None: it can)."""
+    if device != "cpu":
+        return f"the OpenVINO anchor is a CPU baseline; this bench runs on {device}"
+    if importlib.util.find_spec("openvino") is None:
+        return "openvino is not installed (pip install 'ht-engine[openvino]')"
+    if precision == "bf16" and not cpu_bf16:
+        return "this CPU has no bf16 units (neither AVX-512 BF16 nor AMX): OpenVINO would run bf16 in f32"
+    return None
+
+
 def add_speedups(cases: list) -> None:
-    """Ratios of each case's median latency to the eager and compiled baselines at the same batch (>1: faster)."""
-    baseline = {}
+    """Ratios of each case's median latency to the eager and compiled baselines at the same batch (>1: faster), and
+    its time over the OpenVINO anchor's at each anchor precision (<1: faster than OpenVINO on the reference)."""
+    baseline, anchor = {}, {}
     for case in cases:
-        if case["role"] in ("eager", "compiled") and case["status"] == "ok":
+        if case["status"] != "ok":
+            continue
+        if case["role"] in ("eager", "compiled"):
             baseline[(case["role"], case["batch"])] = case["latency_ms"]["median_ms"]
+        elif case["role"] == "anchor":
+            anchor[(case["precision"], case["batch"])] = case["latency_ms"]["median_ms"]
     for case in cases:
         if case["status"] != "ok":
             continue
@@ -425,6 +461,9 @@ def add_speedups(cases: list) -> None:
             reference = baseline.get((role, case["batch"]))
             if reference is not None and median > 0:
                 case[f"speedup_vs_{role}"] = reference / median
+        ratios = {precision: median / anchor_ms for (precision, batch), anchor_ms in anchor.items()
+                  if batch == case["batch"] and anchor_ms > 0}
+        case["time_vs_openvino_reference"] = ratios or None
 
 
 def sample_warnings(cases: list) -> list:

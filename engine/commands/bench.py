@@ -86,6 +86,9 @@ def register(subparsers) -> None:
                              "fewer than 10 / (1 - p/100) timed runs is flagged")
     parser.add_argument("--no-compile", dest="compiled_baseline", action="store_false",
                         help="skip the torch.compile(reference) baseline")
+    parser.add_argument("--no-anchor", dest="anchor", action="store_false",
+                        help="skip the OpenVINO-on-the-reference-model baseline (CPU; f32, and bf16 where the CPU "
+                             "has bf16 units)")
     parser.add_argument("--time-limit", type=real(0.0, 86400.0, "duration (s)"), default=120.0,
                         help="seconds after which backends not yet loaded (and further batch sizes) are reported "
                              "as skipped, so that the defaults end in about 3 minutes (default %(default)s; "
@@ -149,7 +152,7 @@ def run(args) -> int:
                                precisions=args.precisions, batches=args.batch, device=args.device,
                                duration_s=args.duration, iterations=args.iterations, warmup_s=args.warmup,
                                percentiles=args.percentiles, compiled_baseline=args.compiled_baseline,
-                               seed=args.seed, gemm_size=args.gemm_size, time_limit_s=args.time_limit or None,
+                               anchor=args.anchor, seed=args.seed, gemm_size=args.gemm_size, time_limit_s=args.time_limit or None,
                                frames=args.frames or [])
         report = run_bench(options, progress=lambda message: print(message, flush=True), command=command)
     print()
