@@ -72,6 +72,17 @@ def test_fp32_matches_reference(packages, artifacts, name, batch):
     assert_relative(torch.from_numpy(actual), expected, RELATIVE[torch.float32], f"openvino fp32 {name} b{batch}")
 
 
+def test_batch_one_runs_its_own_static_compile_and_agrees_with_the_dynamic_one(artifacts):
+    """Batch 1 runs a model compiled for that one shape, other batches the dynamic one: same image, same logits."""
+    predictor = Predictor.load(artifacts["seg", "fp32"].directory)
+    x = random_images(3, 96, seed=31).numpy()
+    together = predictor.forward(x)
+    for index in range(3):
+        alone = predictor.forward(x[index:index + 1])
+        assert_relative(torch.from_numpy(alone[0]), torch.from_numpy(together[index]), RELATIVE[torch.float32],
+                        f"openvino fp32 batch 1 vs batch 3, image {index}")
+
+
 def test_manifest_records_openvino(artifacts):
     manifest = artifacts["seg", "bf16"].manifest
     assert manifest["backend"] == "openvino" and manifest["artifact"] == MODEL_XML
