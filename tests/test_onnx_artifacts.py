@@ -115,6 +115,24 @@ def test_int8_graph_is_explicitly_quantized_with_zero_points_zero(artifacts):
     assert quantized_types == {onnx.TensorProto.INT8}
 
 
+def test_int8_quantizes_the_backbone_gemms_and_keeps_the_rest_float(packages, artifacts):
+    """qkv, attention projection, fc1 and fc2 of every kept block (weights with both sides >= the width) get Q/DQ;
+    the adapters' small GEMMs, the attention products and the per-sample convolutions stay float."""
+    from engine.export.quantize import gemm_nodes
+    from engine.package import read_package
+
+    cfg = read_package(packages["seg"][0])[0]
+    fp32 = onnx.load(str(artifacts["seg", "fp32"].model_file))
+    quantized, kept = gemm_nodes(fp32, cfg.width)
+    blocks = max(cfg.extract_layers) + 1  # blocks after the last extracted one are pruned
+    assert len(quantized) >= 4 * blocks and kept
+    int8 = onnx.load(str(artifacts["seg", "int8"].model_file))
+    dequantized = {node.output[0] for node in int8.graph.node if node.op_type == "DequantizeLinear"}
+    fed = [node.name for node in int8.graph.node if node.op_type in ("MatMul", "Gemm", "Conv")
+           and any(name in dequantized for name in node.input)]
+    assert sorted(fed) == sorted(quantized)
+
+
 def test_fp16_keeps_layernorm_and_softmax_in_fp32(artifacts):
     proto = onnx.load(str(artifacts["seg", "fp16"].model_file))
     proto = onnx.shape_inference.infer_shapes(proto)

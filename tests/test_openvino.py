@@ -126,13 +126,15 @@ def test_int8_is_bounded(packages, artifacts, batch):
 
 
 def test_int8_runs_int8_kernels(artifacts):
-    """The CPU plugin executes the quantized GEMMs in int8 (not dequantized to f32)."""
+    """The CPU plugin executes the quantized GEMMs (qkv, projection, fc1, fc2 of each block: docs of
+    engine.export.quantize) in int8, not dequantized to f32; the adapters' small GEMMs stay f32."""
     import openvino
 
     compiled = openvino.Core().compile_model(str(artifacts["seg", "int8"].model_file), "CPU")
     precisions = [node.get_rt_info()["runtimePrecision"].astype(str) for node in compiled.get_runtime_model().get_ops()
                   if node.get_rt_info()["layerType"].astype(str) in ("FullyConnected", "MatMul", "Convolution")]
-    assert precisions and sum(p in ("i8", "u8") for p in precisions) >= len(precisions) // 2, precisions
+    integer = sum(p in ("i8", "u8") for p in precisions)
+    assert integer >= 4 and integer < len(precisions), precisions
 
 
 def test_available_on_cpu():

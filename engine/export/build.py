@@ -153,7 +153,7 @@ def export_onnx_file(package, precision: str, batch: BatchRange, path: Path, pro
         fp32_path = path.with_name(path.stem + ".fp32.onnx")
         path.rename(fp32_path)
         with stage(progress, f"quantizing to int8 Q/DQ (calibrating on {CALIBRATION_FRAMES} synthetic frames)"):
-            quantize_int8(fp32_path, path, package.config.preprocessing)
+            quantize_int8(fp32_path, path, package.config.preprocessing, package.config.width)
         fp32_path.unlink()
     return onnx.load(str(path))
 
