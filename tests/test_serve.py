@@ -293,6 +293,7 @@ def test_bad_requests_get_errors_and_the_server_stays_ready(package_server):
 
 @needs_server
 def test_frame_artifact_served_with_and_without_dynamic_batching(models):
+    import tritonclient.grpc as grpc
     import tritonclient.http as http
 
     frames = _frames(4, seed=50)
@@ -301,6 +302,7 @@ def test_frame_artifact_served_with_and_without_dynamic_batching(models):
         server = _start(models["artifact"], max_batch=8, max_queue_delay_us=delay)
         try:
             np.testing.assert_array_equal(_infer(http, server.http_url, frames), expected)
+            np.testing.assert_array_equal(_infer(grpc, server.grpc_url, frames[1:3]), expected[1:3])
             config = http.InferenceServerClient(server.http_url).get_model_config("ht")
             assert ("dynamic_batching" in config) == (delay is not None)
         finally:
