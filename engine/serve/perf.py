@@ -13,7 +13,10 @@ user:
   of `InferenceProfiler::Measure`), so its own `Inferences/Second` is N over a whole number of seconds: 30 requests
   that take 0.1 s come out as 30 infer/s. Throughput here follows from the closed loop instead: C clients, each
   sending its next request when the previous answer arrives, complete C / (mean latency) requests per second
-  (Little's law). perf_analyzer's own figure is kept next to it (`reported_infer_s`).
+  (Little's law). The last requests of a run drain with fewer than C in flight, which this does not see: it reads
+  high by up to about (C - 1) / (2 N) for N requests (a server that serves one request at a time; less with
+  batching), so N of 8 C or more keeps it within a few percent. perf_analyzer's own figure is kept next to it
+  (`reported_infer_s`).
 - Its CSV gives every time in microseconds; the results here are in milliseconds.
 
 Server-side times (queue, compute input/infer/output) are the server's statistics for model `ht` over the window,
@@ -401,7 +404,7 @@ class LoadPlan:
     url: str
     protocol: str = "http"
     concurrencies: tuple = (1, 4, 16)
-    requests: int = 100
+    requests: int = 128
     warmup_requests: int = 16
     timeout_s: float = 600.0
     model: str = MODEL_NAME
