@@ -57,5 +57,10 @@ class ServeError(HTError):
     load in it, or it exited on its own."""
 
 
+class BenchError(HTError):
+    """A load measurement cannot run: its load generator (Triton's perf_analyzer) is missing or failed, the server to
+    measure is not reachable or not serving the model, or the generator's report cannot be read."""
+
+
 class Terminated(KeyboardInterrupt):
     """SIGTERM, raised like Ctrl-C so every cleanup that runs on an interrupt runs on a termination too."""

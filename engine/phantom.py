@@ -41,6 +41,7 @@ DICOM_SYNTAX_PHOTOMETRICS = {
 }
 _SYNTAX_UIDS = {"rle": "1.2.840.10008.1.2.5", "jpeg-ls": "1.2.840.10008.1.2.4.80", "jpeg2000": "1.2.840.10008.1.2.4.90"}
 JPEG_QUALITY = 95
+MIN_SIDE = 16  # smallest frame side the sector geometry is drawn at
 
 
 @dataclass
@@ -75,8 +76,8 @@ class PhantomGenerator:
 
     def __init__(self, height: int = 480, width: int = 640, seed: int = 0, lesions: int = 2,
                  half_angle_deg: float = 38.0):
-        if height < 16 or width < 16:
-            raise InputError(f"phantom frames must be at least 16x16 pixels, got {height}x{width}")
+        if height < MIN_SIDE or width < MIN_SIDE:
+            raise InputError(f"phantom frames must be at least {MIN_SIDE}x{MIN_SIDE} pixels, got {height}x{width}")
         if lesions < 0:
             raise InputError(f"lesions must be >= 0, got {lesions}")
         self.height, self.width = height, width

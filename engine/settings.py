@@ -23,10 +23,13 @@ CACHE = Setting("HT_ENGINE_CACHE", _path, None, "Root of the engine's on-disk ca
                 "`<root>/inductor`, the `auto` backend table); default `~/.cache/ht-engine`.")
 COMPILE = flag("HT_ENGINE_COMPILE", True, "Compile the optimized CPU backend with torch.compile (0: run it eagerly; "
                "no compiler or C++ toolchain needed).")
+PERF_ANALYZER = Setting("HT_PERF_ANALYZER", _path, None, "The perf_analyzer binary `ht-engine bench --serve` runs; "
+                        "default: `perf_analyzer` on PATH, else `<environment>/opt/perf_analyzer/bin/perf_analyzer` "
+                        "(where `make` installs it).")
 TRT_TIMING_CACHE_DIR = Setting("HT_TRT_TIMING_CACHE_DIR", _path, None, "Where TensorRT timing caches are kept (one "
                                "per GPU and TensorRT version); default `<cache root>/tensorrt`.")
 
-SETTINGS = (CACHE, COMPILE, TRT_TIMING_CACHE_DIR) + KERNEL_SETTINGS
+SETTINGS = (CACHE, COMPILE, PERF_ANALYZER, TRT_TIMING_CACHE_DIR) + KERNEL_SETTINGS
 
 
 def cache_root() -> Path:

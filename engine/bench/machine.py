@@ -78,18 +78,25 @@ def gpu_info(device: str) -> dict | None:
             "multiprocessors": int(props.multi_processor_count), "driver": driver, "cuda_runtime": torch.version.cuda}
 
 
-def machine_info(device: str) -> dict:
-    import torch
-
+def host_info() -> dict:
+    """What a measurement ran on, without torch (one that runs no model in this process, such as a load test of a
+    server): date, host, OS, Python, CPU, the environment variables that change numbers, the git commit."""
     return {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "hostname": platform.node(),
         "os": platform.platform(),
         "python": platform.python_version(),
-        "cpu": {"model": cpu_model(), "logical_cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+        "cpu": {"model": cpu_model(), "logical_cores": os.cpu_count(),
                 "load_average_1m": os.getloadavg()[0] if hasattr(os, "getloadavg") else None},
-        "gpu": gpu_info(device),
-        "libraries": library_versions(),
         "environment": {name: os.environ[name] for name in ENVIRONMENT if name in os.environ},
         "git": git_state(),
     }
+
+
+def machine_info(device: str) -> dict:
+    """`host_info()` with torch's thread count, the GPU and the library versions."""
+    import torch
+
+    info = host_info()
+    info["cpu"]["torch_threads"] = torch.get_num_threads()
+    return {**info, "gpu": gpu_info(device), "libraries": library_versions()}

@@ -4,12 +4,15 @@ the eager reference and `torch.compile` of it, as a console table, JSON (engine/
 from __future__ import annotations
 
 import argparse
+import json
 import shlex
 import sys
 import tempfile
 from pathlib import Path
 
 from ..config import ARCHS
+from ..phantom import MIN_SIDE as MIN_PHANTOM_SIDE
+from ..serve.perf import MAX_CONCURRENCY, PROTOCOLS
 from .options import batch_size, class_count, frame_sizes, integer, real, seconds, seed
 
 DEFAULT_ARCH = "biomedclip-vit-b16"
@@ -107,7 +110,53 @@ def register(subparsers) -> None:
                         help="write the table as a Markdown section (machine, command, results) here")
     parser.add_argument("--plot", type=Path, default=None,
                         help="write latency distributions and throughput vs batch here (PNG; needs matplotlib)")
+    serve = parser.add_argument_group(
+        "a running server", "With --serve, measure a Triton Inference Server someone started (`ht-engine serve`) "
+        "with Triton's perf_analyzer instead of the backends: one bounded run per --concurrency level, real phantom "
+        "frames, --json for the report; the equivalent perf_analyzer command lines are printed.")
+    serve.add_argument("--serve", metavar="HOST:PORT", default=None,
+                       help="the server's HTTP or gRPC endpoint (as --protocol says), as `ht-engine serve` prints it")
+    serve.add_argument("--protocol", choices=PROTOCOLS, default="http",
+                       help="with --serve: the endpoint's protocol (default: %(default)s)")
+    serve.add_argument("--concurrency", type=_concurrencies, default="1,4,16",
+                       help="with --serve: comma-separated counts of requests kept in flight, one run each "
+                            "(default: %(default)s)")
+    serve.add_argument("--requests", type=integer(1, 10_000_000, "a request count"), default=128,
+                       help="with --serve: requests per concurrency level, at least the highest level; 8x the "
+                            "level or more keeps infer/s within a few %% (default: %(default)s)")
+    serve.add_argument("--warmup-requests", type=integer(0, 10_000_000, "a request count"), default=16,
+                       help="with --serve: untimed requests at the highest concurrency first (default: %(default)s)")
+    serve.add_argument("--frame-size", type=_phantom_size, default="480x640", metavar="HxW",
+                       help="with --serve: the gray phantom frames sent, one per request (default: %(default)s); a "
+                            "frame artifact's server takes its own size only")
+    serve.add_argument("--run-timeout", type=real(0.0, 86400.0, "duration (s)", low_open=True), default=600.0,
+                       help="with --serve: seconds after which one perf_analyzer run is stopped, an error "
+                            "(default: %(default)s)")
     parser.set_defaults(handler=run)
+
+
+def _concurrencies(text: str) -> list:
+    parse = integer(1, MAX_CONCURRENCY, "a concurrency")
+    values = [parse(item.strip()) for item in text.split(",") if item.strip()]
+    if not values:
+        raise argparse.ArgumentTypeError("empty concurrency list; expected e.g. 1,4,16")
+    return values
+
+
+_concurrencies.__name__ = "comma-separated concurrencies"
+
+
+def _phantom_size(text: str) -> tuple:
+    sizes = frame_sizes(text)
+    if len(sizes) != 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: give one frame size HxW, e.g. 480x640")
+    if min(sizes[0]) < MIN_PHANTOM_SIDE:
+        raise argparse.ArgumentTypeError(f"{text!r}: phantom frames are at least {MIN_PHANTOM_SIDE}x"
+                                         f"{MIN_PHANTOM_SIDE} pixels")
+    return sizes[0]
+
+
+_phantom_size.__name__ = "frame size"
 
 
 def _generated_package(args, directory: Path) -> Path:
@@ -123,7 +172,61 @@ def _generated_package(args, directory: Path) -> Path:
     return path
 
 
+# What only the backends' benchmark reads (each is None unless given): with --serve, giving one is an error.
+MODEL_BENCH_OPTIONS = {"artifact": "ARTIFACT", "arch": "--arch", "task": "--task", "package": "--package",
+                       "backends": "--backends", "frames": "--frames", "export_times": "--export-times",
+                       "markdown": "--markdown", "plot": "--plot"}
+
+
+def run_serve(args) -> int:
+    """`bench --serve HOST:PORT`: perf_analyzer against a running server, a table, the commands, --json."""
+    from ..bench.serving import format_serve_table, serve_report
+    from ..errors import InputError
+    from ..fileio import atomic_write, check_output_file
+    from ..serve.perf import LoadPlan, PerfAnalyzer, cached_input_path, measure, phantom_frames
+
+    given = [option for dest, option in MODEL_BENCH_OPTIONS.items() if getattr(args, dest) is not None]
+    if given:
+        raise InputError(f"{', '.join(given)} measure the backends in this process; --serve measures a running "
+                         f"server: leave them out")
+    if args.json is not None:
+        check_output_file(args.json, "--json")
+    command = "ht-engine " + " ".join(shlex.quote(arg) for arg in sys.argv[1:]) if sys.argv[1:] else None
+    plan = LoadPlan(args.serve, args.protocol, tuple(args.concurrency), args.requests, args.warmup_requests,
+                    args.run_timeout)
+    plan.validate()
+    analyzer = PerfAnalyzer.load()
+    print(f"perf_analyzer {analyzer.version} ({analyzer.binary}"
+          f"{'' if analyzer.library_dir is None else f'; libraries linked from {analyzer.library_dir}'})", flush=True)
+    height, width = args.frame_size
+    frames = phantom_frames(height, width, seed=args.seed)
+    run = measure(plan, frames, cached_input_path(height, width, len(frames), args.seed), analyzer,
+                  progress=lambda message: print(message, flush=True))
+    report = serve_report(run, command)
+    model = run.server["model"]
+    batching = model["dynamic_batching"]
+    batcher = "off" if batching is None else f"on (queue delay {batching['max_queue_delay_us']} us)"
+    print()
+    print(f"model {model['name']} at {plan.url} ({plan.protocol}, Triton {run.server['triton_version']}): max batch "
+          f"{model['max_batch_size']}, dynamic batching {batcher}, "
+          f"{model['instances']} instance(s); {plan.requests} requests of one {height}x{width} gray phantom frame "
+          f"per level; client {report['machine']['cpu']['model']}, {report['machine']['date']}")
+    print(format_serve_table(report["levels"]))
+    print("infer/s: concurrency / mean latency (perf_analyzer's own figure, counted over whole seconds, is in the "
+          "JSON as reported_infer_s); server times are means per request")
+    print("the same runs with perf_analyzer itself:")
+    for line in run.commands:
+        print(f"  {line}")
+    if args.json is not None:
+        text = json.dumps(report, indent=2, allow_nan=False) + "\n"
+        atomic_write(args.json, lambda tmp: tmp.write_text(text))
+        print(f"report: {args.json}")
+    return 0
+
+
 def run(args) -> int:
+    if args.serve is not None:
+        return run_serve(args)
     from ..bench import BenchOptions, format_header, format_table, run_bench, validate_report, write_json, write_plot
     from ..bench.report import ReportError, format_frames_table, format_markdown, write_times
     from ..errors import InputError

@@ -40,8 +40,18 @@ from .repository import MODEL_NAME, Batching, ServedModel, write_repository
 
 ENGINE_ROOT = Path(__file__).resolve().parents[2]
 PR_SET_PDEATHSIG = 1
+PYTRITON_LIBRARIES = "nvidia_pytriton.libs"  # beside the package: the wheel's shared libraries (names hashed)
 INSTALL_HINT = ("install the server binaries with `pip install --no-deps nvidia-pytriton` (make does; "
                 "docs/serving.md)")
+
+
+def pytriton_package() -> Path | None:
+    """The installed `pytriton` package directory (nvidia-pytriton: the server binaries; its shared libraries lie
+    beside it, `PYTRITON_LIBRARIES`), or None when it is not installed. Nothing of it is imported."""
+    spec = importlib.util.find_spec("pytriton")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return Path(list(spec.submodule_search_locations)[0])
 
 
 @dataclass(frozen=True)
@@ -55,12 +65,12 @@ class ServerFiles:
 
     @classmethod
     def find(cls) -> "ServerFiles":
-        spec = importlib.util.find_spec("pytriton")
-        if spec is None or not spec.submodule_search_locations:
+        package = pytriton_package()
+        if package is None:
             raise ServeError(f"Triton Inference Server is not installed: {INSTALL_HINT}")
-        root = Path(list(spec.submodule_search_locations)[0]) / "tritonserver"
+        root = package / "tritonserver"
         version = f"{sys.version_info.major}.{sys.version_info.minor}"
-        files = cls(root / "bin" / "tritonserver", root.parent.parent / "nvidia_pytriton.libs",
+        files = cls(root / "bin" / "tritonserver", package.parent / PYTRITON_LIBRARIES,
                     root / "backends" / "python", root / "python_backend_stubs" / version / "triton_python_backend_stub")
         for path in (files.tritonserver, files.python_backend / "libtriton_python.so", files.stub):
             if not path.is_file():
