@@ -310,6 +310,25 @@ def test_frame_artifact_served_with_and_without_dynamic_batching(models):
         assert server.workspace is None and server.process.poll() is not None
 
 
+@needs_server
+def test_the_optimized_backend_serves_with_torch_compile(models):
+    """Each instance starts in the C locale: torch.compile's generated files must still be read as UTF-8."""
+    import tritonclient.http as http
+
+    from engine import Predictor
+    from engine.serve import Batching, Ports, TritonServer, describe
+
+    frames = _frames(2, (72, 88), seed=70)
+    expected = np.stack([r.mask for r in Predictor.load(models["package"], backend="optimized").predict(list(frames))])
+    runtime = {"backend": "optimized", "device": "cpu", "precision": "fp32"}
+    with TritonServer(describe(models["package"]), Batching(), runtime, ports=Ports(0, 0, 0)) as server:
+        client = http.InferenceServerClient(server.http_url, network_timeout=300, connection_timeout=300)
+        tensor = http.InferInput("frames", list(frames.shape), "UINT8")
+        tensor.set_data_from_numpy(frames)
+        np.testing.assert_array_equal(client.infer("ht", [tensor], timeout=300).as_numpy("mask"), expected)
+        assert "Traceback" not in server.log_path.read_text(errors="replace")
+
+
 def _children(pid: int) -> list:
     try:
         text = Path(f"/proc/{pid}/task/{pid}/children").read_text()

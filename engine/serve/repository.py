@@ -29,11 +29,20 @@ CHANNELS = (1, 3)
 # put the engine's own source root (a config parameter) first on sys.path.
 MODEL_PY = '''"""ht-engine serve: the Triton Python-backend entry point of the served model (written by ht-engine)."""
 import json
+import locale
 import sys
 
 
 class TritonPythonModel:
     def initialize(self, args):
+        # The stub starts its interpreter in the C locale: files opened without an encoding (torch.compile's
+        # generated code among them) would be read as ASCII.
+        for name in ("C.UTF-8", "C.utf8", "en_US.UTF-8"):
+            try:
+                locale.setlocale(locale.LC_CTYPE, name)
+                break
+            except locale.Error:
+                continue
         root = json.loads(args["model_config"])["parameters"]["engine_root"]["string_value"]
         if root not in sys.path:
             sys.path.insert(0, root)

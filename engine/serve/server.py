@@ -211,11 +211,20 @@ class TritonServer:
         return self
 
     def log_tail(self, lines: int = 25) -> str:
+        """The server log's errors (Triton's `E…` lines and Python tracebacks), then its last lines outside the
+        option tables it prints on the way down."""
         try:
             text = self.log_path.read_text(errors="replace").splitlines()
         except (OSError, AttributeError):
             return "(no server log)"
-        return "\n".join(text[-lines:])
+        errors, in_traceback = [], False
+        for line in text:
+            in_traceback = line.startswith("Traceback") or (in_traceback and line[:1] in (" ", "\t"))
+            if in_traceback or line.startswith("Traceback") or (line[:1] == "E" and line[1:5].isdigit()) or \
+                    line.split(":")[0].endswith(("Error", "Exception")):
+                errors.append(line)
+        rest = [line for line in text if not line.startswith(("+", "|")) and line not in errors]
+        return "\n".join(errors[-lines:] + rest[-max(5, lines - len(errors)):])
 
     def _ready(self, path: str) -> bool:
         try:
