@@ -4,8 +4,9 @@ Devices: `cpu` → OpenVINO's CPU plugin, `gpu[:N]` → `GPU[.N]` (Intel GPUs), 
 `Core().available_devices` lists it. The model is compiled for latency (`PERFORMANCE_HINT=LATENCY`) with the
 artifact's inference precision: once with its batch range (dynamic batch), and once more with batch 1 fixed where the
 range holds 1, because a static shape lets the CPU plugin plan its kernels for it (measured here, bf16 ViT-B seg:
-about 5% faster at batch 1; `benchmarks/bench_openvino.py`). One infer request per compiled model is reused for
-every call (under a lock: a stream may call from several threads).
+about 5% faster at batch 1; `benchmarks/bench_openvino.py`), at the price of a second compile at load and a second
+copy of the compiled weights. One infer request per compiled model is reused for every call (under a lock: a stream
+may call from several threads).
 """
 
 from __future__ import annotations
