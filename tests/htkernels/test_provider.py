@@ -64,6 +64,31 @@ def test_optimized_model_with_triton_kernels(device, arch, task, filter_kind):
     assert_relative(actual, expected, RELATIVE[torch.float32], f"optimized+triton {arch} {task} {filter_kind}")
 
 
+def test_spectral_model_computes_each_impulse_response_once(device):
+    """Built outside inference mode (as the backends build it), the model's spectral filters are unchanged weights:
+    the second forward reuses each adapter's κ from the first and equals it bitwise, both equal to the reference."""
+    from htkernels.adapter_spatial import IMPULSE_RESPONSES
+
+    cfg = small_config("openai-clip-vit-b16", "cls", "spectral", layers=2, extract_layers=[0, 1, 1],
+                       adapter_layers=[0, 1])
+    tensors = small_tensors(cfg, seed=8)
+    images = random_images(2, cfg.image_size, seed=9).to(device)
+    model = OptimizedHTModel(cfg, tensors, kernels=kernel_provider("triton")).eval().to(device)
+    filters = [block.adapter.spectral for block in model.blocks if block.adapter is not None]
+    assert len(filters) == 2
+    kept = len(IMPULSE_RESPONSES)
+    with torch.inference_mode():
+        first = model(images)
+        assert len(IMPULSE_RESPONSES) == kept + 2, "the forward did not keep one κ per adapter"
+        kappas = [IMPULSE_RESPONSES.get((spectral,), cfg.grid, cfg.grid) for spectral in filters]
+        second = model(images)
+        expected = build_reference_model(cfg, tensors)(images.cpu())
+    assert all(IMPULSE_RESPONSES.get((spectral,), cfg.grid, cfg.grid) is kappa
+               for spectral, kappa in zip(filters, kappas))
+    assert torch.equal(first, second)
+    assert_relative(second.cpu(), expected, RELATIVE[torch.float32], "optimized+triton spectral, cached κ")
+
+
 @pytest.mark.parametrize("arch,task", [("biomedclip-vit-b16", "seg"), ("openai-clip-vit-b16", "cls")])
 def test_optimized_model_with_fused_dense_layers(device, poisoned, monkeypatch, arch, task):
     """The block's fc1 + activation and projection/fc2 + residual through the fused Triton kernels (what the launch
