@@ -104,6 +104,34 @@ def test_cuda_runner_graphs_per_batch_size():
 
 @requires_cuda
 @cuda_only
+def test_cuda_runner_upsamples_seg_logits_after_the_replay():
+    """Seg: `run` replays the graph of `run_grid` (one graph per batch size for both) and upsamples after it into a new
+    tensor: equal to the eager model, and not overwritten by the next replay."""
+    from engine.optimize.cuda_runner import make_cuda_runner
+    from engine.optimize.kernels import kernel_provider
+    from engine.optimize.model import OptimizedHTModel
+
+    from ..helpers import random_images, small_config, small_tensors
+
+    cfg = small_config("biomedclip-vit-b16", "seg", "channel")
+    model = OptimizedHTModel(cfg, small_tensors(cfg, seed=2), kernels=kernel_provider("triton")).eval().cuda()
+    runner = make_cuda_runner(model, "cuda", "fp32")
+    first_images, second_images = (random_images(2, cfg.image_size, seed=seed).cuda() for seed in (5, 6))
+    first = runner.run(first_images)
+    kept = first.clone()
+    grid = runner.run_grid(second_images)
+    second = runner.run(second_images)
+    with torch.inference_mode():
+        expected_first, expected_second = model(first_images), model(second_images)
+        assert torch.equal(model.logits_from_grid(grid), second)
+    assert torch.equal(first, kept), "the first output was overwritten by a later replay"
+    assert_relative(first, expected_first, RELATIVE[torch.float32], "graph seg batch 2")
+    assert_relative(second, expected_second, RELATIVE[torch.float32], "graph seg batch 2, second input")
+    assert list(runner.run.graphs) == [("grid", 2, 3, cfg.image_size, cfg.image_size)]
+
+
+@requires_cuda
+@cuda_only
 def test_cuda_runner_tunes_in_its_warmup(monkeypatch):
     """With the launch tuner on (as users run it): the warm-up on a side stream tunes every op, the capture reuses
     the choices, and the replayed forward equals the eager model."""
