@@ -7,11 +7,12 @@ so they are kept per source tensor and reused while every source is the same liv
 step). Anything else — another tensor, a freed one, an in-place change — computes afresh; an entry goes when one of
 its source tensors is freed.
 
-Not cached, computed at each call as before: inference tensors (made under `torch.inference_mode`, they have no
-version counter, so an in-place change could not be seen) and anything computed while a CUDA graph is being
-captured on the current stream (the capture records the kernels without running them: the tensor would hold no
-values yet). The CUDA-graph runner's warm-up runs come before its capture, so the capture reads the cached tensor
-and the graph replays without the derivation.
+Never kept: what is derived from inference tensors (made under `torch.inference_mode`, they have no version counter,
+so an in-place change could not be seen: computed at every call), and what is computed while a CUDA graph is being
+captured on the current stream (the capture records the kernels without running them, so the tensor holds no values
+until a replay: it serves that call only). A kept tensor is read during a capture like any weight: the CUDA-graph
+runner's warm-up runs come before its capture, so the captured graph reads the cached tensor and replays without the
+derivation.
 """
 
 from __future__ import annotations
@@ -28,11 +29,9 @@ def _stamp(tensor: torch.Tensor) -> tuple:
             tensor._version)
 
 
-def cacheable(sources: tuple) -> bool:
-    """Whether tensors derived from `sources` may be kept (see the module docstring)."""
-    if any(t.is_inference() for t in sources):
-        return False
-    return not any(t.is_cuda and torch.cuda.is_current_stream_capturing() for t in sources)
+def capturing(sources: tuple) -> bool:
+    """Whether a CUDA graph is being captured on the current stream of a device of `sources`."""
+    return any(t.is_cuda for t in sources) and torch.cuda.is_current_stream_capturing()
 
 
 class WeightsCache:
@@ -46,7 +45,7 @@ class WeightsCache:
         self._lock = threading.RLock()
 
     def get(self, sources: tuple, *args) -> Any:
-        if not cacheable(sources):
+        if any(t.is_inference() for t in sources):
             return self._compute(*sources, *args)
         key = (tuple(id(t) for t in sources), args)
         stamps = tuple(_stamp(t) for t in sources)
@@ -57,6 +56,8 @@ class WeightsCache:
                 if kept == stamps and all(ref() is t for ref, t in zip(refs, sources)):
                     return value
             value = self._compute(*sources, *args)
+            if capturing(sources):
+                return value
             refs = tuple(weakref.ref(t, lambda _, key=key: self._drop(key)) for t in sources)
             self._entries[key] = (refs, stamps, value)
             return value

@@ -57,3 +57,17 @@ def test_an_entry_goes_with_its_tensor():
     del weight
     gc.collect()
     assert len(cache) == 1
+
+
+def test_during_a_graph_capture_kept_values_serve_and_new_ones_are_not_kept(monkeypatch):
+    """A capture records kernels without running them: what it computes has no values yet and must not be kept,
+    while a value kept before the capture (the runner's warm-up) is read by it."""
+    import htkernels._cache as cache_module
+
+    cache, calls = doubling()
+    warm, cold = torch.randn(3), torch.randn(3)
+    kept = cache.get((warm,), 2.0)
+    monkeypatch.setattr(cache_module, "capturing", lambda sources: True)
+    assert cache.get((warm,), 2.0) is kept
+    assert cache.get((cold,), 2.0) is not cache.get((cold,), 2.0)
+    assert len(cache) == 1 and len(calls) == 3
