@@ -94,10 +94,12 @@ elif "$PY" -c "import pytest" 2>/dev/null; then
   # with its own log; a crash in one (exit 139) does not stop the others. The emulated CUDA kernels are CPU-only.
   TEST_LIMIT=$(limit 130)
   declare -A GROUPS_=(
-    [triton_gemms]="tests/htkernels/test_adapter_gemms.py tests/htkernels/test_linear_act.py"
+    [triton_gemms]="tests/htkernels/test_adapter_gemms.py tests/htkernels/test_linear_act.py
+                    tests/htkernels/test_norm_linear.py"
     [triton_tune]="tests/htkernels/test_tune.py"
     [triton_spatial]="tests/htkernels/test_adapter_spatial.py"
-    [triton_ops]="tests/htkernels/test_ops.py tests/htkernels/test_preprocess.py tests/htkernels/test_provider.py"
+    [triton_ops]="tests/htkernels/test_ops.py tests/htkernels/test_preprocess.py tests/htkernels/test_provider.py
+                  tests/htkernels/test_cache.py"
     [csrc]="tests/csrc --ignore=tests/csrc/test_emulated_kernels.py"
     [requires_cuda]="-m requires_cuda tests --ignore=tests/htkernels --ignore=tests/csrc"
   )

@@ -78,10 +78,11 @@ class OptimizedBlock(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         batch, tokens, width = x.shape
         k = self.kernels
-        qkv = self.qkv(self.norm1(x)).reshape(batch, tokens, 3, self.heads, width // self.heads).permute(2, 0, 3, 1, 4)
+        qkv = k.norm_linear(x, self.norm1, self.qkv, "none")
+        qkv = qkv.reshape(batch, tokens, 3, self.heads, width // self.heads).permute(2, 0, 3, 1, 4)
         attended = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2])
         x = k.linear_residual(attended.transpose(1, 2).reshape(batch, tokens, width), self.proj, x)
-        x = k.linear_residual(k.linear_act(self.norm2(x), self.fc1, self.activation), self.fc2, x)
+        x = k.linear_residual(k.norm_linear(x, self.norm2, self.fc1, self.activation), self.fc2, x)
         return x if self.adapter is None else self._adapter(x, self.adapter)
 
     def _adapter(self, x: torch.Tensor, a: FoldedAdapterModule) -> torch.Tensor:

@@ -8,6 +8,7 @@ import htkernels.adapter_in  # noqa: F401  (registers htkernels::adapter_in)
 import htkernels.adapter_out  # noqa: F401
 import htkernels.adapter_spatial  # noqa: F401
 import htkernels.linear_act  # noqa: F401
+import htkernels.norm_linear  # noqa: F401
 import htkernels.preprocess  # noqa: F401
 from engine.preprocess import pil_resize_matrix
 
@@ -29,6 +30,9 @@ def op_cases(device):
                         torch.randn(48, generator=gen).to(device), x),
         "linear_act": (x, torch.randn(40, 48, generator=gen).to(device), torch.randn(40, generator=gen).to(device),
                        "gelu"),
+        "norm_linear": (x, 1.0 + 0.2 * torch.randn(48, generator=gen).to(device),
+                        torch.randn(48, generator=gen).to(device), torch.randn(40, 48, generator=gen).to(device),
+                        torch.randn(40, generator=gen).to(device), 1e-5, "quick_gelu"),
     }
     for name, spectral in (("adapter_spatial", False), ("adapter_spatial_spectral", True)):
         z, filt, weights = spatial_args(2, 3, 5, 16, spectral, seed=1)
@@ -46,7 +50,7 @@ def op_of(case: str):
 
 
 @pytest.mark.parametrize("case", ["adapter_in", "adapter_out", "adapter_spatial", "adapter_spatial_spectral",
-                                  "linear_act", "preprocess"])
+                                  "linear_act", "norm_linear", "preprocess"])
 def test_opcheck_cpu(case):
     torch.library.opcheck(op_of(case), op_cases("cpu")[case])
 
@@ -71,7 +75,7 @@ def test_ops_compile_and_export_on_cpu():
 @requires_cuda
 @cuda_only
 @pytest.mark.parametrize("case", ["adapter_in", "adapter_out", "adapter_spatial", "adapter_spatial_spectral",
-                                  "linear_act", "preprocess"])
+                                  "linear_act", "norm_linear", "preprocess"])
 def test_cuda_op_matches_cpu_op_and_opcheck(case):
     cuda_args = op_cases("cuda")[case]
     cpu_args = op_cases("cpu")[case]
@@ -155,7 +159,7 @@ def test_cuda_runner_tunes_in_its_warmup(monkeypatch):
         expected = model(images)
     assert_relative(actual, expected, RELATIVE[torch.float32], "tuned graph vs eager")
     tuned = {choice["op"] for choice in tuner.report()}
-    assert tuned == {"adapter_in", "adapter_spatial", "adapter_out", "linear_act"}, tuned
+    assert tuned == {"adapter_in", "adapter_spatial", "adapter_out", "norm_linear", "linear_act"}, tuned
     assert all(isinstance(row.get("us"), float) for choice in tuner.report() for row in choice["measured"])
 
 
