@@ -8,7 +8,8 @@
 #   3. GPU tests, five pytest processes side by side: tests/htkernels (compiled Triton kernels on CUDA), tests/csrc
 #      (the CUDA C++ kernels and their launcher checks) and every other test marked requires_cuda
 #   4. benchmarks (benchmarks/gpu_check.py): bf16 GEMM rate, each kernel vs eager/torch.compile reference,
-#      end-to-end forward at batch 1, 8, 64, 256 vs the eager reference and torch.compile(reference), and the frame
+#      end-to-end forward at batch 1, 8, 64, 256 vs the eager reference and torch.compile(reference), the CUDA
+#      kernels per forward at batch 1 (torch.profiler, target <= 80), and the frame
 #      path (uint8 frame to mask on the device, 480x640 and 1080x1920, batch 1 and 8) next to the tensor forward,
 #      and the artifact runtimes' host/device split (onnx, tensorrt where they can run: trtexec's Host Latency =
 #      H2D + GPU Compute + D2H, batch 1 and 8, through ht-engine bench's own code; a runtime missing here is a row
