@@ -5,8 +5,9 @@ running them. A CUDA graph replays the whole forward with one launch. Each batch
 static input and output buffers (a graph's addresses are fixed); a new batch size is captured once, then replayed.
 All graphs allocate from one shared memory pool: replays are serialised on one stream (under a lock) and each
 output is consumed right after its replay (cloned; for seg upsampled from the grid logits into a new tensor; for the
-frame path copied to the host), so no graph needs another graph's intermediates to survive. The frame path (engine.optimize.frames) captures preprocess → forward →
-postprocess as one more graph per frame shape in the same pool.
+frame path copied to the host), so no graph needs another graph's intermediates to survive. The frame path
+(engine.optimize.frames) captures preprocess → forward → postprocess as one more graph per frame shape in the same
+pool.
 """
 
 from __future__ import annotations
@@ -107,8 +108,8 @@ def make_cuda_runner(model: torch.nn.Module, device: str, precision: str, max_ba
 
     With `frames` (the model an `OptimizedHTModel`), the runner also has the frame path (`run_frames`, and
     `run_device_frames` for frames already on the device; engine.optimize.frames, one graph per frame shape) and, for
-    seg, `run_grid`. A seg `OptimizedHTModel` is captured up to its grid logits and
-    upsampled after each replay (`CudaGraphRunner.upsample`)."""
+    seg, `run_grid`. A seg `OptimizedHTModel` is captured up to its grid logits and upsampled after each replay
+    (`CudaGraphRunner.upsample`)."""
     seg = isinstance(model, OptimizedHTModel) and model.cfg.task == "seg"
     upsample = model.logits_from_grid if seg else None
     runner = CudaGraphRunner(model.eval(), device, max_batch, upsample=upsample)

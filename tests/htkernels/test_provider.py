@@ -112,7 +112,8 @@ def test_optimized_model_with_fused_dense_layers(device, poisoned, monkeypatch, 
     images = random_images(2, cfg.image_size, seed=7)
     with torch.inference_mode():
         expected = build_reference_model(cfg, tensors)(images)
-        actual = OptimizedHTModel(cfg, tensors, kernels=kernel_provider("triton")).eval().to(device)(images.to(device)).cpu()
+        model = OptimizedHTModel(cfg, tensors, kernels=kernel_provider("triton")).eval().to(device)
+        actual = model(images.to(device)).cpu()
     assert_relative(actual, expected, RELATIVE[torch.float32], f"optimized, fused dense layers, {arch} {task}")
     # qkv (output 3·width, key[2]), fc1 (output 4·width) and fc2 (inner 4·width, key[2]) were offered cuBLAS and took
     # the fused kernel (the projection's inner size, the toy width, is the adapter's: no cuBLAS candidate there).
