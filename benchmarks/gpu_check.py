@@ -2,7 +2,7 @@
 
 Run by `benchmarks/gpu_check.sh` (which also runs the GPU tests), as a script:
 
-    python benchmarks/gpu_check.py [--sections gemm,block,tune,e2e,kernels,frames,split] [--out gpu_check.json]
+    python benchmarks/gpu_check.py [--sections gemm,block,tune,e2e,kernel_count,kernels,frames,split] [--out F.json]
     python benchmarks/gpu_check.py --device cpu --tiny    # the same code on CPU at toy sizes (checks the script)
     python benchmarks/gpu_check.py --dry-run              # imports every section: can each run here?
 
@@ -31,8 +31,8 @@ from gpu.table import table
 
 ROOT = Path(__file__).resolve().parents[1]
 # Section name -> module of benchmarks/gpu/ (each exposes `run(check)`), in the default order.
-SECTIONS = {"gemm": "gpu.gemm", "block": "gpu.block", "tune": "gpu.tune", "e2e": "gpu.e2e", "kernels": "gpu.kernels",
-            "frames": "gpu.frames", "split": "gpu.split"}
+SECTIONS = {"gemm": "gpu.gemm", "block": "gpu.block", "tune": "gpu.tune", "e2e": "gpu.e2e",
+            "kernel_count": "gpu.kernel_count", "kernels": "gpu.kernels", "frames": "gpu.frames", "split": "gpu.split"}
 
 
 def record_tuner(results: dict) -> None:

@@ -8,7 +8,8 @@
 #   3. GPU tests, five pytest processes side by side: tests/htkernels (compiled Triton kernels on CUDA), tests/csrc
 #      (the CUDA C++ kernels and their launcher checks) and every other test marked requires_cuda
 #   4. benchmarks (benchmarks/gpu_check.py): bf16 GEMM rate, each kernel vs eager/torch.compile reference,
-#      end-to-end forward at batch 1, 8, 64, 256 vs the eager reference and torch.compile(reference), and the frame
+#      end-to-end forward at batch 1, 8, 64, 256 vs the eager reference and torch.compile(reference), the CUDA
+#      kernels per forward at batch 1 (torch.profiler, target <= 80), and the frame
 #      path (uint8 frame to mask on the device, 480x640 and 1080x1920, batch 1 and 8) next to the tensor forward,
 #      and the artifact runtimes' host/device split (onnx, tensorrt where they can run: trtexec's Host Latency =
 #      H2D + GPU Compute + D2H, batch 1 and 8, through ht-engine bench's own code; a runtime missing here is a row
@@ -94,10 +95,12 @@ elif "$PY" -c "import pytest" 2>/dev/null; then
   # with its own log; a crash in one (exit 139) does not stop the others. The emulated CUDA kernels are CPU-only.
   TEST_LIMIT=$(limit 130)
   declare -A GROUPS_=(
-    [triton_gemms]="tests/htkernels/test_adapter_gemms.py tests/htkernels/test_linear_act.py"
+    [triton_gemms]="tests/htkernels/test_adapter_gemms.py tests/htkernels/test_linear_act.py
+                    tests/htkernels/test_norm_linear.py"
     [triton_tune]="tests/htkernels/test_tune.py"
     [triton_spatial]="tests/htkernels/test_adapter_spatial.py"
-    [triton_ops]="tests/htkernels/test_ops.py tests/htkernels/test_preprocess.py tests/htkernels/test_provider.py"
+    [triton_ops]="tests/htkernels/test_ops.py tests/htkernels/test_preprocess.py tests/htkernels/test_provider.py
+                  tests/htkernels/test_cache.py"
     [csrc]="tests/csrc --ignore=tests/csrc/test_emulated_kernels.py"
     [requires_cuda]="-m requires_cuda tests --ignore=tests/htkernels --ignore=tests/csrc"
   )

@@ -109,7 +109,9 @@ class LaunchTuner:
     def __init__(self, measure: Optional[Callable[[Callable[[], None], torch.device], float]] = None):
         self._measure = measure or graph_time_us
         self._choices: dict = {}
-        self._lock = threading.Lock()
+        # Re-entrant: a candidate may itself call a tuned launcher (norm_linear's default runs linear_act), whose
+        # first launch, timed outside any capture, makes its own choice while this one is being made.
+        self._lock = threading.RLock()
 
     @staticmethod
     def active(device: torch.device) -> bool:

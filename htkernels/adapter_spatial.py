@@ -7,6 +7,7 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
+from ._cache import WeightsCache
 from ._registry import register_op
 from ._triton import (
     cdiv,
@@ -252,6 +253,16 @@ def _adapter_spatial_kernel(
         tl.store(g_image + channels * stride_gr, cls.to(g_ptr.dtype.element_ty), mask=channel_mask)
 
 
+def impulse_response(spectral: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    """`κ = irfft2(φ, s=(h,w))` fp32 `[r,h,w]` of a spectral filter `[r,h,w//2+1,2]`: what `_circular_filter_kernel`
+    convolves with. Weights only, so launches take it from `IMPULSE_RESPONSES` (computed once per filter tensor)."""
+    return torch.fft.irfft2(torch.view_as_complex(spectral.float().contiguous()), s=(h, w)).contiguous()
+
+
+# κ per spectral filter tensor, recomputed only when the filter changes (htkernels._cache).
+IMPULSE_RESPONSES = WeightsCache(impulse_response)
+
+
 def tuning_candidates(batch: int, h: int, w: int, channels: int) -> list:
     """Launch configurations the tuner (`htkernels._tune`) times for this shape; the first is the default.
 
@@ -283,7 +294,8 @@ def _check_tuning(h: int, w: int):
 
 def adapter_spatial_triton(z, h: int, w: int, spectral, k3, k5, k7, conv_bias, noise_w1, noise_b1, noise_w2,
                            noise_b2, proj, proj_bias, tuning: Optional[dict] = None) -> torch.Tensor:
-    """Launcher: checks, the spectral impulse response (when a spectral filter is given), grid. `z` any strides.
+    """Launcher: checks, the spectral impulse response (when a spectral filter is given: computed once per filter
+    tensor and reused while it is unchanged, `IMPULSE_RESPONSES`), grid. `z` any strides.
 
     The launch configuration (`block_p`, `num_warps`, `pool_block`: 0 reduces the image mean in a runtime loop of
     `block_p`-pixel steps, N in ⌈h·w/N⌉ unrolled N-pixel chunks; `split_conv`) is the tuner's choice among
@@ -316,7 +328,7 @@ def adapter_spatial_triton(z, h: int, w: int, spectral, k3, k5, k7, conv_bias, n
         filtered = z[:, 1:].transpose(1, 2)  # [B, r, h·w] view of S: F = S
         kappa = None
     else:
-        kappa = torch.fft.irfft2(torch.view_as_complex(spectral.float().contiguous()), s=(h, w)).contiguous()
+        kappa = IMPULSE_RESPONSES.get((spectral,), h, w)
         filtered = torch.empty((batch, channels, h * w), device=z.device, dtype=torch.float32)
 
     def launch(config):

@@ -26,7 +26,7 @@ RELATIVE = {
 # The adapter_spatial parameters after z, h, w and the filter, in the order the ops take them.
 PARAM_NAMES = ("k3", "k5", "k7", "conv_bias", "noise_w1", "noise_b1", "noise_w2", "noise_b2", "proj", "proj_bias")
 # What each `adapter_inputs` op computes and the arguments it returns.
-ADAPTER_OPS = ("adapter_in", "adapter_out", "adapter_spatial", "linear_act")
+ADAPTER_OPS = ("adapter_in", "adapter_out", "adapter_spatial", "linear_act", "norm_linear")
 
 
 def spatial_inputs(batch, h, w, channels, spectral, dtype=torch.float32, device="cpu", seed=0):
@@ -67,7 +67,8 @@ def adapter_inputs(op: str, batch: int, dtype, device, width: int, channels: int
     features and an adapter bottleneck of `channels` (the model's shapes: width 768, channels 64, grid 14).
 
     `adapter_in`: `(x, w_norm, w_raw, bias, eps)`; `adapter_out`: `(g, w2, b2, residual)`; `linear_act` (a block's
-    fc1 + GELU): `(x, weight, bias, "gelu")`; `adapter_spatial`: `(z, grid, grid, filter, *PARAM_NAMES)` with the
+    fc1 + GELU): `(x, weight, bias, "gelu")`; `norm_linear` (a block's LayerNorm, fc1 + GELU): `(x, norm_weight,
+    norm_bias, weight, bias, eps, "gelu")`; `adapter_spatial`: `(z, grid, grid, filter, *PARAM_NAMES)` with the
     filter spectral or None and the spatial parameters in fp32 (as the optimized model keeps them).
     """
     gen = torch.Generator().manual_seed(seed)
@@ -84,6 +85,9 @@ def adapter_inputs(op: str, batch: int, dtype, device, width: int, channels: int
         return randn(rows, channels), randn(width, channels, scale=0.1), randn(width), randn(rows, width)
     if op == "linear_act":
         return randn(rows, width), randn(4 * width, width, scale=width ** -0.5), randn(4 * width), "gelu"
+    if op == "norm_linear":
+        return (randn(rows, width), 1.0 + randn(width, scale=0.2), randn(width, scale=0.2),
+                randn(4 * width, width, scale=width ** -0.5), randn(4 * width), 1e-6, "gelu")
     if op == "adapter_spatial":
         f32 = torch.float32
         reduced = channels // 4

@@ -840,8 +840,8 @@ def test_gpu_check_dry_run_imports_every_section_without_a_gpu():
     done = _gpu_check("--dry-run")
     assert done.returncode == 0, done.stderr
     assert [line.split(":")[1].strip() for line in done.stdout.splitlines()] == [
-        "section gemm", "section block", "section tune", "section e2e", "section kernels", "section frames",
-        "section split"]
+        "section gemm", "section block", "section tune", "section e2e", "section kernel_count", "section kernels",
+        "section frames", "section split"]
     assert _gpu_check("--help").returncode == 0
     refused = _gpu_check("--dry-run", "--sections", "gemm,nope")
     assert refused.returncode == 2 and "unknown section(s) nope" in refused.stderr
@@ -870,3 +870,27 @@ def test_gpu_check_split_section_runs_the_bench_on_the_artifact_runtimes(tmp_pat
     assert table.returncode == 0, table.stderr
     (line,) = [line for line in table.stdout.splitlines() if line.strip().startswith("tensorrt") and "B=1" in line]
     assert line.split()[3:] == ["1.900", "1.460", "0.060", "1.375", "0.025", "cuda_events", "(2", "runs)"]
+
+
+def test_gpu_check_kernel_count_section_and_its_table(tmp_path):
+    """On CPU the section says it needs a GPU; a GPU run's counts print next to the target, errors as errors."""
+    out = tmp_path / "gpu_check.json"
+    done = _gpu_check("--device", "cpu", "--tiny", "--sections", "kernel_count", "--out", str(out))
+    assert done.returncode == 0, done.stderr
+    section = json.loads(out.read_text())["kernel_count"]
+    assert section == {"batch": 1, "dtype": "bf16", "target": 80, "skipped": "CUDA kernels are counted on a GPU"}
+    assert "(target <= 80): skipped (CUDA kernels are counted on a GPU)" in done.stdout
+    section.pop("skipped")
+    section.update(arch="biomedclip-vit-b16", task="seg",
+                   optimized_graph={"kernels": 97, "memcpy": 0, "memset": 2, "top": [["_adapter_in_kernel", 10]]},
+                   optimized_call={"kernels": 99, "memcpy": 1, "memset": 2, "top": []},
+                   reference_eager={"error": "RuntimeError: out of memory"}, graph_nodes={"kernel": 97, "memset": 2})
+    out.write_text(json.dumps({"kernel_count": section}))
+    table = _gpu_check("--table", str(out))
+    assert table.returncode == 0, table.stderr
+    lines = [line.split() for line in table.stdout.splitlines()]
+    assert ["optimized_graph", "97", "kernels", "0", "memcpy", "2", "memset"] in lines
+    assert ["optimized_call", "99", "kernels", "1", "memcpy", "2", "memset"] in lines
+    assert ["reference_eager", "RuntimeError:", "out", "of", "memory"] in lines
+    assert ["graph_nodes", "kernel", "97,", "memset", "2"] in lines
+    assert "most frequent in the optimized graph: 10x _adapter_in_kernel" in table.stdout

@@ -42,6 +42,29 @@ def test_optimized_other_layer_choices(extract_layers, adapter_layers):
     assert_relative(actual, expected, FP32, f"extract {extract_layers} adapters {adapter_layers}")
 
 
+@pytest.mark.parametrize("arch,task", [("biomedclip-vit-b16", "seg"), ("openai-clip-vit-b16", "cls"),
+                                       ("metaclip-vit-b16", "cls")])
+@pytest.mark.parametrize("batch", [1, 3])
+def test_head_reduces_whole_contiguous_features(arch, task, batch):
+    """Each head level's reduce is one GEMM on the contiguous block output (CLS row included, dropped after the
+    level's MLP), and the seg upsample the CUDA-graph runner applies after its replay is the forward's own."""
+    cfg = small_config(arch, task, "channel", image_size=80)  # 5x5 grid
+    tensors = small_tensors(cfg, seed=batch + 20)
+    images = random_images(batch, cfg.image_size, seed=batch + 21)
+    model = OptimizedHTModel(cfg, tensors).eval()
+    seen = []
+    for reduce in model.head.reduces:
+        reduce.register_forward_pre_hook(lambda module, inputs: seen.append((inputs[0].is_contiguous(),
+                                                                               tuple(inputs[0].shape))))
+    with torch.inference_mode():
+        expected = build_reference_model(cfg, tensors)(images)
+        actual = model(images)
+        if task == "seg":
+            assert torch.equal(model.logits_from_grid(model(images, grid=True)), actual)
+    assert seen[:3] == [(True, (batch, 1 + cfg.grid ** 2, cfg.width))] * 3
+    assert_relative(actual, expected, FP32, f"{arch} {task} batch {batch}")
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("arch,task,filter_kind", [("biomedclip-vit-b16", "seg", "channel"),
                                                    ("openai-clip-vit-b16", "cls", "spectral")])

@@ -2,9 +2,10 @@
 
 At 480×640 and 1080×1920 gray frames, batch 1 and 8, in the run's dtype, the optimized backend's runner:
 `frames_graph` is the device time of the frame path's CUDA graph alone (preprocess → forward → postprocess),
-`forward_graph` that of the tensor forward's graph (`forward(x)`, float32 `[B,3,224,224]` already on the device);
-`frames_call` is the whole `run_frames` call (host staging, H2D, graph, D2H, sync) and `forward_call` the whole
-`run` call on device-resident images (copy into the graph, replay, clone). All times from the one timer
+`forward_graph` that of the tensor forward's graph (`forward(x)`, float32 `[B,3,224,224]` already on the device; for
+seg it ends at the grid logits, the 224² upsample runs after the replay); `frames_call` is the whole `run_frames` call
+(host staging, H2D, graph, D2H, sync) and `forward_call` the whole `run` call on device-resident images (copy into
+the graph, replay, upsample or clone). All times from the one timer
 (`htkernels.timing.cuda_event_ms`, through `Timer`). `mask_agreement_vs_host` is the share of mask pixels equal to
 the host frame path (Pillow preprocessing, grid logits, engine.postprocess). Target (480×640, batch 1):
 `frames_graph` within 60 µs of `forward_graph`. `--device cpu --tiny` runs the eager pipeline at toy sizes.
@@ -55,7 +56,7 @@ def run(check: Check) -> None:
 
         Package.tensors = tensors
         runner = optimized.load(Package, str(device), args.dtype)
-        pipeline, forward, run_grid, graphs = runner.run_frames, runner.run, runner.run_grid, runner.run.graphs
+        pipeline, forward, run_grid, graphs = runner.run_frames, runner.run, runner.run_grid, runner.run
     else:
         model = OptimizedHTModel(cfg, tensors, dtype=DTYPES[args.dtype]).eval()
         pipeline, graphs = FramePipeline(model, "cpu"), None
@@ -80,8 +81,8 @@ def run(check: Check) -> None:
                 row["frames_call"] = timer(lambda: pipeline(frames))
                 row["forward_call"] = timer(lambda: forward(images))
                 if graphs is not None:
-                    row["frames_graph"] = timer(graphs[("frames", (batch, height, width))][0].replay)
-                    row["forward_graph"] = timer(graphs[tuple(images.shape)][0].replay)
+                    row["frames_graph"] = timer(graphs.graphs[("frames", (batch, height, width))][0].replay)
+                    row["forward_graph"] = timer(graphs.graphs[graphs.forward_key(images.shape)][0].replay)
                     row["frames_minus_forward_graph_us"] = (row["frames_graph"]["median_us"]
                                                             - row["forward_graph"]["median_us"])
             except Exception as exc:  # noqa: BLE001  (the other shapes are still measured)

@@ -91,12 +91,40 @@ def table(results: dict) -> str:
                 lines.append(f"  B={row['batch']:<4}{row['dtype']:<6}{name:<24}{cell['median_us'] / 1e3:>9.3f} ms"
                              f"{cell['images_per_s']:>10.0f}/s{over_eager:>8}{speedup:>8}{share:>6}  "
                              f"{cell['rel_err_vs_fp32_reference']:.1e}")
+    lines += _kernel_count_table(results.get("kernel_count", {}))
     lines += _frames_table(results.get("frames", {}))
     lines += _split_table(results.get("gpu_split", {}))
     for key in ("errors",):
         for section, message in results.get(key, {}).items():
             lines.append(f"section {section} failed: {message.splitlines()[-1] if message else ''}")
     return "\n".join(lines)
+
+
+def _kernel_count_table(section: dict) -> list:
+    """CUDA kernels per forward at batch 1 next to the target, and where most of them go."""
+    if not section:
+        return []
+    title = f"CUDA kernels per forward, batch 1 {section.get('dtype')} (target <= {section.get('target')})"
+    if section.get("skipped"):
+        return ["", f"{title}: skipped ({section['skipped']})"]
+    lines = ["", f"{title}, {section.get('arch')} {section.get('task')}:"]
+    for name in ("optimized_graph", "optimized_call", "reference_eager"):
+        cell = section.get(name)
+        if cell is None:
+            continue
+        if "error" in cell:
+            lines.append(f"  {name:<18}{cell['error'][:100]}")
+            continue
+        lines.append(f"  {name:<18}{cell['kernels']:>5} kernels {cell['memcpy']:>3} memcpy {cell['memset']:>3} memset")
+    nodes = section.get("graph_nodes")
+    if nodes is not None:
+        text = nodes["error"][:100] if "error" in nodes else ", ".join(f"{k} {v}" for k, v in sorted(nodes.items()))
+        lines.append(f"  {'graph_nodes':<18}{text}")
+    top = section.get("optimized_graph", {}).get("top")
+    if top:
+        lines.append("  most frequent in the optimized graph: "
+                     + "; ".join(f"{count}x {name[:48]}" for name, count in top[:6]))
+    return lines
 
 
 def _frames_table(frames: dict) -> list:

@@ -1,6 +1,8 @@
 """Section `tune`: each Triton kernel of the batch-1 adapter under each of its tuner candidates, in CUDA graphs, then
-the block with the fastest configuration of each: the data the launchers' batch-1 defaults come from. Also the
-launch tuner's choices so far (`record`), which the optimized backend makes in its warm-up runs."""
+the block with the fastest configuration of each: the data the launchers' batch-1 defaults come from. Then the
+block's qkv and fc1 with their LayerNorm (`norm_linear`: LayerNorm + `linear_act`, its default, against the
+LayerNorm folded into the GEMM). Also the launch tuner's choices so far (`record`), which the optimized backend makes
+in its warm-up runs."""
 
 from __future__ import annotations
 
@@ -9,12 +11,13 @@ import time
 
 import torch
 
-from htkernels import adapter_in, adapter_out, adapter_spatial
+from htkernels import adapter_in, adapter_out, adapter_spatial, norm_linear
 from htkernels._tune import TUNER
 from htkernels.adapter_in import adapter_in_triton
 from htkernels.adapter_out import adapter_out_triton
 from htkernels.adapter_spatial import adapter_spatial_triton
-from htkernels.testing import adapter_block, adapter_block_inputs
+from htkernels.norm_linear import norm_linear_triton
+from htkernels.testing import adapter_block, adapter_block_inputs, adapter_inputs
 
 from .common import DTYPES, Check, error_text, graph_time
 
@@ -28,7 +31,9 @@ def tuning_sweep(width: int, channels: int, grid: int) -> dict:
     rows = 1 + grid * grid
     return {"adapter_in": adapter_in.tuning_candidates(rows),
             "adapter_spatial": adapter_spatial.tuning_candidates(1, grid, grid, channels),
-            "adapter_out": adapter_out.tuning_candidates(rows)}
+            "adapter_out": adapter_out.tuning_candidates(rows),
+            "norm_linear_qkv": norm_linear.tuning_candidates(rows),
+            "norm_linear_fc1": norm_linear.tuning_candidates(rows)}
 
 
 def run(check: Check) -> None:
@@ -39,10 +44,14 @@ def run(check: Check) -> None:
     inputs = adapter_block_inputs(dtype, device, width, channels, grid)
     (x, w_norm, w_raw, bias, eps), spatial, (w2, b2) = inputs
     g2d = torch.randn(x.shape[0], channels, device=device, dtype=dtype)
+    fc1 = adapter_inputs("norm_linear", 1, dtype, device, width, channels, grid)
+    qkv = fc1[:3] + (fc1[3][:3 * width], fc1[4][:3 * width], fc1[5], "none")
     calls = {
         "adapter_in": lambda tuning: adapter_in_triton(x, w_norm, w_raw, bias, eps, tuning=tuning),
         "adapter_spatial": lambda tuning: adapter_spatial_triton(*spatial, tuning=tuning),
         "adapter_out": lambda tuning: adapter_out_triton(g2d, w2, b2, x, tuning=tuning),
+        "norm_linear_qkv": lambda tuning: norm_linear_triton(*qkv, tuning=tuning),
+        "norm_linear_fc1": lambda tuning: norm_linear_triton(*fc1, tuning=tuning),
     }
     tuning = check.results.setdefault("tuning_batch1_bf16", {})
     sweep = tuning_sweep(width, channels, grid)
@@ -62,9 +71,9 @@ def run(check: Check) -> None:
                 except Exception as exc:  # noqa: BLE001
                     rows.append({"config": config, "error": error_text(exc)})
             check.save()
-        if len(best) == 3:
-            block = adapter_block(inputs, *(functools.partial(LAUNCHERS[op], tuning=best[op][0]) for op in sweep))
-            tuning["best_block"] = {"configs": {op: config for op, (config, _) in best.items()},
+        if all(op in best for op in LAUNCHERS):
+            block = adapter_block(inputs, *(functools.partial(LAUNCHERS[op], tuning=best[op][0]) for op in LAUNCHERS))
+            tuning["best_block"] = {"configs": {op: best[op][0] for op in LAUNCHERS},
                                     "graph_us": graph_time(timer, block, repeat=20)["median_us"]}
     check.save()
 

@@ -43,6 +43,9 @@ class CudaAdapterKernels:
     def adapter_out(self, g2d, w2, b2, residual2d):
         return TorchAdapterKernels.adapter_out(g2d, w2, b2, residual2d)
 
+    def norm_linear(self, x, norm, linear, activation):
+        return TorchAdapterKernels.norm_linear(x, norm, linear, activation)
+
     def linear_act(self, x, linear, activation):
         return TorchAdapterKernels.linear_act(x, linear, activation)
 

@@ -4,9 +4,10 @@ At batch 1 the forward is a few hundred short kernels; launching them one by one
 running them. A CUDA graph replays the whole forward with one launch. Each batch size gets its own graph with
 static input and output buffers (a graph's addresses are fixed); a new batch size is captured once, then replayed.
 All graphs allocate from one shared memory pool: replays are serialised on one stream (under a lock) and each
-output is consumed right after its replay (cloned, or for the frame path copied to the host), so no graph needs
-another graph's intermediates to survive. The frame path (engine.optimize.frames) captures preprocess → forward →
-postprocess as one more graph per frame shape in the same pool.
+output is consumed right after its replay (cloned; for seg upsampled from the grid logits into a new tensor; for the
+frame path copied to the host), so no graph needs another graph's intermediates to survive. The frame path
+(engine.optimize.frames) captures preprocess → forward → postprocess as one more graph per frame shape in the same
+pool.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from ..errors import BackendError, InputError
 from ..runner import Runner
 from .frames import FramePipeline
 from .kernels import kernel_errors
+from .model import OptimizedHTModel
 
 WARMUP_RUNS = 2  # compiles the Triton kernels and lets cuBLAS/cuDNN pick their algorithms before capture
 
@@ -29,8 +31,13 @@ class CudaGraphRunner:
     `run_grid(batch)` the same for the seg grid logits; `replay` runs any function of one static input as a graph
     (the frame path of engine.optimize.frames: preprocess → forward → postprocess per frame shape)."""
 
-    def __init__(self, model: torch.nn.Module, device: str, max_batch: int | None = None):
+    def __init__(self, model: torch.nn.Module, device: str, max_batch: int | None = None,
+                 upsample: Callable | None = None):
         self.model = model
+        # Seg: grid logits → full-size logits (`OptimizedHTModel.logits_from_grid`). With it, `run` replays the
+        # graph of `run_grid` and upsamples right after the replay into a new tensor: the full-size logits are
+        # written once, where a graph ending at them would write them into its static output and a clone copy them.
+        self.upsample = upsample
         self.device = torch.device(device)
         if self.device.type != "cuda":
             raise BackendError(f"CUDA graphs need a CUDA device, got {device!r}")
@@ -75,12 +82,19 @@ class CudaGraphRunner:
         if self.max_batch is not None and batch.shape[0] > self.max_batch:
             raise InputError(f"batch of {batch.shape[0]} exceeds this runner's maximum batch {self.max_batch}")
 
+    def forward_key(self, shape: tuple) -> tuple:
+        """The key in `graphs` of the graph that `run` replays for a batch of `shape`."""
+        return ("grid",) + tuple(shape) if self.upsample is not None else tuple(shape)
+
     def __call__(self, batch: torch.Tensor) -> torch.Tensor:
         self._check(batch)
-        return self.replay(tuple(batch.shape), batch.float(), self.model, torch.Tensor.clone)
+        if self.upsample is not None:
+            return self.replay(self.forward_key(batch.shape), batch.float(), self._grid_logits, self.upsample)
+        return self.replay(self.forward_key(batch.shape), batch.float(), self.model, torch.Tensor.clone)
 
     def run_grid(self, batch: torch.Tensor) -> torch.Tensor:
-        """Seg logits on the head's grid `[B,C,g,g]` (`model(batch, grid=True)`), one graph per batch size."""
+        """Seg logits on the head's grid `[B,C,g,g]` (`model(batch, grid=True)`), one graph per batch size (the one
+        `run` replays too when the runner upsamples)."""
         self._check(batch)
         return self.replay(("grid",) + tuple(batch.shape), batch.float(), self._grid_logits, torch.Tensor.clone)
 
@@ -94,8 +108,11 @@ def make_cuda_runner(model: torch.nn.Module, device: str, precision: str, max_ba
 
     With `frames` (the model an `OptimizedHTModel`), the runner also has the frame path (`run_frames`, and
     `run_device_frames` for frames already on the device; engine.optimize.frames, one graph per frame shape) and, for
-    seg, `run_grid`."""
-    runner = CudaGraphRunner(model.eval(), device, max_batch)
+    seg, `run_grid`. A seg `OptimizedHTModel` is captured up to its grid logits and upsampled after each replay
+    (`CudaGraphRunner.upsample`)."""
+    seg = isinstance(model, OptimizedHTModel) and model.cfg.task == "seg"
+    upsample = model.logits_from_grid if seg else None
+    runner = CudaGraphRunner(model.eval(), device, max_batch, upsample=upsample)
     result = Runner(run=runner, uses_torch=True, device=str(runner.device), precision=precision, max_batch=max_batch)
     if frames:
         result.run_frames = FramePipeline(runner.model, runner.device, graphs=runner)

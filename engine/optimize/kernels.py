@@ -1,5 +1,5 @@
 """Adapter-kernel providers: the same four ops (htkernels/README.md contracts) from plain torch, Triton or CUDA, and
-the block's two dense layers with what follows them (`linear_act`, `linear_residual`).
+the block's dense layers with what precedes or follows them (`norm_linear`, `linear_act`, `linear_residual`).
 
 Every provider implements the `AdapterKernels` protocol; the optimized model takes one as an instance
 (`kernel_provider(name)` builds one from its name). Providers are looked up lazily by name so that importing this
@@ -51,8 +51,12 @@ class AdapterKernels(Protocol):
     def adapter_out(self, g2d, w2, b2, residual2d):
         """`y [M, D] = residual2d + g2d @ w2ᵀ + b2`: g2d `[M, r]`, w2 `[D, r]`, b2 `[D]`, residual2d `[M, D]`."""
 
+    def norm_linear(self, x, norm, linear, activation):
+        """The block's LayerNorm and the GEMM after it, qkv (`activation` "none") and fc1 with its activation:
+        `act(linear(norm(x)))`; `norm` an `nn.LayerNorm` over the last dim, `linear` as for `linear_act`."""
+
     def linear_act(self, x, linear, activation):
-        """The block's fc1 and its activation: `act(linear(x))`, `activation` "gelu" (erf) or "quick_gelu";
+        """A dense layer and its activation: `act(linear(x))`, `activation` "gelu" (erf), "quick_gelu" or "none";
         `linear` maps the last dim (`nn.Linear`, or the int8 linear of the CPU path)."""
 
     def linear_residual(self, x, linear, residual):
@@ -93,7 +97,10 @@ def kernel_provider(name: str) -> AdapterKernels:
 
 
 def activate(x: torch.Tensor, activation: str) -> torch.Tensor:
-    """The MLP activation of a ViT block: `"gelu"` (erf) or `"quick_gelu"` (`x·σ(1.702x)`, OpenAI CLIP)."""
+    """The MLP activation of a ViT block: `"gelu"` (erf) or `"quick_gelu"` (`x·σ(1.702x)`, OpenAI CLIP); `"none"`
+    (qkv) returns x."""
+    if activation == "none":
+        return x
     return x * torch.sigmoid(1.702 * x) if activation == "quick_gelu" else F.gelu(x)
 
 
@@ -166,9 +173,14 @@ class TorchAdapterKernels:
     def adapter_out(g2d, w2, b2, residual2d):
         return torch.addmm(b2, g2d, w2.t()) + residual2d
 
+    @classmethod
+    def norm_linear(cls, x, norm, linear, activation):
+        """The block's LayerNorm, then qkv or fc1 and its activation: `act(linear(norm(x)))`."""
+        return cls.linear_act(norm(x), linear, activation)
+
     @staticmethod
     def linear_act(x, linear, activation):
-        """The block's fc1 and its activation: `act(linear(x))`; `linear` maps the last dim (`nn.Linear`, or the
+        """A dense layer and its activation: `act(linear(x))`; `linear` maps the last dim (`nn.Linear`, or the
         int8 linear of the CPU path)."""
         return activate(linear(x), activation)
 

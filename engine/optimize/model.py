@@ -78,10 +78,11 @@ class OptimizedBlock(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         batch, tokens, width = x.shape
         k = self.kernels
-        qkv = self.qkv(self.norm1(x)).reshape(batch, tokens, 3, self.heads, width // self.heads).permute(2, 0, 3, 1, 4)
+        qkv = k.norm_linear(x, self.norm1, self.qkv, "none")
+        qkv = qkv.reshape(batch, tokens, 3, self.heads, width // self.heads).permute(2, 0, 3, 1, 4)
         attended = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2])
         x = k.linear_residual(attended.transpose(1, 2).reshape(batch, tokens, width), self.proj, x)
-        x = k.linear_residual(k.linear_act(self.norm2(x), self.fc1, self.activation), self.fc2, x)
+        x = k.linear_residual(k.norm_linear(x, self.norm2, self.fc1, self.activation), self.fc2, x)
         return x if self.adapter is None else self._adapter(x, self.adapter)
 
     def _adapter(self, x: torch.Tensor, a: FoldedAdapterModule) -> torch.Tensor:
@@ -148,21 +149,26 @@ class Head(nn.Module):
     def forward(self, features: list, grid: bool = False) -> torch.Tensor:
         """Logits: seg `[B,C,S,S]` (or, with `grid`, the `[B,C,g,g]` grid logits before the upsample, which the frame
         path takes to any frame size in one step, engine.postprocess), cls `[B,C]`."""
-        hidden = [F.gelu(fc1(norm(reduce(feature[:, 1:]))))
+        # Every level runs on all tokens, CLS included: each layer is one GEMM on a contiguous input (reducing the
+        # strided `feature[:, 1:]` copies it first, and adds the bias in a kernel of its own, at batch > 1); the
+        # concatenation, a copy anyway, drops the CLS rows. Rows are independent, so this is exact.
+        hidden = [F.gelu(fc1(norm(reduce(feature))))
                   for feature, reduce, norm, fc1 in zip(features, self.reduces, self.norms, self.fc1)]
-        stacked = torch.cat(hidden, dim=-1).float()
+        stacked = torch.cat([level[:, 1:] for level in hidden], dim=-1).float()
         batch = stacked.shape[0]
         if self.task == "seg":
             logits = F.linear(stacked, self.out_weight, self.out_bias)
             maps = logits.transpose(1, 2).reshape(batch, -1, self.grid, self.grid)
-            if grid:
-                return maps
-            size = self.image_size
-            return F.interpolate(maps, size=(size, size), mode="bilinear", align_corners=False)
+            return maps if grid else self.upsample(maps)
         pooled = F.linear(stacked.mean(dim=1), self.out_weight, self.out_bias)
         if self.mlp_cls:
             pooled = F.linear(torch.relu(pooled), self.cls_out_weight, self.cls_out_bias)
         return pooled
+
+    def upsample(self, maps: torch.Tensor) -> torch.Tensor:
+        """Seg grid logits `[B,C,g,g]` → `[B,C,S,S]`: the bilinear upsample that ends `forward` without `grid`."""
+        size = self.image_size
+        return F.interpolate(maps, size=(size, size), mode="bilinear", align_corners=False)
 
 
 class OptimizedHTModel(nn.Module):
@@ -211,3 +217,8 @@ class OptimizedHTModel(nn.Module):
     def forward(self, images: torch.Tensor, grid: bool = False) -> torch.Tensor:
         """`grid`: seg logits on the head's grid, before the upsample (see `Head.forward`)."""
         return self.head(self.features(images), grid=grid)
+
+    def logits_from_grid(self, maps: torch.Tensor) -> torch.Tensor:
+        """`forward(images)` from `forward(images, grid=True)` of a seg model: the same upsample, bit for bit (the
+        CUDA-graph runner captures the forward up to the grid logits and upsamples after each replay)."""
+        return self.head.upsample(maps)

@@ -15,6 +15,7 @@ from htkernels import adapter_in as _adapter_in
 from htkernels import adapter_out as _adapter_out
 from htkernels import adapter_spatial as _adapter_spatial
 from htkernels import linear_act as _linear_act
+from htkernels import norm_linear as _norm_linear
 from htkernels import preprocess as _preprocess
 from htkernels._triton import interpreting, triton
 
@@ -60,6 +61,19 @@ class TritonAdapterKernels:
         if g2d.is_cuda:
             return torch.ops.htkernels.adapter_out(g2d, w2, b2, residual2d)
         return _adapter_out.adapter_out_triton(g2d, w2, b2, residual2d)
+
+    @staticmethod
+    @kernel_errors()
+    def norm_linear(x, norm, linear, activation):
+        """LayerNorm → qkv / fc1 (+ activation): the tuner's choice of torch's LayerNorm + `linear_act` or the kernel
+        with the LayerNorm folded into the GEMM (htkernels/norm_linear.py)."""
+        x2d = x.reshape(-1, x.shape[-1])
+        args = (x2d, norm.weight, norm.bias, linear.weight, linear.bias, float(norm.eps), activation)
+        if x2d.is_cuda:
+            y = torch.ops.htkernels.norm_linear(*args)
+        else:
+            y = _norm_linear.norm_linear_triton(*args)
+        return y.view(*x.shape[:-1], y.shape[-1])
 
     @staticmethod
     @kernel_errors()

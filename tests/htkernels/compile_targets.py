@@ -61,6 +61,7 @@ def main() -> int:
     import htkernels.adapter_out as aout
     import htkernels.adapter_spatial as asp
     import htkernels.linear_act as act
+    import htkernels.norm_linear as norm
     import htkernels.preprocess as pre
 
     jobs = []
@@ -83,6 +84,9 @@ def main() -> int:
                               stride_rm=768, stride_rd=1, stride_ym=768, stride_yd=1) for inner in (64, 768)}
     act_values = dict(N=3072, K=768, stride_xm=768, stride_xk=1, stride_wn=768, stride_wk=1, stride_ym=3072,
                       stride_yn=1)
+    # qkv (N = 3·768, no activation) and fc1 (N = 4·768) with their LayerNorm folded in.
+    norm_values = {outputs: dict(N=outputs, K=768, stride_xm=768, stride_xk=1, stride_wn=768, stride_wk=1,
+                                 stride_ym=outputs, stride_yn=1) for outputs in (2304, 3072)}
     spatial_values = dict(H=14, W=14, R=64, R4=16, stride_zb=197 * 64, stride_zn=64, stride_zr=1, stride_fb=197 * 64,
                           stride_fr=1, stride_fp=64, stride_gb=197 * 64, stride_gn=64, stride_gr=1)
     for dtype in ("fp32", "bf16"):  # fp16 takes the bf16 code path (tensor-core dot in the storage dtype)
@@ -105,6 +109,12 @@ def main() -> int:
                 build(act._linear_act_kernel, {n: f"*{dtype}" for n in ("x_ptr", "w_ptr", "b_ptr", "y_ptr")}, (),
                       dict(BLOCK_M=c["block_m"], BLOCK_N=c["block_n"], BLOCK_K=64, GROUP_M=8, ACTIVATION=activation,
                            **flags), c, fit, act_values)
+        norm_configs = [c for b in batches for c in norm.tuning_candidates(b * 197) if c["impl"] == "triton"]
+        for index, c in enumerate(norm_configs):
+            for outputs, activation in ((2304, 0), (3072, 1)) + (((3072, 2),) if index == 0 else ()):
+                build(norm._norm_linear_kernel, {n: f"*{dtype}" for n in ("x_ptr", "w_ptr", "y_ptr")}, ("eps",),
+                      dict(BLOCK_M=c["block_m"], BLOCK_N=c["block_n"], BLOCK_K=64, GROUP_M=8, ACTIVATION=activation,
+                           **flags), c, fit, norm_values[outputs])
         spatial_configs = [c for b in batches for c in asp.tuning_candidates(b, 14, 14, 64)]
         for c in spatial_configs:
             pool = c["pool_block"]

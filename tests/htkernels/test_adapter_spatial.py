@@ -121,3 +121,34 @@ def test_adapter_spatial_unrolled_mean_low_precision(device, poisoned, dtype):
     expected = adapter_spatial_ref(z.cpu().double(), 5, 6, None, **{k: v.cpu().double() for k, v in weights.items()})
     assert actual.dtype == dtype
     assert_relative(actual.cpu(), expected, RELATIVE[dtype], f"spatial pool_block=16 {dtype}")
+
+
+def test_spectral_impulse_response_is_computed_once_per_filter(device, poisoned):
+    """κ = irfft2(φ) depends on the filter alone: the launcher keeps it per filter tensor. A second launch reuses it
+    (the same tensor), gives bitwise the result of an uncached launch, and an in-place change of the filter (a weight
+    update) computes it anew."""
+    from htkernels.adapter_spatial import IMPULSE_RESPONSES, impulse_response
+
+    z, filt, weights = spatial_args(2, 5, 7, 16, True, seed=17)
+    z, filt = z.to(device), filt.to(device)
+    weights = {k: v.to(device) for k, v in weights.items()}
+    first = adapter_spatial_triton(z, 5, 7, filt, **weights)
+    kappa = IMPULSE_RESPONSES.get((filt,), 5, 7)
+    assert torch.equal(kappa, impulse_response(filt, 5, 7))
+    second = adapter_spatial_triton(z, 5, 7, filt, **weights)
+    assert IMPULSE_RESPONSES.get((filt,), 5, 7) is kappa, "the cached κ was recomputed"
+    with torch.inference_mode():
+        uncacheable = filt.clone()  # an inference tensor: no version counter, so κ is computed at each launch
+    uncached = adapter_spatial_triton(z, 5, 7, uncacheable, **weights)
+    assert IMPULSE_RESPONSES.get((uncacheable,), 5, 7) is not IMPULSE_RESPONSES.get((uncacheable,), 5, 7)
+    assert torch.equal(second, first) and torch.equal(uncached, first)
+
+    with torch.no_grad():
+        filt.mul_(0.5).add_(0.25)
+    updated = IMPULSE_RESPONSES.get((filt,), 5, 7)
+    assert updated is not kappa and torch.equal(updated, impulse_response(filt, 5, 7))
+    after = adapter_spatial_triton(z, 5, 7, filt, **weights)
+    expected = adapter_spatial_ref(z.cpu().double(), 5, 7, filt.cpu().double(),
+                                   **{k: v.cpu().double() for k, v in weights.items()})
+    assert_relative(after.cpu(), expected, RELATIVE[torch.float32], "spatial after a filter update")
+    assert not torch.equal(after, first)

@@ -8,6 +8,7 @@ import htkernels.adapter_in  # noqa: F401  (registers htkernels::adapter_in)
 import htkernels.adapter_out  # noqa: F401
 import htkernels.adapter_spatial  # noqa: F401
 import htkernels.linear_act  # noqa: F401
+import htkernels.norm_linear  # noqa: F401
 import htkernels.preprocess  # noqa: F401
 from engine.preprocess import pil_resize_matrix
 
@@ -29,6 +30,9 @@ def op_cases(device):
                         torch.randn(48, generator=gen).to(device), x),
         "linear_act": (x, torch.randn(40, 48, generator=gen).to(device), torch.randn(40, generator=gen).to(device),
                        "gelu"),
+        "norm_linear": (x, 1.0 + 0.2 * torch.randn(48, generator=gen).to(device),
+                        torch.randn(48, generator=gen).to(device), torch.randn(40, 48, generator=gen).to(device),
+                        torch.randn(40, generator=gen).to(device), 1e-5, "quick_gelu"),
     }
     for name, spectral in (("adapter_spatial", False), ("adapter_spatial_spectral", True)):
         z, filt, weights = spatial_args(2, 3, 5, 16, spectral, seed=1)
@@ -46,7 +50,7 @@ def op_of(case: str):
 
 
 @pytest.mark.parametrize("case", ["adapter_in", "adapter_out", "adapter_spatial", "adapter_spatial_spectral",
-                                  "linear_act", "preprocess"])
+                                  "linear_act", "norm_linear", "preprocess"])
 def test_opcheck_cpu(case):
     torch.library.opcheck(op_of(case), op_cases("cpu")[case])
 
@@ -71,7 +75,7 @@ def test_ops_compile_and_export_on_cpu():
 @requires_cuda
 @cuda_only
 @pytest.mark.parametrize("case", ["adapter_in", "adapter_out", "adapter_spatial", "adapter_spatial_spectral",
-                                  "linear_act", "preprocess"])
+                                  "linear_act", "norm_linear", "preprocess"])
 def test_cuda_op_matches_cpu_op_and_opcheck(case):
     cuda_args = op_cases("cuda")[case]
     cpu_args = op_cases("cpu")[case]
@@ -104,6 +108,34 @@ def test_cuda_runner_graphs_per_batch_size():
 
 @requires_cuda
 @cuda_only
+def test_cuda_runner_upsamples_seg_logits_after_the_replay():
+    """Seg: `run` replays the graph of `run_grid` (one graph per batch size for both) and upsamples after it into a new
+    tensor: equal to the eager model, and not overwritten by the next replay."""
+    from engine.optimize.cuda_runner import make_cuda_runner
+    from engine.optimize.kernels import kernel_provider
+    from engine.optimize.model import OptimizedHTModel
+
+    from ..helpers import random_images, small_config, small_tensors
+
+    cfg = small_config("biomedclip-vit-b16", "seg", "channel")
+    model = OptimizedHTModel(cfg, small_tensors(cfg, seed=2), kernels=kernel_provider("triton")).eval().cuda()
+    runner = make_cuda_runner(model, "cuda", "fp32")
+    first_images, second_images = (random_images(2, cfg.image_size, seed=seed).cuda() for seed in (5, 6))
+    first = runner.run(first_images)
+    kept = first.clone()
+    grid = runner.run_grid(second_images)
+    second = runner.run(second_images)
+    with torch.inference_mode():
+        expected_first, expected_second = model(first_images), model(second_images)
+        assert torch.equal(model.logits_from_grid(grid), second)
+    assert torch.equal(first, kept), "the first output was overwritten by a later replay"
+    assert_relative(first, expected_first, RELATIVE[torch.float32], "graph seg batch 2")
+    assert_relative(second, expected_second, RELATIVE[torch.float32], "graph seg batch 2, second input")
+    assert list(runner.run.graphs) == [("grid", 2, 3, cfg.image_size, cfg.image_size)]
+
+
+@requires_cuda
+@cuda_only
 def test_cuda_runner_tunes_in_its_warmup(monkeypatch):
     """With the launch tuner on (as users run it): the warm-up on a side stream tunes every op, the capture reuses
     the choices, and the replayed forward equals the eager model."""
@@ -127,7 +159,7 @@ def test_cuda_runner_tunes_in_its_warmup(monkeypatch):
         expected = model(images)
     assert_relative(actual, expected, RELATIVE[torch.float32], "tuned graph vs eager")
     tuned = {choice["op"] for choice in tuner.report()}
-    assert tuned == {"adapter_in", "adapter_spatial", "adapter_out", "linear_act"}, tuned
+    assert tuned == {"adapter_in", "adapter_spatial", "adapter_out", "norm_linear", "linear_act"}, tuned
     assert all(isinstance(row.get("us"), float) for choice in tuner.report() for row in choice["measured"])
 
 

@@ -64,16 +64,45 @@ def test_optimized_model_with_triton_kernels(device, arch, task, filter_kind):
     assert_relative(actual, expected, RELATIVE[torch.float32], f"optimized+triton {arch} {task} {filter_kind}")
 
 
+def test_spectral_model_computes_each_impulse_response_once(device):
+    """Built outside inference mode (as the backends build it), the model's spectral filters are unchanged weights:
+    the second forward reuses each adapter's κ from the first and equals it bitwise, both equal to the reference."""
+    from htkernels.adapter_spatial import IMPULSE_RESPONSES
+
+    cfg = small_config("openai-clip-vit-b16", "cls", "spectral", layers=2, extract_layers=[0, 1, 1],
+                       adapter_layers=[0, 1])
+    tensors = small_tensors(cfg, seed=8)
+    images = random_images(2, cfg.image_size, seed=9).to(device)
+    model = OptimizedHTModel(cfg, tensors, kernels=kernel_provider("triton")).eval().to(device)
+    filters = [block.adapter.spectral for block in model.blocks if block.adapter is not None]
+    assert len(filters) == 2
+    kept = len(IMPULSE_RESPONSES)
+    with torch.inference_mode():
+        first = model(images)
+        assert len(IMPULSE_RESPONSES) == kept + 2, "the forward did not keep one κ per adapter"
+        kappas = [IMPULSE_RESPONSES.get((spectral,), cfg.grid, cfg.grid) for spectral in filters]
+        second = model(images)
+        expected = build_reference_model(cfg, tensors)(images.cpu())
+    assert all(IMPULSE_RESPONSES.get((spectral,), cfg.grid, cfg.grid) is kappa
+               for spectral, kappa in zip(filters, kappas))
+    assert torch.equal(first, second)
+    assert_relative(second.cpu(), expected, RELATIVE[torch.float32], "optimized+triton spectral, cached κ")
+
+
+@pytest.mark.parametrize("folded", [True, False], ids=["layernorm-folded", "layernorm-then-fused-epilogue"])
 @pytest.mark.parametrize("arch,task", [("biomedclip-vit-b16", "seg"), ("openai-clip-vit-b16", "cls")])
-def test_optimized_model_with_fused_dense_layers(device, poisoned, monkeypatch, arch, task):
-    """The block's fc1 + activation and projection/fc2 + residual through the fused Triton kernels (what the launch
-    tuner picks where they are faster than cuBLAS): GELU (biomedclip) and QuickGELU (openai) against the reference."""
+def test_optimized_model_with_fused_dense_layers(device, poisoned, monkeypatch, arch, task, folded):
+    """Every fused path of the block's dense layers forced on (what the launch tuner picks where it measured them
+    faster than cuBLAS), against the reference: qkv and fc1 + activation with the LayerNorm folded into their GEMM
+    (`norm_linear`), or (its default) torch's LayerNorm then the fused GEMM + activation epilogue (`linear_act`);
+    projection/fc2 + residual fused (`adapter_out`). GELU (biomedclip) and QuickGELU (openai)."""
     import htkernels._tune as tune
 
     chosen = []
 
     def prefer_fused(op, key, candidates, launch, device):
-        config = next((c for c in candidates if c.get("impl") == "triton"), candidates[0])
+        fused = next((c for c in candidates if c.get("impl") == "triton"), candidates[0])
+        config = candidates[0] if op == "norm_linear" and not folded else fused
         chosen.append((op, key, config.get("impl", "triton"), any(c.get("impl") == "torch" for c in candidates)))
         return config
 
@@ -83,11 +112,14 @@ def test_optimized_model_with_fused_dense_layers(device, poisoned, monkeypatch, 
     images = random_images(2, cfg.image_size, seed=7)
     with torch.inference_mode():
         expected = build_reference_model(cfg, tensors)(images)
-        actual = OptimizedHTModel(cfg, tensors, kernels=kernel_provider("triton")).eval().to(device)(images.to(device)).cpu()
+        model = OptimizedHTModel(cfg, tensors, kernels=kernel_provider("triton")).eval().to(device)
+        actual = model(images.to(device)).cpu()
     assert_relative(actual, expected, RELATIVE[torch.float32], f"optimized, fused dense layers, {arch} {task}")
-    # fc1 (output 4·width, key[2]) and fc2 (inner 4·width, key[2]) were offered cuBLAS and took the fused kernel.
+    # qkv (output 3·width, key[2]), fc1 (output 4·width) and fc2 (inner 4·width, key[2]) were offered cuBLAS and took
+    # the fused kernel (the projection's inner size, the toy width, is the adapter's: no cuBLAS candidate there).
     fused_over_cublas = {(op, key[2]) for op, key, impl, offered_torch in chosen if impl == "triton" and offered_torch}
-    assert fused_over_cublas == {("linear_act", 4 * cfg.width), ("adapter_out", 4 * cfg.width)}
+    dense = "norm_linear" if folded else "linear_act"
+    assert fused_over_cublas == {(dense, 3 * cfg.width), (dense, 4 * cfg.width), ("adapter_out", 4 * cfg.width)}
 
 
 def test_provider_availability_says_why():
