@@ -23,8 +23,8 @@ import engine
 from engine.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
-EXTRAS = {"torch", "runtime", "gpu", "triton", "tensorrt", "artifacts", "stream", "bench", "dicom", "holoscan", "openvino", "serve",
-          "dev"}
+EXTRAS = {"torch", "runtime", "gpu", "triton", "tensorrt", "artifacts", "stream", "bench", "dicom", "holoscan", "openvino",
+          "serve", "dev"}
 BASE_DEPENDENCIES = {"numpy", "pillow", "safetensors", "threadpoolctl", "onnxruntime"}
 PACKAGE_DATA = ("engine/py.typed", "htkernels/py.typed", "engine/data/bench_schema.json",
                 "engine/data/tensorrt_11.1_onnx_ops.tsv")
