@@ -18,7 +18,6 @@ the issue's targets: bf16 predict ≤ 1.10× forward at 480×640 and ≤ 1.15× 
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import tempfile
@@ -29,6 +28,7 @@ import torch
 from engine import Predictor
 from engine.bench.machine import cpu_flags, machine_info, short_sha
 from engine.bench.measure import LatencyStats, host_call_ms
+from engine.bench.report import write_json
 from engine.config import ModelConfig
 from engine.package import save_package
 from engine.synthetic import synthetic_frame
@@ -171,8 +171,7 @@ def main(argv=None) -> int:
     print(render(report))
     out = args.json or (None if args.quick else RESULTS)
     if out is not None:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(report, indent=2, allow_nan=False) + "\n")
+        write_json(report, out)
         print(f"results: {out}")
     return 0
 

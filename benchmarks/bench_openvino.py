@@ -15,7 +15,6 @@ Writes `benchmarks/results/openvino-cpu.json`.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import tempfile
@@ -32,12 +31,12 @@ from engine import Predictor  # noqa: E402
 from engine.backends.reference import load_model  # noqa: E402
 from engine.bench.machine import git_state, library_versions, machine_info  # noqa: E402
 from engine.bench.measure import relative_error  # noqa: E402
-from engine.bench.openvino_anchor import openvino_reference  # noqa: E402
+from engine.bench.openvino_anchor import convert_reference, openvino_reference  # noqa: E402
+from engine.bench.report import write_json  # noqa: E402
 from engine.config import ModelConfig  # noqa: E402
 from engine.export.build import build_artifact  # noqa: E402
 from engine.export.manifest import BatchRange  # noqa: E402
 from engine.export.openvino import cpu_features, cpu_has_bf16  # noqa: E402
-from engine.fileio import atomic_write  # noqa: E402
 from engine.package import load_package, save_package  # noqa: E402
 from engine.preprocess import preprocess_frames  # noqa: E402
 from engine.synthetic import synthetic_frame  # noqa: E402
@@ -64,10 +63,12 @@ def providers(package_path: Path, workdir: Path, threads: int, compile_reference
     made = {"reference eager fp32": torch_call(reference)}
     if compile_reference:
         made["torch.compile(reference) fp32"] = torch_call(torch.compile(reference))
+    conversion = None
     for precision in ("fp32", "bf16") if bf16 else ("fp32",):
         name = f"OpenVINO(reference) {precision}"
         try:
-            made[name] = openvino_reference(package_path, precision, threads).forward
+            conversion = conversion or convert_reference(package_path)
+            made[name] = openvino_reference(package_path, precision, threads, conversion).forward
         except Exception as exc:  # noqa: BLE001 — any conversion failure is a result of this benchmark
             failures[name] = f"{type(exc).__name__}: {str(exc)[-600:]}"
     for precision in ("fp32", "bf16") if bf16 else ("fp32",):
@@ -143,7 +144,7 @@ def main(argv=None) -> int:
               "threads": args.threads, "rounds": rounds, "cpu_features": cpu_features(), "machine": machine_info("cpu"),
               "git": git_state(), "libraries": library_versions(), "rows": rows,
               "failed_providers": failures}
-    atomic_write(args.out, lambda path: path.write_text(json.dumps(report, indent=2)))
+    write_json(report, args.out)
     for row in rows:
         print(f"{row['provider']:<34} b{row['batch']}  {row['median_ms']:>9.2f} ms  [{row['p10_ms']:.1f}..{row['p90_ms']:.1f}]"
               f"  x{row['eager_over_this']:<6} err {row['relative_error']:.2e}  masks {row['mask_agreement']:.4f}")

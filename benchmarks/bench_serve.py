@@ -20,7 +20,6 @@ a markdown table.
 from __future__ import annotations
 
 import argparse
-import json
 import subprocess
 import sys
 import tempfile
@@ -29,6 +28,7 @@ from importlib import metadata
 from pathlib import Path
 
 from engine.bench.machine import host_info, library_versions, short_sha
+from engine.bench.report import write_json
 from engine.bench.serving import format_serve_table, serve_library_versions
 from engine.config import ModelConfig
 from engine.export.build import build_artifact
@@ -158,8 +158,7 @@ def main(argv=None) -> int:
     print(render(report))
     out = args.json or (None if args.quick else RESULTS)
     if out is not None:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(report, indent=2, allow_nan=False) + "\n")
+        write_json(report, out)
         print(f"results: {out}")
     return 0
 

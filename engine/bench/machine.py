@@ -35,9 +35,10 @@ def cpu_flags() -> list:
     return sorted(f for f in all_cpu_flags() if f.startswith(CPU_FLAG_PREFIXES))
 
 
-def library_versions() -> dict:
+def library_versions(names=LIBRARIES) -> dict:
+    """Each distribution's installed version, or None where it is not installed."""
     versions = {}
-    for name in LIBRARIES:
+    for name in names:
         try:
             versions[name] = metadata.version(name)
         except metadata.PackageNotFoundError:

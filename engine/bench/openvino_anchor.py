@@ -16,19 +16,15 @@ OPENVINO_ANCHOR = "openvino-reference"
 ANCHOR_PRECISIONS = {"fp32": "f32", "bf16": "bf16"}
 
 
-def openvino_reference(package_path: Path, precision: str = "fp32", threads: int | None = None):
-    """A Predictor over OpenVINO's conversion of the package's eager reference model (CPU, dynamic batch)."""
+def convert_reference(package_path: Path):
+    """`(package, converted)`: the package and OpenVINO's conversion of its eager reference model (dynamic batch),
+    which every anchor precision compiles (the conversion is the slow part: trace, then convert)."""
     import openvino
     import torch
 
     from ..backends.reference import load_model
-    from ..errors import BackendError
     from ..package import load_package
-    from ..runner import Runner
-    from ..runtime import Predictor
 
-    if precision not in ANCHOR_PRECISIONS:
-        raise BackendError(f"the OpenVINO anchor runs in {tuple(ANCHOR_PRECISIONS)}, got {precision!r}")
     package = load_package(package_path)
     cfg = package.config
     model = load_model(cfg, package.tensors).eval()
@@ -36,6 +32,22 @@ def openvino_reference(package_path: Path, precision: str = "fp32", threads: int
     with torch.no_grad():
         converted = openvino.convert_model(model, example_input=example)
     converted.reshape({0: openvino.PartialShape([-1, 3, cfg.image_size, cfg.image_size])})
+    return package, converted
+
+
+def openvino_reference(package_path: Path, precision: str = "fp32", threads: int | None = None, conversion=None):
+    """A Predictor over OpenVINO's conversion of the package's eager reference model (CPU, dynamic batch).
+    `conversion` is `convert_reference(package_path)` made once for several precisions (None: made here)."""
+    import openvino
+
+    from ..errors import BackendError
+    from ..runner import Runner
+    from ..runtime import Predictor
+
+    if precision not in ANCHOR_PRECISIONS:
+        raise BackendError(f"the OpenVINO anchor runs in {tuple(ANCHOR_PRECISIONS)}, got {precision!r}")
+    package, converted = convert_reference(package_path) if conversion is None else conversion
+    cfg = package.config
     config = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": ANCHOR_PRECISIONS[precision]}
     if threads is not None:
         config["INFERENCE_NUM_THREADS"] = threads

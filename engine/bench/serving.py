@@ -3,23 +3,15 @@ perf_analyzer results of `engine.serve.perf` with the machine, the versions and 
 
 from __future__ import annotations
 
-from importlib import metadata
-
 from ..version import __version__
-from .machine import host_info
+from .machine import host_info, library_versions
 
 # The distributions whose versions a load test depends on (missing ones are recorded as null).
 SERVE_LIBRARIES = ("tritonclient", "nvidia-pytriton", "numpy")
 
 
 def serve_library_versions() -> dict:
-    versions = {}
-    for name in SERVE_LIBRARIES:
-        try:
-            versions[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            versions[name] = None
-    return versions
+    return library_versions(SERVE_LIBRARIES)
 
 
 def serve_report(run, command: str | None = None) -> dict:

@@ -342,15 +342,21 @@ class _Suite:
     def measure_anchor(self, package_path: Path) -> None:
         """OpenVINO on the reference model, f32 and (where the CPU has bf16 units) bf16; on the CPU only."""
         from ..export.openvino import cpu_has_bf16
-        from .openvino_anchor import ANCHOR_PRECISIONS, openvino_reference
+        from .openvino_anchor import ANCHOR_PRECISIONS, convert_reference, openvino_reference
+
+        converted = []  # one conversion serves every precision (the first precision's load time includes it)
+
+        def load(precision: str):
+            if not converted:
+                converted.append(convert_reference(package_path))
+            return openvino_reference(package_path, precision, conversion=converted[0])
 
         for precision in ANCHOR_PRECISIONS:
             reason = anchor_unavailable(self.device, precision, cpu_has_bf16())
             if reason is not None:
                 self.skipped_all(OPENVINO_ANCHOR, precision, "anchor", "unsupported", reason)
                 continue
-            self.measure(OPENVINO_ANCHOR, precision, "anchor",
-                         lambda p=precision: openvino_reference(package_path, p))
+            self.measure(OPENVINO_ANCHOR, precision, "anchor", lambda p=precision: load(p))
 
     def check_output(self, case: dict, output) -> None:
         batch = case["batch"]
