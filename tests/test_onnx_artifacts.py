@@ -16,16 +16,14 @@ import torch
 from engine import Predictor
 from engine.artifacts import open_artifact
 from engine.backends import onnx as onnx_backend
-from engine.config import AUTHORS_PREPROCESSING
 from engine.errors import BackendError, InputError, PackageError
 from engine.export.build import build_artifact
 from engine.export.manifest import DIGEST_KEY, INPUT_NAME, MANIFEST, BatchRange, manifest_digest
 from engine.export.onnx_export import FP32_OPS, graph_ops
 from engine.export.trt_ops import TABLE, check_tensorrt_ops, op_table
-from engine.model import build_reference_model
-from engine.package import save_package
 from engine.synthetic import synthetic_frame
-from tests.helpers import random_images, run_without_torch, small_config, small_tensors
+from tests.artifact_helpers import build_artifacts, small_package
+from tests.helpers import random_images, run_without_torch
 from tests.tolerances import RELATIVE, assert_relative, relative_error
 
 REPO = Path(__file__).resolve().parent.parent
@@ -44,21 +42,14 @@ def workdir(tmp_path_factory):
 def packages(workdir):
     made = {}
     for name, (arch, task, filter_kind) in CASES.items():
-        size = 96 if task == "seg" else 112
-        cfg = small_config(arch, task, filter_kind, image_size=size,
-                           preprocessing=dict(AUTHORS_PREPROCESSING, size=size))
-        tensors = small_tensors(cfg, seed=3)
         path = workdir / f"{name}.htpkg"
-        save_package(path, cfg, tensors)
-        made[name] = (path, build_reference_model(cfg, tensors))
+        made[name] = (path, small_package(path, arch, task, filter_kind, size=96 if task == "seg" else 112))
     return made
 
 
 @pytest.fixture(scope="module")
 def artifacts(workdir, packages):
-    return {(name, precision): open_artifact(build_artifact(packages[name][0], "onnx", precision,
-                                                            BatchRange(1, 2, 8), workdir / f"{name}-{precision}"))
-            for name, precision in BUILDS}
+    return build_artifacts(workdir, packages, "onnx", BUILDS)
 
 
 @pytest.mark.parametrize("name", sorted(CASES))

@@ -13,14 +13,13 @@ import torch
 pytest.importorskip("openvino", reason="openvino is not installed (pip install 'ht-engine[openvino]')")
 
 from engine import Predictor, available_backends  # noqa: E402
-from engine.artifacts import open_artifact  # noqa: E402
 from engine.backends import openvino as openvino_backend  # noqa: E402
 from engine.errors import BackendError, PackageError  # noqa: E402
 from engine.export.build import build_artifact  # noqa: E402
 from engine.export.manifest import BatchRange  # noqa: E402
 from engine.export.openvino import MODEL_BIN, MODEL_XML, cpu_features, cpu_has_bf16  # noqa: E402
 from engine.synthetic import synthetic_frame  # noqa: E402
-from tests.artifact_helpers import small_package  # noqa: E402
+from tests.artifact_helpers import build_artifacts, small_package  # noqa: E402
 from tests.helpers import random_images, run_without_torch  # noqa: E402
 from tests.tolerances import RELATIVE, assert_relative, relative_error  # noqa: E402
 
@@ -47,9 +46,7 @@ def packages(workdir):
 
 @pytest.fixture(scope="module")
 def artifacts(workdir, packages):
-    return {(name, precision): open_artifact(build_artifact(packages[name][0], "openvino", precision,
-                                                            BatchRange(1, 2, 8), workdir / f"{name}-{precision}"))
-            for name, precision in BUILDS}
+    return build_artifacts(workdir, packages, "openvino", BUILDS)
 
 
 def _synthetic_batch(predictor, batch: int, seed: int) -> torch.Tensor:
