@@ -30,7 +30,13 @@ from engine.bench import (
 )
 from engine.bench.flops import dft_filter_flops
 from engine.bench.machine import git_state, machine_info, short_sha
-from engine.bench.measure import relative_error, short_percentiles, split_summary, time_split_calls
+from engine.bench.measure import (
+    relative_error,
+    short_percentiles,
+    split_summary,
+    time_interleaved,
+    time_split_calls,
+)
 from engine.bench.report import (
     ReportError,
     format_frames_table,
@@ -218,6 +224,28 @@ def test_gemm_rate_reports_peak_and_median():
 
 
 # ---------------------------------------------------------------- the suite
+
+def test_time_interleaved_alternates_the_contenders_round_by_round():
+    order = []
+    contenders = [(lambda name=name: order.append(name), "perf_counter_ns") for name in "abc"]
+    series = time_interleaved(contenders, warmup_s=0.0, duration_s=0.0, iterations=4)
+    assert [len(samples) for samples in series] == [4, 4, 4]
+    assert order[:3] == ["a", "b", "c"]  # one untimed warm-up call each, in order
+    assert order[3:] == ["a", "b", "c"] * 4  # then every round times one call of each
+    assert time_interleaved([], warmup_s=0.0, duration_s=1.0) == []
+
+
+def test_time_interleaved_gives_each_contender_its_duration():
+    def slow():
+        time.sleep(0.004)
+
+    started = time.perf_counter()
+    fast, slower = time_interleaved([(lambda: None, "perf_counter_ns"), (slow, "perf_counter_ns")], warmup_s=0.0,
+                                    duration_s=0.02, iterations=1)
+    assert time.perf_counter() - started >= 0.04  # duration_s per contender: 2 x 20 ms
+    assert len(fast) == len(slower) >= 2
+    assert min(slower) >= 4.0 > max(fast)  # each sample is its own contender's call
+
 
 @pytest.fixture(scope="module", autouse=True)
 def eager_optimized_backend():
@@ -568,6 +596,33 @@ def test_unknown_backend_is_refused_with_the_known_names(small_package):
 
     with pytest.raises(BackendError, match="unknown backend 'tensorrtt'.*reference"):
         run_bench(fast_options(small_package, backends=["tensorrtt"], batches=[1]))
+
+
+def test_interleaved_report_has_the_same_cases_each_timed_in_the_same_rounds(small_package):
+    report = run_bench(fast_options(small_package, backends=["reference", "optimized"], iterations=3,
+                                    interleave=True))
+    validate_report(report)
+    assert report["settings"]["interleave"] is True
+    seen = {(c["backend"], c["precision"], c["batch"]): c for c in report["cases"]}
+    assert set(seen) == {(b, "fp32", n) for b in ("reference", "optimized") for n in (1, 2)}
+    for batch in (1, 2):
+        eager, optimized = seen[("reference", "fp32", batch)], seen[("optimized", "fp32", batch)]
+        assert eager["status"] == optimized["status"] == "ok", optimized["message"]
+        assert eager["max_rel_error"] == 0.0 and 0.0 <= optimized["max_rel_error"] <= RELATIVE[torch.float32]
+        # duration 0: exactly `iterations` rounds, one sample of each case per round
+        assert len(eager["samples_ms"]) == len(optimized["samples_ms"]) == 3
+        assert optimized["peak_memory_bytes"] is None and optimized["memory_kind"] is None
+        assert optimized["speedup_vs_eager"] > 0
+
+
+def test_cli_bench_interleave_flag_reaches_the_report(small_package, tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    rc = main(["bench", str(small_package), "--backends", "reference", "--batch", "1", "--duration", "0",
+               "--warmup", "0", "--iterations", "2", "--no-compile", "--no-anchor", "--gemm-size", "64",
+               "--interleave", "--json", str(out)])
+    assert rc == 0
+    saved = json.loads(out.read_text())
+    assert saved["settings"]["interleave"] is True and "round-robin" in capsys.readouterr().out
 
 
 def test_time_limit_skips_cases_not_yet_started(small_package):

@@ -107,16 +107,27 @@ def test_int8_graph_is_explicitly_quantized_with_zero_points_zero(artifacts):
 
 
 def test_int8_quantizes_the_backbone_gemms_and_keeps_the_rest_float(packages, artifacts):
-    """qkv, attention projection, fc1 and fc2 of every kept block (weights with both sides >= the width) get Q/DQ;
-    the adapters' small GEMMs, the attention products and the per-sample convolutions stay float."""
-    from engine.export.quantize import gemm_nodes
+    """qkv, attention projection, fc1 and fc2 of every kept block after the first `FLOAT_BLOCKS` (weights with both
+    sides >= the width) get Q/DQ; the embedding, the first blocks, the adapters' small GEMMs, the attention products
+    and the per-sample convolutions stay float."""
+    import ast
+
+    from engine.export.quantize import FLOAT_BLOCKS, gemm_nodes
     from engine.package import read_package
 
     cfg = read_package(packages["seg"][0])[0]
     fp32 = onnx.load(str(artifacts["seg", "fp32"].model_file))
     quantized, kept = gemm_nodes(fp32, cfg.width)
     blocks = max(cfg.extract_layers) + 1  # blocks after the last extracted one are pruned
-    assert len(quantized) >= 4 * blocks and kept
+    assert FLOAT_BLOCKS < blocks
+    assert len(quantized) == 4 * (blocks - FLOAT_BLOCKS) and kept
+    scopes = {node.name: ast.literal_eval(next(p.value for p in node.metadata_props
+                                               if p.key == "pkg.torch.onnx.name_scopes"))
+              for node in fp32.graph.node if node.name in quantized}
+    roles = sorted(scope[-2].rsplit(".", 1)[-1] for scope in scopes.values())
+    assert roles == sorted(["qkv", "proj", "fc1", "fc2"] * (blocks - FLOAT_BLOCKS))
+    early = {f"blocks.{index}" for index in range(FLOAT_BLOCKS)} | {"embed"}
+    assert not any(set(scope) & early for scope in scopes.values())
     int8 = onnx.load(str(artifacts["seg", "int8"].model_file))
     dequantized = {node.output[0] for node in int8.graph.node if node.op_type == "DequantizeLinear"}
     fed = [node.name for node in int8.graph.node if node.op_type in ("MatMul", "Gemm", "Conv")

@@ -112,6 +112,36 @@ def time_calls(call, *, timer: str, warmup_s: float, duration_s: float, iteratio
     return _timed_runs(lambda: host_call_ms(call), duration_s, iterations, max_runs)
 
 
+def time_interleaved(calls: list, *, warmup_s: float, duration_s: float, iterations: int = 1,
+                     max_rounds: int = 100_000, device: str = "cuda") -> list:
+    """`time_calls` for several contenders at once, round-robin: each `(call, timer)` of `calls` is warmed up as
+    there, then every round times one call of each, in order, until at least `iterations` rounds ran and
+    `duration_s` seconds per contender passed. A load change on a shared machine then reaches every contender alike,
+    and their ratios compare runs made at the same time. Returns one latency list (ms) per contender."""
+    if not calls:
+        return []
+    for call, _timer in calls:
+        _warm_up(call, warmup_s)
+    samplers = [_sampler(call, timer, device) for call, timer in calls]
+    rounds = _timed_runs(lambda: [sample() for sample in samplers], duration_s * len(calls), iterations, max_rounds)
+    return [[latencies[index] for latencies in rounds] for index in range(len(calls))]
+
+
+def _sampler(call, timer: str, device: str):
+    """A function timing one `call()` in ms with `timer` (`cuda_events` on `device`'s current stream, or the host
+    clock)."""
+    if timer != "cuda_events":
+        return lambda: host_call_ms(call)
+    import torch
+
+    from htkernels.timing import cuda_event_ms
+
+    def sample():
+        with torch.cuda.device(torch.device(device)):
+            return cuda_event_ms(call)
+    return sample
+
+
 def time_split_calls(call_split, *, warmup_s: float, duration_s: float, iterations: int = 1,
                      max_runs: int = 100_000) -> list:
     """`time_calls` for a runner's `run_split` (`engine.runner.Runner`): the same warm-up and stopping rule, and per

@@ -13,6 +13,10 @@ of the backend's runner on a batch already on the device until both `iterations`
 included). Python warnings and log records of the libraries underneath are counted into the report
 (`third_party_warnings`, see `capture.py`) instead of printed between the progress lines.
 
+With `interleave`, every predictor stays loaded and each batch's timed runs go round-robin, one call of each case per
+round (`time_interleaved`): on a shared machine a load change then reaches every case alike, and the ratios between
+cases (the anchor's above all) compare runs made at the same time. Peak memory is then not measured.
+
 `warnings` lists what makes numbers less trustworthy: a percentile resting on fewer runs than
 `measure.samples_needed` asks for, and a 1-minute load average above the logical cores at the start or end.
 `gpu_split_ms` (host-to-device copy / compute / device-to-host copy, trtexec's "Host Latency" vs "GPU Compute"):
@@ -56,13 +60,14 @@ from .measure import (
     split_summary,
     throughput_fps,
     time_calls,
+    time_interleaved,
     time_split_calls,
     timer_kind,
 )
 from .openvino_anchor import OPENVINO_ANCHOR
 
 SCHEMA_NAME = "ht-engine-bench"
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 HOST_TIMER = "perf_counter_ns"
 EAGER = "reference"
 COMPILED = "compiled-reference"
@@ -91,6 +96,7 @@ class BenchOptions:
     gemm_duration_s: float = 1.0
     gemm_size: int | None = None  # None: 1024 on CPU, 4096 on CUDA
     frames: list = field(default_factory=list)  # (height, width) frame sizes measured end to end
+    interleave: bool = False  # keep every predictor loaded and time one batch's cases round-robin
 
 
 def _noop(_message: str) -> None:
@@ -169,6 +175,7 @@ class _Suite:
         self.reference_outputs: dict = {}
         self.inputs: dict = {}
         self.third_party = ThirdPartyWarnings()
+        self.loaded: list = []  # --interleave: (predictor, backend, precision, role, load_s), measured at the end
 
     def out_of_time(self) -> bool:
         limit = self.options.time_limit_s
@@ -208,16 +215,62 @@ class _Suite:
             self.skipped_all(backend, precision, role, "error", f"load failed: {type(exc).__name__}: {exc}")
             return
         load_s = time.perf_counter() - start
+        if self.options.interleave:
+            self.loaded.append((predictor, backend, precision, role, load_s))
+            return
         try:
             for batch in self.options.batches:
                 self.cases.append(self.measure_batch(predictor, backend, precision, role, batch, load_s, memory))
         finally:
             del predictor
-            gc.collect()
-            if self.device.startswith("cuda"):
+            self.release()
+
+    def release(self) -> None:
+        gc.collect()
+        if self.device.startswith("cuda"):
+            import torch
+
+            torch.cuda.empty_cache()
+
+    def measure_interleaved(self) -> None:
+        """`--interleave`: per batch, every loaded predictor's first call and warm-up, then their timed runs
+        round-robin (`time_interleaved`), then each case's split and frame measurements on its own. Peak memory is
+        not measured: every predictor is resident at once."""
+        loaded, self.loaded = self.loaded, []
+        try:
+            for index, batch in enumerate(self.options.batches):
+                if index and self.out_of_time():
+                    for _, backend, precision, role, _ in loaded:
+                        self.cases.append(_case(backend, precision, batch, role, "skipped", self.time_limit_message()))
+                    continue
+                started = []
+                for predictor, backend, precision, role, load_s in loaded:
+                    self.progress(f"{backend} {precision}: batch {batch}: first call")
+                    with self.third_party.capture():
+                        case, call, timer = self.first_call(predictor, backend, precision, role, batch, load_s, None)
+                    self.cases.append(case)
+                    if call is not None:
+                        started.append((predictor, case, call, timer))
+                if not started:
+                    continue
+                self.progress(f"batch {batch}: timing {len(started)} cases round-robin")
                 import torch
 
-                torch.cuda.empty_cache()
+                try:
+                    with self.third_party.capture(), torch.inference_mode():
+                        series = time_interleaved([(call, timer) for _, _, call, timer in started],
+                                                  warmup_s=self.options.warmup_s, duration_s=self.options.duration_s,
+                                                  iterations=self.options.iterations, device=self.device)
+                except Exception as exc:  # noqa: BLE001 — reported on every case of the batch; the run goes on
+                    for _, case, _, _ in started:
+                        case.update(status="error", message=f"run failed: {type(exc).__name__}: {exc}")
+                    continue
+                for (predictor, case, _, timer), samples in zip(started, series):
+                    with self.third_party.capture():
+                        self.finish_case(predictor, case, samples, timer, None)
+        finally:
+            del loaded
+            self.release()
 
     def time_limit_message(self) -> str:
         return (f"the time limit of {self.options.time_limit_s:g} s was reached before this case started "
@@ -226,38 +279,10 @@ class _Suite:
     def measure_batch(self, predictor, backend, precision, role, batch, load_s, memory) -> dict:
         import torch
 
-        case = _case(backend, precision, batch, role)
-        case["load_s"] = load_s
-        # A backend that finished loading is measured at its first batch whatever the clock says: its load time is
-        # already spent, and that one case is what the limit would otherwise throw away.
-        if batch != self.options.batches[0] and self.out_of_time():
-            case.update(status="skipped", message=self.time_limit_message())
+        case, call, timer = self.first_call(predictor, backend, precision, role, batch, load_s, memory)
+        if call is None:
             return case
-        runner = predictor.runner
-        if runner.max_batch is not None and batch > runner.max_batch:
-            case.update(status="unsupported", message=f"batch {batch} exceeds this artifact's maximum batch "
-                        f"{runner.max_batch}")
-            return case
-        images = self.batch_input(batch)
-        if runner.uses_torch:
-            device_images = images.to(self.device).contiguous()
-        else:
-            device_images = images.numpy()
-
-        def call():
-            return runner.run(device_images)
-
         try:
-            memory.reset()
-            start = time.perf_counter()
-            with torch.inference_mode():
-                output = call()
-            _synchronize(self.device)
-            case["first_call_s"] = time.perf_counter() - start
-            case["first_load_s"] = load_s + case["first_call_s"]
-            self.check_output(case, output)
-            del output
-            timer = timer_kind(self.device, runner.uses_torch)
             with torch.inference_mode():
                 samples = time_calls(call, timer=timer, warmup_s=self.options.warmup_s,
                                      duration_s=self.options.duration_s, iterations=self.options.iterations,
@@ -268,8 +293,62 @@ class _Suite:
         except Exception as exc:  # a crash at one batch is reported; the other cases still run
             case.update(status="error", message=f"run failed: {type(exc).__name__}: {exc}")
             return case
-        case["peak_memory_bytes"] = memory.peak()
-        case["memory_kind"] = memory.kind
+        return self.finish_case(predictor, case, samples, timer, memory)
+
+    def first_call(self, predictor, backend, precision, role, batch, load_s, memory) -> tuple:
+        """`(case, call, timer)`: the case with its first call timed and its output checked, the call to time and
+        its timer; `call` is None when the case ends here (skipped, unsupported, failed)."""
+        import torch
+
+        case = _case(backend, precision, batch, role)
+        case["load_s"] = load_s
+        # A backend that finished loading is measured at its first batch whatever the clock says: its load time is
+        # already spent, and that one case is what the limit would otherwise throw away.
+        if batch != self.options.batches[0] and self.out_of_time():
+            case.update(status="skipped", message=self.time_limit_message())
+            return case, None, None
+        runner = predictor.runner
+        if runner.max_batch is not None and batch > runner.max_batch:
+            case.update(status="unsupported", message=f"batch {batch} exceeds this artifact's maximum batch "
+                        f"{runner.max_batch}")
+            return case, None, None
+        images = self.batch_input(batch)
+        if runner.uses_torch:
+            device_images = images.to(self.device).contiguous()
+        else:
+            device_images = images.numpy()
+
+        def call():
+            return runner.run(device_images)
+
+        try:
+            if memory is not None:
+                memory.reset()
+            start = time.perf_counter()
+            with torch.inference_mode():
+                output = call()
+            _synchronize(self.device)
+            case["first_call_s"] = time.perf_counter() - start
+            case["first_load_s"] = load_s + case["first_call_s"]
+            self.check_output(case, output)
+            del output
+        except HTError as exc:
+            case.update(status="error", message=f"{type(exc).__name__}: {exc}")
+            return case, None, None
+        except Exception as exc:  # a crash at one batch is reported; the other cases still run
+            case.update(status="error", message=f"run failed: {type(exc).__name__}: {exc}")
+            return case, None, None
+        return case, call, timer_kind(self.device, runner.uses_torch)
+
+    def finish_case(self, predictor, case: dict, samples: list, timer: str, memory) -> dict:
+        """Fill `case` from its timed `samples`: statistics, rates, the host/device split and the frame path."""
+        import torch
+
+        batch, precision = case["batch"], case["precision"]
+        runner = predictor.runner
+        if memory is not None:
+            case["peak_memory_bytes"] = memory.peak()
+            case["memory_kind"] = memory.kind
         stats = LatencyStats.from_samples(samples, self.options.percentiles)
         case.update(timer=timer, latency_ms=stats.to_dict(), samples_ms=[round(s, 4) for s in samples],
                     throughput_fps=throughput_fps(batch, samples))
@@ -278,9 +357,12 @@ class _Suite:
         if gemm is not None:
             case["gemm_precision"] = gemm["precision"]
             case["gemm_fraction"] = case["gflops_per_s"] / gemm["gflops"]
-        error = "" if case["max_rel_error"] is not None or role == "eager" else "; outputs contain NaN/inf"
-        self.progress(f"  batch {batch}: median {stats.median_ms:.2f} ms over {stats.runs} runs, "
-                      f"{case['throughput_fps']:.2f} frames/s, max rel err {_fmt_err(case['max_rel_error'])}{error}")
+        error = "" if case["max_rel_error"] is not None or case["role"] == "eager" else "; outputs contain NaN/inf"
+        self.progress(f"  {case['backend']} {precision} batch {batch}: median {stats.median_ms:.2f} ms over "
+                      f"{stats.runs} runs, {case['throughput_fps']:.2f} frames/s, max rel err "
+                      f"{_fmt_err(case['max_rel_error'])}{error}")
+        device_images = self.batch_input(batch)
+        device_images = device_images.to(self.device).contiguous() if runner.uses_torch else device_images.numpy()
         case["gpu_split_ms"], case["gpu_split_reason"] = gpu_split(runner, device_images, self.device, self.options)
         split = case["gpu_split_ms"]
         if split is not None:
@@ -399,6 +481,8 @@ class _Suite:
             self.measure_anchor(package_path)
         if options.compiled_baseline:
             self.measure(COMPILED, "fp32", "compiled", lambda: compiled_reference(package_path, self.device))
+        if options.interleave:
+            self.measure_interleaved()
         self.cases.sort(key=lambda case: ROLES.index(case["role"]))  # baselines first
         add_speedups(self.cases)
         return self.cases

@@ -92,6 +92,10 @@ def register(subparsers) -> None:
     parser.add_argument("--no-anchor", dest="anchor", action="store_false",
                         help="skip the OpenVINO-on-the-reference-model baseline (CPU; f32, and bf16 where the CPU "
                              "has bf16 units)")
+    parser.add_argument("--interleave", action="store_true",
+                        help="keep every backend loaded and time each batch's cases round-robin, one call of each "
+                             "per round, so that load changes on a shared machine reach all alike (ratios between "
+                             "backends then compare runs made at the same time; peak memory is not measured)")
     parser.add_argument("--time-limit", type=real(0.0, 86400.0, "duration (s)"), default=120.0,
                         help="seconds after which backends not yet loaded (and further batch sizes) are reported "
                              "as skipped, so that the defaults end in about 3 minutes (default %(default)s; "
@@ -256,7 +260,7 @@ def run(args) -> int:
                                duration_s=args.duration, iterations=args.iterations, warmup_s=args.warmup,
                                percentiles=args.percentiles, compiled_baseline=args.compiled_baseline,
                                anchor=args.anchor, seed=args.seed, gemm_size=args.gemm_size, time_limit_s=args.time_limit or None,
-                               frames=args.frames or [])
+                               frames=args.frames or [], interleave=args.interleave)
         report = run_bench(options, progress=lambda message: print(message, flush=True), command=command)
     print()
     print(format_header(report))
