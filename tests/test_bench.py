@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import os
@@ -39,6 +40,7 @@ from engine.bench.measure import (
 )
 from engine.bench.report import (
     ReportError,
+    anchor_notes,
     format_frames_table,
     format_markdown,
     times_document,
@@ -359,9 +361,31 @@ def test_report_validates_and_lists_every_case_with_its_correctness(report):
     assert "perf_counter_ns" in note
     # Where the backends stand against OpenVINO on the reference model: one note per batch and pick.
     anchored = [line for line in table.splitlines() if line.startswith("note: batch ")]
+    fastest = "fastest with masks >= 99%"  # a seg model: the pick must keep the fp32 masks
     assert [line.split(" backend ")[0] for line in anchored] == [
-        "note: batch 1: fastest", "note: batch 1: fastest fp32", "note: batch 2: fastest", "note: batch 2: fastest fp32"]
-    assert all("x OpenVINO(reference) fp32" in line for line in anchored)
+        f"note: batch 1: {fastest}", "note: batch 1: fastest fp32", f"note: batch 2: {fastest}",
+        "note: batch 2: fastest fp32"]
+    assert all("x OpenVINO(reference) fp32" in line and ", masks " in line for line in anchored)
+
+
+def test_mask_agreement_is_measured_and_the_fastest_pick_keeps_the_masks(report):
+    seen = {(c["backend"], c["precision"], c["batch"]): c for c in report["cases"]}
+    assert seen[("reference", "fp32", 1)]["mask_agreement"] == 1.0
+    optimized = seen[("optimized", "fp32", 1)]
+    assert optimized["mask_agreement"] >= 0.999  # fp32: equal but for float ties
+    bf16 = seen[("optimized", "bf16", 1)]
+    assert 0.5 < bf16["mask_agreement"] <= 1.0
+    # a faster case whose masks disagree is not the pick; the fp32 pick is unaffected
+    doctored = copy.deepcopy(report)
+    fast_wrong = next(c for c in doctored["cases"] if (c["backend"], c["precision"], c["batch"]) ==
+                      ("optimized", "bf16", 1))
+    fast_wrong["latency_ms"]["median_ms"] = 1e-3
+    fast_wrong["mask_agreement"] = 0.5
+    (line,) = [note for note in anchor_notes(doctored) if note.startswith("batch 1: fastest with")]
+    assert " bf16 " not in line.split(" = ")[0]
+    fast_wrong["mask_agreement"] = 0.995
+    (line,) = [note for note in anchor_notes(doctored) if note.startswith("batch 1: fastest with")]
+    assert line.startswith("batch 1: fastest with masks >= 99% backend optimized bf16 0.00 ms")
 
 
 # ---------------------------------------------------------------- host/device split (gpu_split_ms)

@@ -12,7 +12,7 @@ SCHEMA_PATH = Path(__file__).resolve().parents[1] / "data" / "bench_schema.json"
 
 HEAD_COLUMNS = ("backend", "prec", "batch")
 TAIL_COLUMNS = ("runs", "timer", "frames/s", "x eager", "x compiled", "GFLOP/s", "% GEMM", "peak MiB", "1st load s",
-                "max rel err")
+                "masks", "max rel err")
 
 
 # trtexec's names for the host/device split (`gpu_split_ms`): its Host Latency (H2D + GPU Compute + D2H of a run)
@@ -79,8 +79,14 @@ def split_notes(report: dict) -> list:
     return lines
 
 
+# A precision's masks count as the fp32 model's when they agree with the eager reference on at least this fraction of
+# pixels (the CPU issue's bar for the fastest backend against OpenVINO).
+MASK_AGREEMENT_BAR = 0.99
+
+
 def anchor_notes(report: dict) -> list:
-    """Where the backends stand against OpenVINO on the reference model, per batch: the fastest backend case and the
+    """Where the backends stand against OpenVINO on the reference model, per batch: the fastest backend case (for seg,
+    the fastest whose masks agree with the eager reference's on >= `MASK_AGREEMENT_BAR` of the pixels) and the
     fastest fp32 one, each over the anchor at bf16 and f32 (<1: faster); empty where no anchor ran."""
     lines = []
     batches = sorted({case["batch"] for case in report["cases"] if case["role"] == "anchor"
@@ -88,7 +94,11 @@ def anchor_notes(report: dict) -> list:
     for batch in batches:
         timed = [case for case in report["cases"] if case["role"] == "backend" and case["status"] == "ok"
                  and case["batch"] == batch and case["time_vs_openvino_reference"]]
-        picks = [("fastest", min(timed, key=lambda c: c["latency_ms"]["median_ms"], default=None)),
+        agreeing = [case for case in timed
+                    if case.get("mask_agreement") is None or case["mask_agreement"] >= MASK_AGREEMENT_BAR]
+        seg = any(case.get("mask_agreement") is not None for case in timed)
+        picks = [(f"fastest with masks >= {MASK_AGREEMENT_BAR:.0%}" if seg else "fastest",
+                  min(agreeing, key=lambda c: c["latency_ms"]["median_ms"], default=None)),
                  ("fastest fp32", min((c for c in timed if c["precision"] == "fp32"),
                                       key=lambda c: c["latency_ms"]["median_ms"], default=None))]
         for what, case in picks:
@@ -96,9 +106,10 @@ def anchor_notes(report: dict) -> list:
                 continue
             ratios = ", ".join(f"{ratio:.2f}x OpenVINO(reference) {precision}"
                                for precision, ratio in case["time_vs_openvino_reference"].items())
+            masks = "" if case.get("mask_agreement") is None else f", masks {case['mask_agreement']:.4f}"
             lines.append(f"batch {batch}: {what} backend {case['backend']} {case['precision']} "
                          f"{case['latency_ms']['median_ms']:.2f} ms = {ratios} (time over time; max rel. error "
-                         f"{_num(case['max_rel_error'], '.1e')})")
+                         f"{_num(case['max_rel_error'], '.1e')}{masks})")
     return lines
 
 
@@ -125,7 +136,7 @@ def table_rows(report: dict) -> list:
             _num(case["gflops_per_s"], ".1f"),
             _num(None if case["gemm_fraction"] is None else 100 * case["gemm_fraction"], ".1f"),
             _num(None if peak is None else peak / 2**20, ".0f"), _num(case["first_load_s"], ".2f"),
-            _num(case["max_rel_error"], ".2e") + ("" if case["status"] == "ok" else f" ({case['message']})"),
+            _num(case.get("mask_agreement"), ".4f"), _num(case["max_rel_error"], ".2e") + ("" if case["status"] == "ok" else f" ({case['message']})"),
         ])
     return rows
 
@@ -239,15 +250,15 @@ def format_markdown(report: dict) -> str:
         "",
         f"| backend | precision | batch | median ms | {tail[:-3]} ms | "
         + ("Host Latency ms | GPU Compute ms | " if split else "")
-        + "frames/s | × eager | × torch.compile | % GEMM peak | peak MiB | first load s | max rel. error |",
-        "|---|---|---:|---:|---:|" + ("---:|---:|" if split else "") + "---:|---:|---:|---:|---:|---:|---:|",
+        + "frames/s | × eager | × torch.compile | % GEMM peak | peak MiB | first load s | max rel. error | masks |",
+        "|---|---|---:|---:|---:|" + ("---:|---:|" if split else "") + "---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for case in report["cases"]:
         name = {"eager": "reference (eager)", "compiled": "torch.compile(reference)",
                 "anchor": "OpenVINO(reference)"}.get(case["role"], case["backend"])
         if case["latency_ms"] is None:
             lines.append(f"| {name} | {case['precision']} | {case['batch']} | {case['status']}: "
-                         f"{case['message'].replace('|', '/')} |||||||||" + ("||" if split else ""))
+                         f"{case['message'].replace('|', '/')} ||||||||||" + ("||" if split else ""))
             continue
         lat, peak, fraction = case["latency_ms"], case["peak_memory_bytes"], case["gemm_fraction"]
         lines.append(" | ".join([
@@ -256,7 +267,7 @@ def format_markdown(report: dict) -> str:
             _num(case["speedup_vs_eager"], ".2f"),
             _num(case["speedup_vs_compiled"], ".2f"), _num(None if fraction is None else 100 * fraction, ".0f"),
             _num(None if peak is None else peak / 2**20, ".0f"), _num(case["first_load_s"], ".1f"),
-            _num(case["max_rel_error"], ".1e")]) + " |")
+            _num(case["max_rel_error"], ".1e"), _num(case.get("mask_agreement"), ".4f")]) + " |")
     lines += [""] + [note.replace("|", "/") + "." for note in split_notes(report) + anchor_notes(report)]
     rows = frame_rows(report)
     if rows:

@@ -107,7 +107,7 @@ def _case(backend: str, precision: str, batch: int, role: str, status: str = "ok
     return {"backend": backend, "precision": precision, "batch": batch, "role": role, "status": status,
             "message": message, "load_s": None, "first_call_s": None, "first_load_s": None, "timer": None,
             "latency_ms": None, "samples_ms": [], "throughput_fps": None, "peak_memory_bytes": None,
-            "memory_kind": None, "max_rel_error": None, "speedup_vs_eager": None, "speedup_vs_compiled": None,
+            "memory_kind": None, "max_rel_error": None, "mask_agreement": None, "speedup_vs_eager": None, "speedup_vs_compiled": None,
             "gflops_per_s": None, "gemm_fraction": None, "gemm_precision": None, "gpu_split_ms": None,
             "gpu_split_reason": "not measured: the case did not run",
             "time_vs_openvino_reference": None, "frames": []}
@@ -128,6 +128,13 @@ def _output_error(actual, expected) -> float | None:
         raise BackendError(f"output shape {tuple(np.shape(actual))} differs from the reference's "
                            f"{tuple(np.shape(expected))}") from None
     return error if math.isfinite(error) else None
+
+
+def _mask_agreement(actual, expected) -> float:
+    """The fraction of pixels whose argmax over the class axis equals the reference's (seg logits `[B,C,H,W]`)."""
+    actual = actual.detach().float().cpu().numpy() if hasattr(actual, "detach") else np.asarray(actual)
+    expected = expected.numpy() if hasattr(expected, "numpy") else np.asarray(expected)
+    return float(np.mean(actual.argmax(1) == expected.argmax(1)))
 
 
 def split_unavailable(device: str, runner) -> str | None:
@@ -182,12 +189,17 @@ class _Suite:
         return limit is not None and time.perf_counter() - self.started > limit
 
     def batch_input(self, batch: int):
+        """The seeded batch every case of `batch` runs: synthetic ultrasound frames (speckle, lesions, shadows) of
+        varied sizes through the package's own preprocessing, what int8 calibration and a user's frames look like."""
         import torch
 
+        from ..preprocess import preprocess_frames
+        from ..synthetic import synthetic_frame
+
         if batch not in self.inputs:
-            generator = torch.Generator().manual_seed(self.options.seed * 1000 + batch)
-            size = self.config.image_size
-            self.inputs[batch] = torch.rand(batch, 3, size, size, generator=generator)
+            frames = [synthetic_frame(360 + 7 * index, 480 + 11 * index, seed=self.options.seed * 1000 + index)[0]
+                      for index in range(batch)]
+            self.inputs[batch] = torch.from_numpy(preprocess_frames(frames, self.config.preprocessing))
         return self.inputs[batch]
 
     def skipped_all(self, backend, precision, role, status, message) -> None:
@@ -446,11 +458,14 @@ class _Suite:
             reference = output.detach().float().cpu() if hasattr(output, "detach") else np.asarray(output)
             self.reference_outputs[batch] = reference
             case["max_rel_error"] = 0.0
+            case["mask_agreement"] = 1.0 if self.config.task == "seg" else None
             return
         if batch not in self.reference_outputs:
             case["message"] = "no eager reference output at this batch to compare with"
             return
         case["max_rel_error"] = _output_error(output, self.reference_outputs[batch])
+        if self.config.task == "seg":
+            case["mask_agreement"] = _mask_agreement(output, self.reference_outputs[batch])
         if case["max_rel_error"] is None:
             case.update(status="error", message="outputs contain NaN or infinite values")
 
