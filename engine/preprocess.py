@@ -1,12 +1,12 @@
 """Frame preprocessing: numpy, Pillow and the engine's C extension, no torch (the torch-free runtimes use it too).
 
 `preprocess_frames` runs the training preprocessing: Pillow's `convert("L")` and `resize` with its default
-antialiased bicubic, exactly what the authors' checkpoints were trained with. Pillow's own C code takes 4.5 ms for a
-1080×1920 gray frame (6.6 ms RGB) on the 2-core development CPU, so where the C extension `engine._frame_resize`
-(csrc/cpu/frame_resize.c, built by setup.py) is importable, `gray_resize` runs that instead: the same integer
-arithmetic, vectorized, with the GIL released (stream threads resize in parallel), the same bytes as Pillow (tests
-hold it to Pillow itself). Without the extension it calls Pillow: same results, slower. `pil_resize_taps` are the
-coefficient tables the extension takes.
+antialiased bicubic, exactly what the authors' checkpoints were trained with. Pillow's own C code takes 4.6 ms for a
+1080×1920 gray frame (6.5 ms RGB) on the 2-core development CPU; the C extension `engine._frame_resize`
+(csrc/cpu/frame_resize.c, built by setup.py) does the same integer arithmetic, vectorized, in 0.5 ms (0.9 ms;
+`python benchmarks/bench_frames.py --host-only`), with the GIL released (stream threads resize in parallel) and the
+same bytes as Pillow (tests hold it to Pillow itself). `gray_resize` runs it where it is importable, else Pillow:
+same results, slower. `pil_resize_taps` are the coefficient tables the extension takes.
 
 `resize_like_pil` is an independent reproduction of Pillow's resize, the reference the tests hold Pillow and the
 in-graph / on-device preprocessing (frame artifacts, CUDA kernels) to: it reproduces Pillow's `Image.resize(size)`
