@@ -1,16 +1,23 @@
-"""Packaging metadata lives in pyproject.toml; this file builds the optional CUDA extension `htkernels._C` (csrc/).
+"""Packaging metadata lives in pyproject.toml; this file builds the two optional compiled extensions.
 
-The kernels (`csrc/*.cu`) are compiled by nvcc, the pybind11 bindings (`csrc/bindings.cpp`) by the host C++
-compiler, and both are linked against the static CUDA runtime: importing the extension needs no GPU and no driver
-(launching a kernel without one reports a clear error). No libtorch is involved.
+`engine._frame_resize` (csrc/cpu/frame_resize.c): the host frame preprocessing, Pillow's gray + bicubic resize bit
+for bit and several times faster, plain C99 against the CPython API. Built wherever a C compiler is, whatever the CUDA
+settings; its hot loops are compiled for AVX-512 (x86-64-v4), AVX2 and the baseline in one binary (the loader picks
+one), so a wheel built here runs on any x86-64 CPU. If it does not build (no compiler, an unsupported one), the
+install goes on with a warning and `engine.preprocess` calls Pillow itself: same results, slower.
+
+`htkernels._C`, the CUDA kernels: `csrc/*.cu` are compiled by nvcc, the pybind11 bindings (`csrc/bindings.cpp`) by
+the host C++ compiler, and both are linked against the static CUDA runtime: importing the extension needs no GPU and
+no driver (launching a kernel without one reports a clear error). No libtorch is involved.
 
 Environment:
-- `HTK_SKIP_CUDA_BUILD=1`: do not build the extension (the package works without it: Triton/reference paths).
+- `HTK_SKIP_CUDA_BUILD=1`: do not build the CUDA extension (the package works without it: Triton/reference paths).
 - `HTK_CUDA_ARCHS`: `;`- or `,`-separated compute capabilities, e.g. `80;90`; `+PTX` on one also embeds its PTX.
   Default: sm_80, sm_86, sm_89, sm_90 (+ compute_90 PTX for newer GPUs).
 - `CUDA_HOME`: the CUDA toolkit, when `nvcc` is not on PATH.
-- `HTK_CUDA_WERROR=0`: compiler warnings stay warnings (for a toolchain newer than the one CI checks with).
-Without nvcc the build is skipped with a warning.
+- `HTK_CUDA_WERROR=0`: compiler warnings stay warnings (for a toolchain newer than the one CI checks with); it
+  applies to the host C/C++ sources of both extensions.
+Without nvcc the CUDA build is skipped with a warning.
 """
 
 from __future__ import annotations
@@ -26,6 +33,7 @@ from pathlib import Path
 
 from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
+from setuptools.errors import CCompilerError, CompileError, ExecError, LinkError, PlatformError
 
 ROOT = Path(__file__).resolve().parent
 CSRC = ROOT / "csrc"
@@ -35,8 +43,14 @@ WERROR = os.environ.get("HTK_CUDA_WERROR", "1") not in ("", "0")
 HOST_WARNINGS = ["-Wall", "-Wextra", *(["-Werror"] if WERROR else [])]
 
 
-def _log(message: str) -> None:
-    print(f"htkernels._C: {message}", file=sys.stderr, flush=True)
+CUDA_EXTENSION = "htkernels._C"
+FRAME_RESIZE_EXTENSION = "engine._frame_resize"
+# What a failed compile or link of the optional C extension raises (a missing compiler is an ExecError).
+BUILD_ERRORS = (CCompilerError, CompileError, ExecError, LinkError, PlatformError, OSError)
+
+
+def _log(message: str, extension: str = CUDA_EXTENSION) -> None:
+    print(f"{extension}: {message}", file=sys.stderr, flush=True)
 
 
 def find_nvcc() -> str | None:
@@ -83,10 +97,29 @@ def cuda_library_dir(cuda_home: Path) -> Path:
     raise RuntimeError(f"libcudart_static.a not found under {cuda_home}")
 
 
-class BuildCudaExtension(build_ext):
-    """Compiles the extension's `.cu` sources with nvcc (in parallel), then lets setuptools build and link the rest."""
+class BuildExtensions(build_ext):
+    """The C extension: setuptools' own build, its failure a warning. The CUDA extension: its `.cu` sources compiled
+    with nvcc (in parallel), then setuptools builds and links the rest."""
 
     def build_extension(self, ext):
+        if ext.name == FRAME_RESIZE_EXTENSION:
+            self.build_frame_resize(ext)
+        else:
+            self.build_cuda_extension(ext)
+
+    def build_frame_resize(self, ext):
+        if self.compiler.compiler_type == "unix":  # gcc or clang; other compilers build with their defaults
+            ext.extra_compile_args = ["-std=c99", "-O3", *HOST_WARNINGS]
+        started = time.perf_counter()
+        try:
+            super().build_extension(ext)
+        except BUILD_ERRORS as error:
+            _log(f"WARNING: not built ({error}); frame preprocessing falls back to Pillow (same results, slower)",
+                 FRAME_RESIZE_EXTENSION)
+            return
+        _log(f"built in {time.perf_counter() - started:.1f} s", FRAME_RESIZE_EXTENSION)
+
+    def build_cuda_extension(self, ext):
         cuda_sources = [source for source in ext.sources if source.endswith(".cu")]
         ext.sources = [source for source in ext.sources if not source.endswith(".cu")]
         nvcc = ext.nvcc
@@ -123,6 +156,11 @@ class BuildCudaExtension(build_ext):
         _log(f"built for HTK_CUDA_ARCHS={archs} in {time.perf_counter() - started:.1f} s")
 
 
+def frame_resize_extension() -> Extension:
+    # optional: setuptools installs the package without the module when its build fails.
+    return Extension(FRAME_RESIZE_EXTENSION, sources=["csrc/cpu/frame_resize.c"], language="c", optional=True)
+
+
 def cuda_extensions() -> list[Extension]:
     if os.environ.get("HTK_SKIP_CUDA_BUILD", "") not in ("", "0"):
         _log("HTK_SKIP_CUDA_BUILD is set: not building the CUDA extension")
@@ -138,7 +176,7 @@ def cuda_extensions() -> list[Extension]:
         return []
     cuda_home = find_cuda_home(nvcc)
     extension = Extension(
-        "htkernels._C",
+        CUDA_EXTENSION,
         sources=[str(path.relative_to(ROOT)) for path in sorted(CSRC.glob("*.cu"))] + ["csrc/bindings.cpp"],
         include_dirs=[str(CSRC), str(cuda_home / "include")],
         library_dirs=[str(cuda_library_dir(cuda_home))],
@@ -150,4 +188,4 @@ def cuda_extensions() -> list[Extension]:
     return [extension]
 
 
-setup(ext_modules=cuda_extensions(), cmdclass={"build_ext": BuildCudaExtension})
+setup(ext_modules=[frame_resize_extension(), *cuda_extensions()], cmdclass={"build_ext": BuildExtensions})

@@ -163,7 +163,8 @@ def test_adapter_spatial(benchmark, model_parts, provider, batch):
 @pytest.mark.parametrize("provider", ["pillow", "reference", "compiled"] + [f"ours-{k}" for k in KERNELS])
 def test_preprocess(benchmark, provider, batch):
     """480×640 gray uint8 frames → `[B,3,224,224]` float32. `pillow`: Pillow itself per frame (the ground truth
-    the numpy reference reproduces bit-exactly); `reference`: engine.preprocess (numpy); `compiled`:
+    the numpy reference reproduces bit-exactly); `reference`: engine.preprocess (the host path: its C extension
+    `engine._frame_resize` where it is built, else Pillow); `compiled`:
     torch.compile of the op's pure-PyTorch reference; ours: the `preprocess` op of each kernel provider."""
     from PIL import Image
 

@@ -1,12 +1,19 @@
-"""Frame preprocessing, numpy and Pillow only (the torch-free runtimes use it too).
+"""Frame preprocessing: numpy, Pillow and the engine's C extension, no torch (the torch-free runtimes use it too).
 
-`preprocess_frames` runs the training preprocessing with Pillow itself (`convert("L")`, `resize` with its default
-antialiased bicubic): exactly what the authors' checkpoints were trained with, in Pillow's C code (a 1080×1920
-frame in about a millisecond). `resize_like_pil` is an independent reproduction of it, the reference the tests hold
-Pillow and the in-graph / on-device preprocessing (frame artifacts, CUDA kernels) to: it reproduces Pillow's `Image.resize(size)` default filter (bicubic, a=-0.5, antialiased: the
-kernel support grows with the downscale factor) for 8-bit images, including its fixed-point coefficients (22
-fractional bits) and the uint8 rounding between the horizontal and the vertical pass. Products of the integer
-coefficients and uint8 pixels stay below 2**53, so float64 matrix products are exact.
+`preprocess_frames` runs the training preprocessing: Pillow's `convert("L")` and `resize` with its default
+antialiased bicubic, exactly what the authors' checkpoints were trained with. Pillow's own C code takes 4.6 ms for a
+1080×1920 gray frame (6.5 ms RGB) on the 2-core development CPU; the C extension `engine._frame_resize`
+(csrc/cpu/frame_resize.c, built by setup.py) does the same integer arithmetic, vectorized, in 0.5 ms (0.9 ms;
+`python benchmarks/bench_frames.py --host-only`), with the GIL released (stream threads resize in parallel) and the
+same bytes as Pillow (tests hold it to Pillow itself). `gray_resize` runs it where it is importable, else Pillow:
+same results, slower. `pil_resize_taps` are the coefficient tables the extension takes.
+
+`resize_like_pil` is an independent reproduction of Pillow's resize, the reference the tests hold Pillow and the
+in-graph / on-device preprocessing (frame artifacts, CUDA kernels) to: it reproduces Pillow's `Image.resize(size)`
+default filter (bicubic, a=-0.5, antialiased: the kernel support grows with the downscale factor) for 8-bit images,
+including its fixed-point coefficients (22 fractional bits) and the uint8 rounding between the horizontal and the
+vertical pass. Products of the integer coefficients and uint8 pixels stay below 2**53, so float64 matrix products
+are exact.
 """
 
 from __future__ import annotations
@@ -19,6 +26,11 @@ from PIL import Image
 from htkernels.pillow import vertical_pass_first
 
 from .errors import InputError
+
+try:
+    from ._frame_resize import gray_resize as _native_gray_resize
+except ImportError:  # not built (no C compiler at install time): Pillow does the work
+    _native_gray_resize = None
 
 _PRECISION_BITS = 32 - 8 - 2
 _BICUBIC_A = -0.5
@@ -34,12 +46,16 @@ def _bicubic(x: np.ndarray) -> np.ndarray:
 
 
 @functools.lru_cache(maxsize=64)
-def pil_resize_matrix(in_size: int, out_size: int) -> np.ndarray:
-    """Fixed-point coefficient matrix `[out_size, in_size]` (integers stored as float64) of one resize pass."""
+def pil_resize_taps(in_size: int, out_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Pillow's windows and fixed-point coefficients (22 fractional bits, rounded half away from zero) of one resize
+    pass: output `i` is `sum(coeffs[i, k] * input[first[i] + k] for k < count[i])`. Returns `first` int32
+    `[out_size]`, `count` int32 `[out_size]`, `coeffs` int32 `[out_size, taps]` (zero past each window), read-only."""
     scale = in_size / out_size
     filterscale = max(scale, 1.0)
     support = _BICUBIC_SUPPORT * filterscale
-    matrix = np.zeros((out_size, in_size), dtype=np.float64)
+    first = np.zeros(out_size, dtype=np.int32)
+    count = np.zeros(out_size, dtype=np.int32)
+    rows = []
     for xx in range(out_size):
         center = (xx + 0.5) * scale
         xmin = max(int(center - support + 0.5), 0)
@@ -50,7 +66,23 @@ def pil_resize_matrix(in_size: int, out_size: int) -> np.ndarray:
         if total != 0.0:
             weights = weights / total
         scaled = weights * (1 << _PRECISION_BITS)
-        matrix[xx, xmin:xmax] = np.where(scaled < 0, np.trunc(scaled - 0.5), np.trunc(scaled + 0.5))
+        rows.append(np.where(scaled < 0, np.trunc(scaled - 0.5), np.trunc(scaled + 0.5)))
+        first[xx], count[xx] = xmin, xmax - xmin
+    coeffs = np.zeros((out_size, int(count.max())), dtype=np.int32)
+    for xx, row in enumerate(rows):
+        coeffs[xx, : row.size] = row
+    for table in (first, count, coeffs):
+        table.flags.writeable = False
+    return first, count, coeffs
+
+
+@functools.lru_cache(maxsize=64)
+def pil_resize_matrix(in_size: int, out_size: int) -> np.ndarray:
+    """Fixed-point coefficient matrix `[out_size, in_size]` (integers stored as float64) of one resize pass."""
+    first, count, coeffs = pil_resize_taps(in_size, out_size)
+    matrix = np.zeros((out_size, in_size), dtype=np.float64)
+    for xx in range(out_size):
+        matrix[xx, first[xx]: first[xx] + count[xx]] = coeffs[xx, : count[xx]]
     return matrix
 
 
@@ -89,15 +121,37 @@ def to_gray(frame: np.ndarray) -> np.ndarray:
     return luma.astype(np.uint8)
 
 
+def gray_resize(frame: np.ndarray, out_h: int, out_w: int) -> np.ndarray:
+    """uint8 HxW / HxWx3 (any strides; `check_frame`) → uint8 `[out_h, out_w]`, the bytes of Pillow's
+    `Image.fromarray(frame).convert("L").resize((out_w, out_h), BICUBIC)`: the C extension where it is built,
+    else Pillow itself."""
+    if out_h < 1 or out_w < 1:
+        raise InputError(f"resize: expected an output size of at least 1x1, got {out_h}x{out_w}")
+    frame = np.ascontiguousarray(check_frame(frame))
+    height, width = frame.shape[:2]
+    if _native_gray_resize is None:
+        image = Image.fromarray(frame)
+        if frame.ndim == 3:
+            image = image.convert("L")
+        if image.size != (out_w, out_h):
+            image = image.resize((out_w, out_h), Image.Resampling.BICUBIC)
+        return np.asarray(image)
+    out = np.empty((out_h, out_w), dtype=np.uint8)
+    rows = pil_resize_taps(height, out_h) if height != out_h else None
+    cols = pil_resize_taps(width, out_w) if width != out_w else None
+    _native_gray_resize(frame, out, rows, cols, vertical_pass_first(height, width, out_h, out_w))
+    return out
+
+
+def native_resize_available() -> bool:
+    """Whether `gray_resize` runs the C extension `engine._frame_resize` (else Pillow)."""
+    return _native_gray_resize is not None
+
+
 def pil_gray_resize(frame: np.ndarray, size: int) -> np.ndarray:
     """uint8 HxW / HxWx3 → uint8 `[size,size]`: Pillow's `convert("L")` (RGB) then `resize` with its default
-    filter (bicubic, antialiased), the preprocessing the authors' checkpoints were trained with."""
-    image = Image.fromarray(np.ascontiguousarray(frame))
-    if frame.ndim == 3:
-        image = image.convert("L")
-    if image.size != (size, size):
-        image = image.resize((size, size), Image.Resampling.BICUBIC)
-    return np.asarray(image)
+    filter (bicubic, antialiased), the preprocessing the authors' checkpoints were trained with (`gray_resize`)."""
+    return gray_resize(frame, size, size)
 
 
 def check_frame(frame, index: int = 0) -> np.ndarray:
@@ -121,9 +175,13 @@ def preprocess_frames(frames, preprocessing: dict) -> np.ndarray:
     size = int(preprocessing["size"])
     scale = np.float32(preprocessing.get("scale", 1.0 / 255.0))
     batch = np.empty((len(frames), int(preprocessing.get("channels", 3)), size, size), dtype=np.float32)
+    mean, std = preprocessing.get("mean"), preprocessing.get("std")
     for index, frame in enumerate(frames):
-        plane = np.multiply(pil_gray_resize(check_frame(frame, index), size), scale, dtype=np.float32)
-        if preprocessing.get("mean") is not None:
-            plane = (plane - np.float32(preprocessing["mean"])) / np.float32(preprocessing["std"])
-        batch[index] = plane
+        # The first channel is computed in place in the batch, the others copied from it.
+        plane = batch[index, 0]
+        np.multiply(pil_gray_resize(check_frame(frame, index), size), scale, out=plane, dtype=np.float32)
+        if mean is not None:
+            np.subtract(plane, np.float32(mean), out=plane)
+            np.divide(plane, np.float32(std), out=plane)
+        batch[index, 1:] = plane
     return batch

@@ -21,7 +21,7 @@ LAYERS = (
     "errors", "version", "settings", "runner", "fileio", "devices", "threads", "cpuinfo",
     "config",
     "package",
-    "preprocess", "postprocess", "images", "synthetic", "phantom", "dicom_seg",
+    "_frame_resize", "preprocess", "postprocess", "images", "synthetic", "phantom", "dicom_seg",
     "model",
     "weights",
     "optimize",

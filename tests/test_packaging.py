@@ -8,9 +8,11 @@ import email.parser
 import json
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
+import sysconfig
 import zipfile
 from pathlib import Path
 
@@ -78,6 +80,8 @@ def test_wheel_metadata_and_contents(wheel):
     for data in PACKAGE_DATA:
         assert data in names, f"{data} missing from the wheel"
     assert not any(name.startswith("tests/") for name in names)
+    if shutil.which(shlex.split(sysconfig.get_config_var("CC") or "cc")[0]):  # built wherever a C compiler is
+        assert f"engine/_frame_resize{sysconfig.get_config_var('EXT_SUFFIX')}" in names
 
     requires = [Requirement(text) for text in metadata.get_all("Requires-Dist")]
     pinned = [str(r) for r in requires if any(spec.operator in ("==", "===") for spec in r.specifier)]

@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-SOURCES = sorted(str(path) for pattern in ("*.h", "*.cuh", "*.cu", "*.cpp") for path in (ROOT / "csrc").glob(pattern))
+SOURCES = sorted(str(path) for pattern in ("*.h", "*.cuh", "*.cu", "*.cpp", "cpu/*.c")
+                 for path in (ROOT / "csrc").glob(pattern))
 
 
 @pytest.mark.skipif(shutil.which("clang-format") is None, reason="clang-format is not installed")
