@@ -28,7 +28,7 @@ from pathlib import Path
 
 import torch
 
-from engine import Predictor
+from engine import Predictor, settings
 from engine.bench.flops import count_flops
 from engine.bench.machine import cpu_flags, cpu_model, git_state, short_sha
 from engine.bench.measure import relative_error
@@ -37,6 +37,7 @@ from engine.model import build_reference_model
 from engine.package import read_package, save_package
 from engine.preprocess import preprocess_frames
 from engine.synthetic import synthetic_frame
+from engine.threads import apply_budget
 from engine.weights import random_package_tensors
 
 # The repository this script is in: where results go, and what the fresh-process load imports (the same tree).
@@ -129,12 +130,14 @@ def main(argv=None) -> int:
     parser.add_argument("--batches", default="1,8")
     parser.add_argument("--precisions", default="fp32,bf16,int8")
     parser.add_argument("--reps", type=int, default=15)
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=2,
+                        help="the thread budget every provider runs on (sets HT_ENGINE_THREADS)")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "cpu.md")
     parser.add_argument("--no-profile", action="store_true")
     parser.add_argument("--small", action="store_true", help="a tiny model (smoke test of this script)")
     args = parser.parse_args(argv)
-    torch.set_num_threads(args.threads)
+    os.environ[settings.THREADS.name] = str(args.threads)  # the budget of every pool, here and in children
+    apply_budget()
     batches = [int(b) for b in args.batches.split(",")]
     precisions = args.precisions.split(",")
     work = Path(tempfile.mkdtemp(prefix="ht-bench-"))

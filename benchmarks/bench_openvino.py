@@ -15,6 +15,7 @@ Writes `benchmarks/results/openvino-cpu.json`.
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import tempfile
@@ -27,7 +28,7 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from engine import Predictor  # noqa: E402
+from engine import Predictor, settings  # noqa: E402
 from engine.backends.reference import load_model  # noqa: E402
 from engine.bench.machine import git_state, library_versions, machine_info  # noqa: E402
 from engine.bench.measure import relative_error  # noqa: E402
@@ -40,6 +41,7 @@ from engine.export.openvino import cpu_features, cpu_has_bf16  # noqa: E402
 from engine.package import load_package, save_package  # noqa: E402
 from engine.preprocess import preprocess_frames  # noqa: E402
 from engine.synthetic import synthetic_frame  # noqa: E402
+from engine.threads import apply_budget  # noqa: E402
 from engine.weights import random_package_tensors  # noqa: E402
 
 QUICK_MODEL = dict(width=192, layers=6, heads=3, head_dim=128, bottleneck=32, extract_layers=[1, 3, 5],
@@ -121,10 +123,12 @@ def main(argv=None) -> int:
     parser.add_argument("--quick", action="store_true", help="reduced model, batch 1, 5 rounds, no torch.compile")
     parser.add_argument("--rounds", type=int, default=15)
     parser.add_argument("--no-compile", action="store_true", help="leave out torch.compile(reference)")
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=2,
+                        help="the thread budget every provider runs on (sets HT_ENGINE_THREADS)")
     parser.add_argument("--out", type=Path, default=OUT)
     args = parser.parse_args(argv)
-    torch.set_num_threads(args.threads)
+    os.environ[settings.THREADS.name] = str(args.threads)  # the budget of every pool, here and in children
+    apply_budget()
     batches, rounds = ((1,), 5) if args.quick else ((1, 8), args.rounds)
     config = ModelConfig.for_arch("biomedclip-vit-b16", "seg", 2, **(QUICK_MODEL if args.quick else {}))
     with tempfile.TemporaryDirectory(prefix="bench-openvino-") as tmp:

@@ -25,7 +25,7 @@ from .export.manifest import ARTIFACT_BACKENDS, DIGEST_KEY
 from .package import LoadedPackage, load_package
 from .postprocess import FrameResult, results_from_logits, results_from_outputs
 from .preprocess import check_frame, preprocess_frames
-from .threads import budget, limit_numpy_blas
+from .threads import apply_budget, budget
 from .version import __version__
 
 if TYPE_CHECKING:
@@ -95,7 +95,7 @@ class Predictor:
         self.auto_choice = None
         # Seg results carry per-pixel class probabilities (`with_probability_maps`); off: the masks-only frame path.
         self.probability_maps = False
-        limit_numpy_blas()
+        apply_budget()
 
     def with_probability_maps(self) -> "Predictor":
         """This predictor (same runner, shared) whose seg results also carry `FrameResult.probability_maps`: float32

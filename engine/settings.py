@@ -19,6 +19,18 @@ def _path(text: str) -> Path | None:
     return Path(text).expanduser() if text.strip() else None
 
 
+def _thread_count(text: str) -> int | None:
+    if not text.strip():
+        return None
+    try:
+        count = int(text.strip())
+    except ValueError:
+        raise ValueError("expected a whole number of threads, 1 or more (or empty for the default)") from None
+    if count < 1:
+        raise ValueError(f"expected a whole number of threads, 1 or more, got {count}")
+    return count
+
+
 CACHE = Setting("HT_ENGINE_CACHE", _path, None, "Root of the engine's on-disk caches (compiled CPU code under "
                 "`<root>/inductor`, the `auto` backend table); default `~/.cache/ht-engine`.")
 COMPILE = flag("HT_ENGINE_COMPILE", True, "Compile the optimized CPU backend with torch.compile (0: run it eagerly; "
@@ -26,10 +38,13 @@ COMPILE = flag("HT_ENGINE_COMPILE", True, "Compile the optimized CPU backend wit
 PERF_ANALYZER = Setting("HT_PERF_ANALYZER", _path, None, "The perf_analyzer binary `ht-engine bench --serve` runs; "
                         "default: `perf_analyzer` on PATH, else `<environment>/opt/perf_analyzer/bin/perf_analyzer` "
                         "(where `make` installs it).")
+THREADS = Setting("HT_ENGINE_THREADS", _thread_count, None, "Threads of the inference pool (torch's intra-op "
+                   "threads, ONNX Runtime's intra-op threads, OpenVINO's CPU threads; `engine.threads`); default: the "
+                   "cores this process may use.")
 TRT_TIMING_CACHE_DIR = Setting("HT_TRT_TIMING_CACHE_DIR", _path, None, "Where TensorRT timing caches are kept (one "
                                "per GPU and TensorRT version); default `<cache root>/tensorrt`.")
 
-SETTINGS = (CACHE, COMPILE, PERF_ANALYZER, TRT_TIMING_CACHE_DIR) + KERNEL_SETTINGS
+SETTINGS = (CACHE, COMPILE, PERF_ANALYZER, THREADS, TRT_TIMING_CACHE_DIR) + KERNEL_SETTINGS
 
 
 def cache_root() -> Path:

@@ -1,5 +1,8 @@
 """`onnx`: an ONNX artifact on ONNX Runtime, numpy in and out. Imports no torch.
 
+The session's thread pool is the engine's budget (`engine.threads.onnxruntime_session_options`: intra-op threads,
+one inter-op thread, sequential execution, no spin-waiting).
+
 On `cuda[:N]` it uses ONNX Runtime's TensorRT and CUDA execution providers where the installed build has them, and
 the runner offers `run_split` for the bench's host/device split (`_BoundRun`: IO binding with the input in a device
 OrtValue).
@@ -16,6 +19,7 @@ from ..errors import BackendError
 from ..export.manifest import FRAME_INPUT_NAME, INPUT_NAME
 from ..export.onnx_export import ARTIFACT_PRECISIONS
 from ..runner import Runner
+from ..threads import onnxruntime_session_options
 
 GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
 
@@ -100,7 +104,7 @@ def load(source: Artifact, device: str, precision: str) -> Runner:
 
     if source.manifest["precision"] not in ARTIFACT_PRECISIONS:
         raise BackendError(f"ONNX artifacts run in {ARTIFACT_PRECISIONS}, this one is {source.manifest['precision']!r}")
-    options = onnxruntime.SessionOptions()
+    options = onnxruntime_session_options()
     options.log_severity_level = 3
     session = onnxruntime.InferenceSession(str(source.model_file), options, providers=providers_for(device))
     output_names = [output["name"] for output in source.manifest["outputs"]]

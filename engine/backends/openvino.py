@@ -5,8 +5,9 @@ Devices: `cpu` → OpenVINO's CPU plugin, `gpu[:N]` → `GPU[.N]` (Intel GPUs), 
 artifact's inference precision: once with its batch range (dynamic batch), and once more with batch 1 fixed where the
 range holds 1, because a static shape lets the CPU plugin plan its kernels for it (measured here, bf16 ViT-B seg:
 about 5% faster at batch 1; `benchmarks/bench_openvino.py`), at the price of a second compile at load and a second
-copy of the compiled weights. One infer request per compiled model is reused for every call (under a lock: a stream
-may call from several threads).
+copy of the compiled weights. On the CPU both are sized to the engine's thread budget
+(`engine.threads.openvino_config`). One infer request per compiled model is reused for every call (under a lock: a
+stream may call from several threads).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from ..artifacts import Artifact
 from ..errors import BackendError
 from ..export.openvino import INFERENCE_PRECISION, OPENVINO_PRECISIONS, cpu_has_bf16
 from ..runner import Runner
+from ..threads import openvino_config
 
 DEVICE_PREFIXES = {"cpu": "CPU", "gpu": "GPU", "npu": "NPU"}
 
@@ -78,7 +80,8 @@ def load(source: Artifact, device: str, precision: str) -> Runner:
     core = _core()
     name = _check_device(core, device)
     check_precision_on(core, name, built)
-    config = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": INFERENCE_PRECISION[built]}
+    config = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": INFERENCE_PRECISION[built],
+              **(openvino_config() if name == "CPU" else {})}
     model = core.read_model(str(source.model_file))
     dynamic = core.compile_model(model, name, config).create_infer_request()
     single = None

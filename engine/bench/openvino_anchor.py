@@ -12,6 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..threads import openvino_config
+
 OPENVINO_ANCHOR = "openvino-reference"
 ANCHOR_PRECISIONS = {"fp32": "f32", "bf16": "bf16"}
 
@@ -36,7 +38,8 @@ def convert_reference(package_path: Path):
 
 
 def openvino_reference(package_path: Path, precision: str = "fp32", threads: int | None = None, conversion=None):
-    """A Predictor over OpenVINO's conversion of the package's eager reference model (CPU, dynamic batch).
+    """A Predictor over OpenVINO's conversion of the package's eager reference model (CPU, dynamic batch), its pool
+    sized like the `openvino` backend's (`engine.threads.openvino_config`; `threads`: None for the budget).
     `conversion` is `convert_reference(package_path)` made once for several precisions (None: made here)."""
     import openvino
 
@@ -48,9 +51,8 @@ def openvino_reference(package_path: Path, precision: str = "fp32", threads: int
         raise BackendError(f"the OpenVINO anchor runs in {tuple(ANCHOR_PRECISIONS)}, got {precision!r}")
     package, converted = convert_reference(package_path) if conversion is None else conversion
     cfg = package.config
-    config = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": ANCHOR_PRECISIONS[precision]}
-    if threads is not None:
-        config["INFERENCE_NUM_THREADS"] = threads
+    config = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": ANCHOR_PRECISIONS[precision],
+              **openvino_config(threads)}
     request = openvino.Core().compile_model(converted, "CPU", config).create_infer_request()
 
     def run(batch: np.ndarray) -> np.ndarray:

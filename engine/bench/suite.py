@@ -3,7 +3,9 @@
 Backends are discovered through the registry (`engine.backends.BACKEND_MODULES`) and loaded with
 `Predictor.load(path, backend=, device=, precision=)`, so a backend that lands later is measured without changes
 here. A precision a backend does not run (`BackendError`) is reported as `unsupported`, any other failure as
-`error`, both with the message; the run goes on.
+`error`, both with the message; the run goes on. Every case runs on the engine's thread budget (`engine.threads`:
+torch's, ONNX Runtime's and OpenVINO's pools sized together, numpy's BLAS at one thread), recorded in
+`settings.threads`.
 
 Per (backend, precision): load once (`load_s`). Per batch: the first call (`first_call_s`, where lazy compilers
 compile; `first_load_s = load_s + first_call_s`), whose output gives the correctness column (max relative error
@@ -47,6 +49,7 @@ import numpy as np
 
 from ..backends import BACKEND_MODULES, backend_status
 from ..errors import BackendError, HTError, InputError, PackageError
+from ..threads import apply_budget, budget
 from .capture import ThirdPartyWarnings
 from .flops import count_flops
 from .machine import machine_info
@@ -67,7 +70,7 @@ from .measure import (
 from .openvino_anchor import OPENVINO_ANCHOR
 
 SCHEMA_NAME = "ht-engine-bench"
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 HOST_TIMER = "perf_counter_ns"
 EAGER = "reference"
 COMPILED = "compiled-reference"
@@ -648,6 +651,7 @@ def run_bench(options: BenchOptions, progress=_noop, command: str | None = None)
         raise InputError(f"iterations must be >= 1 and warmup/duration >= 0 s, got {options.iterations}, "
                          f"{options.warmup_s}, {options.duration_s}")
     started_loaded = load_warning("start")
+    apply_budget()  # before the GEMM rate and the baselines, so every case runs on the pools the backends get
     suite = _Suite(options, progress)
     package = load_package(package_path)
     if artifact is not None and artifact.get("package_sha256") not in (None, package.sha256):
@@ -688,5 +692,6 @@ def run_bench(options: BenchOptions, progress=_noop, command: str | None = None)
     report["warnings"] = started_loaded + sample_warnings(report["cases"]) + load_warning("end")
     report["third_party_warnings"] = suite.third_party.to_list()
     report["settings"]["torch_threads"] = torch.get_num_threads()
+    report["settings"]["threads"] = budget()
     report["wall_s"] = time.perf_counter() - suite.started
     return report
