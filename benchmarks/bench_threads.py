@@ -1,7 +1,7 @@
 """The thread budget's choices, measured: ONNX Runtime's spin-waiting and OpenVINO's CPU pinning, each variant beside
 the others in one process, in interleaved rounds (`engine.threads` took its settings from these numbers).
 
-    .venv/bin/python benchmarks/bench_threads.py            # test-size and full-size models, 15 rounds (~6 min)
+    .venv/bin/python benchmarks/bench_threads.py            # test-size and full-size models, 15 rounds (~2 min)
     .venv/bin/python benchmarks/bench_threads.py --quick    # test-size model, 3 rounds: checks it runs (numbers: none)
 
 Models: the tests' small seeded seg model (`tests/artifact_helpers.py::small_package`: width 48, 4 layers, 96×96) and

@@ -13,15 +13,16 @@ whichever thread of a stream leaves its scope first.
 
 Why ONNX Runtime does not spin (its default does), measured in one process, interleaved rounds, each variant's time
 over the default's in the same round (median of those ratios; `benchmarks/bench_threads.py`, 2-core AMD EPYC,
-2026-12-02, 15 and 25 rounds, load average 0.7-2.6 with the benchmark's own threads; the tests' small model and the
-full-size seeded ViT-B/16 seg model, fp32 artifacts): a torch op (768² matmul) right after an ORT `predict` of a
-480×640 frame ×0.49-0.58 (faster in 22-25 of 25 rounds: spinning intra-op threads hold both cores after `run`
-returns); a stream step, a second thread pre- and postprocessing beside inference, ×0.76-0.82 (small model, 21-23 of
-25) and ×0.91-1.00 (full size); the `predict` itself right after a torch op ×0.89-1.05 (no cost). Spinning inside a
-run only (`session.force_spinning_stop`) fixes the first, not the stream step (×0.94-1.12). OpenVINO has no spin
-switch (its CPU plugin runs on TBB); its CPU pinning (on by default) was measured the same way and is left on: unpinned,
-full-size inference is unchanged (×1.00-1.01) and the pre/post thread beside it slower (×1.06-1.53); only the small
-model's `predict` right after a torch op gained (×0.43-0.57).
+2026-12-02, six runs of 15 or 25 rounds, load average 0.7-2.6 counting the benchmark's own threads; the tests' small
+model and the full-size seeded ViT-B/16 seg model, fp32 artifacts; the last run is
+`benchmarks/results/threads-cpu.json`): a torch op (768² matmul) right after an ORT `predict` of a 480×640 frame
+×0.43-0.68 (faster in 13-15 of 15 and 22-24 of 25 rounds: spinning intra-op threads hold both cores after `run`
+returns); the `predict` itself right after a torch op ×0.87-1.05 (no cost); a stream step, a second thread pre- and
+postprocessing beside inference, ×0.76-0.96 with the small model and ×0.91-1.04 at full size (no clear effect).
+Spinning inside a run only (`session.force_spinning_stop`) fixes the first, not the small model's stream step
+(×0.94-1.12). OpenVINO has no spin switch (its CPU plugin runs on TBB); its CPU pinning (on by default) was measured
+the same way and is left on: unpinned, full-size inference is unchanged (×1.00-1.01) and the pre/post thread beside it
+slower (×1.06-1.53); only the small model's `predict` right after a torch op gained (×0.43-0.75).
 """
 
 from __future__ import annotations

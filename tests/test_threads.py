@@ -239,3 +239,27 @@ for directory in ({str(onnx_artifact.directory)!r}, {str(openvino_artifact.direc
     threads = predictor.provenance()["threads"]
     assert threads["torch"] is None and threads["inference_threads"] == {ODD_BUDGET}, threads
 """, tmp_path)
+
+
+def test_threads_benchmark_script_measures_the_variants_it_names(tmp_path, capsys):
+    pytest.importorskip("onnxruntime", reason="onnxruntime is not installed (pip install 'ht-engine[runtime]')")
+    pytest.importorskip("openvino", reason="openvino is not installed (pip install 'ht-engine[openvino]')")
+    from benchmarks import bench_threads
+
+    out = tmp_path / "threads.json"
+    assert bench_threads.main(["--quick", "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    (model,) = report["models"]
+    assert report["quick"] and model["model"] == "test" and model["image_size"] == 96
+    variants = [f"onnx {name}" for name in bench_threads.ORT_VARIANTS] + [
+        f"openvino {name}" for name in bench_threads.OV_VARIANTS]
+    expected = {f"after-torch {v} {entry}" for v in variants for entry in ("predict", "torch-after")}
+    expected |= {f"stream {v} {entry}" for v in variants for entry in ("infer", "pre+post thread", "step")}
+    assert set(model["entries"]) == expected | {"torch-alone torch"}
+    assert all(len(samples) == 3 and min(samples) > 0 for samples in model["samples_ms"].values())
+    assert {key: props["ENABLE_CPU_PINNING"] for key, props in model["openvino_compiled"].items()} == {
+        "openvino pinned": "True", "openvino unpinned": "False"}
+    others = len(bench_threads.ORT_VARIANTS) - 1 + len(bench_threads.OV_VARIANTS) - 1
+    assert len(model["ratios_to_default"]) == others * 5, "every entry of every variant but the library defaults"
+    assert all(ratio["median"] > 0 and ratio["rounds"] == 3 for ratio in model["ratios_to_default"].values())
+    assert "after-torch onnx no-spin predict / spin" in capsys.readouterr().out
