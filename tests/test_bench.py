@@ -368,6 +368,13 @@ def test_report_validates_and_lists_every_case_with_its_correctness(report):
     assert all("x OpenVINO(reference) fp32" in line and ", masks " in line for line in anchored)
 
 
+def test_one_class_eager_masks_are_a_warning():
+    from engine.bench.suite import mask_warnings
+
+    (warning,) = mask_warnings({1: 0.42, 8: 0.995})
+    assert warning["kind"] == "one_class_masks" and warning["batch"] == 8 and "99.50%" in warning["message"]
+
+
 def test_mask_agreement_is_measured_and_the_fastest_pick_keeps_the_masks(report):
     seen = {(c["backend"], c["precision"], c["batch"]): c for c in report["cases"]}
     assert seen[("reference", "fp32", 1)]["mask_agreement"] == 1.0

@@ -185,6 +185,7 @@ class _Suite:
         self.reference_outputs: dict = {}
         self.inputs: dict = {}
         self.third_party = ThirdPartyWarnings()
+        self.majority: dict = {}  # batch → fraction of the eager reference's mask pixels in its most frequent class
         self.loaded: list = []  # --interleave: (predictor, backend, precision, role, load_s), measured at the end
 
     def out_of_time(self) -> bool:
@@ -462,6 +463,9 @@ class _Suite:
             self.reference_outputs[batch] = reference
             case["max_rel_error"] = 0.0
             case["mask_agreement"] = 1.0 if self.config.task == "seg" else None
+            if self.config.task == "seg":
+                classes = np.asarray(reference).argmax(1)
+                self.majority[batch] = float(np.bincount(classes.ravel()).max() / classes.size)
             return
         if batch not in self.reference_outputs:
             case["message"] = "no eager reference output at this batch to compare with"
@@ -572,6 +576,18 @@ def add_speedups(cases: list) -> None:
         ratios = {precision: median / anchor_ms for (precision, batch), anchor_ms in anchor.items()
                   if batch == case["batch"] and anchor_ms > 0}
         case["time_vs_openvino_reference"] = ratios or None
+
+
+# Above this fraction of pixels in one class, the eager masks are (nearly) constant and any backend agrees with them.
+ONE_CLASS_FRACTION = 0.99
+
+
+def mask_warnings(majority: dict) -> list:
+    """One warning per batch whose eager masks are one class at >= `ONE_CLASS_FRACTION` of the pixels."""
+    return [{"kind": "one_class_masks", "backend": EAGER, "precision": "fp32", "batch": batch,
+             "message": f"batch {batch}: the eager reference's masks are one class at {fraction:.2%} of the pixels, "
+                        f"so mask agreement says little here (the logits' error still does)"}
+            for batch, fraction in sorted(majority.items()) if fraction >= ONE_CLASS_FRACTION]
 
 
 def sample_warnings(cases: list) -> list:
@@ -689,7 +705,8 @@ def run_bench(options: BenchOptions, progress=_noop, command: str | None = None)
         "gemm": suite.gemm,
         "cases": suite.run(package_path, artifact),
     }
-    report["warnings"] = started_loaded + sample_warnings(report["cases"]) + load_warning("end")
+    report["warnings"] = (started_loaded + sample_warnings(report["cases"]) + mask_warnings(suite.majority)
+                          + load_warning("end"))
     report["third_party_warnings"] = suite.third_party.to_list()
     report["settings"]["torch_threads"] = torch.get_num_threads()
     report["settings"]["threads"] = budget()
