@@ -18,7 +18,7 @@ Situations, each timed with the package's host timer (`engine.bench.measure.host
   (`torch-after`: what the inference pool's spinning costs the stage that follows it), beside the torch op after
   the pause alone (`torch-alone`);
 - `stream`: one frame step of a stream: a second Python thread preprocesses the next 480×640 frame and makes the
-  masks of the last one (Pillow's resize, numpy) while this thread runs inference; timed: inference, the
+  masks of the last one (the host resize, numpy) while this thread runs inference; timed: inference, the
   pre/post thread's work, and the step (both done).
 Rounds run every variant of every situation once (order rotated each round), 50 ms apart so one variant's pool
 settles before the next runs. Reported per entry: median, p10/p90, spread `(p90 - p10) / median`; per variant and
