@@ -45,6 +45,16 @@ def no_thread_survives():
     assert stream_threads() == [], "a stream stage thread outlived its pipeline"
 
 
+@pytest.fixture
+def python_sigint():
+    """Ctrl-C as a user's shell delivers it: Python's own SIGINT handler, installed again for the test (which also
+    puts Python's handler back in the process, where a native library loaded by an earlier test may have replaced
+    it), and the previous one restored afterwards."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
 def small_predictor(tmp_path, task="seg", seed=0):
     cfg = small_config(ARCH, task=task, num_classes=3, image_size=64, layers=2, extract_layers=[0, 1],
                        adapter_layers=[0, 1], preprocessing={**AUTHORS_PREPROCESSING, "size": 64})
@@ -344,7 +354,7 @@ def test_stop_from_a_sink_cancels_cleanly():
     assert delivered == list(range(len(delivered)))
 
 
-def test_ctrl_c_stops_cleanly_and_delivers_finished_results():
+def test_ctrl_c_stops_cleanly_and_delivers_finished_results(python_sigint):
     import _thread
 
     delivered = []
@@ -514,7 +524,7 @@ class _RecordingSink(Sink):
         self.closed = True
 
 
-def test_sigint_while_sinks_write_loses_no_inferred_frame():
+def test_sigint_while_sinks_write_loses_no_inferred_frame(python_sigint):
     first, second = _RecordingSink(interrupt_at=5), _RecordingSink()
     predictor = SlowPredictor(0.002)
     pipeline = StreamPipeline(predictor, policy="all", max_batch=2, sinks=[first, second])
