@@ -104,6 +104,36 @@ def test_int8_linear_quantization_error():
             assert_relative(quantized(x), layer(x), 1.5e-2, f"int8 linear on {tuple(x.shape)}")
 
 
+def test_onednn_linear_equals_the_torch_linear():
+    from engine.optimize.onednn import OneDNNLinear, onednn_available
+
+    if not onednn_available():
+        pytest.skip("this torch build has no oneDNN (torch.backends.mkldnn)")
+    torch.manual_seed(0)
+    layer = torch.nn.Linear(96, 200)
+    fast = OneDNNLinear(layer)
+    for x in (torch.randn(7, 96), torch.randn(2, 5, 96), torch.randn(1, 1, 96)):
+        with torch.inference_mode():
+            assert_relative(fast(x), layer(x), RELATIVE[torch.float32], f"oneDNN linear on {tuple(x.shape)}")
+
+
+def test_fp32_cpu_model_runs_its_dense_layers_through_onednn(seg_package):
+    from engine.optimize.onednn import OneDNNLinear, onednn_available
+
+    if not onednn_available():
+        pytest.skip("this torch build has no oneDNN (torch.backends.mkldnn)")
+    from engine.backends.optimized import build_model
+    from engine.optimize.cpu import prepare
+    from engine.package import load_package
+
+    model = prepare(build_model(load_package(seg_package), "fp32"), "fp32")
+    layers = [getattr(block, name) for block in model.blocks for name in ("qkv", "proj", "fc1", "fc2")]
+    assert {type(layer) for layer in layers} == {OneDNNLinear}
+    # bf16 keeps torch's own linear (it reaches oneDNN already).
+    model = prepare(build_model(load_package(seg_package), "bf16"), "bf16")
+    assert {type(block.qkv) for block in model.blocks} == {torch.nn.Linear}
+
+
 def test_compiled_fp32_equals_reference_and_reuses_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("HT_ENGINE_CACHE", str(tmp_path / "cache"))
     monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
