@@ -76,7 +76,7 @@ class CompiledModel:
 
 
 def prepare(model: torch.nn.Module, precision: str) -> torch.nn.Module:
-    """fp32: every dense layer with a bias runs through oneDNN's matmul (engine.optimize.onednn), 1.2–1.9× the
+    """fp32: every dense layer with a bias runs through oneDNN's matmul (engine.optimize.onednn), 1.2–2.0× the
     GEMM rate of the BLAS `F.linear` calls on the CPU measured there (bf16 `F.linear` goes to oneDNN already).
     int8: the transformer blocks' GEMMs (qkv, proj, fc1, fc2: 96% of the FLOPs) become dynamically quantized
     int8 GEMMs (engine.optimize.quant); the patch embedding and the head stay fp32 (~3% of the FLOPs), which took

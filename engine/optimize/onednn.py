@@ -13,6 +13,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .quant import replace_linears
+
 
 def onednn_available() -> bool:
     return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
@@ -49,9 +51,5 @@ def onednn_linears(model: nn.Module) -> nn.Module:
     Without oneDNN in this torch build the model is left as it is."""
     if not onednn_available():
         return model
-    for name, child in list(model.named_children()):
-        if isinstance(child, nn.Linear) and child.bias is not None and child.weight.dtype == torch.float32:
-            setattr(model, name, OneDNNLinear(child))
-        else:
-            onednn_linears(child)
-    return model
+    return replace_linears(model, lambda linear: OneDNNLinear(linear)
+                           if linear.bias is not None and linear.weight.dtype == torch.float32 else None)

@@ -55,11 +55,19 @@ class Int8DynamicLinear(nn.Module):
         return y.reshape(*shape[:-1], self.out_features)
 
 
-def quantize_linears(model: nn.Module) -> nn.Module:
-    """Replace every `nn.Linear` of `model` (in place) with an `Int8DynamicLinear`; returns the model."""
+def replace_linears(model: nn.Module, replace) -> nn.Module:
+    """Walk `model` (in place) and put `replace(linear)` in place of every `nn.Linear` for which it returns a
+    module (None keeps the layer); returns the model."""
     for name, child in list(model.named_children()):
         if isinstance(child, nn.Linear):
-            setattr(model, name, Int8DynamicLinear(child))
+            new = replace(child)
+            if new is not None:
+                setattr(model, name, new)
         else:
-            quantize_linears(child)
+            replace_linears(child, replace)
     return model
+
+
+def quantize_linears(model: nn.Module) -> nn.Module:
+    """Replace every `nn.Linear` of `model` (in place) with an `Int8DynamicLinear`; returns the model."""
+    return replace_linears(model, Int8DynamicLinear)
