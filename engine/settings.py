@@ -31,10 +31,21 @@ def _thread_count(text: str) -> int | None:
     return count
 
 
+def _int8_float(text: str) -> str:
+    value = text.strip().lower() or "auto"
+    if value not in ("auto", "f32"):
+        raise ValueError(f"expected auto or f32, got {text.strip()!r}")
+    return value
+
+
 CACHE = Setting("HT_ENGINE_CACHE", _path, None, "Root of the engine's on-disk caches (compiled CPU code under "
                 "`<root>/inductor`, the `auto` backend table); default `~/.cache/ht-engine`.")
 COMPILE = flag("HT_ENGINE_COMPILE", True, "Compile the optimized CPU backend with torch.compile (0: run it eagerly; "
                "no compiler or C++ toolchain needed).")
+OPENVINO_INT8_FLOAT = Setting("HT_ENGINE_OPENVINO_INT8_FLOAT", _int8_float, "auto", "Precision of the float parts "
+                              "(LayerNorm, attention, adapters, unquantized GEMMs) of an OpenVINO int8 artifact on "
+                              "the CPU: auto = bf16 where the CPU has bf16 units (OpenVINO's own default there), "
+                              "else f32; f32 = always f32 (closer to fp32, slower).")
 PERF_ANALYZER = Setting("HT_PERF_ANALYZER", _path, None, "The perf_analyzer binary `ht-engine bench --serve` runs; "
                         "default: `perf_analyzer` on PATH, else `<environment>/opt/perf_analyzer/bin/perf_analyzer` "
                         "(where `make` installs it).")
@@ -44,7 +55,7 @@ THREADS = Setting("HT_ENGINE_THREADS", _thread_count, None, "Threads of the infe
 TRT_TIMING_CACHE_DIR = Setting("HT_TRT_TIMING_CACHE_DIR", _path, None, "Where TensorRT timing caches are kept (one "
                                "per GPU and TensorRT version); default `<cache root>/tensorrt`.")
 
-SETTINGS = (CACHE, COMPILE, PERF_ANALYZER, THREADS, TRT_TIMING_CACHE_DIR) + KERNEL_SETTINGS
+SETTINGS = (CACHE, COMPILE, OPENVINO_INT8_FLOAT, PERF_ANALYZER, THREADS, TRT_TIMING_CACHE_DIR) + KERNEL_SETTINGS
 
 
 def cache_root() -> Path:

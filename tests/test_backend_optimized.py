@@ -104,34 +104,56 @@ def test_int8_linear_quantization_error():
             assert_relative(quantized(x), layer(x), 1.5e-2, f"int8 linear on {tuple(x.shape)}")
 
 
-def test_onednn_linear_equals_the_torch_linear():
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_onednn_linear_equals_the_torch_linear(dtype):
     from engine.optimize.onednn import OneDNNLinear, onednn_available
 
     if not onednn_available():
         pytest.skip("this torch build has no oneDNN (torch.backends.mkldnn)")
     torch.manual_seed(0)
-    layer = torch.nn.Linear(96, 200)
+    layer = torch.nn.Linear(96, 200).to(dtype)
     fast = OneDNNLinear(layer)
     for x in (torch.randn(7, 96), torch.randn(2, 5, 96), torch.randn(1, 1, 96)):
+        x = x.to(dtype)
         with torch.inference_mode():
-            assert_relative(fast(x), layer(x), RELATIVE[torch.float32], f"oneDNN linear on {tuple(x.shape)}")
+            assert fast(x).dtype == dtype
+            assert_relative(fast(x).float(), layer(x).float(), RELATIVE[dtype], f"oneDNN linear on {tuple(x.shape)}")
+            # fc1's GELU (erf) in the GEMM's epilogue, against the fp32 GELU of the torch layer.
+            expected = torch.nn.functional.gelu(layer(x).float())
+            assert_relative(fast(x, "gelu").float(), expected, RELATIVE[dtype], f"oneDNN linear + GELU {dtype}")
 
 
-def test_fp32_cpu_model_runs_its_dense_layers_through_onednn(seg_package):
+def test_cpu_model_runs_its_dense_layers_through_onednn(seg_package):
     from engine.optimize.onednn import OneDNNLinear, onednn_available
 
     if not onednn_available():
         pytest.skip("this torch build has no oneDNN (torch.backends.mkldnn)")
     from engine.backends.optimized import build_model
     from engine.optimize.cpu import prepare
+    from engine.optimize.quant import Int8DynamicLinear
     from engine.package import load_package
 
-    model = prepare(build_model(load_package(seg_package), "fp32"), "fp32")
-    layers = [getattr(block, name) for block in model.blocks for name in ("qkv", "proj", "fc1", "fc2")]
-    assert {type(layer) for layer in layers} == {OneDNNLinear}
-    # bf16 keeps torch's own linear (it reaches oneDNN already).
-    model = prepare(build_model(load_package(seg_package), "bf16"), "bf16")
-    assert {type(block.qkv) for block in model.blocks} == {torch.nn.Linear}
+    gemms = ("qkv", "proj", "fc1", "fc2")
+    for precision in ("fp32", "bf16"):
+        model = prepare(build_model(load_package(seg_package), precision), precision)
+        assert {type(getattr(block, name)) for block in model.blocks for name in gemms} == {OneDNNLinear}
+        assert type(model.embed.proj) is OneDNNLinear
+    # int8: the blocks' GEMMs quantized, the fp32 rest (embedding) through oneDNN.
+    model = prepare(build_model(load_package(seg_package), "int8"), "int8")
+    assert {type(getattr(block, name)) for block in model.blocks for name in gemms} == {Int8DynamicLinear}
+    assert type(model.embed.proj) is OneDNNLinear
+
+
+def test_cpu_backend_uses_the_cpu_adapter_kernels(seg_package, monkeypatch):
+    from engine.backends import optimized
+    from engine.optimize.cpu_kernels import CpuAdapterKernels
+
+    built = []
+    real = optimized.build_model
+    monkeypatch.setenv("HT_ENGINE_COMPILE", "0")
+    monkeypatch.setattr(optimized, "build_model", lambda *args: built.append(real(*args)) or built[-1])
+    Predictor.load(seg_package, backend="optimized", precision="fp32")
+    assert len(built) == 1 and {type(block.kernels) for block in built[0].blocks} == {CpuAdapterKernels}
 
 
 def test_compiled_fp32_equals_reference_and_reuses_cache(tmp_path, monkeypatch):

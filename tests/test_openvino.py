@@ -17,7 +17,7 @@ from engine.backends import openvino as openvino_backend  # noqa: E402
 from engine.errors import BackendError, PackageError  # noqa: E402
 from engine.export.build import build_artifact  # noqa: E402
 from engine.export.manifest import BatchRange  # noqa: E402
-from engine.export.openvino import MODEL_BIN, MODEL_XML, cpu_features, cpu_has_bf16  # noqa: E402
+from engine.export.openvino import MODEL_BIN, MODEL_XML, cpu_features, cpu_has_bf16, inference_precision  # noqa: E402
 from engine.synthetic import synthetic_frame  # noqa: E402
 from tests.artifact_helpers import build_artifacts, small_package  # noqa: E402
 from tests.helpers import random_images, run_without_torch  # noqa: E402
@@ -120,6 +120,39 @@ def test_int8_is_bounded(packages, artifacts, batch):
     actual = torch.from_numpy(predictor.forward(x.numpy()))
     assert_relative(actual, expected, RELATIVE[torch.int8], f"openvino int8 b{batch}")
     assert relative_error(actual, expected) > RELATIVE[torch.bfloat16] / 3, "an int8 graph cannot be this exact"
+
+
+@pytest.mark.parametrize(("precision", "device", "has_bf16", "int8_float", "expected"), [
+    ("fp32", "CPU", True, "auto", "f32"), ("bf16", "CPU", True, "auto", "bf16"), ("bf16", "GPU", False, "auto", "bf16"),
+    ("int8", "CPU", True, "auto", "bf16"), ("int8", "CPU", False, "auto", "f32"), ("int8", "CPU", True, "f32", "f32"),
+    ("int8", "GPU", True, "auto", "f32")])
+def test_inference_precision_per_artifact_precision(precision, device, has_bf16, int8_float, expected):
+    assert inference_precision(precision, device, has_bf16, int8_float) == expected
+
+
+def test_int8_float_parts_follow_the_setting(artifacts, monkeypatch):
+    """The hint each compile gets: int8's float parts in bf16 on a CPU with bf16 units, f32 when the setting says
+    so or the CPU has none (each a real compile and a forward)."""
+    import openvino
+
+    hints = []
+
+    class RecordingCore(openvino.Core):
+        def compile_model(self, model, device, config):
+            hints.append(config["INFERENCE_PRECISION_HINT"])
+            return super().compile_model(model, device, config)
+
+    monkeypatch.setattr(openvino_backend, "_core", RecordingCore)
+    x = random_images(1, 96, seed=3).numpy()
+    for int8_float, has_bf16, expected in (("auto", True, "bf16"), ("f32", True, "f32"), ("auto", False, "f32")):
+        monkeypatch.setenv("HT_ENGINE_OPENVINO_INT8_FLOAT", int8_float)
+        monkeypatch.setattr(openvino_backend, "cpu_has_bf16", lambda value=has_bf16: value)
+        hints.clear()
+        assert np.isfinite(Predictor.load(artifacts["seg", "int8"].directory).forward(x)).all()
+        assert hints and set(hints) == {expected}, (int8_float, has_bf16, hints)
+    monkeypatch.setenv("HT_ENGINE_OPENVINO_INT8_FLOAT", "bf16")
+    with pytest.raises(ValueError, match="HT_ENGINE_OPENVINO_INT8_FLOAT"):
+        Predictor.load(artifacts["seg", "int8"].directory)
 
 
 def test_int8_runs_int8_kernels(artifacts):

@@ -8,6 +8,7 @@ import torch
 
 from engine.errors import BackendError, InputError
 from engine.export.graph import ExportAdapterKernels, deployable_model
+from engine.optimize.cpu_kernels import CpuAdapterKernels
 from engine.optimize.cuda_provider import CudaAdapterKernels
 from engine.optimize.kernels import (
     KERNEL_PROVIDERS,
@@ -53,8 +54,8 @@ def test_the_protocol_names_every_op():
                                        "linear_act", "linear_residual", "preprocess"])
 
 
-@pytest.mark.parametrize("provider", [get_kernels(name) for name in KERNEL_PROVIDERS] + [ExportAdapterKernels],
-                         ids=list(KERNEL_PROVIDERS) + ["export"])
+@pytest.mark.parametrize("provider", [get_kernels(name) for name in KERNEL_PROVIDERS]
+                         + [ExportAdapterKernels, CpuAdapterKernels], ids=list(KERNEL_PROVIDERS) + ["export", "cpu"])
 def test_every_provider_implements_the_protocol(provider):
     assert protocol_mismatches(provider) == []
 

@@ -8,6 +8,7 @@ from engine.model import build_reference_model
 from engine.model.adapter import HTAdapter
 from engine.model.heads import MultiLevelHead
 from engine.optimize import rewrites
+from engine.optimize.cpu_kernels import CpuAdapterKernels
 from engine.optimize.kernels import TorchAdapterKernels
 from htkernels.adapter_in import adapter_in_ref
 from htkernels.adapter_out import adapter_out_ref
@@ -134,7 +135,8 @@ def test_fold_adapter_whole(filter_kind, batch, grid):
             folded.noise_w2, folded.noise_b2, folded.proj, folded.proj_bias)
     with torch.no_grad():
         expected = module(x) - x
-    for name, provider in (("htkernels refs", None), ("torch provider", TorchAdapterKernels)):
+    for name, provider in (("htkernels refs", None), ("torch provider", TorchAdapterKernels),
+                           ("cpu provider", CpuAdapterKernels)):
         if provider is None:
             z = adapter_in_ref(x.view(-1, 40), folded.w_norm, folded.w_raw, folded.bias, folded.eps)
             gl = adapter_spatial_ref(z.view(batch, -1, 16), grid, grid, *args)
@@ -145,6 +147,23 @@ def test_fold_adapter_whole(filter_kind, batch, grid):
             gl.copy_(provider.adapter_spatial(z.view(batch, -1, 16), grid, grid, *args))
             y = provider.adapter_out(gl.view(-1, 16), folded.w2, folded.b2, x.view(-1, 40))
         assert_relative(y.view_as(x) - x, expected, FP32, f"{name}: folded {filter_kind} adapter")
+
+
+@pytest.mark.parametrize("filter_kind", ["channel", "spectral"])
+def test_compiled_cpu_adapter_spatial_equals_the_reference(filter_kind):
+    """The CPU provider's shifted-sum depthwise conv as inductor compiles it (batch 1, then a dynamic batch)."""
+    grid = 6
+    module, t = _adapter(filter_kind, grid, seed=11)
+    folded = rewrites.fold_adapter(t, filter_kind, 1e-5)
+    args = (folded.spectral, folded.k3, folded.k5, folded.k7, folded.conv_bias, folded.noise_w1, folded.noise_b1,
+            folded.noise_w2, folded.noise_b2, folded.proj, folded.proj_bias)
+    compiled = torch.compile(CpuAdapterKernels.adapter_spatial, dynamic=None)
+    for batch in (1, 3, 2):
+        z = torch.randn(batch, grid * grid + 1, 16, generator=_gen(batch))
+        expected = adapter_spatial_ref(z, grid, grid, *args)
+        with torch.inference_mode():
+            assert_relative(compiled(z, grid, grid, *args), expected, FP32,
+                            f"compiled cpu adapter_spatial, {filter_kind}, batch {batch}")
 
 
 @pytest.mark.parametrize("batch", [1, 3])

@@ -25,11 +25,13 @@ def available(device: str) -> tuple[bool, str]:
     return cuda_status(device)
 
 
-def build_model(package, precision: str, kernels: str = "torch"):
+def build_model(package, precision: str, kernels="torch"):
+    """The optimized model of `package` in `precision`; `kernels` a provider name (`KERNEL_PROVIDERS`) or
+    instance."""
     from ..optimize.kernels import kernel_provider
     from ..optimize.model import OptimizedHTModel
 
-    provider = kernel_provider(kernels)
+    provider = kernel_provider(kernels) if isinstance(kernels, str) else kernels
     try:
         return OptimizedHTModel(package.config, package.tensors, kernels=provider, dtype=DTYPES[precision]).eval()
     except (RuntimeError, ValueError) as exc:
@@ -48,8 +50,9 @@ def load(package, device: str, precision: str, kernels: str | None = None) -> Ru
     if precision not in CPU_PRECISIONS:
         raise BackendError(f"backend 'optimized' runs on CPU in {CPU_PRECISIONS}, got precision {precision!r}")
     from ..optimize.cpu import make_cpu_runner
+    from ..optimize.cpu_kernels import CpuAdapterKernels
 
-    return make_cpu_runner(build_model(package, precision), package, precision)
+    return make_cpu_runner(build_model(package, precision, CpuAdapterKernels()), package, precision)
 
 
 def _provider_status(name: str, device: str) -> tuple[bool, str]:

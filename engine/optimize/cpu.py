@@ -76,16 +76,16 @@ class CompiledModel:
 
 
 def prepare(model: torch.nn.Module, precision: str) -> torch.nn.Module:
-    """fp32: every dense layer with a bias runs through oneDNN's matmul (engine.optimize.onednn), 1.2–2.0× the
-    GEMM rate of the BLAS `F.linear` calls on the CPU measured there (bf16 `F.linear` goes to oneDNN already).
-    int8: the transformer blocks' GEMMs (qkv, proj, fc1, fc2: 96% of the FLOPs) become dynamically quantized
+    """Every dense layer with a bias runs through oneDNN's matmul (engine.optimize.onednn): fp32 at 1.1–2.0× the
+    GEMM rate of the BLAS `F.linear` calls on the CPUs measured there, bf16 with fc1's GELU in the GEMM's epilogue
+    (with the `CpuAdapterKernels` provider of engine.optimize.cpu_kernels).
+    int8: first the transformer blocks' GEMMs (qkv, proj, fc1, fc2: 96% of the FLOPs) become dynamically quantized
     int8 GEMMs (engine.optimize.quant); the patch embedding and the head stay fp32 (~3% of the FLOPs), which took
-    the seg argmax agreement to fp32 of a full-size random model from 98.7% to 99.1%. fp32/bf16 models come built in their dtype."""
+    the seg argmax agreement to fp32 of a full-size random model from 98.7% to 99.1%. fp32/bf16 models come built in
+    their dtype."""
     if precision == "int8":
         quantize_linears(model.blocks)
-    elif precision == "fp32":
-        onednn_linears(model)
-    return model
+    return onednn_linears(model)
 
 
 def make_cpu_runner(model: torch.nn.Module, package, precision: str) -> Runner:
