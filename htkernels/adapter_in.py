@@ -39,7 +39,7 @@ def _adapter_in_kernel(
     M, D, R, eps,
     stride_xm, stride_xd, stride_nr, stride_nd, stride_rr, stride_rd, stride_zm, stride_zr,
     BLOCK_M: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr, IEEE_FP32: tl.constexpr,
-    INTERPRET_BF16: tl.constexpr, SINGLE_PASS: tl.constexpr,
+    INTERPRET_BF16: tl.constexpr, SINGLE_PASS: tl.constexpr, ONE_DOT: tl.constexpr,
 ):
     """One program: BLOCK_M rows of x, all r outputs.
 
@@ -53,6 +53,10 @@ def _adapter_in_kernel(
     (shifted data: the row's first value takes the offset out, so `E[s²]-E[s]²` does not cancel), accumulating
     `Σs`, `Σs²`, `s @ w_normᵀ`, `x @ w_rawᵀ` and the column sums of w_norm; then
     `LN(x) @ w_normᵀ = rstd·(s @ w_normᵀ - mean(s)·colsum(w_norm))`.
+
+    ONE_DOT (a launch-configuration choice): both GEMMs as one dot of the centred or shifted `s = x - shift` with the
+    two weight tiles side by side (`[BLOCK_D, 2·BLOCK_R]`, columns interleaved: 128 wide for r = 64), where the two
+    dots above are 64 wide each; `x @ w_rawᵀ = s @ w_rawᵀ + shift·colsum(w_raw)`.
     """
     pid = tl.program_id(0)
     rows = pid * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -76,6 +80,9 @@ def _adapter_in_kernel(
     squares = tl.zeros([BLOCK_M], dtype=tl.float32)
     acc_norm = tl.zeros([BLOCK_M, BLOCK_R], dtype=tl.float32)
     acc_raw = tl.zeros([BLOCK_M, BLOCK_R], dtype=tl.float32)
+    if ONE_DOT:
+        acc_both = tl.zeros([BLOCK_M, 2 * BLOCK_R], dtype=tl.float32)
+        colsum_raw = tl.zeros([BLOCK_R], dtype=tl.float32)
     for d0 in range(0, D, BLOCK_D):
         cols = d0 + tl.arange(0, BLOCK_D)
         col_mask = cols < D
@@ -87,7 +94,14 @@ def _adapter_in_kernel(
         w_mask = col_mask[:, None] & out_mask[None, :]
         w_norm = tl.load(w_norm_ptr + cols[:, None] * stride_nd + outs[None, :] * stride_nr, mask=w_mask, other=0.0)
         w_raw = tl.load(w_raw_ptr + cols[:, None] * stride_rd + outs[None, :] * stride_rr, mask=w_mask, other=0.0)
-        if IEEE_FP32:
+        if ONE_DOT:
+            both = tl.reshape(tl.join(w_norm, w_raw), [BLOCK_D, 2 * BLOCK_R])
+            if IEEE_FP32:
+                acc_both += tl.dot(shifted, both.to(tl.float32), input_precision="ieee")
+            else:
+                acc_both += dot_low(shifted.to(x_raw.dtype), both.to(x_raw.dtype), INTERPRET_BF16)
+            colsum_raw += tl.sum(w_raw.to(tl.float32), axis=0)
+        elif IEEE_FP32:
             w_norm = w_norm.to(tl.float32)
             acc_norm += tl.dot(shifted, w_norm, input_precision="ieee")
             acc_raw += tl.dot(x, w_raw.to(tl.float32), input_precision="ieee")
@@ -99,6 +113,9 @@ def _adapter_in_kernel(
         if SINGLE_PASS:
             shifted_total += tl.sum(shifted, axis=1)
             colsum += tl.sum(w_norm.to(tl.float32), axis=0)
+    if ONE_DOT:
+        acc_norm, acc_raw = tl.split(tl.reshape(acc_both, [BLOCK_M, BLOCK_R, 2]))
+        acc_raw = acc_raw + shift[:, None] * colsum_raw[None, :]
     if SINGLE_PASS:
         shifted_mean = shifted_total / D
         rstd = 1.0 / tl.sqrt(tl.maximum(squares / D - shifted_mean * shifted_mean, 0.0) + eps)
@@ -116,22 +133,27 @@ def tuning_candidates(rows: int) -> list:
     """Launch configurations the tuner (`htkernels._tune`) times for `rows` rows; the first is the default.
 
     8-row tiles at batch 1-2 (197-394 rows: 25-50 programs; 8.2 µs vs 9.4 µs for 16 rows on an H100, bf16,
-    benchmarks/results/gpu-h100-2026-11-27), 16 up to 4096 rows, 64 beyond; each with and without the single pass."""
+    benchmarks/results/gpu-h100-2026-11-27), 16 up to 4096 rows, 64 beyond; each with and without the single pass,
+    and the first two shapes also as one 2r-wide dot (`one_dot`, not yet measured on a GPU: the tuner keeps it only
+    where it times faster)."""
     if rows <= 512:
         shapes = [(8, 64, 4), (16, 64, 4), (8, 64, 2), (8, 128, 4)]
     elif rows <= 4096:
         shapes = [(16, 64, 4), (32, 64, 4), (16, 128, 4)]
     else:
         shapes = [(64, 64, 4), (32, 64, 4), (64, 64, 8), (128, 64, 8)]
-    return [dict(block_m=m, block_d=d, num_warps=w, single_pass=single) for single in (False, True)
-            for m, d, w in shapes]
+    two_dots = [dict(block_m=m, block_d=d, num_warps=w, single_pass=single, one_dot=False) for single in (False, True)
+                for m, d, w in shapes]
+    one_dot = [dict(block_m=m, block_d=d, num_warps=w, single_pass=single, one_dot=True) for single in (False, True)
+               for m, d, w in shapes[:2]]
+    return two_dots + one_dot
 
 
 def adapter_in_triton(x: torch.Tensor, w_norm: torch.Tensor, w_raw: torch.Tensor, bias: torch.Tensor,
                       eps: float, tuning: Optional[dict] = None) -> torch.Tensor:
     """Launcher of `_adapter_in_kernel`: checks, output allocation, grid. Any strides; output contiguous.
 
-    The launch configuration (`block_m`, `block_d`, `num_warps`, `single_pass`) is the tuner's choice among
+    The launch configuration (`block_m`, `block_d`, `num_warps`, `single_pass`, `one_dot`) is the tuner's choice among
     `tuning_candidates` on a GPU; `tuning` overrides keys of the default instead (benchmarks/gpu_check.py)."""
     check_launch("adapter_in", dict(x=x, w_norm=w_norm, w_raw=w_raw, bias=bias))
     check_rank("adapter_in", "x", x, "[M, D]")
@@ -152,7 +174,7 @@ def adapter_in_triton(x: torch.Tensor, w_norm: torch.Tensor, w_raw: torch.Tensor
             z.stride(0), z.stride(1),
             BLOCK_M=config["block_m"], BLOCK_R=block_r, BLOCK_D=config["block_d"], IEEE_FP32=x.dtype == torch.float32,
             INTERPRET_BF16=interpret_bf16(x.dtype), SINGLE_PASS=bool(config["single_pass"]),
-            num_warps=config["num_warps"],
+            ONE_DOT=bool(config["one_dot"]), num_warps=config["num_warps"],
         )
 
     launch(tuned_config("adapter_in", (rows, width, channels, x.dtype), tuning_candidates(rows), launch, x.device,

@@ -7,7 +7,7 @@ def _short(config: dict) -> str:
     if config.get("impl") == "torch":
         return "cublas"
     names = {"block_m": "m", "block_d": "d", "block_n": "n", "block_p": "p", "num_warps": "w", "single_pass": "1pass",
-             "pool_block": "pool", "split_conv": "split", "num_stages": "s"}
+             "one_dot": "1dot", "pool_block": "pool", "split_conv": "split", "num_stages": "s"}
     return "/".join(names.get(key, key) + ("" if value is True else str(value)) for key, value in config.items()
                     if value is not False and key != "impl")
 

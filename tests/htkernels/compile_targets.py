@@ -95,7 +95,7 @@ def main() -> int:
         for c in (c for b in batches for c in ain.tuning_candidates(b * 197)):
             build(ain._adapter_in_kernel, {n: f"*{dtype}" for n in ("x_ptr", "w_norm_ptr", "w_raw_ptr", "z_ptr")},
                   ("eps",), dict(BLOCK_M=c["block_m"], BLOCK_R=64, BLOCK_D=c["block_d"], SINGLE_PASS=c["single_pass"],
-                                 **flags), c, fit, in_values)
+                                 ONE_DOT=c["one_dot"], **flags), c, fit, in_values)
         for inner in (64, 768):
             out_configs = [c for b in batches for c in aout.tuning_candidates(b * 197, inner) if c["impl"] == "triton"]
             for c in out_configs:

@@ -15,21 +15,22 @@ def _randn(generator, *shape, scale=1.0, shift=0.0):
     return torch.randn(*shape, generator=generator) * scale + shift
 
 
+@pytest.mark.parametrize("one_dot", [False, True], ids=["two_dots", "one_dot"])
 @pytest.mark.parametrize("single_pass", [False, True], ids=["two_pass", "single_pass"])
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("rows,width,channels", [(1, 48, 16), (37, 80, 16), (100, 96, 24), (4099, 48, 16)])
-def test_adapter_in_matches_reference(device, poisoned, dtype, rows, width, channels, single_pass):
+def test_adapter_in_matches_reference(device, poisoned, dtype, rows, width, channels, single_pass, one_dot):
     gen = torch.Generator().manual_seed(rows * 1000 + width + channels)
     # A large common offset per row: the kernel must centre before squaring (no E[x²]-E[x]² cancellation).
     x = _randn(gen, rows, width, scale=2.0) + _randn(gen, rows, 1, scale=30.0)
     w_norm, w_raw = _randn(gen, channels, width, scale=0.1), _randn(gen, channels, width, scale=0.1)
     bias = _randn(gen, channels)
     args = [t.to(device=device, dtype=dtype) for t in (x, w_norm, w_raw, bias)]
-    actual = adapter_in_triton(*args, 1e-5, tuning=dict(single_pass=single_pass))
+    actual = adapter_in_triton(*args, 1e-5, tuning=dict(single_pass=single_pass, one_dot=one_dot))
     expected = adapter_in_ref(*[t.cpu().double() for t in args], 1e-5)
     assert actual.dtype == dtype
     assert_relative(actual.cpu(), expected, RELATIVE[dtype],
-                    f"adapter_in {dtype} {rows}x{width}->{channels} single_pass={single_pass}")
+                    f"adapter_in {dtype} {rows}x{width}->{channels} single_pass={single_pass} one_dot={one_dot}")
 
 
 def test_adapter_in_accepts_strided_rows(device, poisoned):

@@ -194,8 +194,8 @@ def test_split_convolution_low_precision_and_spectral(device, poisoned, dtype, s
 def test_candidate_lists_start_with_the_measured_defaults():
     """The first candidate is what runs without tuning: the configurations measured best on an H100 at batch 1
     (benchmarks/results/gpu-h100-2026-11-27) and the launchers' large-batch tiles."""
-    assert in_candidates(197)[0] == dict(block_m=8, block_d=64, num_warps=4, single_pass=False)
-    assert in_candidates(64 * 197)[0] == dict(block_m=64, block_d=64, num_warps=4, single_pass=False)
+    assert in_candidates(197)[0] == dict(block_m=8, block_d=64, num_warps=4, single_pass=False, one_dot=False)
+    assert in_candidates(64 * 197)[0] == dict(block_m=64, block_d=64, num_warps=4, single_pass=False, one_dot=False)
     assert spatial_candidates(1, 14, 14, 64)[0] == dict(block_p=16, num_warps=4, pool_block=0, split_conv=False)
     assert spatial_candidates(64, 14, 14, 64)[0] == dict(block_p=32, num_warps=4, pool_block=0, split_conv=False)
     assert out_candidates(197)[0] == dict(impl="triton", block_m=32, block_n=64, num_warps=4, num_stages=3)
