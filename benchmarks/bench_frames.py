@@ -36,7 +36,7 @@ from PIL import Image
 from engine import Predictor
 from engine.bench.machine import cpu_flags, machine_info, short_sha
 from engine.bench.measure import LatencyStats, host_call_ms
-from engine.bench.report import write_json
+from engine.bench.report import publish, results_path
 from engine.config import ModelConfig
 from engine.package import save_package
 from engine.preprocess import gray_resize, native_resize_available, preprocess_frames
@@ -251,11 +251,7 @@ def main(argv=None) -> int:
                   "cpu_flags": cpu_flags(), "settings": {"rounds": rounds, "warmup_rounds": warmup,
                                                           "timer": "perf_counter_ns"},
                   **summarize_host_only(samples)}
-        print(render_host_only(report))
-        if args.json is not None:
-            write_json(report, args.json)
-            print(f"results: {args.json}")
-        return 0
+        return publish(report, render_host_only(report), args.json)
     with tempfile.TemporaryDirectory(prefix="ht-bench-frames-") as scratch:
         path = args.package or seeded_package(Path(scratch), args.seed)
         print(f"loading the optimized backend ({', '.join(PRECISIONS)}) for {path.name}", flush=True)
@@ -272,12 +268,7 @@ def main(argv=None) -> int:
                   "settings": {"rounds": rounds, "warmup_rounds": warmup, "timer": "perf_counter_ns",
                                "torch_threads": torch.get_num_threads()},
                   **summarize(samples, predictors)}
-    print(render(report))
-    out = args.json or (None if args.quick else RESULTS)
-    if out is not None:
-        write_json(report, out)
-        print(f"results: {out}")
-    return 0
+    return publish(report, render(report), results_path(args.json, RESULTS, args.quick))
 
 
 if __name__ == "__main__":

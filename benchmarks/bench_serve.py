@@ -28,7 +28,7 @@ from importlib import metadata
 from pathlib import Path
 
 from engine.bench.machine import host_info, library_versions, short_sha
-from engine.bench.report import write_json
+from engine.bench.report import publish, results_path
 from engine.bench.serving import format_serve_table, serve_library_versions
 from engine.config import ModelConfig
 from engine.export.build import build_artifact
@@ -155,12 +155,7 @@ def main(argv=None) -> int:
               "settings": {"concurrencies": list(CONCURRENCIES), **plan_args, "protocol": "http"},
               "wall_s": time.perf_counter() - started, "configs": configs}
     print()
-    print(render(report))
-    out = args.json or (None if args.quick else RESULTS)
-    if out is not None:
-        write_json(report, out)
-        print(f"results: {out}")
-    return 0
+    return publish(report, render(report), results_path(args.json, RESULTS, args.quick))
 
 
 if __name__ == "__main__":

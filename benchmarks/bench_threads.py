@@ -46,7 +46,7 @@ sys.path.insert(0, str(ROOT))
 from engine.artifacts import open_artifact  # noqa: E402
 from engine.bench.machine import machine_info, short_sha  # noqa: E402
 from engine.bench.measure import LatencyStats, host_call_ms  # noqa: E402
-from engine.bench.report import write_json  # noqa: E402
+from engine.bench.report import publish, results_path  # noqa: E402
 from engine.config import AUTHORS_PREPROCESSING, ModelConfig  # noqa: E402
 from engine.export.build import build_artifact  # noqa: E402
 from engine.export.manifest import INPUT_NAME, BatchRange  # noqa: E402
@@ -303,12 +303,7 @@ def main(argv=None) -> int:
                            "openvino_variants": {k: {p: str(v) for p, v in props.items()}
                                                  for k, props in OV_VARIANTS.items()}},
               "models": measured}
-    print(render(report))
-    out = args.json or (None if args.quick else RESULTS)
-    if out is not None:
-        write_json(report, out)
-        print(f"results: {out}")
-    return 0
+    return publish(report, render(report), results_path(args.json, RESULTS, args.quick))
 
 
 if __name__ == "__main__":

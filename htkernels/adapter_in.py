@@ -78,11 +78,12 @@ def _adapter_in_kernel(
         shift = total / D  # the mean: the loop below then accumulates centred values
 
     squares = tl.zeros([BLOCK_M], dtype=tl.float32)
-    acc_norm = tl.zeros([BLOCK_M, BLOCK_R], dtype=tl.float32)
-    acc_raw = tl.zeros([BLOCK_M, BLOCK_R], dtype=tl.float32)
     if ONE_DOT:
         acc_both = tl.zeros([BLOCK_M, 2 * BLOCK_R], dtype=tl.float32)
         colsum_raw = tl.zeros([BLOCK_R], dtype=tl.float32)
+    else:
+        acc_norm = tl.zeros([BLOCK_M, BLOCK_R], dtype=tl.float32)
+        acc_raw = tl.zeros([BLOCK_M, BLOCK_R], dtype=tl.float32)
     for d0 in range(0, D, BLOCK_D):
         cols = d0 + tl.arange(0, BLOCK_D)
         col_mask = cols < D
@@ -142,11 +143,8 @@ def tuning_candidates(rows: int) -> list:
         shapes = [(16, 64, 4), (32, 64, 4), (16, 128, 4)]
     else:
         shapes = [(64, 64, 4), (32, 64, 4), (64, 64, 8), (128, 64, 8)]
-    two_dots = [dict(block_m=m, block_d=d, num_warps=w, single_pass=single, one_dot=False) for single in (False, True)
-                for m, d, w in shapes]
-    one_dot = [dict(block_m=m, block_d=d, num_warps=w, single_pass=single, one_dot=True) for single in (False, True)
-               for m, d, w in shapes[:2]]
-    return two_dots + one_dot
+    return [dict(block_m=m, block_d=d, num_warps=w, single_pass=single, one_dot=one_dot)
+            for one_dot, tiles in ((False, shapes), (True, shapes[:2])) for single in (False, True) for m, d, w in tiles]
 
 
 def adapter_in_triton(x: torch.Tensor, w_norm: torch.Tensor, w_raw: torch.Tensor, bias: torch.Tensor,

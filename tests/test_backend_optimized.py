@@ -106,14 +106,17 @@ def test_int8_linear_quantization_error():
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_onednn_linear_equals_the_torch_linear(dtype):
-    from engine.optimize.onednn import OneDNNLinear, onednn_available
+    from engine.optimize.onednn import OneDNNLinear, onednn_available, onednn_bf16_supported
 
     if not onednn_available():
         pytest.skip("this torch build has no oneDNN (torch.backends.mkldnn)")
+    if dtype == torch.bfloat16 and not onednn_bf16_supported():
+        pytest.skip("oneDNN has no bf16 matmul on this CPU (AVX-512 or newer needed); the model keeps torch's linear")
     torch.manual_seed(0)
     layer = torch.nn.Linear(96, 200).to(dtype)
     fast = OneDNNLinear(layer)
-    for x in (torch.randn(7, 96), torch.randn(2, 5, 96), torch.randn(1, 1, 96)):
+    # Contiguous, batched, single-token and a strided (transposed) input.
+    for x in (torch.randn(7, 96), torch.randn(2, 5, 96), torch.randn(1, 1, 96), torch.randn(96, 7).t()):
         x = x.to(dtype)
         with torch.inference_mode():
             assert fast(x).dtype == dtype
@@ -124,7 +127,7 @@ def test_onednn_linear_equals_the_torch_linear(dtype):
 
 
 def test_cpu_model_runs_its_dense_layers_through_onednn(seg_package):
-    from engine.optimize.onednn import OneDNNLinear, onednn_available
+    from engine.optimize.onednn import OneDNNLinear, onednn_available, onednn_bf16_supported
 
     if not onednn_available():
         pytest.skip("this torch build has no oneDNN (torch.backends.mkldnn)")
@@ -134,14 +137,48 @@ def test_cpu_model_runs_its_dense_layers_through_onednn(seg_package):
     from engine.package import load_package
 
     gemms = ("qkv", "proj", "fc1", "fc2")
-    for precision in ("fp32", "bf16"):
+    # bf16 only where oneDNN has bf16 kernels (AVX-512 and newer); elsewhere torch's linear (the test below).
+    for precision, expected in (("fp32", OneDNNLinear),
+                                ("bf16", OneDNNLinear if onednn_bf16_supported() else torch.nn.Linear)):
         model = prepare(build_model(load_package(seg_package), precision), precision)
-        assert {type(getattr(block, name)) for block in model.blocks for name in gemms} == {OneDNNLinear}
-        assert type(model.embed.proj) is OneDNNLinear
+        assert {type(getattr(block, name)) for block in model.blocks for name in gemms} == {expected}
+        assert type(model.embed.proj) is expected
     # int8: the blocks' GEMMs quantized, the fp32 rest (embedding) through oneDNN.
     model = prepare(build_model(load_package(seg_package), "int8"), "int8")
     assert {type(getattr(block, name)) for block in model.blocks for name in gemms} == {Int8DynamicLinear}
     assert type(model.embed.proj) is OneDNNLinear
+
+
+def test_bf16_keeps_torch_linears_where_onednn_has_no_bf16_kernels(seg_package, tmp_path):
+    """A CPU below AVX-512 (simulated with oneDNN's own `ONEDNN_MAX_CPU_ISA`) has no oneDNN bf16 inner product: the
+    bf16 model keeps torch's linears there (which run), fp32 still goes through oneDNN; both forwards run."""
+    import os
+    import subprocess
+    import sys
+    import textwrap
+
+    script = textwrap.dedent(f"""
+        import torch
+        from engine import Predictor
+        from engine.backends.optimized import build_model
+        from engine.optimize.cpu import prepare
+        from engine.optimize.onednn import OneDNNLinear, onednn_bf16_supported
+        from engine.package import load_package
+        assert not onednn_bf16_supported()
+        package = load_package({str(seg_package)!r})
+        bf16 = prepare(build_model(package, "bf16"), "bf16")
+        assert {{type(block.qkv) for block in bf16.blocks}} == {{torch.nn.Linear}}
+        fp32 = prepare(build_model(package, "fp32"), "fp32")
+        assert {{type(block.qkv) for block in fp32.blocks}} == {{OneDNNLinear}}
+        size = package.config.image_size
+        for precision in ("bf16", "fp32"):
+            predictor = Predictor.load({str(seg_package)!r}, backend="optimized", precision=precision)
+            assert torch.isfinite(predictor.forward(torch.rand(2, 3, size, size))).all()
+        print("ok")
+    """)
+    env = dict(os.environ, ONEDNN_MAX_CPU_ISA="AVX2", HT_ENGINE_COMPILE="0")
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and done.stdout.strip().endswith("ok"), done.stderr[-3000:]
 
 
 def test_cpu_backend_uses_the_cpu_adapter_kernels(seg_package, monkeypatch):
@@ -184,3 +221,24 @@ def test_default_cuda_kernels(monkeypatch, filter_kind, usable, expected):
     monkeypatch.setattr(optimized, "_provider_status", lambda name, device: (name in usable, ""))
     config = ModelConfig.for_arch("biomedclip-vit-b16", "seg", 2, filter_kind=filter_kind)
     assert optimized.default_cuda_kernels(config, "cuda") == expected
+
+
+def test_cpu_block_benchmark_script_compares_the_gemms(tmp_path):
+    """`benchmarks/bench_cpu_block.py --quick --sections gemm` (the other sections compile a full-size block: not in
+    CI) times each GEMM both ways and writes the ratio."""
+    import json
+
+    from benchmarks import bench_cpu_block
+    from engine.optimize.onednn import onednn_available, onednn_bf16_supported
+
+    if not onednn_available():
+        pytest.skip("this torch build has no oneDNN (torch.backends.mkldnn)")
+    out = tmp_path / "block.json"
+    assert bench_cpu_block.main(["--quick", "--sections", "gemm", "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    dtypes = ["float32"] + (["bfloat16"] if onednn_bf16_supported() else [])
+    assert set(report["gemm"]) == {f"{name} {dtype}" for name in bench_cpu_block.GEMMS for dtype in dtypes}
+    for case in report["gemm"].values():
+        assert case["before"]["rounds"] == case["now"]["rounds"] == 3
+        assert case["before"]["median_ms"] > 0 and case["now"]["median_ms"] > 0 and case["now_over_before"]["median"] > 0
+    assert "spatial" not in report and "block" not in report

@@ -3,6 +3,7 @@ of tampered files, and a torch-free runtime."""
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -16,7 +17,7 @@ from engine import Predictor, available_backends  # noqa: E402
 from engine.backends import openvino as openvino_backend  # noqa: E402
 from engine.errors import BackendError, PackageError  # noqa: E402
 from engine.export.build import build_artifact  # noqa: E402
-from engine.export.manifest import BatchRange  # noqa: E402
+from engine.export.manifest import MANIFEST, BatchRange, write_manifest  # noqa: E402
 from engine.export.openvino import MODEL_BIN, MODEL_XML, cpu_features, cpu_has_bf16, inference_precision  # noqa: E402
 from engine.synthetic import synthetic_frame  # noqa: E402
 from tests.artifact_helpers import build_artifacts, small_package  # noqa: E402
@@ -122,12 +123,20 @@ def test_int8_is_bounded(packages, artifacts, batch):
     assert relative_error(actual, expected) > RELATIVE[torch.bfloat16] / 3, "an int8 graph cannot be this exact"
 
 
-@pytest.mark.parametrize(("precision", "device", "has_bf16", "int8_float", "expected"), [
-    ("fp32", "CPU", True, "auto", "f32"), ("bf16", "CPU", True, "auto", "bf16"), ("bf16", "GPU", False, "auto", "bf16"),
-    ("int8", "CPU", True, "auto", "bf16"), ("int8", "CPU", False, "auto", "f32"), ("int8", "CPU", True, "f32", "f32"),
-    ("int8", "GPU", True, "auto", "f32")])
-def test_inference_precision_per_artifact_precision(precision, device, has_bf16, int8_float, expected):
-    assert inference_precision(precision, device, has_bf16, int8_float) == expected
+@pytest.mark.parametrize(("recorded", "cpu_bf16", "int8_float", "expected"), [
+    ("f32", True, "auto", "f32"), ("bf16", True, "auto", "bf16"), ("bf16", False, "auto", "bf16"),
+    ("auto", True, "auto", "bf16"), ("auto", False, "auto", "f32"), ("auto", True, "f32", "f32"),
+    ("f32", True, "f32", "f32")])
+def test_inference_precision_per_recorded_hint(recorded, cpu_bf16, int8_float, expected):
+    assert inference_precision(recorded, cpu_bf16, lambda: int8_float) == expected
+
+
+def test_inference_precision_reads_the_setting_only_for_auto():
+    def unreadable():
+        raise AssertionError("the int8 setting was read for an artifact that does not need it")
+
+    assert inference_precision("f32", True, unreadable) == "f32"
+    assert inference_precision("bf16", True, unreadable) == "bf16"
 
 
 def test_int8_float_parts_follow_the_setting(artifacts, monkeypatch):
@@ -150,9 +159,21 @@ def test_int8_float_parts_follow_the_setting(artifacts, monkeypatch):
         hints.clear()
         assert np.isfinite(Predictor.load(artifacts["seg", "int8"].directory).forward(x)).all()
         assert hints and set(hints) == {expected}, (int8_float, has_bf16, hints)
+    monkeypatch.setattr(openvino_backend, "cpu_has_bf16", lambda: True)
     monkeypatch.setenv("HT_ENGINE_OPENVINO_INT8_FLOAT", "bf16")
     with pytest.raises(ValueError, match="HT_ENGINE_OPENVINO_INT8_FLOAT"):
         Predictor.load(artifacts["seg", "int8"].directory)
+    # Not read for other precisions; an int8 artifact built before "auto" records f32 and keeps it.
+    assert np.isfinite(Predictor.load(artifacts["seg", "fp32"].directory).forward(x)).all()
+    monkeypatch.setenv("HT_ENGINE_OPENVINO_INT8_FLOAT", "auto")
+    old = artifacts["seg", "int8"].directory.parent / "int8-recorded-f32"
+    shutil.copytree(artifacts["seg", "int8"].directory, old)
+    manifest = json.loads((old / MANIFEST).read_text())
+    manifest["openvino"]["inference_precision_hint"] = "f32"
+    write_manifest(old, manifest)  # as the engine wrote int8 artifacts before "auto"
+    hints.clear()
+    Predictor.load(old)
+    assert set(hints) == {"f32"}
 
 
 def test_int8_runs_int8_kernels(artifacts):

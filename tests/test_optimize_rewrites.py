@@ -150,20 +150,26 @@ def test_fold_adapter_whole(filter_kind, batch, grid):
 
 
 @pytest.mark.parametrize("filter_kind", ["channel", "spectral"])
-def test_compiled_cpu_adapter_spatial_equals_the_reference(filter_kind):
-    """The CPU provider's shifted-sum depthwise conv as inductor compiles it (batch 1, then a dynamic batch)."""
-    grid = 6
-    module, t = _adapter(filter_kind, grid, seed=11)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_compiled_cpu_adapter_spatial_equals_the_reference(filter_kind, dtype):
+    """The CPU provider's shifted-sum depthwise conv as inductor compiles it, on a non-square grid, batch 1 and then
+    a dynamic batch; bf16 `z` (the bf16 model's) against the fp64 reference at the bf16 bound."""
+    h, w = 5, 7
+    module, t = _adapter(filter_kind, 6, seed=11)
     folded = rewrites.fold_adapter(t, filter_kind, 1e-5)
-    args = (folded.spectral, folded.k3, folded.k5, folded.k7, folded.conv_bias, folded.noise_w1, folded.noise_b1,
-            folded.noise_w2, folded.noise_b2, folded.proj, folded.proj_bias)
-    compiled = torch.compile(CpuAdapterKernels.adapter_spatial, dynamic=None)
+    spectral = None if filter_kind == "channel" else torch.randn(16, h, w // 2 + 1, 2, generator=_gen(5))
+    weights = (folded.k3, folded.k5, folded.k7, folded.conv_bias, folded.noise_w1, folded.noise_b1, folded.noise_w2,
+               folded.noise_b2, folded.proj, folded.proj_bias)
+    compiled = torch.compile(CpuAdapterKernels.adapter_spatial)
     for batch in (1, 3, 2):
-        z = torch.randn(batch, grid * grid + 1, 16, generator=_gen(batch))
-        expected = adapter_spatial_ref(z, grid, grid, *args)
+        z = torch.randn(batch, h * w + 1, 16, generator=_gen(batch)).to(dtype)
+        expected = adapter_spatial_ref(z.double(), h, w, None if spectral is None else spectral.double(),
+                                       *[t.double() for t in weights])
         with torch.inference_mode():
-            assert_relative(compiled(z, grid, grid, *args), expected, FP32,
-                            f"compiled cpu adapter_spatial, {filter_kind}, batch {batch}")
+            actual = compiled(z, h, w, spectral, *weights)
+        assert actual.dtype == dtype
+        assert_relative(actual.double(), expected, RELATIVE[dtype],
+                        f"compiled cpu adapter_spatial, {filter_kind} {dtype}, batch {batch}")
 
 
 @pytest.mark.parametrize("batch", [1, 3])

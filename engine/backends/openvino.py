@@ -2,9 +2,9 @@
 
 Devices: `cpu` → OpenVINO's CPU plugin, `gpu[:N]` → `GPU[.N]` (Intel GPUs), `npu` → `NPU`, each only where
 `Core().available_devices` lists it. The model is compiled for latency (`PERFORMANCE_HINT=LATENCY`) with the
-artifact's inference precision (`engine.export.openvino.inference_precision`: int8's float parts in bf16 on a CPU
-with bf16 units unless `HT_ENGINE_OPENVINO_INT8_FLOAT=f32`): once with its batch range (dynamic batch), and once more with batch 1 fixed where the
-range holds 1, because a static shape lets the CPU plugin plan its kernels for it (measured here, bf16 ViT-B seg:
+artifact's inference precision (`engine.export.openvino.inference_precision`: an int8 artifact's float parts in
+bf16 on a CPU with bf16 units unless `HT_ENGINE_OPENVINO_INT8_FLOAT=f32`): once with its batch range (dynamic batch),
+and once more with batch 1 fixed where the range holds 1, because a static shape lets the CPU plugin plan its kernels for it (measured here, bf16 ViT-B seg:
 about 5% faster at batch 1; `benchmarks/bench_openvino.py`), at the price of a second compile at load and a second
 copy of the compiled weights. On the CPU both are sized to the engine's thread budget
 (`engine.threads.openvino_config`). One infer request per compiled model is reused for every call (under a lock: a
@@ -20,7 +20,7 @@ import numpy as np
 from .. import settings
 from ..artifacts import Artifact
 from ..errors import BackendError
-from ..export.openvino import OPENVINO_PRECISIONS, cpu_has_bf16, inference_precision
+from ..export.openvino import INFERENCE_PRECISION, OPENVINO_PRECISIONS, cpu_has_bf16, inference_precision
 from ..runner import Runner
 from ..threads import openvino_config
 
@@ -82,7 +82,8 @@ def load(source: Artifact, device: str, precision: str) -> Runner:
     core = _core()
     name = _check_device(core, device)
     check_precision_on(core, name, built)
-    hint = inference_precision(built, name, name == "CPU" and cpu_has_bf16(), settings.OPENVINO_INT8_FLOAT.get())
+    recorded = source.manifest.get("openvino", {}).get("inference_precision_hint", INFERENCE_PRECISION[built])
+    hint = inference_precision(recorded, name == "CPU" and cpu_has_bf16(), settings.OPENVINO_INT8_FLOAT.get)
     config = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": hint,
               **(openvino_config() if name == "CPU" else {})}
     model = core.read_model(str(source.model_file))

@@ -10,11 +10,16 @@ path on the device (engine.optimize.frames: uint8 frames in, masks or probabilit
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 
 from ..devices import cuda_status, torch_device
 from ..errors import BackendError, PackageError
 from ..runner import Runner
+
+if TYPE_CHECKING:
+    from ..optimize.kernels import AdapterKernels
 
 CPU_PRECISIONS = ("fp32", "bf16", "int8")
 CUDA_PRECISIONS = ("fp32", "bf16", "fp16")
@@ -25,7 +30,7 @@ def available(device: str) -> tuple[bool, str]:
     return cuda_status(device)
 
 
-def build_model(package, precision: str, kernels="torch"):
+def build_model(package, precision: str, kernels: str | AdapterKernels = "torch"):
     """The optimized model of `package` in `precision`; `kernels` a provider name (`KERNEL_PROVIDERS`) or
     instance."""
     from ..optimize.kernels import kernel_provider
@@ -40,12 +45,13 @@ def build_model(package, precision: str, kernels="torch"):
 
 def load(package, device: str, precision: str, kernels: str | None = None) -> Runner:
     """`kernels`: the adapter-kernel provider (engine.optimize.kernels.KERNEL_PROVIDERS); default Triton on CUDA
-    when it is installed, else the torch ops."""
+    when it is installed, else the torch ops. On CPU only "torch" (or None) is taken, which runs the torch provider's
+    math in the forms of `CpuAdapterKernels` (engine/optimize/cpu_kernels.py)."""
     target = torch_device(device)
     if target.type == "cuda":
         return _load_cuda(package, target, precision, kernels)
     if kernels not in (None, "torch"):
-        raise BackendError(f"backend 'optimized' on CPU runs the torch adapter ops; kernels={kernels!r} needs a "
+        raise BackendError(f"backend 'optimized' on CPU runs the torch adapter ops (in their CPU forms); kernels={kernels!r} needs a "
                            "CUDA device")
     if precision not in CPU_PRECISIONS:
         raise BackendError(f"backend 'optimized' runs on CPU in {CPU_PRECISIONS}, got precision {precision!r}")

@@ -304,6 +304,22 @@ def write_json(report: dict, path: Path) -> None:
     atomic_write(Path(path), lambda tmp: tmp.write_text(text))
 
 
+def publish(report: dict, text: str, out: Path | None) -> int:
+    """The end of a benchmark script (`benchmarks/bench_*.py`): print its rendered `text`, write `report` to `out`
+    (None: a smoke run that replaces no measurement) and say where; returns the script's exit code."""
+    print(text)
+    if out is not None:
+        write_json(report, out)
+        print(f"results: {out}")
+    return 0
+
+
+def results_path(given: Path | None, default: Path, smoke: bool) -> Path | None:
+    """Where a benchmark script writes: the `--json` given, else `default`, except for a smoke run (`smoke`:
+    `--quick` and the like), which writes only where it was told to."""
+    return given if given is not None else (None if smoke else default)
+
+
 TIMES_SCHEMA = "ht-engine-bench-times"
 
 

@@ -43,16 +43,17 @@ def cpu_has_bf16(features: dict | None = None) -> bool:
     return any(features[flag] for flag in BF16_FLAGS)
 
 
-def inference_precision(precision: str, device: str, has_bf16: bool, int8_float: str = "auto") -> str:
-    """The INFERENCE_PRECISION_HINT an artifact of `precision` is compiled with on OpenVINO `device` ("CPU",
-    "GPU", ...). int8 on a CPU with bf16 units (`has_bf16`) runs its float parts in bf16 unless `int8_float` is
-    "f32" (`HT_ENGINE_OPENVINO_INT8_FLOAT`); measured on a 2-core Xeon with AMX, seeded ViT-B/16 seg, batch 1:
-    25.9 ms against 40.2 in f32, logit error to fp32 0.055 against 0.030 and mask agreement 98.9% against 99.4%
-    (OpenVINO's bf16 on the reference model: 0.055 and 98.8%)."""
-    hint = INFERENCE_PRECISION[precision]
-    if hint != "auto":
-        return hint
-    return "bf16" if device == "CPU" and has_bf16 and int8_float == "auto" else "f32"
+def inference_precision(recorded: str, cpu_bf16: bool, int8_float=lambda: "auto") -> str:
+    """The INFERENCE_PRECISION_HINT to compile an artifact with, from the hint its manifest records (`recorded`):
+    an element type ("f32", "bf16") as it is; "auto" (int8 artifacts) bf16 where the target is a CPU with bf16
+    units (`cpu_bf16`) unless `int8_float()` (`HT_ENGINE_OPENVINO_INT8_FLOAT`, read only here) says "f32", else f32.
+    int8 artifacts built before "auto" record "f32" and keep it. Measured on a 2-core Xeon with AMX, seeded
+    ViT-B/16 seg, batch 1 (`benchmarks/results/ht-engine-bench-cpu.md` and `ht-engine-bench-cpu-int8-f32.md`): bf16
+    float parts 25.9 ms, masks 98.77% of the eager fp32 ones; f32 43.5 ms, 99.37%; OpenVINO's bf16 on the reference
+    model 44.0 ms, 98.97%."""
+    if recorded != "auto":
+        return recorded
+    return "bf16" if cpu_bf16 and int8_float() == "auto" else "f32"
 
 
 def check_openvino_precision(precision: str) -> None:

@@ -4,9 +4,10 @@ runs fastest.
 - `adapter_spatial`: the noise-weighted depthwise convs as a sum of 49 shifted, channels-last slices (`[B, h, w, r]`,
   the layout `z` already has, with r innermost: one vectorized loop), the per-sample kernel `Σ_k α_k pad(K_k)` made
   by a `[B,3]·[3, 49·r]` matmul so that it is computed once, not inside the loop. The torch provider's unfold + batched
-  dot is one badly vectorized loop in inductor's C++ (the kernel merge inlined into every tap): measured on a 2-core
-  Xeon with AMX, 2 threads, seeded ViT-B/16 seg, one block's `adapter_spatial` compiled: batch 1 0.93 → 0.18 ms in
-  bf16 (0.85 → 0.15 in fp32), batch 4 4.5 → 0.40 ms.
+  dot is one badly vectorized loop in inductor's C++ (the kernel merge inlined into every tap). One block's
+  `adapter_spatial`, compiled, both providers: `benchmarks/bench_cpu_block.py` (section `spatial`,
+  `benchmarks/results/cpu-block.json`). Eager (`HT_ENGINE_COMPILE=0`) the 49 taps are about 100 small ops per
+  adapter; the whole bf16 forward measured 46.2 ms against 47.2 with the torch provider's form (2-core AMX Xeon).
 - `linear_act`: fc1's GELU in oneDNN's GEMM epilogue where the layer is a `OneDNNLinear` (engine.optimize.onednn).
 
 The identity tap (a folded per-channel filter, where the residual equals the conv input) is the unshifted slice
@@ -30,9 +31,9 @@ def stacked_kernels(k3, k5, k7) -> torch.Tensor:
     return torch.stack(padded).permute(0, 2, 3, 1).reshape(3, -1)
 
 
-def depthwise_channels_last(filtered: torch.Tensor, kernel: torch.Tensor, start: torch.Tensor | None) -> torch.Tensor:
+def depthwise_channels_last(filtered: torch.Tensor, kernel: torch.Tensor, start: torch.Tensor) -> torch.Tensor:
     """`start + Σ_taps shift(filtered) · kernel[tap]`: `filtered [B, h, w, r]`, `kernel [B, s, s, r]` (odd s, zero
-    padding), `start` None or broadcastable to `[B, h, w, r]`."""
+    padding), `start` broadcastable to `[B, h, w, r]`."""
     _, h, w, _ = filtered.shape
     size = kernel.shape[1]
     pad = size // 2
@@ -40,8 +41,7 @@ def depthwise_channels_last(filtered: torch.Tensor, kernel: torch.Tensor, start:
     total = start
     for dy in range(size):
         for dx in range(size):
-            term = padded[:, dy:dy + h, dx:dx + w, :] * kernel[:, dy, dx, None, None, :]
-            total = term if total is None else total + term
+            total = total + padded[:, dy:dy + h, dx:dx + w, :] * kernel[:, dy, dx, None, None, :]
     return total
 
 

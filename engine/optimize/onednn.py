@@ -5,8 +5,8 @@ runs the transformer block's shapes at 106–144 GFLOP/s where oneDNN's matmul r
 numbers up to summation order). bf16 `F.linear` reaches oneDNN already, but through `addmm`, whose GELU is a
 separate pass over fc1's 197×3072 output. `onednn_linear` is oneDNN's matmul as a custom op, so `torch.compile`
 calls it as one opaque kernel between the ops it fuses, with an optional erf-GELU post-op (oneDNN's `gelu_erf`).
-Measured on a 2-core Xeon with AMX, 197 tokens, 2 threads (µs, median of 25): bf16 qkv 514 → 449, fc1 + GELU
-818 → 657, fc2 787 → 759; fp32 qkv 2717 → 2381, fc1 + GELU 3718 → 3133.
+Measured on a 2-core Xeon with AMX, 197 tokens, 2 threads (`benchmarks/bench_cpu_block.py`, section `gemm`;
+`benchmarks/results/cpu-block.json`).
 The weights stay plain dense tensors (oneDNN's reorder of a dense fp32 weight measured within 10% of a prepacked
 one, and a prepacked one is a tensor inductor cannot take as a graph input).
 """
@@ -23,9 +23,14 @@ def onednn_available() -> bool:
     return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
 
 
+def onednn_bf16_supported() -> bool:
+    """Whether oneDNN has bf16 matmul kernels on this CPU (AVX-512 or newer; it honours `ONEDNN_MAX_CPU_ISA`).
+    Where it has none its bf16 inner product cannot be created at all, while `F.linear` still runs bf16 (slowly)."""
+    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
 # The activations oneDNN applies in the GEMM's epilogue: our name → `_linear_pointwise`'s (attr, algorithm).
 POST_OPS = {"none": ("none", ""), "gelu": ("gelu", "none")}
-DTYPES = (torch.float32, torch.bfloat16)
 
 
 @torch.library.custom_op("ht_engine::onednn_linear", mutates_args=())
@@ -58,9 +63,11 @@ class OneDNNLinear(nn.Module):
 
 
 def onednn_linears(model: nn.Module) -> nn.Module:
-    """Replace every fp32 or bf16 `nn.Linear` with a bias in `model` (in place) with a `OneDNNLinear`; returns the
-    model. Without oneDNN in this torch build the model is left as it is."""
+    """Replace every fp32 `nn.Linear` with a bias in `model` (in place) with a `OneDNNLinear`, and every bf16 one
+    where oneDNN has bf16 kernels on this CPU (`onednn_bf16_supported`); returns the model. Without oneDNN in this
+    torch build the model is left as it is."""
     if not onednn_available():
         return model
+    dtypes = (torch.float32, torch.bfloat16) if onednn_bf16_supported() else (torch.float32,)
     return replace_linears(model, lambda linear: OneDNNLinear(linear)
-                           if linear.bias is not None and linear.weight.dtype in DTYPES else None)
+                           if linear.bias is not None and linear.weight.dtype in dtypes else None)
