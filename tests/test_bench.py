@@ -399,6 +399,16 @@ def test_mask_agreement_is_measured_and_the_fastest_pick_keeps_the_masks(report)
     fast_wrong["mask_agreement"] = 0.995
     (line,) = [note for note in anchor_notes(doctored) if note.startswith("batch 1: fastest with")]
     assert line.startswith("batch 1: fastest with masks >= 99% backend optimized bf16 0.00 ms")
+    # an anchor whose own masks miss the bar is named; one that meets it is not
+    anchors = [c for c in doctored["cases"] if c["role"] == "anchor" and c["status"] == "ok" and c["batch"] == 1]
+    assert anchors
+    for anchor in anchors:
+        anchor["mask_agreement"] = 0.995
+    assert not any("the anchor itself" in note for note in anchor_notes(doctored))
+    anchors[0]["mask_agreement"] = 0.985
+    (line,) = [note for note in anchor_notes(doctored) if "the anchor itself" in note]
+    assert line.startswith(f"batch 1: the anchor itself, {anchors[0]['backend']} {anchors[0]['precision']}, has masks "
+                           "0.9850 < 99%")
 
 
 # ---------------------------------------------------------------- host/device split (gpu_split_ms)
