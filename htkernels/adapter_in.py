@@ -144,15 +144,16 @@ def tuning_candidates(rows: int) -> list:
     else:
         shapes = [(64, 64, 4), (32, 64, 4), (64, 64, 8), (128, 64, 8)]
     return [dict(block_m=m, block_d=d, num_warps=w, single_pass=single, one_dot=one_dot)
-            for one_dot, tiles in ((False, shapes), (True, shapes[:2])) for single in (False, True) for m, d, w in tiles]
+            for one_dot, tiles in ((False, shapes), (True, shapes[:2]))
+            for single in (False, True) for m, d, w in tiles]
 
 
 def adapter_in_triton(x: torch.Tensor, w_norm: torch.Tensor, w_raw: torch.Tensor, bias: torch.Tensor,
                       eps: float, tuning: Optional[dict] = None) -> torch.Tensor:
     """Launcher of `_adapter_in_kernel`: checks, output allocation, grid. Any strides; output contiguous.
 
-    The launch configuration (`block_m`, `block_d`, `num_warps`, `single_pass`, `one_dot`) is the tuner's choice among
-    `tuning_candidates` on a GPU; `tuning` overrides keys of the default instead (benchmarks/gpu_check.py)."""
+    The launch configuration (`block_m`, `block_d`, `num_warps`, `single_pass`, `one_dot`) is the tuner's choice
+    among `tuning_candidates` on a GPU; `tuning` overrides keys of the default instead (benchmarks/gpu_check.py)."""
     check_launch("adapter_in", dict(x=x, w_norm=w_norm, w_raw=w_raw, bias=bias))
     check_rank("adapter_in", "x", x, "[M, D]")
     rows, width = x.shape

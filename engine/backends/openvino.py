@@ -4,8 +4,8 @@ Devices: `cpu` → OpenVINO's CPU plugin, `gpu[:N]` → `GPU[.N]` (Intel GPUs), 
 `Core().available_devices` lists it. The model is compiled for latency (`PERFORMANCE_HINT=LATENCY`) with the
 artifact's inference precision (`engine.export.openvino.inference_precision`: an int8 artifact's float parts in
 bf16 on a CPU with bf16 units unless `HT_ENGINE_OPENVINO_INT8_FLOAT=f32`): once with its batch range (dynamic batch),
-and once more with batch 1 fixed where the range holds 1, because a static shape lets the CPU plugin plan its kernels for it (measured here, bf16 ViT-B seg:
-about 5% faster at batch 1; `benchmarks/bench_openvino.py`), at the price of a second compile at load and a second
+and once more with batch 1 fixed where the range holds 1, because a static shape lets the CPU plugin plan its kernels
+for it (measured here, bf16 ViT-B seg: about 5% faster at batch 1; `benchmarks/bench_openvino.py`), at the price of a second compile at load and a second
 copy of the compiled weights. On the CPU both are sized to the engine's thread budget
 (`engine.threads.openvino_config`). One infer request per compiled model is reused for every call (under a lock: a
 stream may call from several threads).

@@ -51,8 +51,8 @@ def load(package, device: str, precision: str, kernels: str | None = None) -> Ru
     if target.type == "cuda":
         return _load_cuda(package, target, precision, kernels)
     if kernels not in (None, "torch"):
-        raise BackendError(f"backend 'optimized' on CPU runs the torch adapter ops (in their CPU forms); kernels={kernels!r} needs a "
-                           "CUDA device")
+        raise BackendError(f"backend 'optimized' on CPU runs the torch adapter ops (in their CPU forms); "
+                           f"kernels={kernels!r} needs a CUDA device")
     if precision not in CPU_PRECISIONS:
         raise BackendError(f"backend 'optimized' runs on CPU in {CPU_PRECISIONS}, got precision {precision!r}")
     from ..optimize.cpu import make_cpu_runner

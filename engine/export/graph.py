@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from ..optimize.kernels import TorchAdapterKernels
+from ..optimize.rewrites import padded_depthwise_kernels
 
 
 class ExportAdapterKernels(TorchAdapterKernels):
@@ -19,22 +20,16 @@ class ExportAdapterKernels(TorchAdapterKernels):
     Both forms are `Σ_k α_k (DW_k(F) + c_k) + S`.
     """
 
-    @classmethod
-    def adapter_spatial(cls, z, h, w, spectral, k3, k5, k7, conv_bias, noise_w1, noise_b1, noise_w2, noise_b2,
-                        proj, proj_bias):
-        batch, _, channels = z.shape
-        zf, filtered, alpha = cls.filtered_and_noise_weights(z, h, w, spectral, noise_w1, noise_b1, noise_w2,
-                                                             noise_b2)
-        spatial = zf[:, 1:]
+    @staticmethod
+    def noise_weighted_convs(zf, filtered, alpha, spectral: bool, k3, k5, k7, conv_bias):
+        batch, channels, h, w = filtered.shape
         size = k7.shape[-1]
-        padded = [F.pad(k.float(), [(size - k.shape[-1]) // 2] * 4) for k in (k3, k5)] + [k7.float()]
-        kernels = torch.stack(padded, dim=1).reshape(3 * channels, 1, size, size)
+        kernels = torch.stack(padded_depthwise_kernels(k3, k5, k7), dim=1).reshape(3 * channels, 1, size, size)
         responses = F.conv2d(filtered, kernels, padding=size // 2, groups=channels)
         t = (responses.reshape(batch, channels, 3, h * w) * alpha[:, None, :, None]).sum(dim=2)
         t = t + (alpha @ conv_bias.float())[:, :, None]
         # The residual is the unfiltered S (with a folded per-channel filter, the convs saw S itself).
-        t = t.transpose(1, 2) + spatial
-        return cls.project_and_activate(zf, t, proj, proj_bias, z.dtype)
+        return t.transpose(1, 2) + zf[:, 1:]
 
 
 def deployable_model(config, tensors: dict, dtype: torch.dtype = torch.float32) -> torch.nn.Module:

@@ -1,7 +1,7 @@
 """The adapter-kernel provider of the CPU path: the torch provider's math in the forms inductor's C++ backend
 runs fastest.
 
-- `adapter_spatial`: the noise-weighted depthwise convs as a sum of 49 shifted, channels-last slices (`[B, h, w, r]`,
+- `noise_weighted_convs` (the middle of `adapter_spatial`): the noise-weighted depthwise convs as a sum of 49 shifted, channels-last slices (`[B, h, w, r]`,
   the layout `z` already has, with r innermost: one vectorized loop), the per-sample kernel `Σ_k α_k pad(K_k)` made
   by a `[B,3]·[3, 49·r]` matmul so that it is computed once, not inside the loop. The torch provider's unfold + batched
   dot is one badly vectorized loop in inductor's C++ (the kernel merge inlined into every tap). One block's
@@ -21,14 +21,13 @@ import torch.nn.functional as F
 
 from .kernels import TorchAdapterKernels
 from .onednn import POST_OPS, OneDNNLinear
+from .rewrites import padded_depthwise_kernels
 
 
 def stacked_kernels(k3, k5, k7) -> torch.Tensor:
     """The three depthwise kernels `[r,k,k]`, zero-padded to the largest size `s`, as `[3, s·s·r]` (tap-major,
     channel innermost): the matrix that `α [B,3]` multiplies into the per-sample channels-last kernel."""
-    size = k7.shape[-1]
-    padded = [F.pad(k.float(), [(size - k.shape[-1]) // 2] * 4) for k in (k3, k5, k7)]
-    return torch.stack(padded).permute(0, 2, 3, 1).reshape(3, -1)
+    return torch.stack(padded_depthwise_kernels(k3, k5, k7)).permute(0, 2, 3, 1).reshape(3, -1)
 
 
 def depthwise_channels_last(filtered: torch.Tensor, kernel: torch.Tensor, start: torch.Tensor) -> torch.Tensor:
@@ -48,20 +47,17 @@ def depthwise_channels_last(filtered: torch.Tensor, kernel: torch.Tensor, start:
 class CpuAdapterKernels(TorchAdapterKernels):
     """`TorchAdapterKernels` with the CPU forms of the module docstring; every other op is the torch provider's."""
 
-    @classmethod
-    def adapter_spatial(cls, z, h, w, spectral, k3, k5, k7, conv_bias, noise_w1, noise_b1, noise_w2, noise_b2,
-                        proj, proj_bias):
-        batch, _, channels = z.shape
-        zf, filtered, alpha = cls.filtered_and_noise_weights(z, h, w, spectral, noise_w1, noise_b1, noise_w2,
-                                                             noise_b2)
+    @staticmethod
+    def noise_weighted_convs(zf, filtered, alpha, spectral: bool, k3, k5, k7, conv_bias):
+        batch, channels, h, w = filtered.shape
         size = k7.shape[-1]
         kernel = (alpha @ stacked_kernels(k3, k5, k7)).view(batch, size, size, channels)
         bias = alpha @ conv_bias.float()
         filtered = filtered.permute(0, 2, 3, 1)
         # Identity tap (folded per-channel filter) or the unfiltered residual S (spectral filter).
-        residual = filtered if spectral is None else zf[:, 1:].view(batch, h, w, channels)
+        residual = zf[:, 1:].view(batch, h, w, channels) if spectral else filtered
         t = depthwise_channels_last(filtered, kernel, residual + bias[:, None, None, :])
-        return cls.project_and_activate(zf, t.reshape(batch, h * w, channels), proj, proj_bias, z.dtype)
+        return t.reshape(batch, h * w, channels)
 
     @staticmethod
     def linear_act(x, linear, activation):

@@ -148,20 +148,27 @@ class TorchAdapterKernels:
     @classmethod
     def adapter_spatial(cls, z, h, w, spectral, k3, k5, k7, conv_bias, noise_w1, noise_b1, noise_w2, noise_b2,
                         proj, proj_bias):
-        batch, _, channels = z.shape
         zf, filtered, alpha = cls.filtered_and_noise_weights(z, h, w, spectral, noise_w1, noise_b1, noise_w2,
                                                              noise_b2)
+        t = cls.noise_weighted_convs(zf, filtered, alpha, spectral is not None, k3, k5, k7, conv_bias)
+        return cls.project_and_activate(zf, t, proj, proj_bias, z.dtype)
+
+    @staticmethod
+    def noise_weighted_convs(zf, filtered, alpha, spectral: bool, k3, k5, k7, conv_bias):
+        """The middle of `adapter_spatial`, the step each provider subclass writes in its own form:
+        `T [B, h·w, r] = Σ_k α_k (DW_k(F) + c_k) + S` from fp32 `zf [B, 1+h·w, r]` (S is `zf[:, 1:]`),
+        `F [B, r, h, w]` and `α [B, 3]`; `spectral` whether F is a spectral filter's output (else F is S itself).
+
+        Here one per-sample 7×7 kernel (`rewrites.merged_depthwise_kernel`) as unfold + batched dot: a grouped conv
+        would need `groups = B·r`, an int that pins the batch size in compiled and exported graphs."""
+        batch, channels, h, w = filtered.shape
         kernel, conv_bias_b = rewrites.merged_depthwise_kernel(alpha, k3.float(), k5.float(), k7.float(),
-                                                               conv_bias.float(), identity=spectral is None)
-        # The per-sample depthwise conv as unfold + batched dot: a grouped conv would need `groups = B·r`, an int
-        # that pins the batch size in compiled and exported graphs.
+                                                               conv_bias.float(), identity=not spectral)
         size = kernel.shape[-1]
         columns = F.unfold(filtered, size, padding=size // 2).view(batch, channels, size * size, h * w)
         t = torch.einsum("bckp,bck->bpc", columns, kernel.reshape(batch, channels, size * size))
         t = t + conv_bias_b[:, None, :]
-        if spectral is not None:
-            t = t + zf[:, 1:]
-        return cls.project_and_activate(zf, t, proj, proj_bias, z.dtype)
+        return t + zf[:, 1:] if spectral else t
 
     @staticmethod
     def project_and_activate(zf, t, proj, proj_bias, dtype):

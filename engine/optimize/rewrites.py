@@ -55,6 +55,12 @@ def fold_projector_identity(proj, proj_bias):
     return (eye + proj.double()).float(), proj_bias.float().clone()
 
 
+def padded_depthwise_kernels(k3, k5, k7) -> list:
+    """The three depthwise kernels `[r,k,k]` in fp32, each zero-padded around its centre to the largest one's size."""
+    size = k7.shape[-1]
+    return [F.pad(k.float(), [(size - k.shape[-1]) // 2] * 4) for k in (k3, k5, k7)]
+
+
 def merged_depthwise_kernel(alpha, k3, k5, k7, conv_bias, identity: bool):
     """`Σ_k α_k (DW_k(F) + c_k) [+ F]` as one depthwise 7×7 conv per sample: kernel `Σ α_k pad(K_k) [+ δ]`.
 
