@@ -55,7 +55,10 @@ def flag(name: str, default: bool, doc: str) -> Setting[bool]:
 
 HTK_TUNE = flag("HTK_TUNE", True, "Time each Triton launcher's candidate configurations on the GPU at the first "
                 "launch of a shape and keep the fastest (0: always launch the defaults, identical every run).")
+HTK_TUNE_COLD_L2 = flag("HTK_TUNE_COLD_L2", True, "Time tuning candidates with the GPU's L2 cache flushed before "
+                        "each launch, as a forward that streams ~150 MB of weights through it meets them (0: back to "
+                        "back, the weights hot in L2).")
 TRITON_INTERPRET = flag("TRITON_INTERPRET", False, "Triton's own switch: run Triton kernels in its CPU interpreter "
                         "(how CI runs the real kernels without a GPU). Read when Triton is imported.")
 
-SETTINGS = (HTK_TUNE, TRITON_INTERPRET)
+SETTINGS = (HTK_TUNE, HTK_TUNE_COLD_L2, TRITON_INTERPRET)

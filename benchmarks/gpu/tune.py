@@ -1,7 +1,8 @@
 """Section `tune`: each Triton kernel of the batch-1 adapter under each of its tuner candidates, in CUDA graphs, then
 the block with the fastest configuration of each: the data the launchers' batch-1 defaults come from. Then the
 block's qkv and fc1 with their LayerNorm (`norm_linear`: LayerNorm + `linear_act`, its default, against the
-LayerNorm folded into the GEMM). Also the launch tuner's choices so far (`record`), which the optimized backend makes
+LayerNorm folded into the GEMM), and the block's attention under each back end the tuner chooses from (SDPA's own
+choice, flash, memory-efficient, cuDNN, math, FA3 where installed). Also the launch tuner's choices so far (`record`), which the optimized backend makes
 in its warm-up runs."""
 
 from __future__ import annotations
@@ -11,16 +12,18 @@ import time
 
 import torch
 
-from htkernels import adapter_in, adapter_out, adapter_spatial, norm_linear
+from htkernels import adapter_in, adapter_out, adapter_spatial, attention, norm_linear
 from htkernels._tune import TUNER
 from htkernels.adapter_in import adapter_in_triton
 from htkernels.adapter_out import adapter_out_triton
 from htkernels.adapter_spatial import adapter_spatial_triton
+from htkernels.attention import attention_torch
 from htkernels.norm_linear import norm_linear_triton
 from htkernels.testing import adapter_block, adapter_block_inputs, adapter_inputs
 
 from .common import DTYPES, Check, error_text, graph_time
 
+HEAD_WIDTH = 64  # ViT-B/16's: 12 heads at width 768
 BUDGET_S = 60.0  # the sweep's own limit: candidates past it are recorded as skipped
 LAUNCHERS = {"adapter_in": adapter_in_triton, "adapter_spatial": adapter_spatial_triton,
              "adapter_out": adapter_out_triton}
@@ -33,7 +36,8 @@ def tuning_sweep(width: int, channels: int, grid: int) -> dict:
             "adapter_spatial": adapter_spatial.tuning_candidates(1, grid, grid, channels),
             "adapter_out": adapter_out.tuning_candidates(rows),
             "norm_linear_qkv": norm_linear.tuning_candidates(rows),
-            "norm_linear_fc1": norm_linear.tuning_candidates(rows)}
+            "norm_linear_fc1": norm_linear.tuning_candidates(rows),
+            "attention": attention.tuning_candidates(DTYPES["bf16"])}
 
 
 def run(check: Check) -> None:
@@ -46,12 +50,15 @@ def run(check: Check) -> None:
     g2d = torch.randn(x.shape[0], channels, device=device, dtype=dtype)
     fc1 = adapter_inputs("norm_linear", 1, dtype, device, width, channels, grid)
     qkv = fc1[:3] + (fc1[3][:3 * width], fc1[4][:3 * width], fc1[5], "none")
+    packed = torch.randn(1, x.shape[0], 3 * width, device=device, dtype=dtype)
+    heads = width // HEAD_WIDTH
     calls = {
         "adapter_in": lambda tuning: adapter_in_triton(x, w_norm, w_raw, bias, eps, tuning=tuning),
         "adapter_spatial": lambda tuning: adapter_spatial_triton(*spatial, tuning=tuning),
         "adapter_out": lambda tuning: adapter_out_triton(g2d, w2, b2, x, tuning=tuning),
         "norm_linear_qkv": lambda tuning: norm_linear_triton(*qkv, tuning=tuning),
         "norm_linear_fc1": lambda tuning: norm_linear_triton(*fc1, tuning=tuning),
+        "attention": lambda tuning: attention_torch(packed, heads, tuning=tuning),
     }
     tuning = check.results.setdefault("tuning_batch1_bf16", {})
     sweep = tuning_sweep(width, channels, grid)

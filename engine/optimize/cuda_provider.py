@@ -52,6 +52,9 @@ class CudaAdapterKernels:
     def linear_residual(self, x, linear, residual):
         return TorchAdapterKernels.linear_residual(x, linear, residual)
 
+    def attention(self, qkv, heads):
+        return TorchAdapterKernels.attention(qkv, heads)
+
     @kernel_errors()
     def preprocess(self, frames, row_weights, col_weights, scale, out_dtype):
         return cuda_ops.preprocess(frames, row_weights, col_weights, scale, out_dtype)

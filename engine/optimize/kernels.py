@@ -62,6 +62,10 @@ class AdapterKernels(Protocol):
     def linear_residual(self, x, linear, residual):
         """The block's attention projection and fc2 with the residual add: `residual + linear(x)`."""
 
+    def attention(self, qkv, heads):
+        """The block's multi-head self-attention on its packed qkv: `[B, N, 3·H·d]` (q, k, v side by side, each
+        head-major) → `[B, N, H·d]`, `softmax(q·kᵀ/√d)·v` per head, the layout the attention projection reads."""
+
     def preprocess(self, frames, row_weights, col_weights, scale, out_dtype):
         """uint8 frames `[B, H, W]` or `[B, H, W, 3]` → `[B, 3, S_h, S_w]` of `out_dtype`: Pillow's bicubic resize
         (int32 fixed-point `row_weights [S_h, H]`, `col_weights [S_w, W]`), bit-exact, times `scale`."""
@@ -195,6 +199,16 @@ class TorchAdapterKernels:
     def linear_residual(x, linear, residual):
         """The block's attention projection and fc2 with the residual add: `residual + linear(x)`."""
         return residual + linear(x)
+
+    @staticmethod
+    def attention(qkv, heads):
+        """SDPA on head-major views of the packed qkv (its own choice of back end), then the heads side by side."""
+        batch, tokens, packed = qkv.shape
+        width = packed // 3
+        # Indexed, not unpacked: unpacking is an unbind, which exports as a Split that OpenVINO runs slower.
+        heads_first = qkv.reshape(batch, tokens, 3, heads, width // heads).permute(2, 0, 3, 1, 4)
+        attended = F.scaled_dot_product_attention(heads_first[0], heads_first[1], heads_first[2])
+        return attended.transpose(1, 2).reshape(batch, tokens, width)
 
     @staticmethod
     def preprocess(frames, row_weights, col_weights, scale, out_dtype):

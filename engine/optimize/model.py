@@ -76,12 +76,9 @@ class OptimizedBlock(nn.Module):
         self.adapter = adapter
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        batch, tokens, width = x.shape
         k = self.kernels
-        qkv = k.norm_linear(x, self.norm1, self.qkv, "none")
-        qkv = qkv.reshape(batch, tokens, 3, self.heads, width // self.heads).permute(2, 0, 3, 1, 4)
-        attended = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2])
-        x = k.linear_residual(attended.transpose(1, 2).reshape(batch, tokens, width), self.proj, x)
+        attended = k.attention(k.norm_linear(x, self.norm1, self.qkv, "none"), self.heads)
+        x = k.linear_residual(attended, self.proj, x)
         x = k.linear_residual(k.norm_linear(x, self.norm2, self.fc1, self.activation), self.fc2, x)
         return x if self.adapter is None else self._adapter(x, self.adapter)
 

@@ -14,6 +14,7 @@ import torch
 from htkernels import adapter_in as _adapter_in
 from htkernels import adapter_out as _adapter_out
 from htkernels import adapter_spatial as _adapter_spatial
+from htkernels import attention as _attention
 from htkernels import linear_act as _linear_act
 from htkernels import norm_linear as _norm_linear
 from htkernels import preprocess as _preprocess
@@ -94,6 +95,15 @@ class TritonAdapterKernels:
         y = cls.adapter_out(x.reshape(-1, x.shape[-1]), linear.weight, linear.bias,
                             residual.reshape(-1, residual.shape[-1]))
         return y.view(residual.shape)
+
+    @staticmethod
+    @kernel_errors()
+    def attention(qkv, heads):
+        """Multi-head self-attention: the tuner's choice of SDPA back end (flash, memory-efficient, cuDNN, math) or
+        FlashAttention-3 where installed (htkernels/attention.py)."""
+        if qkv.is_cuda:
+            return torch.ops.htkernels.attention(qkv, int(heads))
+        return _attention.attention_torch(qkv, int(heads))
 
     @staticmethod
     @kernel_errors()

@@ -95,13 +95,14 @@ def test_optimized_model_with_fused_dense_layers(device, poisoned, monkeypatch, 
     """Every fused path of the block's dense layers forced on (what the launch tuner picks where it measured them
     faster than cuBLAS), against the reference: qkv and fc1 + activation with the LayerNorm folded into their GEMM
     (`norm_linear`), or (its default) torch's LayerNorm then the fused GEMM + activation epilogue (`linear_act`);
-    projection/fc2 + residual fused (`adapter_out`). GELU (biomedclip) and QuickGELU (openai)."""
+    projection/fc2 + residual fused (`adapter_out`); attention on SDPA's math back end, not SDPA's own choice
+    (`attention`). GELU (biomedclip) and QuickGELU (openai)."""
     import htkernels._tune as tune
 
     chosen = []
 
     def prefer_fused(op, key, candidates, launch, device):
-        fused = next((c for c in candidates if c.get("impl") == "triton"), candidates[0])
+        fused = next((c for c in candidates if c.get("impl") in ("triton", "math")), candidates[0])
         config = candidates[0] if op == "norm_linear" and not folded else fused
         chosen.append((op, key, config.get("impl", "triton"), any(c.get("impl") == "torch" for c in candidates)))
         return config
@@ -120,6 +121,7 @@ def test_optimized_model_with_fused_dense_layers(device, poisoned, monkeypatch, 
     fused_over_cublas = {(op, key[2]) for op, key, impl, offered_torch in chosen if impl == "triton" and offered_torch}
     dense = "norm_linear" if folded else "linear_act"
     assert fused_over_cublas == {(dense, 3 * cfg.width), (dense, 4 * cfg.width), ("adapter_out", 4 * cfg.width)}
+    assert [impl for op, _, impl, _ in chosen if op == "attention"] == ["math"] * cfg.layers
 
 
 def test_provider_availability_says_why():

@@ -218,3 +218,20 @@ def test_the_tuner_times_every_candidate_on_the_gpu(poisoned, monkeypatch):
     assert len(choice["measured"]) == len(spatial_candidates(2, 14, 14, 64))
     assert all(row.get("us", 0.0) > 0.0 for row in choice["measured"]), choice["measured"]
     assert choice["config"] in spatial_candidates(2, 14, 14, 64)
+
+
+def test_cold_timing_flushes_twice_the_l2_and_subtracts_the_flushes():
+    """The parts of cold timing that need no GPU: the flush size (twice the L2 the card reports, an H100's where it
+    reports none) and the per-launch time from paired replays (median difference; never below zero)."""
+    assert tune.l2_flush_bytes(60 * 2**20) == 120 * 2**20
+    assert tune.l2_flush_bytes(0) == 2 * tune.FALLBACK_L2_BYTES == 100 * 2**20
+    # 10 launches: replays of (flush, launch)×10 against flush×10, in ms; one outlier pair does not move the median.
+    timed, flushes = [0.50, 0.52, 0.49, 0.90, 0.51], [0.35, 0.36, 0.35, 0.36, 0.35]
+    assert tune.cold_us(timed, flushes, 10) == pytest.approx(16.0)  # differences 0.14 0.15 0.16 0.16 0.54
+    assert tune.cold_us([0.35, 0.34, 0.35], [0.36, 0.36, 0.36], 10) == 0.0
+
+
+def test_cold_timing_is_a_declared_setting(monkeypatch):
+    assert envs.HTK_TUNE_COLD_L2 in envs.SETTINGS and envs.HTK_TUNE_COLD_L2.get() is True
+    monkeypatch.setenv("HTK_TUNE_COLD_L2", "0")
+    assert envs.HTK_TUNE_COLD_L2.get() is False
