@@ -2,7 +2,8 @@
 the block with the fastest configuration of each: the data the launchers' batch-1 defaults come from. Then the
 block's qkv and fc1 with their LayerNorm (`norm_linear`: LayerNorm + `linear_act`, its default, against the
 LayerNorm folded into the GEMM), and the block's attention under each back end the tuner chooses from (SDPA's own
-choice, flash, memory-efficient, cuDNN, math, FA3 where installed). Also the launch tuner's choices so far (`record`), which the optimized backend makes
+choice, flash, memory-efficient, cuDNN, math, FA3 where installed) and the patch embedding (unfused ops against
+the one-GEMM kernel). Also the launch tuner's choices so far (`record`), which the optimized backend makes
 in its warm-up runs."""
 
 from __future__ import annotations
@@ -12,18 +13,20 @@ import time
 
 import torch
 
-from htkernels import adapter_in, adapter_out, adapter_spatial, attention, norm_linear
+from htkernels import adapter_in, adapter_out, adapter_spatial, attention, norm_linear, patch_embed
 from htkernels._tune import TUNER
 from htkernels.adapter_in import adapter_in_triton
 from htkernels.adapter_out import adapter_out_triton
 from htkernels.adapter_spatial import adapter_spatial_triton
 from htkernels.attention import attention_torch
 from htkernels.norm_linear import norm_linear_triton
+from htkernels.patch_embed import patch_embed_triton
 from htkernels.testing import adapter_block, adapter_block_inputs, adapter_inputs
 
 from .common import DTYPES, Check, error_text, graph_time
 
 HEAD_WIDTH = 64  # ViT-B/16's: 12 heads at width 768
+PATCH = 16
 BUDGET_S = 60.0  # the sweep's own limit: candidates past it are recorded as skipped
 LAUNCHERS = {"adapter_in": adapter_in_triton, "adapter_spatial": adapter_spatial_triton,
              "adapter_out": adapter_out_triton}
@@ -37,7 +40,8 @@ def tuning_sweep(width: int, channels: int, grid: int) -> dict:
             "adapter_out": adapter_out.tuning_candidates(rows),
             "norm_linear_qkv": norm_linear.tuning_candidates(rows),
             "norm_linear_fc1": norm_linear.tuning_candidates(rows),
-            "attention": attention.tuning_candidates(DTYPES["bf16"])}
+            "attention": attention.tuning_candidates(DTYPES["bf16"]),
+            "patch_embed": patch_embed.tuning_candidates(grid * grid)}
 
 
 def run(check: Check) -> None:
@@ -52,6 +56,11 @@ def run(check: Check) -> None:
     qkv = fc1[:3] + (fc1[3][:3 * width], fc1[4][:3 * width], fc1[5], "none")
     packed = torch.randn(1, x.shape[0], 3 * width, device=device, dtype=dtype)
     heads = width // HEAD_WIDTH
+    size = grid * PATCH
+    embed_args = (torch.rand(1, 3, size, size, device=device), torch.randn(width, 3 * PATCH * PATCH, device=device,
+                  dtype=dtype) * 0.02, torch.randn(width, device=device, dtype=dtype),
+                  torch.randn(1, 1, width, device=device, dtype=dtype),
+                  torch.randn(1, grid * grid, width, device=device, dtype=dtype), PATCH)
     calls = {
         "adapter_in": lambda tuning: adapter_in_triton(x, w_norm, w_raw, bias, eps, tuning=tuning),
         "adapter_spatial": lambda tuning: adapter_spatial_triton(*spatial, tuning=tuning),
@@ -59,6 +68,7 @@ def run(check: Check) -> None:
         "norm_linear_qkv": lambda tuning: norm_linear_triton(*qkv, tuning=tuning),
         "norm_linear_fc1": lambda tuning: norm_linear_triton(*fc1, tuning=tuning),
         "attention": lambda tuning: attention_torch(packed, heads, tuning=tuning),
+        "patch_embed": lambda tuning: patch_embed_triton(*embed_args, tuning=tuning),
     }
     tuning = check.results.setdefault("tuning_batch1_bf16", {})
     sweep = tuning_sweep(width, channels, grid)

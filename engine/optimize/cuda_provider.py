@@ -55,6 +55,9 @@ class CudaAdapterKernels:
     def attention(self, qkv, heads):
         return TorchAdapterKernels.attention(qkv, heads)
 
+    def patch_embed(self, images, linear, cls_pos, patch_pos, patch):
+        return TorchAdapterKernels.patch_embed(images, linear, cls_pos, patch_pos, patch)
+
     @kernel_errors()
     def preprocess(self, frames, row_weights, col_weights, scale, out_dtype):
         return cuda_ops.preprocess(frames, row_weights, col_weights, scale, out_dtype)

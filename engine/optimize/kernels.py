@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from htkernels.errors import KernelError, KernelInputError
+from htkernels.patch_embed import patch_embed_torch
 
 from ..errors import BackendError, InputError
 from . import rewrites
@@ -61,6 +62,12 @@ class AdapterKernels(Protocol):
 
     def linear_residual(self, x, linear, residual):
         """The block's attention projection and fc2 with the residual add: `residual + linear(x)`."""
+
+    def patch_embed(self, images, linear, cls_pos, patch_pos, patch):
+        """The embedding before the blocks: `[CLS; linear(patches) + pos]` `[B, 1+g·g, W]` in the dtype of cls_pos,
+        from images `[B, 3, S, S]` cut into `patch`-sized patches (row-major, each flattened channel, row, column;
+        g = S / patch); `linear` the patch GEMM as for `linear_act`, cls_pos `[1, 1, W]` the CLS token plus its
+        position embedding, patch_pos `[1, g·g, W]`."""
 
     def attention(self, qkv, heads):
         """The block's multi-head self-attention on its packed qkv: `[B, N, 3·H·d]` (q, k, v side by side, each
@@ -199,6 +206,10 @@ class TorchAdapterKernels:
     def linear_residual(x, linear, residual):
         """The block's attention projection and fc2 with the residual add: `residual + linear(x)`."""
         return residual + linear(x)
+
+    @staticmethod
+    def patch_embed(images, linear, cls_pos, patch_pos, patch):
+        return patch_embed_torch(images, linear, cls_pos, patch_pos, patch)
 
     @staticmethod
     def attention(qkv, heads):

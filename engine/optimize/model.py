@@ -96,10 +96,11 @@ class OptimizedBlock(nn.Module):
 class Embedding(nn.Module):
     """Patch GEMM on unfolded patches (the stride-p conv), CLS and position embeddings, optional `ln_pre`."""
 
-    def __init__(self, cfg: ModelConfig, t: dict, dtype):
+    def __init__(self, cfg: ModelConfig, t: dict, dtype, kernels: AdapterKernels):
         super().__init__()
         width = cfg.width
         self.grid, self.patch, self.dtype = cfg.grid, cfg.patch_size, dtype
+        self.kernels = kernels
         self.proj = _linear(t["backbone.patch_embed.weight"].reshape(width, -1), t.get("backbone.patch_embed.bias"),
                             dtype)
         pos = t["backbone.pos_embed"].float()
@@ -109,11 +110,7 @@ class Embedding(nn.Module):
             if cfg.ln_pre else None
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        batch = images.shape[0]
-        g, p = self.grid, self.patch
-        patches = images.to(self.dtype).reshape(batch, 3, g, p, g, p).permute(0, 2, 4, 1, 3, 5)
-        x = self.proj(patches.reshape(batch, g * g, -1)) + self.patch_pos
-        x = torch.cat([self.cls_pos.expand(batch, -1, -1), x], dim=1)
+        x = self.kernels.patch_embed(images, self.proj, self.cls_pos, self.patch_pos, self.patch)
         return self.ln_pre(x) if self.ln_pre is not None else x
 
 
@@ -187,7 +184,7 @@ class OptimizedHTModel(nn.Module):
         self.extract = list(cfg.extract_layers)
         t = rewrites.prune_dead_blocks(tensors, cfg.layers, cfg.extract_layers)
         try:
-            self.embed = Embedding(cfg, t, dtype)
+            self.embed = Embedding(cfg, t, dtype, self.kernels)
             blocks = []
             for index in range(rewrites.live_blocks(cfg.layers, cfg.extract_layers)):
                 prefix = f"backbone.blocks.{index}."

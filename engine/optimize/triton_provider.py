@@ -17,6 +17,7 @@ from htkernels import adapter_spatial as _adapter_spatial
 from htkernels import attention as _attention
 from htkernels import linear_act as _linear_act
 from htkernels import norm_linear as _norm_linear
+from htkernels import patch_embed as _patch_embed
 from htkernels import preprocess as _preprocess
 from htkernels._triton import interpreting, triton
 
@@ -104,6 +105,16 @@ class TritonAdapterKernels:
         if qkv.is_cuda:
             return torch.ops.htkernels.attention(qkv, int(heads))
         return _attention.attention_torch(qkv, int(heads))
+
+    @staticmethod
+    @kernel_errors()
+    def patch_embed(images, linear, cls_pos, patch_pos, patch):
+        """The embedding: the tuner's choice of the unfused ops (cuBLAS GEMM) or one GEMM reading the patches from
+        the image, with the bias, position embedding and CLS row in its epilogue (htkernels/patch_embed.py)."""
+        args = (images, linear.weight, linear.bias, cls_pos, patch_pos, int(patch))
+        if images.is_cuda:
+            return torch.ops.htkernels.patch_embed(*args)
+        return _patch_embed.patch_embed_triton(*args)
 
     @staticmethod
     @kernel_errors()

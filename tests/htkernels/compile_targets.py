@@ -62,6 +62,7 @@ def main() -> int:
     import htkernels.adapter_spatial as asp
     import htkernels.linear_act as act
     import htkernels.norm_linear as norm
+    import htkernels.patch_embed as embed
     import htkernels.preprocess as pre
 
     jobs = []
@@ -89,6 +90,10 @@ def main() -> int:
                                  stride_ym=outputs, stride_yn=1) for outputs in (2304, 3072)}
     spatial_values = dict(H=14, W=14, R=64, R4=16, stride_zb=197 * 64, stride_zn=64, stride_zr=1, stride_fb=197 * 64,
                           stride_fr=1, stride_fp=64, stride_gb=197 * 64, stride_gn=64, stride_gr=1)
+    # The embedding of 224² images in 16² patches (K = 768) to width 768, contiguous images, weights and output.
+    embed_values = dict(N=768, K=768, G=14, P=16, stride_ib=3 * 224 * 224, stride_ic=224 * 224, stride_ih=224,
+                        stride_iw=1, stride_wn=768, stride_wk=1, stride_pt=768, stride_pn=1, stride_yb=197 * 768,
+                        stride_yt=768, stride_yn=1)
     for dtype in ("fp32", "bf16"):  # fp16 takes the bf16 code path (tensor-core dot in the storage dtype)
         flags = dict(IEEE_FP32=dtype == "fp32", INTERPRET_BF16=False)
         fit = dtype == "bf16"
@@ -115,6 +120,14 @@ def main() -> int:
                 build(norm._norm_linear_kernel, {n: f"*{dtype}" for n in ("x_ptr", "w_ptr", "y_ptr")}, ("eps",),
                       dict(BLOCK_M=c["block_m"], BLOCK_N=c["block_n"], BLOCK_K=64, GROUP_M=8, ACTIVATION=activation,
                            **flags), c, fit, norm_values[outputs])
+        embed_configs = [c for b in batches for c in embed.tuning_candidates(b * 196) if c["impl"] == "triton"]
+        for index, c in enumerate(embed_configs):
+            for has_bias in (True, False) if index == 0 else (True,):  # timm's patch bias everywhere, CLIP's none once
+                build(embed._patch_embed_kernel,
+                      {"images_ptr": "*fp32", **{n: f"*{dtype}" for n in ("w_ptr", "b_ptr", "pos_ptr", "cls_ptr",
+                                                                          "y_ptr")}}, (),
+                      dict(BLOCK_M=c["block_m"], BLOCK_N=c["block_n"], BLOCK_K=64, GROUP_M=8, HAS_BIAS=has_bias,
+                           **flags), c, fit, embed_values)
         spatial_configs = [c for b in batches for c in asp.tuning_candidates(b, 14, 14, 64)]
         for c in spatial_configs:
             pool = c["pool_block"]

@@ -96,7 +96,8 @@ def test_optimized_model_with_fused_dense_layers(device, poisoned, monkeypatch, 
     faster than cuBLAS), against the reference: qkv and fc1 + activation with the LayerNorm folded into their GEMM
     (`norm_linear`), or (its default) torch's LayerNorm then the fused GEMM + activation epilogue (`linear_act`);
     projection/fc2 + residual fused (`adapter_out`); attention on SDPA's math back end, not SDPA's own choice
-    (`attention`). GELU (biomedclip) and QuickGELU (openai)."""
+    (`attention`); the embedding as one GEMM reading the image (`patch_embed`). GELU (biomedclip) and QuickGELU
+    (openai, which also has `ln_pre` after the embedding)."""
     import htkernels._tune as tune
 
     chosen = []
@@ -120,7 +121,8 @@ def test_optimized_model_with_fused_dense_layers(device, poisoned, monkeypatch, 
     # the fused kernel (the projection's inner size, the toy width, is the adapter's: no cuBLAS candidate there).
     fused_over_cublas = {(op, key[2]) for op, key, impl, offered_torch in chosen if impl == "triton" and offered_torch}
     dense = "norm_linear" if folded else "linear_act"
-    assert fused_over_cublas == {(dense, 3 * cfg.width), (dense, 4 * cfg.width), ("adapter_out", 4 * cfg.width)}
+    assert fused_over_cublas == {(dense, 3 * cfg.width), (dense, 4 * cfg.width), ("adapter_out", 4 * cfg.width),
+                                 ("patch_embed", cfg.patch_size)}
     assert [impl for op, _, impl, _ in chosen if op == "attention"] == ["math"] * cfg.layers
 
 
