@@ -6,6 +6,9 @@ registrations still import, and a launch says what to install instead of failing
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
+
 import torch
 
 from . import envs
@@ -14,9 +17,11 @@ from .errors import KernelInputError, KernelUnavailableError
 try:
     import triton
     import triton.language as tl
+    from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
 except ImportError:  # the CPU-only runtime does not need Triton
     triton = None
     tl = None
+    gdc_launch_dependents = gdc_wait = None
 
 
 def _missing_triton(fn):
@@ -29,6 +34,33 @@ def _missing_triton(fn):
 def jit(fn):
     """`triton.jit` when Triton is installed; otherwise a stub that raises a `KernelUnavailableError` when launched."""
     return triton.jit(fn) if triton is not None else _missing_triton(fn)
+
+
+# `programmatic_launch(enabled)` overrides HTK_PDL for the launches made inside it (None: the setting decides).
+_PDL = contextvars.ContextVar("htkernels_pdl", default=None)
+
+
+@contextlib.contextmanager
+def programmatic_launch(enabled: bool):
+    """Launch the Triton kernels inside this block with (True) or without (False) programmatic dependent launch,
+    whatever `HTK_PDL` says; a CUDA graph captured inside keeps the choice in every replay."""
+    token = _PDL.set(bool(enabled))
+    try:
+        yield
+    finally:
+        _PDL.reset(token)
+
+
+def pdl_options(device: torch.device) -> dict:
+    """The launch keywords of a kernel on `device`: `PDL` (its constexpr) and, where programmatic dependent launch
+    is on (`HTK_PDL` or `programmatic_launch`), the device compiled (not interpreting) and Hopper or newer,
+    Triton's `launch_pdl`. Off, `{"PDL": False}`: the kernel is the same as without PDL."""
+    wanted = _PDL.get()
+    if wanted is None:
+        wanted = envs.HTK_PDL.get()
+    if not wanted or interpreting() or device.type != "cuda" or torch.cuda.get_device_capability(device) < (9, 0):
+        return {"PDL": False}
+    return {"PDL": True, "launch_pdl": True}
 
 
 def interpreting() -> bool:
@@ -87,6 +119,18 @@ def dot_low(a, b, INTERPRET_BF16: tl.constexpr):
     else:
         product = tl.dot(a, b)
     return product
+
+
+@jit
+def wait_for_producer(PDL: tl.constexpr):
+    """With PDL (programmatic dependent launch, sm_90+), the first thing a kernel does: let the next kernel in the
+    stream be scheduled now (`griddepcontrol.launch_dependents`, taking effect once every program of this grid has
+    issued it), then wait until the previous kernel has finished and its writes are visible
+    (`griddepcontrol.wait`), before reading anything. Only launch latency overlaps, never data: every kernel waits
+    for its predecessor, so it also sees the writes of all earlier ones. Without PDL, nothing."""
+    if PDL:
+        gdc_launch_dependents()
+        gdc_wait()
 
 
 @jit

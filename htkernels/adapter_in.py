@@ -15,9 +15,11 @@ from ._triton import (
     dot_low,
     interpret_bf16,
     jit,
+    pdl_options,
     pow2_at_least,
     round_bf16,
     tl,
+    wait_for_producer,
 )
 from ._tune import tuned_config
 
@@ -39,7 +41,7 @@ def _adapter_in_kernel(
     M, D, R, eps,
     stride_xm, stride_xd, stride_nr, stride_nd, stride_rr, stride_rd, stride_zm, stride_zr,
     BLOCK_M: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr, IEEE_FP32: tl.constexpr,
-    INTERPRET_BF16: tl.constexpr, SINGLE_PASS: tl.constexpr, ONE_DOT: tl.constexpr,
+    INTERPRET_BF16: tl.constexpr, SINGLE_PASS: tl.constexpr, ONE_DOT: tl.constexpr, PDL: tl.constexpr,
 ):
     """One program: BLOCK_M rows of x, all r outputs.
 
@@ -58,6 +60,7 @@ def _adapter_in_kernel(
     two weight tiles side by side (`[BLOCK_D, 2·BLOCK_R]`, columns interleaved: 128 wide for r = 64), where the two
     dots above are 64 wide each; `x @ w_rawᵀ = s @ w_rawᵀ + shift·colsum(w_raw)`.
     """
+    wait_for_producer(PDL)
     pid = tl.program_id(0)
     rows = pid * BLOCK_M + tl.arange(0, BLOCK_M)
     row_mask = rows < M
@@ -173,7 +176,7 @@ def adapter_in_triton(x: torch.Tensor, w_norm: torch.Tensor, w_raw: torch.Tensor
             z.stride(0), z.stride(1),
             BLOCK_M=config["block_m"], BLOCK_R=block_r, BLOCK_D=config["block_d"], IEEE_FP32=x.dtype == torch.float32,
             INTERPRET_BF16=interpret_bf16(x.dtype), SINGLE_PASS=bool(config["single_pass"]),
-            ONE_DOT=bool(config["one_dot"]), num_warps=config["num_warps"],
+            ONE_DOT=bool(config["one_dot"]), num_warps=config["num_warps"], **pdl_options(x.device),
         )
 
     launch(tuned_config("adapter_in", (rows, width, channels, x.dtype), tuning_candidates(rows), launch, x.device,

@@ -16,9 +16,11 @@ from ._triton import (
     interpret_bf16,
     jit,
     matmul_tile,
+    pdl_options,
     pow2_at_least,
     round_bf16,
     tl,
+    wait_for_producer,
 )
 from ._tune import TORCH_IMPL, check_impl, int32_offsets, tuned_config
 
@@ -35,10 +37,11 @@ def _adapter_out_kernel(
     M, D, R,
     stride_gm, stride_gr, stride_wd, stride_wr, stride_rm, stride_rd, stride_ym, stride_yd,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
-    IEEE_FP32: tl.constexpr, INTERPRET_BF16: tl.constexpr,
+    IEEE_FP32: tl.constexpr, INTERPRET_BF16: tl.constexpr, PDL: tl.constexpr,
 ):
     """One program: a BLOCK_M×BLOCK_N tile of y. `y = residual + g @ w2ᵀ + b2` with the bias and the residual
     read in the epilogue, so the GEMM result never goes to memory on its own. fp32 accumulation."""
+    wait_for_producer(PDL)
     rows, cols = grouped_tile(M, D, BLOCK_M, BLOCK_N, GROUP_M)
     acc = matmul_tile(g_ptr, w2_ptr, rows, cols, M, D, R, stride_gm, stride_gr, stride_wd, stride_wr,
                       BLOCK_M, BLOCK_N, BLOCK_K, IEEE_FP32, INTERPRET_BF16)
@@ -99,6 +102,7 @@ def adapter_out_triton(g: torch.Tensor, w2: torch.Tensor, b2: torch.Tensor, resi
             y.stride(0), y.stride(1),
             BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, GROUP_M=8, IEEE_FP32=g.dtype == torch.float32,
             INTERPRET_BF16=interpret_bf16(g.dtype), num_warps=config["num_warps"], num_stages=config["num_stages"],
+            **pdl_options(g.device),
         )
         return y
 

@@ -18,9 +18,11 @@ from ._triton import (
     gelu_erf,
     interpret_bf16,
     jit,
+    pdl_options,
     pow2_at_least,
     round_bf16,
     tl,
+    wait_for_producer,
 )
 from ._tune import tuned_config
 from .errors import KernelInputError
@@ -70,7 +72,7 @@ def _circular_filter_kernel(
     z_ptr, kappa_ptr, f_ptr,  # z [B,1+h·w,r], kappa fp32 [r,h,w] → f fp32 [B,r,h·w]
     H, W, R,
     stride_zb, stride_zn, stride_zr, stride_fb, stride_fr, stride_fp,
-    BLOCK_R: tl.constexpr, BLOCK_P: tl.constexpr,
+    BLOCK_R: tl.constexpr, BLOCK_P: tl.constexpr, PDL: tl.constexpr,
 ):
     """Spectral filter of one image, BLOCK_P pixels × all r channels: `F_c = S_c ⊛ κ_c` (circular).
 
@@ -78,6 +80,7 @@ def _circular_filter_kernel(
     exactly the circular convolution with `κ = irfft2(φ, s=(h,w))` (the C2R transform drops the imaginary
     parts of the self-conjugate bins for S and for κ alike). No FFT, no complex numbers on the device.
     """
+    wait_for_producer(PDL)
     image = tl.program_id(0)
     pixels = tl.program_id(1) * BLOCK_P + tl.arange(0, BLOCK_P)
     channels = tl.arange(0, BLOCK_R)
@@ -157,6 +160,7 @@ def _adapter_spatial_kernel(
     stride_zb, stride_zn, stride_zr, stride_fb, stride_fr, stride_fp, stride_gb, stride_gn, stride_gr,
     BLOCK_R: tl.constexpr, BLOCK_R4: tl.constexpr, BLOCK_P: tl.constexpr, IEEE_FP32: tl.constexpr,
     INTERPRET_BF16: tl.constexpr, POOL_CHUNKS: tl.constexpr, BLOCK_POOL: tl.constexpr, SPLIT_CONV: tl.constexpr,
+    PDL: tl.constexpr,
 ):
     """One program: image `program_id(0)`, pixels `[BLOCK_P·program_id(1), +BLOCK_P)`, all r channels.
 
@@ -170,6 +174,7 @@ def _adapter_spatial_kernel(
     3. `O = proj · T + proj_bias` on the tile (r×r GEMM, tensor cores for fp16/bf16), then GELU(erf), stored
        transposed back to token-major `g[b, 1+p, c]`. Tile 0 also writes the CLS token `GELU(z[b,0])`.
     """
+    wait_for_producer(PDL)
     image = tl.program_id(0)
     tile = tl.program_id(1)
     hw = H * W
@@ -338,7 +343,7 @@ def adapter_spatial_triton(z, h: int, w: int, spectral, k3, k5, k7, conv_bias, n
             _circular_filter_kernel[(batch, tiles)](
                 z, kappa, filtered, h, w, channels,
                 z.stride(0), z.stride(1), z.stride(2), filtered.stride(0), filtered.stride(1), filtered.stride(2),
-                BLOCK_R=block_r, BLOCK_P=block_p, num_warps=4,
+                BLOCK_R=block_r, BLOCK_P=block_p, num_warps=4, **pdl_options(z.device),
             )
         _adapter_spatial_kernel[(batch, tiles)](
             z, filtered, g, *weights, h, w, channels, reduced,
@@ -347,7 +352,7 @@ def adapter_spatial_triton(z, h: int, w: int, spectral, k3, k5, k7, conv_bias, n
             BLOCK_R=block_r, BLOCK_R4=pow2_at_least(reduced, floor=2), BLOCK_P=block_p,
             IEEE_FP32=z.dtype == torch.float32, INTERPRET_BF16=interpret_bf16(z.dtype), num_warps=config["num_warps"],
             POOL_CHUNKS=cdiv(h * w, pool_block) if pool_block else 0, BLOCK_POOL=pool_block or block_p,
-            SPLIT_CONV=bool(config["split_conv"]),
+            SPLIT_CONV=bool(config["split_conv"]), **pdl_options(z.device),
         )
 
     key = (batch, h, w, channels, z.dtype, spectral is not None)

@@ -58,7 +58,10 @@ HTK_TUNE = flag("HTK_TUNE", True, "Time each Triton launcher's candidate configu
 HTK_TUNE_COLD_L2 = flag("HTK_TUNE_COLD_L2", True, "Time tuning candidates with the GPU's L2 cache flushed before "
                         "each launch, as a forward that streams ~150 MB of weights through it meets them (0: back to "
                         "back, the weights hot in L2).")
+HTK_PDL = flag("HTK_PDL", False, "Launch the Triton kernels with programmatic dependent launch on Hopper or newer: "
+               "each may be scheduled while its predecessor runs and waits in-kernel for its writes, so the launch "
+               "gaps between consecutive kernels overlap (off until a GPU run measures it faster).")
 TRITON_INTERPRET = flag("TRITON_INTERPRET", False, "Triton's own switch: run Triton kernels in its CPU interpreter "
                         "(how CI runs the real kernels without a GPU). Read when Triton is imported.")
 
-SETTINGS = (HTK_TUNE, HTK_TUNE_COLD_L2, TRITON_INTERPRET)
+SETTINGS = (HTK_TUNE, HTK_TUNE_COLD_L2, HTK_PDL, TRITON_INTERPRET)

@@ -23,8 +23,10 @@ from ._triton import (
     interpret_bf16,
     jit,
     matmul_tile,
+    pdl_options,
     round_bf16,
     tl,
+    wait_for_producer,
 )
 from ._tune import TORCH_IMPL, check_impl, int32_offsets, tuned_config
 from .errors import KernelInputError
@@ -53,10 +55,11 @@ def _linear_act_kernel(
     M, N, K,
     stride_xm, stride_xk, stride_wn, stride_wk, stride_ym, stride_yn,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
-    ACTIVATION: tl.constexpr, IEEE_FP32: tl.constexpr, INTERPRET_BF16: tl.constexpr,
+    ACTIVATION: tl.constexpr, IEEE_FP32: tl.constexpr, INTERPRET_BF16: tl.constexpr, PDL: tl.constexpr,
 ):
     """One program: a BLOCK_M×BLOCK_N tile of `y = act(x @ wᵀ + b)`, fp32 accumulation, the bias and the
     activation (0 none, 1 GELU erf, 2 QuickGELU) on the accumulator, one store in the dtype of y."""
+    wait_for_producer(PDL)
     rows, cols = grouped_tile(M, N, BLOCK_M, BLOCK_N, GROUP_M)
     acc = matmul_tile(x_ptr, w_ptr, rows, cols, M, N, K, stride_xm, stride_xk, stride_wn, stride_wk,
                       BLOCK_M, BLOCK_N, BLOCK_K, IEEE_FP32, INTERPRET_BF16)
@@ -111,7 +114,7 @@ def linear_act_triton(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
             x.stride(0), x.stride(1), weight.stride(0), weight.stride(1), y.stride(0), y.stride(1),
             BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=64, GROUP_M=8, ACTIVATION=ACTIVATIONS[activation],
             IEEE_FP32=x.dtype == torch.float32, INTERPRET_BF16=interpret_bf16(x.dtype),
-            num_warps=config["num_warps"], num_stages=config["num_stages"],
+            num_warps=config["num_warps"], num_stages=config["num_stages"], **pdl_options(x.device),
         )
         return y
 

@@ -34,8 +34,10 @@ from ._triton import (
     grouped_tile,
     interpret_bf16,
     jit,
+    pdl_options,
     round_bf16,
     tl,
+    wait_for_producer,
 )
 from ._tune import TORCH_IMPL, check_impl, int32_offsets, tuned_config
 from .errors import KernelInputError
@@ -74,7 +76,7 @@ def _norm_linear_kernel(
     M, N, K, eps,
     stride_xm, stride_xk, stride_wn, stride_wk, stride_ym, stride_yn,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
-    ACTIVATION: tl.constexpr, IEEE_FP32: tl.constexpr, INTERPRET_BF16: tl.constexpr,
+    ACTIVATION: tl.constexpr, IEEE_FP32: tl.constexpr, INTERPRET_BF16: tl.constexpr, PDL: tl.constexpr,
 ):
     """One program: a BLOCK_M×BLOCK_N tile of `y = act(rstd·(x·wᵀ − μ·colsum) + b)`.
 
@@ -89,6 +91,7 @@ def _norm_linear_kernel(
     products; fp32's rounding of |μ| stays far below their own). The epilogue applies
     `rstd = 1/sqrt(m2/K + eps)`, the bias and the activation (0 none, 1 GELU erf, 2 QuickGELU) to the fp32
     accumulator; one store in the dtype of y."""
+    wait_for_producer(PDL)
     rows, cols = grouped_tile(M, N, BLOCK_M, BLOCK_N, GROUP_M)
     row_mask = rows < M
     col_mask = cols < N
@@ -178,7 +181,7 @@ def norm_linear_triton(x: torch.Tensor, norm_weight: torch.Tensor, norm_bias: to
             x.stride(0), x.stride(1), folded.stride(0), folded.stride(1), y.stride(0), y.stride(1),
             BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=64, GROUP_M=8, ACTIVATION=ACTIVATIONS[activation],
             IEEE_FP32=x.dtype == torch.float32, INTERPRET_BF16=interpret_bf16(x.dtype),
-            num_warps=config["num_warps"], num_stages=config["num_stages"],
+            num_warps=config["num_warps"], num_stages=config["num_stages"], **pdl_options(x.device),
         )
         return y
 

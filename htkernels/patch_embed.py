@@ -27,8 +27,10 @@ from ._triton import (
     grouped_tile,
     interpret_bf16,
     jit,
+    pdl_options,
     round_bf16,
     tl,
+    wait_for_producer,
 )
 from ._tune import TORCH_IMPL, check_impl, int32_offsets, tuned_config
 from .errors import KernelInputError
@@ -70,13 +72,14 @@ def _patch_embed_kernel(
     stride_ib, stride_ic, stride_ih, stride_iw, stride_wn, stride_wk, stride_pt, stride_pn,
     stride_yb, stride_yt, stride_yn,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
-    HAS_BIAS: tl.constexpr, IEEE_FP32: tl.constexpr, INTERPRET_BF16: tl.constexpr,
+    HAS_BIAS: tl.constexpr, IEEE_FP32: tl.constexpr, INTERPRET_BF16: tl.constexpr, PDL: tl.constexpr,
 ):
     """One program: patch rows `rows` (image b = row // G², patch t = row % G², at grid cell (t // G, t % G)) ×
     embedding columns `cols`. The A tile is gathered from the image: column k is pixel (channel k // P², row
     k // P % P, column k % P) of the patch, converted to the weight dtype. fp32 accumulation (exact products for
     fp32, tensor cores for fp16/bf16); epilogue `+ bias + pos[t]`, one store at token 1 + t; rows with t = 0 also
     store the image's CLS row `cls` at token 0."""
+    wait_for_producer(PDL)
     rows, cols = grouped_tile(M, N, BLOCK_M, BLOCK_N, GROUP_M)
     row_mask = rows < M
     col_mask = cols < N
@@ -163,7 +166,7 @@ def patch_embed_triton(images: torch.Tensor, weight: torch.Tensor, bias: Optiona
             weight.stride(1), pos.stride(0), pos.stride(1), y.stride(0), y.stride(1), y.stride(2),
             BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=64, GROUP_M=8, HAS_BIAS=bias is not None,
             IEEE_FP32=weight.dtype == torch.float32, INTERPRET_BF16=interpret_bf16(weight.dtype),
-            num_warps=config["num_warps"], num_stages=config["num_stages"],
+            num_warps=config["num_warps"], num_stages=config["num_stages"], **pdl_options(images.device),
         )
         return y
 

@@ -7,7 +7,17 @@ import math
 import torch
 
 from ._registry import register_op
-from ._triton import cdiv, check_launch, check_shape, interpret_bf16, jit, round_bf16, tl
+from ._triton import (
+    cdiv,
+    check_launch,
+    check_shape,
+    interpret_bf16,
+    jit,
+    pdl_options,
+    round_bf16,
+    tl,
+    wait_for_producer,
+)
 from .errors import KernelInputError
 from .pillow import vertical_pass_first
 
@@ -68,7 +78,7 @@ def _preprocess_kernel(
     H, W, OUT_H, OUT_W, TAPS_V, TAPS_H, scale,
     stride_fb, stride_fh, stride_fw, stride_fc, stride_ob, stride_oc, stride_oh, stride_ow,
     IS_RGB: tl.constexpr, RESIZE_H: tl.constexpr, RESIZE_V: tl.constexpr,
-    BLOCK_I: tl.constexpr, BLOCK_J: tl.constexpr, INTERPRET_BF16: tl.constexpr,
+    BLOCK_I: tl.constexpr, BLOCK_J: tl.constexpr, INTERPRET_BF16: tl.constexpr, PDL: tl.constexpr,
 ):
     """One program: a BLOCK_I×BLOCK_J tile of one output image, exact integer arithmetic (int64).
 
@@ -78,6 +88,7 @@ def _preprocess_kernel(
     by neighbouring outputs are recomputed: the taps are few and the frame stays in cache). A pass whose size
     does not change is skipped, as Pillow does.
     """
+    wait_for_producer(PDL)
     image = tl.program_id(0)
     out_rows = tl.program_id(1) * BLOCK_I + tl.arange(0, BLOCK_I)
     out_cols = tl.program_id(2) * BLOCK_J + tl.arange(0, BLOCK_J)
@@ -181,7 +192,7 @@ def preprocess_triton(frames: torch.Tensor, row_weights: torch.Tensor, col_weigh
         out.stride(0), out.stride(1), out.stride(2), out.stride(3),
         IS_RGB=is_rgb, RESIZE_H=width != out_w, RESIZE_V=height != out_h, BLOCK_I=block_i, BLOCK_J=block_j,
         INTERPRET_BF16=interpret_bf16(out_dtype),
-        num_warps=4,
+        num_warps=4, **pdl_options(frames.device),
     )
     return out
 

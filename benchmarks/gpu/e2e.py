@@ -1,7 +1,8 @@
 """Section `e2e`: the end-to-end forward at each batch size next to the eager reference and `torch.compile` of it.
 
 Providers: `reference` (eager, in the run's dtype), `compile_reference` (`torch.compile` of it), `optimized` (the
-optimized backend: Triton kernels + CUDA graphs), `optimized_cuda` (the same with the CUDA C++ provider, when built)
+optimized backend: Triton kernels + CUDA graphs), `optimized_pdl` (the same with programmatic dependent launch
+between the Triton kernels, `HTK_PDL`), `optimized_cuda` (the same with the CUDA C++ provider, when built)
 and `optimized_torch_graphs` (the optimized model with the plain-torch adapter ops, in CUDA graphs). Each row has its
 error to the fp32 eager reference and its share of the GEMM rate (tflop_per_s against section `gemm`).
 """
@@ -21,6 +22,7 @@ from engine.optimize.cuda_runner import make_cuda_runner
 from engine.optimize.model import OptimizedHTModel
 from engine.runner import Runner
 from engine.weights import random_package_tensors
+from htkernels._triton import programmatic_launch
 
 from .common import DTYPES, Check, cuda_provider, error_text
 
@@ -59,8 +61,18 @@ def add_runners(found: dict, cfg, tensors, device: torch.device, precision: str)
     found["optimized"] = optimized.load(Package, str(device), precision)
     torch_model = OptimizedHTModel(cfg, tensors, dtype=dtype).eval().to(device)
     found["optimized_torch_graphs"] = make_cuda_runner(torch_model, str(device), precision)
+    pdl = optimized.load(Package, str(device), precision)
+    found["optimized_pdl"] = Runner(run=lambda images, run=pdl.run: with_pdl(run, images), uses_torch=True,
+                                    device=str(device), precision=precision)
     if cuda_provider(device)[0] is not None:
         found["optimized_cuda"] = optimized.load(Package, str(device), precision, kernels="cuda")
+
+
+def with_pdl(run, images):
+    """`run(images)` with the Triton kernels launched with programmatic dependent launch: its CUDA graphs, captured
+    at the first call of each shape, keep PDL in every replay."""
+    with programmatic_launch(True):
+        return run(images)
 
 
 def run(check: Check) -> None:

@@ -44,6 +44,13 @@ def compile_one(job: tuple) -> str:
     try:
         compiled = triton.compile(ASTSource(kernel, signature, constexprs=constexprs, attrs=attrs),
                                   target=GPUTarget("cuda", ARCH, 32), options=options)
+        # Programmatic dependent launch: the PTX of a PDL variant waits for its predecessor and releases its
+        # successor (griddepcontrol), the others hold neither instruction.
+        grid_control = [op for op in ("griddepcontrol.wait", "griddepcontrol.launch_dependents")
+                        if op in compiled.asm["ptx"]]
+        if grid_control != (["griddepcontrol.wait", "griddepcontrol.launch_dependents"] if constexprs.get("PDL")
+                            else []):
+            return f"FAILED {label}: PTX has {grid_control or 'no griddepcontrol'} with PDL={constexprs.get('PDL')}"
         shared = compiled.metadata.shared
         if shared > SHARED_LIMIT:
             verdict = "FAILED" if must_fit else "over"
@@ -70,7 +77,8 @@ def main() -> int:
     def build(kernel, pointers: dict, floats: tuple, constexprs: dict, config: dict = None, must_fit=True,
               values: dict = None) -> None:
         options = {key: config[key] for key in ("num_warps", "num_stages") if config and key in config}
-        job = (kernel.fn.__module__, kernel.fn.__name__, pointers, floats, constexprs, options, must_fit, values or {})
+        job = (kernel.fn.__module__, kernel.fn.__name__, pointers, floats, {**constexprs, "PDL": False}, options,
+               must_fit, values or {})
         if job not in jobs:
             jobs.append(job)
 
@@ -143,6 +151,11 @@ def main() -> int:
     for out, rgb, resize_h, resize_v in variants + [("bf16", True, True, True)]:
         build(pre._preprocess_kernel, {"frames_ptr": "*u8", "out_ptr": f"*{out}", **integer}, ("scale",),
               dict(IS_RGB=rgb, RESIZE_H=resize_h, RESIZE_V=resize_v, BLOCK_I=16, BLOCK_J=32, INTERPRET_BF16=False))
+    # Each kernel once more with programmatic dependent launch (HTK_PDL), in its first configuration per dtype.
+    firsts = {}
+    for job in jobs:
+        firsts.setdefault((job[0], job[1], tuple(sorted(job[2].items()))), job)
+    jobs += [job[:4] + ({**job[4], "PDL": True},) + job[5:] for job in firsts.values()]
     with ProcessPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
         lines = list(pool.map(compile_one, jobs))
     failures = sum(line.startswith("FAILED") for line in lines)
