@@ -25,6 +25,7 @@ from ._triton import (
     wait_for_producer,
 )
 from ._tune import tuned_config
+from .adapter_out import adapter_out_ref, adapter_out_triton
 from .errors import KernelInputError
 
 # ViT-L/14 at 336 px has a 24×24 grid; 32×32 leaves room (the grid sets only loop bounds, not tile sizes).
@@ -156,11 +157,13 @@ def _adapter_spatial_kernel(
     k3_ptr, k5_ptr, k7_ptr, conv_bias_ptr,  # [r,3,3], [r,5,5], [r,7,7], [3,r] (all contiguous)
     noise_w1_ptr, noise_b1_ptr, noise_w2_ptr, noise_b2_ptr,  # [r/4,r], [r/4], [3,r/4], [3] (contiguous)
     proj_ptr, proj_bias_ptr,  # [r,r], [r] (contiguous)
-    H, W, R, R4,
+    w2_ptr, b2_ptr, res_ptr, y_ptr,  # FUSE_OUT: adapter_out's w2 [D,r], b2 [D], residual x and y [B,1+h·w,D]
+    H, W, R, R4, D,
     stride_zb, stride_zn, stride_zr, stride_fb, stride_fr, stride_fp, stride_gb, stride_gn, stride_gr,
+    stride_w2d, stride_w2r, stride_rb, stride_rn, stride_rd, stride_yb, stride_yn, stride_yd,
     BLOCK_R: tl.constexpr, BLOCK_R4: tl.constexpr, BLOCK_P: tl.constexpr, IEEE_FP32: tl.constexpr,
     INTERPRET_BF16: tl.constexpr, POOL_CHUNKS: tl.constexpr, BLOCK_POOL: tl.constexpr, SPLIT_CONV: tl.constexpr,
-    PDL: tl.constexpr,
+    FUSE_OUT: tl.constexpr, BLOCK_N: tl.constexpr, PDL: tl.constexpr,
 ):
     """One program: image `program_id(0)`, pixels `[BLOCK_P·program_id(1), +BLOCK_P)`, all r channels.
 
@@ -173,6 +176,9 @@ def _adapter_spatial_kernel(
        depends on α); 83 instead of 49 tile FMAs.
     3. `O = proj · T + proj_bias` on the tile (r×r GEMM, tensor cores for fp16/bf16), then GELU(erf), stored
        transposed back to token-major `g[b, 1+p, c]`. Tile 0 also writes the CLS token `GELU(z[b,0])`.
+       FUSE_OUT (a launch-configuration choice of `adapter_spatial_out`): g is not stored; the tile's rows go
+       through adapter_out instead, `y = x + g·w2ᵀ + b2` in BLOCK_N-column steps over D (`_out_rows`), g rounded
+       to the storage dtype first as the stored g would be; tile 0 does the same for the CLS row.
     """
     wait_for_producer(PDL)
     image = tl.program_id(0)
@@ -249,13 +255,50 @@ def _adapter_spatial_kernel(
         low = g_ptr.dtype.element_ty
         o = dot_low(proj.to(low), t.to(low), INTERPRET_BF16)
     o += tl.load(proj_bias_ptr + outs, mask=outs < R, other=0.0).to(tl.float32)[:, None]
-    g_image = g_ptr + image * stride_gb
-    tl.store(g_image + (1 + pixels[None, :]) * stride_gn + outs[:, None] * stride_gr,
-             round_bf16(gelu_erf(o), INTERPRET_BF16).to(g_ptr.dtype.element_ty), mask=mask)
+    g_tile = round_bf16(gelu_erf(o), INTERPRET_BF16).to(g_ptr.dtype.element_ty)
+    if FUSE_OUT:
+        _out_rows(tl.trans(g_tile), 1 + pixels, pixel_mask, image, channels, channel_mask, w2_ptr, b2_ptr, res_ptr,
+                  y_ptr, D, stride_w2d, stride_w2r, stride_rb, stride_rn, stride_rd, stride_yb, stride_yn, stride_yd,
+                  BLOCK_N, IEEE_FP32, INTERPRET_BF16)
+    else:
+        g_image = g_ptr + image * stride_gb
+        tl.store(g_image + (1 + pixels[None, :]) * stride_gn + outs[:, None] * stride_gr, g_tile, mask=mask)
     if tile == 0:
         cls = tl.load(z_image + channels * stride_zr, mask=channel_mask, other=0.0).to(tl.float32)
-        cls = round_bf16(gelu_erf(cls), INTERPRET_BF16)
-        tl.store(g_image + channels * stride_gr, cls.to(g_ptr.dtype.element_ty), mask=channel_mask)
+        cls = round_bf16(gelu_erf(cls), INTERPRET_BF16).to(g_ptr.dtype.element_ty)
+        if FUSE_OUT:
+            # The CLS row as row 0 of a BLOCK_P-row tile (a dot needs ≥ 16 rows); the other rows are masked off.
+            first = tl.arange(0, BLOCK_P) == 0
+            cls_rows = tl.where(first[:, None], tl.broadcast_to(cls[None, :], (BLOCK_P, BLOCK_R)), 0.0)
+            _out_rows(cls_rows.to(g_ptr.dtype.element_ty), tl.zeros([BLOCK_P], dtype=tl.int32), first, image,
+                      channels, channel_mask, w2_ptr, b2_ptr, res_ptr, y_ptr, D, stride_w2d, stride_w2r, stride_rb,
+                      stride_rn, stride_rd, stride_yb, stride_yn, stride_yd, BLOCK_N, IEEE_FP32, INTERPRET_BF16)
+        else:
+            tl.store(g_ptr + image * stride_gb + channels * stride_gr, cls, mask=channel_mask)
+
+
+@jit
+def _out_rows(g_rows, tokens, row_mask, image, channels, channel_mask, w2_ptr, b2_ptr, res_ptr, y_ptr, D,
+              stride_w2d, stride_w2r, stride_rb, stride_rn, stride_rd, stride_yb, stride_yn, stride_yd,
+              BLOCK_N: tl.constexpr, IEEE_FP32: tl.constexpr, INTERPRET_BF16: tl.constexpr):
+    """adapter_out on rows of one image: `y[image, tokens] = x[image, tokens] + g_rows·w2ᵀ + b2`, g_rows `[rows, r]`
+    in the storage dtype, fp32 accumulation (exact products for fp32, tensor cores for fp16/bf16), one rounding."""
+    res_rows = res_ptr + image * stride_rb + tokens[:, None] * stride_rn
+    y_rows = y_ptr + image * stride_yb + tokens[:, None] * stride_yn
+    for n0 in range(0, D, BLOCK_N):
+        cols = n0 + tl.arange(0, BLOCK_N)
+        col_mask = cols < D
+        w2 = tl.load(w2_ptr + cols[None, :] * stride_w2d + channels[:, None] * stride_w2r,
+                     mask=channel_mask[:, None] & col_mask[None, :], other=0.0)
+        if IEEE_FP32:
+            acc = tl.dot(g_rows.to(tl.float32), w2.to(tl.float32), input_precision="ieee")
+        else:
+            acc = dot_low(g_rows, w2.to(g_rows.dtype), INTERPRET_BF16)
+        mask = row_mask[:, None] & col_mask[None, :]
+        acc += tl.load(b2_ptr + cols, mask=col_mask, other=0.0).to(tl.float32)[None, :]
+        acc += tl.load(res_rows + cols[None, :] * stride_rd, mask=mask, other=0.0).to(tl.float32)
+        tl.store(y_rows + cols[None, :] * stride_yd, round_bf16(acc, INTERPRET_BF16).to(y_ptr.dtype.element_ty),
+                 mask=mask)
 
 
 def impulse_response(spectral: torch.Tensor, h: int, w: int) -> torch.Tensor:
@@ -306,59 +349,142 @@ def adapter_spatial_triton(z, h: int, w: int, spectral, k3, k5, k7, conv_bias, n
     `block_p`-pixel steps, N in ⌈h·w/N⌉ unrolled N-pixel chunks; `split_conv`) is the tuner's choice among
     `tuning_candidates` on a GPU; `tuning` overrides keys of the default instead."""
     op = "adapter_spatial"
-    check_launch(op, dict(z=z, spectral=spectral, k3=k3, k5=k5, k7=k7, conv_bias=conv_bias, noise_w1=noise_w1,
-                          noise_b1=noise_b1, noise_w2=noise_w2, noise_b2=noise_b2, proj=proj, proj_bias=proj_bias))
-    check_rank(op, "z", z, "[B, N, r]")
-    batch, tokens, channels = z.shape
-    if not (1 <= h <= MAX_GRID and 1 <= w <= MAX_GRID):
-        raise KernelInputError(f"htkernels::{op}: grid {h}x{w} is outside the supported 1..{MAX_GRID} per side")
-    if tokens != 1 + h * w:
-        raise KernelInputError(f"htkernels::{op}: z has {tokens} tokens, expected 1 + {h}*{w} = {1 + h * w}")
-    reduced = noise_w1.shape[0]
-    for name, tensor, shape in (("k3", k3, (channels, 3, 3)), ("k5", k5, (channels, 5, 5)),
-                                ("k7", k7, (channels, 7, 7)), ("conv_bias", conv_bias, (3, channels)),
-                                ("noise_w1", noise_w1, (reduced, channels)), ("noise_b1", noise_b1, (reduced,)),
-                                ("noise_w2", noise_w2, (3, reduced)), ("noise_b2", noise_b2, (3,)),
-                                ("proj", proj, (channels, channels)), ("proj_bias", proj_bias, (channels,))):
-        check_shape(op, name, tensor, shape)
-    if spectral is not None:
-        check_shape(op, "spectral", spectral, (channels, h, w // 2 + 1, 2))
-    g = torch.empty((batch, tokens, channels), device=z.device, dtype=z.dtype)
-    if batch == 0:
-        return g
-    weights = [t.contiguous() for t in (k3, k5, k7, conv_bias, noise_w1, noise_b1, noise_w2, noise_b2, proj,
-                                        proj_bias)]
-    block_r = pow2_at_least(channels)
-    if spectral is None:
-        filtered = z[:, 1:].transpose(1, 2)  # [B, r, h·w] view of S: F = S
-        kappa = None
-    else:
-        kappa = IMPULSE_RESPONSES.get((spectral,), h, w)
-        filtered = torch.empty((batch, channels, h * w), device=z.device, dtype=torch.float32)
+    launch = _SpatialLaunch(op, z, h, w, spectral, k3, k5, k7, conv_bias, noise_w1, noise_b1, noise_w2, noise_b2,
+                            proj, proj_bias)
+    g = torch.empty(z.shape, device=z.device, dtype=z.dtype)
+    if z.shape[0]:
+        launch(tuned_config(op, launch.key, tuning_candidates(*launch.shape), lambda config: launch(config, g),
+                            z.device, tuning, _check_tuning(h, w)), g)
+    return g
 
-    def launch(config):
+
+class _SpatialLaunch:
+    """The checked arguments of one `adapter_spatial` or `adapter_spatial_out` call and its launches: `(config, g)`
+    stores g, `(config, y, out=(w2, b2, residual))` applies adapter_out in the epilogue and stores y instead."""
+
+    def __init__(self, op, z, h, w, spectral, k3, k5, k7, conv_bias, noise_w1, noise_b1, noise_w2, noise_b2, proj,
+                 proj_bias):
+        check_launch(op, dict(z=z, spectral=spectral, k3=k3, k5=k5, k7=k7, conv_bias=conv_bias, noise_w1=noise_w1,
+                              noise_b1=noise_b1, noise_w2=noise_w2, noise_b2=noise_b2, proj=proj,
+                              proj_bias=proj_bias))
+        check_rank(op, "z", z, "[B, N, r]")
+        batch, tokens, channels = z.shape
+        if not (1 <= h <= MAX_GRID and 1 <= w <= MAX_GRID):
+            raise KernelInputError(f"htkernels::{op}: grid {h}x{w} is outside the supported 1..{MAX_GRID} per side")
+        if tokens != 1 + h * w:
+            raise KernelInputError(f"htkernels::{op}: z has {tokens} tokens, expected 1 + {h}*{w} = {1 + h * w}")
+        reduced = noise_w1.shape[0]
+        for name, tensor, shape in (("k3", k3, (channels, 3, 3)), ("k5", k5, (channels, 5, 5)),
+                                    ("k7", k7, (channels, 7, 7)), ("conv_bias", conv_bias, (3, channels)),
+                                    ("noise_w1", noise_w1, (reduced, channels)), ("noise_b1", noise_b1, (reduced,)),
+                                    ("noise_w2", noise_w2, (3, reduced)), ("noise_b2", noise_b2, (3,)),
+                                    ("proj", proj, (channels, channels)), ("proj_bias", proj_bias, (channels,))):
+            check_shape(op, name, tensor, shape)
+        if spectral is not None:
+            check_shape(op, "spectral", spectral, (channels, h, w // 2 + 1, 2))
+        self.z, self.h, self.w, self.reduced = z, h, w, reduced
+        self.shape = (batch, h, w, channels)
+        self.key = (batch, h, w, channels, z.dtype, spectral is not None)
+        self.weights = [t.contiguous() for t in (k3, k5, k7, conv_bias, noise_w1, noise_b1, noise_w2, noise_b2, proj,
+                                                 proj_bias)]
+        self.block_r = pow2_at_least(channels)
+        if spectral is None or batch == 0:
+            self.filtered = z[:, 1:].transpose(1, 2)  # [B, r, h·w] view of S: F = S
+            self.kappa = None
+        else:
+            self.kappa = IMPULSE_RESPONSES.get((spectral,), h, w)
+            self.filtered = torch.empty((batch, channels, h * w), device=z.device, dtype=torch.float32)
+
+    def __call__(self, config, into, out=None):
+        z, h, w, filtered = self.z, self.h, self.w, self.filtered
+        batch, channels = z.shape[0], z.shape[2]
         block_p, pool_block = config["block_p"], config["pool_block"]
         tiles = cdiv(h * w, block_p)
-        if kappa is not None:
+        if self.kappa is not None:
             _circular_filter_kernel[(batch, tiles)](
-                z, kappa, filtered, h, w, channels,
+                z, self.kappa, filtered, h, w, channels,
                 z.stride(0), z.stride(1), z.stride(2), filtered.stride(0), filtered.stride(1), filtered.stride(2),
-                BLOCK_R=block_r, BLOCK_P=block_p, num_warps=4, **pdl_options(z.device),
+                BLOCK_R=self.block_r, BLOCK_P=block_p, num_warps=4, **pdl_options(z.device),
             )
+        if out is None:  # into is g; the adapter_out arguments are unused placeholders
+            w2, b2, residual, y, width = z, z, z, z, 0
+            g_strides, out_strides = into.stride(), (0,) * 8
+        else:
+            (w2, b2, residual), y, width = out, into, out[0].shape[0]
+            g_strides = (0, 0, 0)
+            out_strides = w2.stride() + residual.stride() + y.stride()
         _adapter_spatial_kernel[(batch, tiles)](
-            z, filtered, g, *weights, h, w, channels, reduced,
+            z, filtered, into, *self.weights, w2, b2, residual, y, h, w, channels, self.reduced, width,
             z.stride(0), z.stride(1), z.stride(2), filtered.stride(0), filtered.stride(1), filtered.stride(2),
-            g.stride(0), g.stride(1), g.stride(2),
-            BLOCK_R=block_r, BLOCK_R4=pow2_at_least(reduced, floor=2), BLOCK_P=block_p,
+            *g_strides, *out_strides,
+            BLOCK_R=self.block_r, BLOCK_R4=pow2_at_least(self.reduced, floor=2), BLOCK_P=block_p,
             IEEE_FP32=z.dtype == torch.float32, INTERPRET_BF16=interpret_bf16(z.dtype), num_warps=config["num_warps"],
             POOL_CHUNKS=cdiv(h * w, pool_block) if pool_block else 0, BLOCK_POOL=pool_block or block_p,
-            SPLIT_CONV=bool(config["split_conv"]), **pdl_options(z.device),
+            SPLIT_CONV=bool(config["split_conv"]), FUSE_OUT=out is not None, BLOCK_N=config.get("block_n", 64),
+            **pdl_options(z.device),
         )
 
-    key = (batch, h, w, channels, z.dtype, spectral is not None)
-    launch(tuned_config(op, key, tuning_candidates(batch, h, w, channels), launch, z.device, tuning,
-                        _check_tuning(h, w)))
-    return g
+
+def spatial_out_candidates(batch: int, h: int, w: int, channels: int) -> list:
+    """Launch configurations of `adapter_spatial_out` for the tuner; the first is the default: `adapter_spatial`
+    then `adapter_out`, each with its own tuned launch (`impl="separate"`). The others run adapter_out in the
+    spatial kernel's epilogue (`impl="fused"`), in the spatial tiles of at least 16 pixels (a dot's minimum)
+    with 64 or 128 output columns per step."""
+    fused = [dict(impl="fused", **config, block_n=block_n)
+             for config in tuning_candidates(batch, h, w, channels) if config["block_p"] >= 16
+             for block_n in (64, 128)]
+    return [dict(impl="separate", block_p=0, num_warps=0, pool_block=0, split_conv=False, block_n=0)] + fused
+
+
+def adapter_spatial_out_triton(z, h: int, w: int, spectral, k3, k5, k7, conv_bias, noise_w1, noise_b1, noise_w2,
+                               noise_b2, proj, proj_bias, w2, b2, residual,
+                               tuning: Optional[dict] = None) -> torch.Tensor:
+    """`adapter_out(adapter_spatial(z, ...), w2, b2, residual)` as `[B, 1+h·w, D]`: the tuner's choice of the two
+    launchers one after the other (the default) or the spatial kernel with adapter_out in its epilogue (g never
+    stored). w2 `[D, r]`, b2 `[D]`, residual `[B, 1+h·w, D]`, any strides. `tuning` overrides keys of the default
+    (`impl="fused"` with the spatial keys and `block_n`: the fused kernel)."""
+    op = "adapter_spatial_out"
+    launch = _SpatialLaunch(op, z, h, w, spectral, k3, k5, k7, conv_bias, noise_w1, noise_b1, noise_w2, noise_b2,
+                            proj, proj_bias)
+    check_launch(op, dict(z=z, w2=w2, b2=b2, residual=residual))
+    batch, tokens, channels = z.shape
+    width = w2.shape[0]
+    check_shape(op, "w2", w2, (width, channels))
+    check_shape(op, "b2", b2, (width,))
+    check_shape(op, "residual", residual, (batch, tokens, width))
+    if residual.dtype != z.dtype:
+        raise KernelInputError(f"htkernels::{op}: residual has dtype {residual.dtype}, z {z.dtype}; expected one dtype")
+    allocated = []
+
+    def run(config):
+        if config["impl"] == "separate":
+            g = adapter_spatial_triton(z, h, w, spectral, *launch.weights)
+            return adapter_out_triton(g.view(-1, channels), w2, b2, residual.reshape(-1, width)).view(batch, tokens,
+                                                                                                    width)
+        if not allocated:
+            allocated.append(torch.empty((batch, tokens, width), device=z.device, dtype=z.dtype))
+        launch(config, allocated[0], out=(w2, b2, residual))
+        return allocated[0]
+
+    if batch == 0:
+        return torch.empty((batch, tokens, width), device=z.device, dtype=z.dtype)
+    return run(tuned_config(op, launch.key + (width,), spatial_out_candidates(*launch.shape), run, z.device, tuning,
+                            _check_spatial_out_tuning(h, w)))
+
+
+def _check_spatial_out_tuning(h: int, w: int):
+    spatial = _check_tuning(h, w)
+
+    def validate(config):
+        if config["impl"] not in ("separate", "fused"):
+            raise KernelInputError(f"htkernels::adapter_spatial_out: tuning impl={config['impl']!r}; expected "
+                                   "'separate' or 'fused'")
+        if config["impl"] == "fused":
+            spatial(config)
+            if config["block_p"] < 16 or config["block_n"] < 16 or config["block_n"] & (config["block_n"] - 1):
+                raise KernelInputError(f"htkernels::adapter_spatial_out: tuning {config} needs block_p ≥ 16 and a "
+                                       "power-of-two block_n ≥ 16 (the epilogue's dot)")
+    return validate
 
 
 def _adapter_spatial_fake(z, h, w, spectral, k3, k5, k7, conv_bias, noise_w1, noise_b1, noise_w2, noise_b2, proj,
@@ -374,3 +500,23 @@ def adapter_spatial(z: torch.Tensor, h: int, w: int, spectral: Optional[torch.Te
     """The public op: the reference on CPU, the Triton kernels on CUDA."""
     return adapter_spatial_ref(z, h, w, spectral, k3, k5, k7, conv_bias, noise_w1, noise_b1, noise_w2, noise_b2,
                                proj, proj_bias)
+
+
+def _adapter_spatial_out_fake(z, h, w, spectral, k3, k5, k7, conv_bias, noise_w1, noise_b1, noise_w2, noise_b2, proj,
+                              proj_bias, w2, b2, residual):
+    return residual.new_empty((z.shape[0], z.shape[1], w2.shape[0]))
+
+
+@register_op("adapter_spatial_out", cuda=adapter_spatial_out_triton, fake=_adapter_spatial_out_fake)
+def adapter_spatial_out(z: torch.Tensor, h: int, w: int, spectral: Optional[torch.Tensor], k3: torch.Tensor,
+                        k5: torch.Tensor, k7: torch.Tensor, conv_bias: torch.Tensor, noise_w1: torch.Tensor,
+                        noise_b1: torch.Tensor, noise_w2: torch.Tensor, noise_b2: torch.Tensor, proj: torch.Tensor,
+                        proj_bias: torch.Tensor, w2: torch.Tensor, b2: torch.Tensor,
+                        residual: torch.Tensor) -> torch.Tensor:
+    """The public op: `adapter_out(adapter_spatial(...))`'s references on CPU; on CUDA the tuned choice of the two
+    launches or the fused kernel."""
+    g = adapter_spatial_ref(z, h, w, spectral, k3, k5, k7, conv_bias, noise_w1, noise_b1, noise_w2, noise_b2, proj,
+                            proj_bias)
+    batch, tokens, channels = z.shape
+    return adapter_out_ref(g.reshape(-1, channels), w2, b2, residual.reshape(-1, w2.shape[0])).view(
+        batch, tokens, w2.shape[0])

@@ -6,12 +6,13 @@ from __future__ import annotations
 def _short(config: dict) -> str:
     if config.get("impl") == "torch":
         return "cublas"
-    if config.get("impl") not in (None, "triton"):  # attention's back ends: sdpa's default, flash, cudnn, fa3...
-        return config["impl"]
     names = {"block_m": "m", "block_d": "d", "block_n": "n", "block_p": "p", "num_warps": "w", "single_pass": "1pass",
              "one_dot": "1dot", "pool_block": "pool", "split_conv": "split", "num_stages": "s"}
-    return "/".join(names.get(key, key) + ("" if value is True else str(value)) for key, value in config.items()
-                    if value is not False and key != "impl")
+    parts = [names.get(key, key) + ("" if value is True else str(value)) for key, value in config.items()
+             if value is not False and value != 0 and key != "impl"]
+    if config.get("impl") not in (None, "triton"):  # attention's back ends, adapter_spatial_out's separate/fused
+        parts.insert(0, config["impl"])
+    return "/".join(parts)
 
 
 def table(results: dict) -> str:

@@ -3,7 +3,7 @@ the block with the fastest configuration of each: the data the launchers' batch-
 block's qkv and fc1 with their LayerNorm (`norm_linear`: LayerNorm + `linear_act`, its default, against the
 LayerNorm folded into the GEMM), and the block's attention under each back end the tuner chooses from (SDPA's own
 choice, flash, memory-efficient, cuDNN, math, FA3 where installed) and the patch embedding (unfused ops against
-the one-GEMM kernel). Also the launch tuner's choices so far (`record`), which the optimized backend makes
+the one-GEMM kernel) and adapter_spatial + adapter_out against adapter_out fused into the spatial kernel. Also the launch tuner's choices so far (`record`), which the optimized backend makes
 in its warm-up runs."""
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from htkernels import adapter_in, adapter_out, adapter_spatial, attention, norm_
 from htkernels._tune import TUNER
 from htkernels.adapter_in import adapter_in_triton
 from htkernels.adapter_out import adapter_out_triton
-from htkernels.adapter_spatial import adapter_spatial_triton
+from htkernels.adapter_spatial import adapter_spatial_out_triton, adapter_spatial_triton
 from htkernels.attention import attention_torch
 from htkernels.norm_linear import norm_linear_triton
 from htkernels.patch_embed import patch_embed_triton
@@ -41,7 +41,8 @@ def tuning_sweep(width: int, channels: int, grid: int) -> dict:
             "norm_linear_qkv": norm_linear.tuning_candidates(rows),
             "norm_linear_fc1": norm_linear.tuning_candidates(rows),
             "attention": attention.tuning_candidates(DTYPES["bf16"]),
-            "patch_embed": patch_embed.tuning_candidates(grid * grid)}
+            "patch_embed": patch_embed.tuning_candidates(grid * grid),
+            "adapter_spatial_out": adapter_spatial.spatial_out_candidates(1, grid, grid, channels)}
 
 
 def run(check: Check) -> None:
@@ -69,6 +70,8 @@ def run(check: Check) -> None:
         "norm_linear_fc1": lambda tuning: norm_linear_triton(*fc1, tuning=tuning),
         "attention": lambda tuning: attention_torch(packed, heads, tuning=tuning),
         "patch_embed": lambda tuning: patch_embed_triton(*embed_args, tuning=tuning),
+        "adapter_spatial_out": lambda tuning: adapter_spatial_out_triton(
+            *spatial, w2, b2, x.view(1, -1, width), tuning=tuning),
     }
     tuning = check.results.setdefault("tuning_batch1_bf16", {})
     sweep = tuning_sweep(width, channels, grid)

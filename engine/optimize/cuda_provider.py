@@ -8,7 +8,7 @@ import torch
 
 from htkernels import cuda_ops
 
-from .kernels import TorchAdapterKernels, kernel_errors
+from .kernels import TorchAdapterKernels, compose_spatial_out, kernel_errors
 
 
 class CudaAdapterKernels:
@@ -42,6 +42,11 @@ class CudaAdapterKernels:
 
     def adapter_out(self, g2d, w2, b2, residual2d):
         return TorchAdapterKernels.adapter_out(g2d, w2, b2, residual2d)
+
+    def adapter_spatial_out(self, z, h, w, spectral, k3, k5, k7, conv_bias, noise_w1, noise_b1, noise_w2, noise_b2,
+                            proj, proj_bias, w2, b2, residual):
+        return compose_spatial_out(self, z, h, w, spectral, k3, k5, k7, conv_bias, noise_w1, noise_b1, noise_w2,
+                                   noise_b2, proj, proj_bias, w2, b2, residual)
 
     def norm_linear(self, x, norm, linear, activation):
         return TorchAdapterKernels.norm_linear(x, norm, linear, activation)

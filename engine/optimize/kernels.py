@@ -52,6 +52,11 @@ class AdapterKernels(Protocol):
     def adapter_out(self, g2d, w2, b2, residual2d):
         """`y [M, D] = residual2d + g2d @ w2ᵀ + b2`: g2d `[M, r]`, w2 `[D, r]`, b2 `[D]`, residual2d `[M, D]`."""
 
+    def adapter_spatial_out(self, z, h, w, spectral, k3, k5, k7, conv_bias, noise_w1, noise_b1, noise_w2, noise_b2,
+                            proj, proj_bias, w2, b2, residual):
+        """`y [B, 1+h·w, D] = adapter_out(adapter_spatial(z, ...), w2, b2, residual)`: the adapter after adapter_in,
+        residual `[B, 1+h·w, D]` (a provider may fuse the two, never storing g)."""
+
     def norm_linear(self, x, norm, linear, activation):
         """The block's LayerNorm and the GEMM after it, qkv (`activation` "none") and fc1 with its activation:
         `act(linear(norm(x)))`; `norm` an `nn.LayerNorm` over the last dim, `linear` as for `linear_act`."""
@@ -113,6 +118,16 @@ def activate(x: torch.Tensor, activation: str) -> torch.Tensor:
     if activation == "none":
         return x
     return x * torch.sigmoid(1.702 * x) if activation == "quick_gelu" else F.gelu(x)
+
+
+def compose_spatial_out(provider, z, h, w, spectral, k3, k5, k7, conv_bias, noise_w1, noise_b1, noise_w2, noise_b2,
+                        proj, proj_bias, w2, b2, residual):
+    """`adapter_spatial_out` as the provider's own `adapter_spatial` then its `adapter_out`."""
+    batch, tokens, r = z.shape
+    g = provider.adapter_spatial(z, h, w, spectral, k3, k5, k7, conv_bias, noise_w1, noise_b1, noise_w2, noise_b2,
+                                 proj, proj_bias)
+    width = residual.shape[-1]
+    return provider.adapter_out(g.view(-1, r), w2, b2, residual.view(-1, width)).view(batch, tokens, width)
 
 
 class TorchAdapterKernels:
@@ -190,6 +205,11 @@ class TorchAdapterKernels:
     @staticmethod
     def adapter_out(g2d, w2, b2, residual2d):
         return torch.addmm(b2, g2d, w2.t()) + residual2d
+
+    def adapter_spatial_out(self, z, h, w, spectral, k3, k5, k7, conv_bias, noise_w1, noise_b1, noise_w2, noise_b2,
+                            proj, proj_bias, w2, b2, residual):
+        return compose_spatial_out(self, z, h, w, spectral, k3, k5, k7, conv_bias, noise_w1, noise_b1, noise_w2,
+                                   noise_b2, proj, proj_bias, w2, b2, residual)
 
     @classmethod
     def norm_linear(cls, x, norm, linear, activation):

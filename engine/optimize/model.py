@@ -87,10 +87,9 @@ class OptimizedBlock(nn.Module):
         k = self.kernels
         r = a.w_norm.shape[0]
         z = k.adapter_in(x.view(-1, width), a.w_norm, a.w_raw, a.bias, a.eps)
-        g = k.adapter_spatial(z.view(batch, tokens, r), self.grid, self.grid, a.spectral, a.k3, a.k5, a.k7,
-                              a.conv_bias, a.noise_w1, a.noise_b1, a.noise_w2, a.noise_b2, a.proj, a.proj_bias)
-        y = k.adapter_out(g.view(-1, r), a.w2, a.b2, x.view(-1, width))
-        return y.view(batch, tokens, width)
+        return k.adapter_spatial_out(z.view(batch, tokens, r), self.grid, self.grid, a.spectral, a.k3, a.k5, a.k7,
+                                     a.conv_bias, a.noise_w1, a.noise_b1, a.noise_w2, a.noise_b2, a.proj,
+                                     a.proj_bias, a.w2, a.b2, x)
 
 
 class Embedding(nn.Module):

@@ -59,6 +59,18 @@ class TritonAdapterKernels:
 
     @staticmethod
     @kernel_errors()
+    def adapter_spatial_out(z, h, w, spectral, k3, k5, k7, conv_bias, noise_w1, noise_b1, noise_w2, noise_b2, proj,
+                            proj_bias, w2, b2, residual):
+        """adapter_spatial then adapter_out: the tuner's choice of the two kernels or the spatial kernel with
+        adapter_out in its epilogue (htkernels/adapter_spatial.py)."""
+        args = (z, int(h), int(w), spectral, k3, k5, k7, conv_bias, noise_w1, noise_b1, noise_w2, noise_b2, proj,
+                proj_bias, w2, b2, residual)
+        if z.is_cuda:
+            return torch.ops.htkernels.adapter_spatial_out(*args)
+        return _adapter_spatial.adapter_spatial_out_triton(*args)
+
+    @staticmethod
+    @kernel_errors()
     def adapter_out(g2d, w2, b2, residual2d):
         if g2d.is_cuda:
             return torch.ops.htkernels.adapter_out(g2d, w2, b2, residual2d)

@@ -98,6 +98,9 @@ def main() -> int:
                                  stride_ym=outputs, stride_yn=1) for outputs in (2304, 3072)}
     spatial_values = dict(H=14, W=14, R=64, R4=16, stride_zb=197 * 64, stride_zn=64, stride_zr=1, stride_fb=197 * 64,
                           stride_fr=1, stride_fp=64, stride_gb=197 * 64, stride_gn=64, stride_gr=1)
+    spatial_out_values = {**spatial_values, "D": 768, "stride_gb": 0, "stride_gn": 0, "stride_gr": 0,
+                          "stride_w2d": 64, "stride_w2r": 1, "stride_rb": 197 * 768, "stride_rn": 768,
+                          "stride_rd": 1, "stride_yb": 197 * 768, "stride_yn": 768, "stride_yd": 1}
     # The embedding of 224² images in 16² patches (K = 768) to width 768, contiguous images, weights and output.
     embed_values = dict(N=768, K=768, G=14, P=16, stride_ib=3 * 224 * 224, stride_ic=224 * 224, stride_ih=224,
                         stride_iw=1, stride_wn=768, stride_wk=1, stride_pt=768, stride_pn=1, stride_yb=197 * 768,
@@ -141,7 +144,17 @@ def main() -> int:
             pool = c["pool_block"]
             build(asp._adapter_spatial_kernel, {"z_ptr": f"*{dtype}", "g_ptr": f"*{dtype}"}, (),
                   dict(BLOCK_R=64, BLOCK_R4=16, BLOCK_P=c["block_p"], POOL_CHUNKS=-(-196 // pool) if pool else 0,
-                       BLOCK_POOL=pool or c["block_p"], SPLIT_CONV=c["split_conv"], **flags), c, fit, spatial_values)
+                       BLOCK_POOL=pool or c["block_p"], SPLIT_CONV=c["split_conv"], FUSE_OUT=False, BLOCK_N=64,
+                       **flags), c, fit, spatial_values)
+        # adapter_out in the spatial kernel's epilogue (adapter_spatial_out's fused candidates): D = 768.
+        fused_configs = [c for b in batches for c in asp.spatial_out_candidates(b, 14, 14, 64) if c["impl"] == "fused"]
+        for c in fused_configs:
+            pool = c["pool_block"]
+            build(asp._adapter_spatial_kernel,
+                  {n: f"*{dtype}" for n in ("z_ptr", "g_ptr", "w2_ptr", "b2_ptr", "res_ptr", "y_ptr")}, (),
+                  dict(BLOCK_R=64, BLOCK_R4=16, BLOCK_P=c["block_p"], POOL_CHUNKS=-(-196 // pool) if pool else 0,
+                       BLOCK_POOL=pool or c["block_p"], SPLIT_CONV=c["split_conv"], FUSE_OUT=True,
+                       BLOCK_N=c["block_n"], **flags), c, fit, spatial_out_values)
         for block_p in sorted({c["block_p"] for c in spatial_configs}):
             build(asp._circular_filter_kernel, {"z_ptr": f"*{dtype}"}, (), dict(BLOCK_R=64, BLOCK_P=block_p),
                   values=spatial_values)

@@ -6,9 +6,11 @@ import torch
 
 import htkernels.adapter_in  # noqa: F401  (registers htkernels::adapter_in)
 import htkernels.adapter_out  # noqa: F401
-import htkernels.adapter_spatial  # noqa: F401
+import htkernels.adapter_spatial  # noqa: F401  (also htkernels::adapter_spatial_out)
+import htkernels.attention  # noqa: F401
 import htkernels.linear_act  # noqa: F401
 import htkernels.norm_linear  # noqa: F401
+import htkernels.patch_embed  # noqa: F401
 import htkernels.preprocess  # noqa: F401
 from engine.preprocess import pil_resize_matrix
 
@@ -38,6 +40,14 @@ def op_cases(device):
         z, filt, weights = spatial_args(2, 3, 5, 16, spectral, seed=1)
         cases[name] = (z.to(device), 3, 5, None if filt is None else filt.to(device),
                        *[w.to(device) for w in weights.values()])
+        cases[name.replace("spatial", "spatial_out")] = cases[name] + (
+            torch.randn(48, 16, generator=gen).to(device), torch.randn(48, generator=gen).to(device),
+            torch.randn(2, 16, 48, generator=gen).to(device))
+    cases["attention"] = (torch.randn(2, 9, 3 * 48, generator=gen).to(device), 4)
+    cases["patch_embed"] = (torch.rand(2, 3, 16, 16, generator=gen).to(device),
+                            torch.randn(24, 48, generator=gen).to(device), torch.randn(24, generator=gen).to(device),
+                            torch.randn(1, 1, 24, generator=gen).to(device),
+                            torch.randn(1, 16, 24, generator=gen).to(device), 4)
     frames = torch.randint(0, 256, (2, 13, 17, 3), dtype=torch.uint8, generator=gen).to(device)
     rows = torch.from_numpy(np.array(pil_resize_matrix(13, 8))).to(device=device, dtype=torch.int32)
     cols = torch.from_numpy(np.array(pil_resize_matrix(17, 8))).to(device=device, dtype=torch.int32)
@@ -45,12 +55,15 @@ def op_cases(device):
     return cases
 
 
+OP_CASES = ["adapter_in", "adapter_out", "adapter_spatial", "adapter_spatial_spectral", "adapter_spatial_out",
+            "adapter_spatial_out_spectral", "attention", "linear_act", "norm_linear", "patch_embed", "preprocess"]
+
+
 def op_of(case: str):
     return getattr(torch.ops.htkernels, case.replace("_spectral", ""))
 
 
-@pytest.mark.parametrize("case", ["adapter_in", "adapter_out", "adapter_spatial", "adapter_spatial_spectral",
-                                  "linear_act", "norm_linear", "preprocess"])
+@pytest.mark.parametrize("case", OP_CASES)
 def test_opcheck_cpu(case):
     torch.library.opcheck(op_of(case), op_cases("cpu")[case])
 
@@ -74,8 +87,7 @@ def test_ops_compile_and_export_on_cpu():
 
 @requires_cuda
 @cuda_only
-@pytest.mark.parametrize("case", ["adapter_in", "adapter_out", "adapter_spatial", "adapter_spatial_spectral",
-                                  "linear_act", "norm_linear", "preprocess"])
+@pytest.mark.parametrize("case", OP_CASES)
 def test_cuda_op_matches_cpu_op_and_opcheck(case):
     cuda_args = op_cases("cuda")[case]
     cpu_args = op_cases("cpu")[case]
