@@ -17,10 +17,12 @@ from .errors import KernelInputError, KernelUnavailableError
 try:
     import triton
     import triton.language as tl
-    from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
 except ImportError:  # the CPU-only runtime does not need Triton
     triton = None
     tl = None
+try:  # grid dependency control (programmatic dependent launch) came with Triton 3.4; older ones run without PDL
+    from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
+except ImportError:
     gdc_launch_dependents = gdc_wait = None
 
 
@@ -53,12 +55,15 @@ def programmatic_launch(enabled: bool):
 
 def pdl_options(device: torch.device) -> dict:
     """The launch keywords of a kernel on `device`: `PDL` (its constexpr) and, where programmatic dependent launch
-    is on (`HTK_PDL` or `programmatic_launch`), the device compiled (not interpreting) and Hopper or newer,
-    Triton's `launch_pdl`. Off, `{"PDL": False}`: the kernel is the same as without PDL."""
+    is on (`HTK_PDL` or `programmatic_launch`), the kernels compiled (not interpreted) for an NVIDIA GPU of Hopper
+    or newer (not ROCm) by a Triton that has grid dependency control (3.4+), Triton's `launch_pdl`. Otherwise
+    `{"PDL": False}`: the kernel is the same as without PDL."""
     wanted = _PDL.get()
     if wanted is None:
         wanted = envs.HTK_PDL.get()
-    if not wanted or interpreting() or device.type != "cuda" or torch.cuda.get_device_capability(device) < (9, 0):
+    if not wanted or gdc_wait is None or interpreting() or device.type != "cuda" or torch.version.hip is not None:
+        return {"PDL": False}
+    if torch.cuda.get_device_capability(device) < (9, 0):
         return {"PDL": False}
     return {"PDL": True, "launch_pdl": True}
 

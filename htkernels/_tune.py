@@ -59,7 +59,10 @@ def l2_flush_bytes(l2_bytes: int) -> int:
 @functools.lru_cache(maxsize=None)
 def _flush_buffer(index: int) -> torch.Tensor:
     l2_bytes = getattr(torch.cuda.get_device_properties(index), "L2_cache_size", 0)
-    return torch.empty(l2_flush_bytes(int(l2_bytes)), dtype=torch.uint8, device=f"cuda:{index}")
+    # A normal tensor even when the first tuning runs under inference_mode (the runner's warm-up): an inference
+    # tensor could not be written by a later tuning outside it.
+    with torch.inference_mode(False):
+        return torch.empty(l2_flush_bytes(int(l2_bytes)), dtype=torch.uint8, device=f"cuda:{index}")
 
 
 def cold_us(timed_ms: list, flush_ms: list, launches: int) -> float:

@@ -24,7 +24,7 @@ from ._triton import (
     tl,
     wait_for_producer,
 )
-from ._tune import tuned_config
+from ._tune import int32_offsets, tuned_config
 from .adapter_out import adapter_out_ref, adapter_out_triton
 from .errors import KernelInputError
 
@@ -468,7 +468,10 @@ def adapter_spatial_out_triton(z, h: int, w: int, spectral, k3, k5, k7, conv_bia
 
     if batch == 0:
         return torch.empty((batch, tokens, width), device=z.device, dtype=z.dtype)
-    return run(tuned_config(op, launch.key + (width,), spatial_out_candidates(*launch.shape), run, z.device, tuning,
+    # The fused epilogue indexes the residual and y in int32: past that only the two launches run (cuBLAS there).
+    fits = int32_offsets(z, residual, w2, output_elements=batch * tokens * width)
+    candidates = spatial_out_candidates(*launch.shape) if fits else spatial_out_candidates(*launch.shape)[:1]
+    return run(tuned_config(op, launch.key + (width,), candidates, run, z.device, tuning,
                             _check_spatial_out_tuning(h, w)))
 
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 import functools
 import importlib
 import math
+import threading
 from typing import Optional
 
 import torch
@@ -34,6 +35,7 @@ FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 SDPA_BACKENDS = {"default": None, "flash": "FLASH_ATTENTION", "efficient": "EFFICIENT_ATTENTION",
                  "cudnn": "CUDNN_ATTENTION", "math": "MATH"}
 FA3_MODULE = "flash_attn_interface"
+_SDPA_FLAGS = threading.Lock()
 
 
 def attention_ref(qkv: torch.Tensor, heads: int) -> torch.Tensor:
@@ -74,7 +76,9 @@ def _sdpa(qkv: torch.Tensor, heads: int, backend: Optional[str]) -> torch.Tensor
     else:
         from torch.nn.attention import SDPBackend, sdpa_kernel
 
-        with sdpa_kernel([getattr(SDPBackend, backend)]):
+        # sdpa_kernel switches torch's process-wide back-end flags: one restricted call at a time, so a call in
+        # another thread cannot find its back end switched off (the default, unrestricted, takes no lock).
+        with _SDPA_FLAGS, sdpa_kernel([getattr(SDPBackend, backend)]):
             out = F.scaled_dot_product_attention(q, k, v)
     return out.transpose(1, 2).reshape(batch, tokens, width)
 
@@ -111,15 +115,16 @@ def attention_torch(qkv: torch.Tensor, heads: int, tuning: Optional[dict] = None
                                f"{sorted([*SDPA_BACKENDS, 'fa3'])}")
 
     def launch(config):
-        if config["impl"] == "fa3":
-            return _fa3(qkv, heads)
         try:
+            if config["impl"] == "fa3":
+                return _fa3(qkv, heads)
             return _sdpa(qkv, heads, SDPA_BACKENDS[config["impl"]])
-        except RuntimeError as exc:
-            if tuning is None:
+        except (RuntimeError, AssertionError, ValueError) as exc:
+            if tuning is None or isinstance(exc, KernelUnavailableError):
                 raise  # a candidate the tuner times: reported and skipped there
-            raise KernelUnavailableError(f"htkernels::{op}: SDPA back end {config['impl']!r} cannot run "
-                                         f"{qkv.dtype} [{batch}, {tokens}, {packed}] on {qkv.device}: "
+            what = "FlashAttention-3" if config["impl"] == "fa3" else f"SDPA back end {config['impl']!r}"
+            raise KernelUnavailableError(f"htkernels::{op}: {what} cannot run {qkv.dtype} [{batch}, {tokens}, "
+                                         f"{packed}] on {qkv.device}: "
                                          f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
 
     if tuning is not None:

@@ -56,7 +56,7 @@ def run(check: Check) -> None:
     fc1 = adapter_inputs("norm_linear", 1, dtype, device, width, channels, grid)
     qkv = fc1[:3] + (fc1[3][:3 * width], fc1[4][:3 * width], fc1[5], "none")
     packed = torch.randn(1, x.shape[0], 3 * width, device=device, dtype=dtype)
-    heads = width // HEAD_WIDTH
+    heads = max(1, width // HEAD_WIDTH)  # the --tiny model (width 48) as one head
     size = grid * PATCH
     embed_args = (torch.rand(1, 3, size, size, device=device), torch.randn(width, 3 * PATCH * PATCH, device=device,
                   dtype=dtype) * 0.02, torch.randn(width, device=device, dtype=dtype),

@@ -131,3 +131,23 @@ def test_bad_arguments_are_refused(device, change, match):
     kwargs.update({k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in change.items()})
     with pytest.raises(KernelInputError, match=match):
         spatial.adapter_spatial_out_triton(z, 4, 5, filt, **weights, **kwargs)
+
+
+def test_past_int32_offsets_only_the_two_launches_are_offered(monkeypatch):
+    """The fused epilogue indexes the residual and y in int32; where they would not fit, the tuner is offered the
+    two launches alone (adapter_out falls back to cuBLAS there)."""
+    import htkernels._tune as tune
+
+    offered = []
+
+    def record(op, key, candidates, launch, device):
+        offered.append((op, [c.get("impl") for c in candidates]))
+        return candidates[0]
+
+    monkeypatch.setattr(tune.TUNER, "choose", record)
+    z, filt, weights, w2, b2, residual = out_args(1, 3, 4, 16, False, seed=4)
+    spatial.adapter_spatial_out_triton(z, 3, 4, filt, **weights, w2=w2, b2=b2, residual=residual)
+    monkeypatch.setattr(spatial, "int32_offsets", lambda *tensors, output_elements=0: False)
+    spatial.adapter_spatial_out_triton(z, 3, 4, filt, **weights, w2=w2, b2=b2, residual=residual)
+    (first, second) = [impls for op, impls in offered if op == "adapter_spatial_out"]
+    assert "fused" in first and second == ["separate"]

@@ -175,3 +175,20 @@ def test_the_tuner_times_every_backend_and_skips_the_ones_that_fail(monkeypatch)
     if not torch.cuda.is_available():  # CPU SDPA has no memory-efficient or cuDNN kernel: reported, not chosen
         assert "error" in timed["efficient"] and "error" in timed["cudnn"]
     assert_relative(out.float(), independent_attention(qkv, 2), RELATIVE[torch.bfloat16], "tuned attention")
+
+
+def test_fa3_that_refuses_the_inputs_is_a_clear_error(monkeypatch):
+    """FA3 takes fp16/bf16 only; asked for it explicitly on inputs it rejects (its own assertion), the launcher says
+    which back end could not run what."""
+    def flash_attn_func(q, k, v):
+        assert q.dtype in (torch.float16, torch.bfloat16), "FA3 needs fp16 or bf16"
+
+    module = types.ModuleType(att.FA3_MODULE)
+    module.flash_attn_func = flash_attn_func
+    monkeypatch.setitem(sys.modules, att.FA3_MODULE, module)
+    att.fa3_function.cache_clear()
+    try:
+        with pytest.raises(KernelUnavailableError, match="FlashAttention-3 cannot run torch.float32"):
+            att.attention_torch(packed_qkv(1, 9, 2, 8), 2, tuning={"impl": "fa3"})
+    finally:
+        att.fa3_function.cache_clear()

@@ -115,3 +115,12 @@ def test_every_launcher_hands_the_launch_options_to_its_kernels(monkeypatch, nam
         for kwargs in recorder.launches:
             assert {key: kwargs.get(key) for key in ("PDL", "launch_pdl")} == {
                 "PDL": options["PDL"], "launch_pdl": options.get("launch_pdl")}, (name, kernel)
+
+
+def test_off_on_rocm_and_with_a_triton_without_grid_dependency_control(compiled_hopper, monkeypatch):
+    monkeypatch.setenv("HTK_PDL", "1")
+    monkeypatch.setattr(torch.version, "hip", "6.2")
+    assert _triton.pdl_options(CUDA) == OFF
+    monkeypatch.setattr(torch.version, "hip", None)
+    monkeypatch.setattr(_triton, "gdc_wait", None)
+    assert _triton.pdl_options(CUDA) == OFF
