@@ -117,8 +117,9 @@ class Head(nn.Module):
     """Per level reduce → LN → Linear → GELU, then the folded output layer (`rewrites.fold_head_output`) on the
     concatenated levels; seg upsamples the C-channel logits (conv before upsample), cls pools first."""
 
-    def __init__(self, cfg: ModelConfig, t: dict, dtype):
+    def __init__(self, cfg: ModelConfig, t: dict, dtype, kernels: AdapterKernels):
         super().__init__()
+        self.kernels = kernels
         levels = len(cfg.extract_layers)
         self.task, self.grid, self.image_size = cfg.task, cfg.grid, cfg.image_size
         self.reduces = nn.ModuleList(
@@ -145,7 +146,8 @@ class Head(nn.Module):
         # Every level runs on all tokens, CLS included: each layer is one GEMM on a contiguous input (reducing the
         # strided `feature[:, 1:]` copies it first, and adds the bias in a kernel of its own, at batch > 1); the
         # concatenation, a copy anyway, drops the CLS rows. Rows are independent, so this is exact.
-        hidden = [F.gelu(fc1(norm(reduce(feature))))
+        # LayerNorm → fc1 → GELU through the provider: one kernel where it folds the LayerNorm into the GEMM.
+        hidden = [self.kernels.norm_linear(reduce(feature), norm, fc1, "gelu")
                   for feature, reduce, norm, fc1 in zip(features, self.reduces, self.norms, self.fc1)]
         stacked = torch.cat([level[:, 1:] for level in hidden], dim=-1).float()
         batch = stacked.shape[0]
@@ -194,7 +196,7 @@ class OptimizedHTModel(nn.Module):
                                                   dtype)
                 blocks.append(OptimizedBlock(t, prefix, cfg, adapter, dtype, self.kernels))
             self.blocks = nn.ModuleList(blocks)
-            self.head = Head(cfg, t, dtype)
+            self.head = Head(cfg, t, dtype, self.kernels)
         except KeyError as exc:
             raise PackageError(f"package tensors lack {exc}, needed by the optimized model of a {cfg.arch} "
                                f"{cfg.task} config") from None

@@ -122,8 +122,9 @@ def test_optimized_model_with_fused_dense_layers(device, poisoned, monkeypatch, 
     # the fused kernel (the projection's inner size, the toy width, is the adapter's: no cuBLAS candidate there).
     fused_over_cublas = {(op, key[2]) for op, key, impl, offered_torch in chosen if impl == "triton" and offered_torch}
     dense = "norm_linear" if folded else "linear_act"
+    # The head's levels too: LayerNorm → fc1 → GELU (output head_dim) through the same op.
     assert fused_over_cublas == {(dense, 3 * cfg.width), (dense, 4 * cfg.width), ("adapter_out", 4 * cfg.width),
-                                 ("patch_embed", cfg.patch_size)}
+                                 ("patch_embed", cfg.patch_size), (dense, cfg.head_dim)}
     assert [impl for op, _, impl, _ in chosen if op == "attention"] == ["math"] * cfg.layers
     assert [impl for op, _, impl, _ in chosen if op == "adapter_spatial_out"] == ["fused"] * len(cfg.adapter_layers)
 
