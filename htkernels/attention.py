@@ -67,10 +67,15 @@ def tuning_candidates(dtype: torch.dtype) -> list:
     return [dict(impl=name) for name in names]
 
 
-def _sdpa(qkv: torch.Tensor, heads: int, backend: Optional[str]) -> torch.Tensor:
+def sdpa_attention(qkv: torch.Tensor, heads: int, backend: Optional[str] = None) -> torch.Tensor:
+    """SDPA on head-major views of the packed qkv, then the heads side by side `[B, N, H·d]`; `backend` an
+    `SDPBackend` member name to restrict SDPA to (None: its own choice). The torch provider's `attention` and the
+    SDPA candidates here."""
     batch, tokens, packed = qkv.shape
     width = packed // 3
-    q, k, v = qkv.view(batch, tokens, 3, heads, width // heads).permute(2, 0, 3, 1, 4)
+    # Indexed, not unpacked: unpacking is an unbind, which exports as a Split that OpenVINO runs slower.
+    heads_first = qkv.reshape(batch, tokens, 3, heads, width // heads).permute(2, 0, 3, 1, 4)
+    q, k, v = heads_first[0], heads_first[1], heads_first[2]
     if backend is None:
         out = F.scaled_dot_product_attention(q, k, v)
     else:
@@ -118,7 +123,7 @@ def attention_torch(qkv: torch.Tensor, heads: int, tuning: Optional[dict] = None
         try:
             if config["impl"] == "fa3":
                 return _fa3(qkv, heads)
-            return _sdpa(qkv, heads, SDPA_BACKENDS[config["impl"]])
+            return sdpa_attention(qkv, heads, SDPA_BACKENDS[config["impl"]])
         except (RuntimeError, AssertionError, ValueError) as exc:
             if tuning is None or isinstance(exc, KernelUnavailableError):
                 raise  # a candidate the tuner times: reported and skipped there

@@ -20,6 +20,7 @@ from typing import Protocol
 import torch
 import torch.nn.functional as F
 
+from htkernels.attention import sdpa_attention
 from htkernels.errors import KernelError, KernelInputError
 from htkernels.patch_embed import patch_embed_torch
 
@@ -234,12 +235,7 @@ class TorchAdapterKernels:
     @staticmethod
     def attention(qkv, heads):
         """SDPA on head-major views of the packed qkv (its own choice of back end), then the heads side by side."""
-        batch, tokens, packed = qkv.shape
-        width = packed // 3
-        # Indexed, not unpacked: unpacking is an unbind, which exports as a Split that OpenVINO runs slower.
-        heads_first = qkv.reshape(batch, tokens, 3, heads, width // heads).permute(2, 0, 3, 1, 4)
-        attended = F.scaled_dot_product_attention(heads_first[0], heads_first[1], heads_first[2])
-        return attended.transpose(1, 2).reshape(batch, tokens, width)
+        return sdpa_attention(qkv, heads)
 
     @staticmethod
     def preprocess(frames, row_weights, col_weights, scale, out_dtype):

@@ -158,13 +158,13 @@ def test_the_tuner_times_every_backend_and_skips_the_ones_that_fail(monkeypatch)
 
     tuner = tune.LaunchTuner(measure=measure)
     monkeypatch.setattr(tune.LaunchTuner, "active", staticmethod(lambda device: True))
-    original = att._sdpa
+    original = att.sdpa_attention
 
     def tracking(qkv, heads, backend):
         measure.config = next(name for name, value in att.SDPA_BACKENDS.items() if value == backend)
         return original(qkv, heads, backend)
 
-    monkeypatch.setattr(att, "_sdpa", tracking)
+    monkeypatch.setattr(att, "sdpa_attention", tracking)
     monkeypatch.setattr(tune, "TUNER", tuner)
     qkv = packed_qkv(2, 9, 2, 8, torch.bfloat16)
     out = att.attention_torch(qkv, 2)
