@@ -18,7 +18,16 @@ from engine.backends import openvino as openvino_backend  # noqa: E402
 from engine.errors import BackendError, PackageError  # noqa: E402
 from engine.export.build import build_artifact  # noqa: E402
 from engine.export.manifest import MANIFEST, BatchRange, write_manifest  # noqa: E402
-from engine.export.openvino import MODEL_BIN, MODEL_XML, cpu_features, cpu_has_bf16, inference_precision  # noqa: E402
+from engine.export.openvino import (  # noqa: E402
+    INT8_FLOAT_BLOCKS,
+    MODEL_BIN,
+    MODEL_XML,
+    adapter_projections,
+    cpu_features,
+    cpu_has_bf16,
+    inference_precision,
+    mark_precise,
+)
 from engine.synthetic import synthetic_frame  # noqa: E402
 from tests.artifact_helpers import build_artifacts, small_package  # noqa: E402
 from tests.helpers import random_images, run_without_torch  # noqa: E402
@@ -186,6 +195,111 @@ def test_int8_runs_int8_kernels(artifacts):
                   if node.get_rt_info()["layerType"].astype(str) in ("FullyConnected", "MatMul", "Convolution")]
     integer = sum(p in ("i8", "u8") for p in precisions)
     assert integer >= 4 and integer < len(precisions), precisions
+
+
+def _precise_layers(xml_path: Path) -> set:
+    import xml.etree.ElementTree as ElementTree
+
+    return {layer.get("name") for layer in ElementTree.parse(xml_path).getroot().iter("layer")
+            if any(attribute.get("name") == "precise" for attribute in layer.iter("attribute"))}
+
+
+def test_int8_keeps_two_blocks_float_and_marks_the_adapter_projections(packages, artifacts):
+    """An OpenVINO int8 artifact: the GEMMs of the first INT8_FLOAT_BLOCKS blocks stay float (fewer FakeQuantize
+    nodes than with the ONNX default), and each adapter's three projections (W1's two halves, W2) are marked `precise`,
+    with the two biased ones' bias sums: 3 + 2·2 names per adapter, as the manifest records."""
+    import openvino
+
+    cfg = packages["seg"][1].cfg
+    artifact = artifacts["seg", "int8"]
+    info = artifact.manifest["openvino"]
+    kept_blocks = max(cfg.extract_layers) + 1
+    adapters = sum(index < kept_blocks for index in cfg.adapter_layers)
+    assert info["float_blocks"] == INT8_FLOAT_BLOCKS and INT8_FLOAT_BLOCKS < kept_blocks
+    assert info["precise_nodes"] == 7 * adapters
+    model = openvino.Core().read_model(str(artifact.model_file))
+    fake_quantized = [op for op in model.get_ops() if op.get_type_name() == "FakeQuantize"]
+    # activation and weight per quantized GEMM (qkv, proj, fc1, fc2)
+    assert len(fake_quantized) == 2 * 4 * (kept_blocks - INT8_FLOAT_BLOCKS)
+    precise = _precise_layers(artifact.model_file)
+    assert len(precise) == 7 * adapters
+    shapes = {op.get_friendly_name(): sorted(op.input_value(1).get_partial_shape().to_shape())
+              for op in model.get_ops() if op.get_type_name() == "MatMul"}
+    marked_matmuls = [name for name in precise if name in shapes]
+    assert len(marked_matmuls) == 3 * adapters
+    assert all(shapes[name] == sorted((cfg.width, cfg.bottleneck)) for name in marked_matmuls)
+    assert _precise_layers(artifacts["seg", "bf16"].model_file) == set()
+
+
+@pytest.mark.skipif(not cpu_has_bf16(), reason="this CPU has no bf16 units (AVX-512 BF16 or AMX): nothing runs bf16")
+def test_int8_adapter_projections_run_f32_under_bf16(packages, artifacts):
+    """Compiled with the bf16 hint, the marked projections run as f32 FullyConnected nodes, the other float GEMMs bf16:
+    the marks survive OpenVINO's bias fusion."""
+    import openvino
+
+    cfg = packages["seg"][1].cfg
+    kept_blocks = max(cfg.extract_layers) + 1
+    adapters = sum(index < kept_blocks for index in cfg.adapter_layers)
+    compiled = openvino.Core().compile_model(str(artifacts["seg", "int8"].model_file), "CPU",
+                                             {"INFERENCE_PRECISION_HINT": "bf16"})
+    by_precision = {}
+    for node in compiled.get_runtime_model().get_ops():
+        info = node.get_rt_info()
+        if info["layerType"].astype(str) == "FullyConnected":
+            by_precision.setdefault(info["runtimePrecision"].astype(str), []).append(node.get_friendly_name())
+    assert len(by_precision.get("f32", [])) == 3 * adapters, by_precision
+    assert by_precision.get("bf16") and by_precision.get("i8"), by_precision
+
+
+def _biased_model():
+    """`(x·W + b) + y·V`: an adapter's W1 halves in miniature (the bias after the first MatMul, the sum after it)."""
+    import openvino
+    import openvino.opset13 as ops
+
+    rng = np.random.default_rng(0)
+    x = ops.parameter([5, 8], np.float32, name="x")
+    first = ops.matmul(x, ops.constant(rng.standard_normal((8, 3)).astype(np.float32)), False, False, name="first")
+    biased = ops.add(first, ops.constant(rng.standard_normal(3).astype(np.float32)), name="biased")
+    second = ops.matmul(x, ops.constant(rng.standard_normal((8, 3)).astype(np.float32)), False, False, name="second")
+    total = ops.add(biased, second, name="total")
+    return openvino.Model([ops.relu(total)], [x])
+
+
+def test_adapter_projections_move_the_bias_and_keep_the_result(tmp_path):
+    import openvino
+
+    x = np.random.default_rng(1).standard_normal((5, 8)).astype(np.float32)
+    core = openvino.Core()
+    before = core.compile_model(_biased_model(), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})(x)[0]
+    model = _biased_model()
+    names = adapter_projections(model, width=8, bottleneck=3)
+    assert names == ["first", "first/f32_sum", "first/f32_bias", "second"]
+    assert "biased" not in {op.get_friendly_name() for op in model.get_ops()}, "the bias still follows the MatMul"
+    after = core.compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})(x)[0]
+    np.testing.assert_allclose(after, before, rtol=1e-6, atol=1e-6)
+    assert adapter_projections(_biased_model(), width=8, bottleneck=8) == []
+    xml = tmp_path / "m.xml"
+    openvino.save_model(model, str(xml), compress_to_fp16=False)
+    mark_precise(xml, names)
+    assert _precise_layers(xml) == set(names)
+    mark_precise(xml, names)  # marking twice keeps one attribute per layer (the IR reader refuses two)
+    reread = core.compile_model(str(xml), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})(x)[0]
+    np.testing.assert_array_equal(reread, after)
+
+
+def test_mark_precise_refuses_unknown_and_ambiguous_names(tmp_path):
+    import openvino
+
+    xml = tmp_path / "m.xml"
+    openvino.save_model(_biased_model(), str(xml), compress_to_fp16=False)
+    original = xml.read_bytes()
+    with pytest.raises(BackendError, match="no layers \\['absent'\\]"):
+        mark_precise(xml, ["first", "absent"])
+    assert xml.read_bytes() == original, "a failed marking rewrote the IR"
+    text = original.decode().replace('name="second"', 'name="first"')
+    xml.write_text(text)
+    with pytest.raises(BackendError, match="two layers are named 'first'"):
+        mark_precise(xml, ["first"])
 
 
 def test_available_on_cpu():

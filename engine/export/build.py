@@ -129,9 +129,10 @@ def check_precision(backend: str, precision: str, device: str) -> None:
 
 
 def export_onnx_file(package, precision: str, batch: BatchRange, path: Path, progress,
-                     frame: FrameSpec | None = None) -> "object":
+                     frame: FrameSpec | None = None, float_blocks: int | None = None) -> "object":
     """Export the package's graph (its frame graph for `frame`) to `path`; returns the loaded ONNX proto (for the op
-    check)."""
+    check). int8 leaves the GEMMs of the embedding and the first `float_blocks` blocks in float (None: the default
+    of `engine.export.quantize`)."""
     import onnx
 
     from .graph import deployable_model
@@ -148,12 +149,13 @@ def export_onnx_file(package, precision: str, batch: BatchRange, path: Path, pro
             model = frame_model(package, frame)
         export_onnx(model, package.config, path, batch, "fp32" if precision == "int8" else precision, frame)
     if precision == "int8":
-        from .quantize import CALIBRATION_FRAMES, quantize_int8
+        from .quantize import CALIBRATION_FRAMES, FLOAT_BLOCKS, quantize_int8
 
         fp32_path = path.with_name(path.stem + ".fp32.onnx")
         path.rename(fp32_path)
         with stage(progress, f"quantizing to int8 Q/DQ (calibrating on {CALIBRATION_FRAMES} synthetic frames)"):
-            quantize_int8(fp32_path, path, package.config.preprocessing, package.config.width)
+            quantize_int8(fp32_path, path, package.config.preprocessing, package.config.width,
+                          FLOAT_BLOCKS if float_blocks is None else float_blocks)
         fp32_path.unlink()
     return onnx.load(str(path))
 

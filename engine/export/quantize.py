@@ -89,8 +89,10 @@ def gemm_nodes(model, min_side: int, float_blocks: int = FLOAT_BLOCKS) -> tuple:
     return quantized, kept
 
 
-def quantize_int8(fp32_path: Path, out_path: Path, preprocessing: dict, width: int) -> Path:
-    """Calibrate and write the int8 Q/DQ graph of `fp32_path` (a model of width `width`) to `out_path`."""
+def quantize_int8(fp32_path: Path, out_path: Path, preprocessing: dict, width: int,
+                  float_blocks: int = FLOAT_BLOCKS) -> Path:
+    """Calibrate and write the int8 Q/DQ graph of `fp32_path` (a model of width `width`) to `out_path`, the GEMMs of
+    the embedding and the first `float_blocks` blocks left in float."""
     import onnx
     from onnxruntime.quantization import (
         CalibrationDataReader,
@@ -109,7 +111,7 @@ def quantize_int8(fp32_path: Path, out_path: Path, preprocessing: dict, width: i
             return None if batch is None else {INPUT_NAME: batch}
 
     logging.getLogger("onnxruntime").setLevel(logging.ERROR)
-    _, kept_float = gemm_nodes(onnx.load(str(fp32_path), load_external_data=False), width)
+    _, kept_float = gemm_nodes(onnx.load(str(fp32_path), load_external_data=False), width, float_blocks)
     quantize_static(str(fp32_path), str(out_path), Reader(), quant_format=QuantFormat.QDQ,
                     activation_type=QuantType.QInt8, weight_type=QuantType.QInt8, per_channel=True,
                     op_types_to_quantize=list(QUANTIZED_OPS), calibrate_method=CalibrationMethod.MinMax,
