@@ -906,6 +906,32 @@ def test_frames_benchmark_script_reports_its_targets(small_package, tmp_path, ca
     assert "predict ms" in printed and "target host pre at 1080x1920" in printed
 
 
+def test_bf16_error_sources_rounds_each_group_it_names(tmp_path, capsys):
+    from benchmarks import bf16_error_sources as sources
+
+    out = tmp_path / "sources.json"
+    assert sources.main(["--quick", "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["quick"] and report["frames"] == 2 and set(report["groups"]) == set(sources.GROUPS)
+    assert [row["variant"] for row in report["rows"]] == ["every group", "only backbone_gemms", "only attention"]
+    for row in report["rows"]:
+        assert 0.9 < row["min"] <= row["mean"] <= 1.0 and row["min"] <= row["bench_frame"]
+    assert "| every group |" in capsys.readouterr().out
+    # Each group's rounding reaches the model (no group is a silent no-op), and none leaks into the model it copies.
+    config = small_config("biomedclip-vit-b16", image_size=64)
+    model = build_reference_model(config, small_tensors(config, 3))
+    images = random_images(2, 64, seed=3)
+    with torch.no_grad():
+        reference = torch.cat([model(images[i:i + 1]) for i in range(len(images))])
+    assert torch.equal(sources.run_model(model, images, set()), reference)
+    for group in sources.GROUPS:
+        rounded = sources.run_model(model, images, {group})
+        assert not torch.equal(rounded, reference), group
+        assert (rounded - reference).abs().max() < 0.1 * reference.abs().max(), group
+    with torch.no_grad():
+        assert torch.equal(torch.cat([model(images[i:i + 1]) for i in range(len(images))]), reference)
+
+
 def test_plot_is_a_png(report, tmp_path):
     pytest.importorskip("matplotlib", reason="plots need matplotlib (pip install -e '.[bench]')")
     path = tmp_path / "bench.png"

@@ -67,9 +67,9 @@ def inference_precision(recorded: str, cpu_bf16: bool, int8_float=lambda: "auto"
     an element type ("f32", "bf16") as it is; "auto" (int8 artifacts) bf16 where the target is a CPU with bf16
     units (`cpu_bf16`) unless `int8_float()` (`HT_ENGINE_OPENVINO_INT8_FLOAT`, read only here) says "f32", else f32.
     int8 artifacts built before "auto" record "f32" and keep it. Measured on a 2-core Xeon with AMX, seeded
-    ViT-B/16 seg, batch 1 (`benchmarks/results/ht-engine-bench-cpu.md` and `ht-engine-bench-cpu-int8-f32.md`): bf16
-    float parts 25.9 ms, masks 98.77% of the eager fp32 ones; f32 43.5 ms, 99.37%; OpenVINO's bf16 on the reference
-    model 44.0 ms, 98.97%."""
+    ViT-B/16 seg, batch 1, each against OpenVINO's bf16 on the reference model in the same run (masks 98.97% of the
+    eager fp32 ones): bf16 float parts (the adapters' projections f32) 27.6 ms against 42.8, masks 99.14%
+    (`benchmarks/results/ht-engine-bench-cpu.md`); f32 43.9 ms against 40.3, 99.71% (`ht-engine-bench-cpu-int8-f32.md`)."""
     if recorded != "auto":
         return recorded
     return "bf16" if cpu_bf16 and int8_float() == "auto" else "f32"
