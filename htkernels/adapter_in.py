@@ -22,6 +22,7 @@ from ._triton import (
     wait_for_producer,
 )
 from ._tune import tuned_config
+from .errors import KernelInputError
 
 
 def adapter_in_ref(x: torch.Tensor, w_norm: torch.Tensor, w_raw: torch.Tensor, bias: torch.Tensor,
@@ -38,12 +39,16 @@ def adapter_in_ref(x: torch.Tensor, w_norm: torch.Tensor, w_raw: torch.Tensor, b
 @jit
 def _adapter_in_kernel(
     x_ptr, w_norm_ptr, w_raw_ptr, bias_ptr, z_ptr,  # x [M,D], w_norm/w_raw [r,D], bias [r] → z [M,r]
-    M, D, R, eps,
+    partial_ptr,  # POOL: fp32 [B, ⌈T/BLOCK_M⌉, r], each tile's sum of its image's pixel rows of z as stored
+    T, D, R, eps,
     stride_xm, stride_xd, stride_nr, stride_nd, stride_rr, stride_rd, stride_zm, stride_zr,
+    stride_pb, stride_pt,
     BLOCK_M: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr, IEEE_FP32: tl.constexpr,
-    INTERPRET_BF16: tl.constexpr, SINGLE_PASS: tl.constexpr, ONE_DOT: tl.constexpr, PDL: tl.constexpr,
+    INTERPRET_BF16: tl.constexpr, SINGLE_PASS: tl.constexpr, ONE_DOT: tl.constexpr, POOL: tl.constexpr,
+    PDL: tl.constexpr,
 ):
-    """One program: BLOCK_M rows of x, all r outputs.
+    """One program: BLOCK_M rows of x, all r outputs: rows `[BLOCK_M·program_id(0), +BLOCK_M)` of the
+    `T`-row group `program_id(1)` (all M rows are one group, T = M, unless POOL).
 
     Pass 1 over D: row means. Pass 2 over D: the centred variance and both GEMMs, `(x-mean) @ w_normᵀ` and
     `x @ w_rawᵀ`, so the normalisation is one scale of the first accumulator at the end (no normalised copy of x
@@ -59,11 +64,17 @@ def _adapter_in_kernel(
     ONE_DOT (a launch-configuration choice): both GEMMs as one dot of the centred or shifted `s = x - shift` with the
     two weight tiles side by side (`[BLOCK_D, 2·BLOCK_R]`, columns interleaved: 128 wide for r = 64), where the two
     dots above are 64 wide each; `x @ w_rawᵀ = s @ w_rawᵀ + shift·colsum(w_raw)`.
+
+    POOL (`adapter_in_pooled`): a group is one image of T = 1 + h·w tokens, and each program also stores the
+    per-channel sum of its rows of z, as stored (rounded to the storage dtype), without the CLS row (row 0): the
+    partial sums of the image mean that adapter_spatial's noise estimator needs, so that it does not re-read z.
     """
     wait_for_producer(PDL)
-    pid = tl.program_id(0)
-    rows = pid * BLOCK_M + tl.arange(0, BLOCK_M)
-    row_mask = rows < M
+    tile = tl.program_id(0)
+    group = tl.program_id(1)
+    in_group = tile * BLOCK_M + tl.arange(0, BLOCK_M)
+    row_mask = in_group < T
+    rows = group * T + in_group
     outs = tl.arange(0, BLOCK_R)
     out_mask = outs < R
 
@@ -128,9 +139,13 @@ def _adapter_in_kernel(
         rstd = 1.0 / tl.sqrt(squares / D + eps)
     bias = tl.load(bias_ptr + outs, mask=out_mask, other=0.0).to(tl.float32)
     z = acc_norm * rstd[:, None] + acc_raw + bias[None, :]
-    z = round_bf16(z, INTERPRET_BF16)
-    tl.store(z_ptr + rows[:, None] * stride_zm + outs[None, :] * stride_zr, z.to(z_ptr.dtype.element_ty),
+    z = round_bf16(z, INTERPRET_BF16).to(z_ptr.dtype.element_ty)
+    tl.store(z_ptr + rows[:, None] * stride_zm + outs[None, :] * stride_zr, z,
              mask=row_mask[:, None] & out_mask[None, :])
+    if POOL:
+        pixel_rows = row_mask & (in_group > 0)
+        partial = tl.sum(tl.where(pixel_rows[:, None], z.to(tl.float32), 0.0), axis=0)
+        tl.store(partial_ptr + group * stride_pb + tile * stride_pt + outs, partial, mask=out_mask)
 
 
 def tuning_candidates(rows: int) -> list:
@@ -157,31 +172,66 @@ def adapter_in_triton(x: torch.Tensor, w_norm: torch.Tensor, w_raw: torch.Tensor
 
     The launch configuration (`block_m`, `block_d`, `num_warps`, `single_pass`, `one_dot`) is the tuner's choice
     among `tuning_candidates` on a GPU; `tuning` overrides keys of the default instead (benchmarks/gpu_check.py)."""
-    check_launch("adapter_in", dict(x=x, w_norm=w_norm, w_raw=w_raw, bias=bias))
-    check_rank("adapter_in", "x", x, "[M, D]")
+    return _launch("adapter_in", x, w_norm, w_raw, bias, eps, None, tuning)[0]
+
+
+def pooled_candidates(batch: int, tokens: int) -> list:
+    """Launch configurations of `adapter_in_pooled` for `batch` images of `tokens` rows: those of adapter_in for
+    `batch·tokens` rows in their first two tile shapes not taller than an image (each image is tiled on its own,
+    so taller tiles would only compute masked rows), each with and without the single pass and the one dot."""
+    configs = tuning_candidates(batch * tokens)
+    shapes = [(c["block_m"], c["block_d"], c["num_warps"]) for c in configs if c["block_m"] <= max(tokens, 8)]
+    kept = [c for c in configs if (c["block_m"], c["block_d"], c["num_warps"]) in shapes[:2]]
+    return kept or [dict(configs[0], block_m=8)]
+
+
+def adapter_in_pooled_triton(x: torch.Tensor, w_norm: torch.Tensor, w_raw: torch.Tensor, bias: torch.Tensor,
+                             eps: float, tokens: int, tuning: Optional[dict] = None):
+    """`adapter_in` on x `[B·tokens, D]` (B images of `tokens` rows, the CLS row first) → `(z [B·tokens, r],
+    partials fp32 [B, P, r])`: `partials[b].sum(0)` is the per-channel sum of image b's pixel rows of z as stored
+    (rows 1..tokens-1; P = ⌈tokens/block_m⌉ tiles per image). The launches tile each image on its own (the tuner's
+    choice among `pooled_candidates`), so no tile mixes two images."""
+    if tokens < 1 or x.dim() != 2 or x.shape[0] % tokens:
+        raise KernelInputError(f"htkernels::adapter_in_pooled: x has shape {tuple(x.shape)}; expected [B*{tokens}, D] "
+                               f"(B images of {tokens} rows)")
+    return _launch("adapter_in_pooled", x, w_norm, w_raw, bias, eps, tokens, tuning)
+
+
+def _launch(op: str, x, w_norm, w_raw, bias, eps, tokens: Optional[int], tuning: Optional[dict]):
+    """`(z, partials)` of one adapter_in launch; `tokens` None: one group of all rows, no partials (None)."""
+    check_launch(op, dict(x=x, w_norm=w_norm, w_raw=w_raw, bias=bias))
+    check_rank(op, "x", x, "[M, D]")
     rows, width = x.shape
     channels = w_norm.shape[0]
-    check_shape("adapter_in", "w_norm", w_norm, (channels, width))
-    check_shape("adapter_in", "w_raw", w_raw, (channels, width))
-    check_shape("adapter_in", "bias", bias, (channels,))
+    check_shape(op, "w_norm", w_norm, (channels, width))
+    check_shape(op, "w_raw", w_raw, (channels, width))
+    check_shape(op, "bias", bias, (channels,))
     z = torch.empty((rows, channels), device=x.device, dtype=x.dtype)
+    pooled = tokens is not None
+    group, groups = (tokens, rows // tokens) if pooled else (rows, 1)
+    candidates = pooled_candidates(groups, group) if pooled else tuning_candidates(rows)
+    partials = []
     if rows == 0:
-        return z
+        return z, (torch.zeros((0, 1, channels), device=x.device) if pooled else None)
     block_r = pow2_at_least(channels)
 
     def launch(config):
-        _adapter_in_kernel[(cdiv(rows, config["block_m"]),)](
-            x, w_norm, w_raw, bias, z, rows, width, channels, float(eps),
+        block_m = config["block_m"]
+        tiles = cdiv(group, block_m)
+        if pooled and (not partials or partials[0].shape[1] != tiles):
+            partials[:] = [torch.empty((groups, tiles, channels), device=x.device, dtype=torch.float32)]
+        out = partials[0] if pooled else z
+        _adapter_in_kernel[(tiles, groups)](
+            x, w_norm, w_raw, bias, z, out, group, width, channels, float(eps),
             x.stride(0), x.stride(1), w_norm.stride(0), w_norm.stride(1), w_raw.stride(0), w_raw.stride(1),
-            z.stride(0), z.stride(1),
-            BLOCK_M=config["block_m"], BLOCK_R=block_r, BLOCK_D=config["block_d"], IEEE_FP32=x.dtype == torch.float32,
+            z.stride(0), z.stride(1), out.stride(0) if pooled else 0, out.stride(1) if pooled else 0,
+            BLOCK_M=block_m, BLOCK_R=block_r, BLOCK_D=config["block_d"], IEEE_FP32=x.dtype == torch.float32,
             INTERPRET_BF16=interpret_bf16(x.dtype), SINGLE_PASS=bool(config["single_pass"]),
-            ONE_DOT=bool(config["one_dot"]), num_warps=config["num_warps"], **pdl_options(x.device),
+            ONE_DOT=bool(config["one_dot"]), POOL=pooled, num_warps=config["num_warps"], **pdl_options(x.device),
         )
 
-    launch(tuned_config("adapter_in", (rows, width, channels, x.dtype), tuning_candidates(rows), launch, x.device,
-                        tuning))
-    return z
+    launch(tuned_config(op, (rows, width, channels, x.dtype, group), candidates, launch, x.device, tuning))
+    return z, (partials[0] if pooled else None)
 
 
 def _adapter_in_fake(x, w_norm, w_raw, bias, eps):

@@ -105,15 +105,24 @@ def _circular_filter_kernel(
 
 @jit
 def _noise_weights(f_image, stride_fp, channels, channel_mask, hw, noise_w1_ptr, noise_b1_ptr, noise_w2_ptr,
-                   noise_b2_ptr, R, R4, BLOCK_R: tl.constexpr, BLOCK_R4: tl.constexpr, BLOCK_P: tl.constexpr,
-                   POOL_CHUNKS: tl.constexpr, BLOCK_POOL: tl.constexpr):
+                   noise_b2_ptr, R, R4, partial_image, partial_tiles, stride_pt, kappa_sum_ptr,
+                   BLOCK_R: tl.constexpr, BLOCK_R4: tl.constexpr, BLOCK_P: tl.constexpr,
+                   POOL_CHUNKS: tl.constexpr, BLOCK_POOL: tl.constexpr, POOLED: tl.constexpr, SCALED: tl.constexpr):
     """`α = softmax(W_b relu(W_a mean_hw(F) + b_a) + b_b)` of one image: its three scalars.
 
     The image mean is a reduction streamed through registers, in a runtime loop of BLOCK_P-pixel steps, or (a
     launch-configuration choice, POOL_CHUNKS > 0) in unrolled BLOCK_POOL-pixel chunks whose loads are all
-    independent and can be in flight at once."""
+    independent and can be in flight at once.
+    POOLED: the sum of S over the pixels comes as `partial_tiles` partial sums (adapter_in's epilogue,
+    `adapter_in_pooled`) and F's is that times `Σκ` per channel (SCALED, the spectral filter: the circular
+    convolution of S with κ sums to `Σ S · Σ κ`), so F is not re-read."""
     total = tl.zeros([BLOCK_R], dtype=tl.float32)
-    if POOL_CHUNKS > 0:
+    if POOLED:
+        for tile in range(0, partial_tiles):
+            total += tl.load(partial_image + tile * stride_pt + channels, mask=channel_mask, other=0.0)
+        if SCALED:
+            total *= tl.load(kappa_sum_ptr + channels, mask=channel_mask, other=0.0)
+    elif POOL_CHUNKS > 0:
         for chunk in tl.static_range(POOL_CHUNKS):
             total += _pixel_sum(f_image, chunk * BLOCK_POOL + tl.arange(0, BLOCK_POOL), stride_fp, channel_mask, hw)
     else:
@@ -158,17 +167,18 @@ def _adapter_spatial_kernel(
     noise_w1_ptr, noise_b1_ptr, noise_w2_ptr, noise_b2_ptr,  # [r/4,r], [r/4], [3,r/4], [3] (contiguous)
     proj_ptr, proj_bias_ptr,  # [r,r], [r] (contiguous)
     w2_ptr, b2_ptr, res_ptr, y_ptr,  # FUSE_OUT: adapter_out's w2 [D,r], b2 [D], residual x and y [B,1+h·w,D]
-    H, W, R, R4, D,
+    partial_ptr, kappa_sum_ptr,  # POOLED: fp32 [B, P, r] partial pixel sums of S; SCALED: Σκ fp32 [r]
+    H, W, R, R4, D, partial_tiles,
     stride_zb, stride_zn, stride_zr, stride_fb, stride_fr, stride_fp, stride_gb, stride_gn, stride_gr,
-    stride_w2d, stride_w2r, stride_rb, stride_rn, stride_rd, stride_yb, stride_yn, stride_yd,
+    stride_w2d, stride_w2r, stride_rb, stride_rn, stride_rd, stride_yb, stride_yn, stride_yd, stride_pb, stride_pt,
     BLOCK_R: tl.constexpr, BLOCK_R4: tl.constexpr, BLOCK_P: tl.constexpr, IEEE_FP32: tl.constexpr,
     INTERPRET_BF16: tl.constexpr, POOL_CHUNKS: tl.constexpr, BLOCK_POOL: tl.constexpr, SPLIT_CONV: tl.constexpr,
-    FUSE_OUT: tl.constexpr, BLOCK_N: tl.constexpr, PDL: tl.constexpr,
+    FUSE_OUT: tl.constexpr, BLOCK_N: tl.constexpr, POOLED: tl.constexpr, SCALED: tl.constexpr, PDL: tl.constexpr,
 ):
     """One program: image `program_id(0)`, pixels `[BLOCK_P·program_id(1), +BLOCK_P)`, all r channels.
 
     1. `α` of the image (`_noise_weights`; each tile recomputes the image mean, which is cheaper than a second
-       launch at the sizes of the model).
+       launch at the sizes of the model, or, POOLED, sums adapter_in's partial sums of it).
     2. `T = Σ_k α_k (DW_k(F) + bias_k) + S` as one dynamic 7×7 depthwise kernel `Σ α_k pad(K_k)` applied to
        the tile, its taps read from F (cached) with zero padding at the image border.
        SPLIT_CONV (a launch-configuration choice): the three convolutions accumulate separately and α weighs
@@ -187,6 +197,7 @@ def _adapter_spatial_kernel(
     channels = tl.arange(0, BLOCK_R)
     channel_mask = channels < R
     f_image = f_ptr + image * stride_fb + channels[:, None] * stride_fr
+    partial_image = partial_ptr + image * stride_pb
 
     pixels = tile * BLOCK_P + tl.arange(0, BLOCK_P)
     pixel_mask = pixels < hw
@@ -202,8 +213,9 @@ def _adapter_spatial_kernel(
         acc7 = tl.zeros([BLOCK_R, BLOCK_P], dtype=tl.float32)
     else:
         alpha0, alpha1, alpha2 = _noise_weights(f_image, stride_fp, channels, channel_mask, hw, noise_w1_ptr,
-                                                noise_b1_ptr, noise_w2_ptr, noise_b2_ptr, R, R4, BLOCK_R, BLOCK_R4,
-                                                BLOCK_P, POOL_CHUNKS, BLOCK_POOL)
+                                                noise_b1_ptr, noise_w2_ptr, noise_b2_ptr, R, R4, partial_image,
+                                                partial_tiles, stride_pt, kappa_sum_ptr, BLOCK_R, BLOCK_R4, BLOCK_P,
+                                                POOL_CHUNKS, BLOCK_POOL, POOLED, SCALED)
         t += _combined_bias(conv_bias_ptr, channels, channel_mask, R, alpha0, alpha1, alpha2)[:, None]
     for dy in tl.static_range(7):
         for dx in tl.static_range(7):
@@ -241,8 +253,9 @@ def _adapter_spatial_kernel(
                 t += weight[:, None] * f
     if SPLIT_CONV:
         alpha0, alpha1, alpha2 = _noise_weights(f_image, stride_fp, channels, channel_mask, hw, noise_w1_ptr,
-                                                noise_b1_ptr, noise_w2_ptr, noise_b2_ptr, R, R4, BLOCK_R, BLOCK_R4,
-                                                BLOCK_P, POOL_CHUNKS, BLOCK_POOL)
+                                                noise_b1_ptr, noise_w2_ptr, noise_b2_ptr, R, R4, partial_image,
+                                                partial_tiles, stride_pt, kappa_sum_ptr, BLOCK_R, BLOCK_R4, BLOCK_P,
+                                                POOL_CHUNKS, BLOCK_POOL, POOLED, SCALED)
         bias = _combined_bias(conv_bias_ptr, channels, channel_mask, R, alpha0, alpha1, alpha2)
         t += alpha0 * acc3 + alpha1 * acc5 + alpha2 * acc7 + bias[:, None]
 
@@ -309,15 +322,19 @@ def impulse_response(spectral: torch.Tensor, h: int, w: int) -> torch.Tensor:
 
 # κ per spectral filter tensor, recomputed only when the filter changes (htkernels._cache).
 IMPULSE_RESPONSES = WeightsCache(impulse_response)
+# Σκ per channel (fp32 [r]), for the image mean of F from adapter_in's partial sums of S (POOLED).
+IMPULSE_SUMS = WeightsCache(lambda spectral, h, w: impulse_response(spectral, h, w).sum(dim=(1, 2)).contiguous())
 
 
-def tuning_candidates(batch: int, h: int, w: int, channels: int) -> list:
+def tuning_candidates(batch: int, h: int, w: int, channels: int, pooled: bool = False) -> list:
     """Launch configurations the tuner (`htkernels._tune`) times for this shape; the first is the default.
 
     Default: 32-pixel tiles when the launch has at least SMALL_LAUNCH_PROGRAMS of them (and r ≤ 64), else 16 (at
     batch 1 on an H100, bf16: 17.0 µs, against 17.9 for 8-pixel and 23.0 for 32-pixel tiles, 20.4-22.2 for 2 or
     8 warps; benchmarks/results/gpu-h100-2026-11-27), the image mean in a runtime loop, one conv accumulator.
-    The others add the unrolled image mean (`pool_block`) and the split convolution (`split_conv`)."""
+    The others add the unrolled image mean (`pool_block`) and the split convolution (`split_conv`). `pooled`: the
+    image mean comes from adapter_in's partial sums, so the configurations that differ only in `pool_block` are
+    one (`pool_block=0`)."""
     wide = pow2_at_least(channels) <= 64 and batch * cdiv(h * w, 32) >= SMALL_LAUNCH_PROGRAMS
     block_p = 32 if wide else 16
     pool = min(64, pow2_at_least(h * w))
@@ -328,6 +345,12 @@ def tuning_candidates(batch: int, h: int, w: int, channels: int) -> list:
     configs += [dict(block_p=other, num_warps=4, pool_block=pool, split_conv=False),
                 dict(block_p=other, num_warps=4, pool_block=pool, split_conv=True),
                 dict(block_p=block_p, num_warps=8, pool_block=pool, split_conv=True)]
+    if pooled:
+        unique = []
+        for config in configs:
+            if dict(config, pool_block=0) not in unique:
+                unique.append(dict(config, pool_block=0))
+        return unique
     return configs
 
 
@@ -341,20 +364,23 @@ def _check_tuning(h: int, w: int):
 
 
 def adapter_spatial_triton(z, h: int, w: int, spectral, k3, k5, k7, conv_bias, noise_w1, noise_b1, noise_w2,
-                           noise_b2, proj, proj_bias, tuning: Optional[dict] = None) -> torch.Tensor:
+                           noise_b2, proj, proj_bias, tuning: Optional[dict] = None,
+                           partials: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Launcher: checks, the spectral impulse response (when a spectral filter is given: computed once per filter
     tensor and reused while it is unchanged, `IMPULSE_RESPONSES`), grid. `z` any strides.
 
     The launch configuration (`block_p`, `num_warps`, `pool_block`: 0 reduces the image mean in a runtime loop of
     `block_p`-pixel steps, N in ⌈h·w/N⌉ unrolled N-pixel chunks; `split_conv`) is the tuner's choice among
-    `tuning_candidates` on a GPU; `tuning` overrides keys of the default instead."""
+    `tuning_candidates` on a GPU; `tuning` overrides keys of the default instead. `partials` (fp32 `[B, P, r]`,
+    `adapter_in_pooled`'s): the image mean from their sums instead of a reduction over the image (`pool_block` then
+    does not apply)."""
     op = "adapter_spatial"
     launch = _SpatialLaunch(op, z, h, w, spectral, k3, k5, k7, conv_bias, noise_w1, noise_b1, noise_w2, noise_b2,
-                            proj, proj_bias)
+                            proj, proj_bias, partials)
     g = torch.empty(z.shape, device=z.device, dtype=z.dtype)
     if z.shape[0]:
-        launch(tuned_config(op, launch.key, tuning_candidates(*launch.shape), lambda config: launch(config, g),
-                            z.device, tuning, _check_tuning(h, w)), g)
+        launch(tuned_config(op, launch.key, tuning_candidates(*launch.shape, pooled=partials is not None),
+                            lambda config: launch(config, g), z.device, tuning, _check_tuning(h, w)), g)
     return g
 
 
@@ -363,7 +389,7 @@ class _SpatialLaunch:
     stores g, `(config, y, out=(w2, b2, residual))` applies adapter_out in the epilogue and stores y instead."""
 
     def __init__(self, op, z, h, w, spectral, k3, k5, k7, conv_bias, noise_w1, noise_b1, noise_w2, noise_b2, proj,
-                 proj_bias):
+                 proj_bias, partials=None):
         check_launch(op, dict(z=z, spectral=spectral, k3=k3, k5=k5, k7=k7, conv_bias=conv_bias, noise_w1=noise_w1,
                               noise_b1=noise_b1, noise_w2=noise_w2, noise_b2=noise_b2, proj=proj,
                               proj_bias=proj_bias))
@@ -382,9 +408,15 @@ class _SpatialLaunch:
             check_shape(op, name, tensor, shape)
         if spectral is not None:
             check_shape(op, "spectral", spectral, (channels, h, w // 2 + 1, 2))
-        self.z, self.h, self.w, self.reduced = z, h, w, reduced
+        if partials is not None:
+            check_launch(op, dict(z=z, partials=partials))
+            if partials.dtype != torch.float32 or partials.dim() != 3 or partials.shape[0] != batch \
+                    or partials.shape[1] < 1 or partials.shape[2] != channels or partials.stride(2) != 1:
+                raise KernelInputError(f"htkernels::{op}: partials is {partials.dtype} {tuple(partials.shape)}; "
+                                       f"expected float32 [{batch}, P ≥ 1, {channels}] with contiguous channels")
+        self.z, self.h, self.w, self.reduced, self.partials = z, h, w, reduced, partials
         self.shape = (batch, h, w, channels)
-        self.key = (batch, h, w, channels, z.dtype, spectral is not None)
+        self.key = (batch, h, w, channels, z.dtype, spectral is not None, partials is not None)
         self.weights = [t.contiguous() for t in (k3, k5, k7, conv_bias, noise_w1, noise_b1, noise_w2, noise_b2, proj,
                                                  proj_bias)]
         self.block_r = pow2_at_least(channels)
@@ -394,6 +426,8 @@ class _SpatialLaunch:
         else:
             self.kappa = IMPULSE_RESPONSES.get((spectral,), h, w)
             self.filtered = torch.empty((batch, channels, h * w), device=z.device, dtype=torch.float32)
+        self.kappa_sum = IMPULSE_SUMS.get((spectral,), h, w) if partials is not None and self.kappa is not None \
+            else None
 
     def __call__(self, config, into, out=None):
         z, h, w, filtered = self.z, self.h, self.w, self.filtered
@@ -413,39 +447,43 @@ class _SpatialLaunch:
             (w2, b2, residual), y, width = out, into, out[0].shape[0]
             g_strides = (0, 0, 0)
             out_strides = w2.stride() + residual.stride() + y.stride()
+        partials = z if self.partials is None else self.partials
+        kappa_sum = z if self.kappa_sum is None else self.kappa_sum
         _adapter_spatial_kernel[(batch, tiles)](
-            z, filtered, into, *self.weights, w2, b2, residual, y, h, w, channels, self.reduced, width,
+            z, filtered, into, *self.weights, w2, b2, residual, y, partials, kappa_sum, h, w, channels, self.reduced,
+            width, partials.shape[1] if self.partials is not None else 0,
             z.stride(0), z.stride(1), z.stride(2), filtered.stride(0), filtered.stride(1), filtered.stride(2),
-            *g_strides, *out_strides,
+            *g_strides, *out_strides, *(partials.stride()[:2] if self.partials is not None else (0, 0)),
             BLOCK_R=self.block_r, BLOCK_R4=pow2_at_least(self.reduced, floor=2), BLOCK_P=block_p,
             IEEE_FP32=z.dtype == torch.float32, INTERPRET_BF16=interpret_bf16(z.dtype), num_warps=config["num_warps"],
             POOL_CHUNKS=cdiv(h * w, pool_block) if pool_block else 0, BLOCK_POOL=pool_block or block_p,
             SPLIT_CONV=bool(config["split_conv"]), FUSE_OUT=out is not None, BLOCK_N=config.get("block_n", 64),
-            **pdl_options(z.device),
+            POOLED=self.partials is not None, SCALED=self.kappa_sum is not None, **pdl_options(z.device),
         )
 
 
-def spatial_out_candidates(batch: int, h: int, w: int, channels: int) -> list:
+def spatial_out_candidates(batch: int, h: int, w: int, channels: int, pooled: bool = False) -> list:
     """Launch configurations of `adapter_spatial_out` for the tuner; the first is the default: `adapter_spatial`
     then `adapter_out`, each with its own tuned launch (`impl="separate"`). The others run adapter_out in the
     spatial kernel's epilogue (`impl="fused"`), in the spatial tiles of at least 16 pixels (a dot's minimum)
-    with 64 or 128 output columns per step."""
+    with 64 or 128 output columns per step. `pooled` as for `tuning_candidates`."""
     fused = [dict(impl="fused", **config, block_n=block_n)
-             for config in tuning_candidates(batch, h, w, channels) if config["block_p"] >= 16
+             for config in tuning_candidates(batch, h, w, channels, pooled) if config["block_p"] >= 16
              for block_n in (64, 128)]
     return [dict(impl="separate", block_p=0, num_warps=0, pool_block=0, split_conv=False, block_n=0)] + fused
 
 
 def adapter_spatial_out_triton(z, h: int, w: int, spectral, k3, k5, k7, conv_bias, noise_w1, noise_b1, noise_w2,
                                noise_b2, proj, proj_bias, w2, b2, residual,
-                               tuning: Optional[dict] = None) -> torch.Tensor:
+                               tuning: Optional[dict] = None, partials: Optional[torch.Tensor] = None) -> torch.Tensor:
     """`adapter_out(adapter_spatial(z, ...), w2, b2, residual)` as `[B, 1+h·w, D]`: the tuner's choice of the two
     launchers one after the other (the default) or the spatial kernel with adapter_out in its epilogue (g never
     stored). w2 `[D, r]`, b2 `[D]`, residual `[B, 1+h·w, D]`, any strides. `tuning` overrides keys of the default
-    (`impl="fused"` with the spatial keys and `block_n`: the fused kernel)."""
+    (`impl="fused"` with the spatial keys and `block_n`: the fused kernel). `partials` as for
+    `adapter_spatial_triton`."""
     op = "adapter_spatial_out"
     launch = _SpatialLaunch(op, z, h, w, spectral, k3, k5, k7, conv_bias, noise_w1, noise_b1, noise_w2, noise_b2,
-                            proj, proj_bias)
+                            proj, proj_bias, partials)
     check_launch(op, dict(z=z, w2=w2, b2=b2, residual=residual))
     batch, tokens, channels = z.shape
     width = w2.shape[0]
@@ -458,7 +496,7 @@ def adapter_spatial_out_triton(z, h: int, w: int, spectral, k3, k5, k7, conv_bia
 
     def run(config):
         if config["impl"] == "separate":
-            g = adapter_spatial_triton(z, h, w, spectral, *launch.weights)
+            g = adapter_spatial_triton(z, h, w, spectral, *launch.weights, partials=partials)
             return adapter_out_triton(g.view(-1, channels), w2, b2, residual.reshape(-1, width)).view(batch, tokens,
                                                                                                     width)
         if not allocated:
@@ -470,7 +508,8 @@ def adapter_spatial_out_triton(z, h: int, w: int, spectral, k3, k5, k7, conv_bia
         return torch.empty((batch, tokens, width), device=z.device, dtype=z.dtype)
     # The fused epilogue indexes the residual and y in int32: past that only the two launches run (cuBLAS there).
     fits = int32_offsets(z, residual, w2, output_elements=batch * tokens * width)
-    candidates = spatial_out_candidates(*launch.shape) if fits else spatial_out_candidates(*launch.shape)[:1]
+    candidates = spatial_out_candidates(*launch.shape, pooled=partials is not None)
+    candidates = candidates if fits else candidates[:1]
     return run(tuned_config(op, launch.key + (width,), candidates, run, z.device, tuning,
                             _check_spatial_out_tuning(h, w)))
 

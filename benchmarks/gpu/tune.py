@@ -3,8 +3,9 @@ the block with the fastest configuration of each: the data the launchers' batch-
 block's qkv and fc1 with their LayerNorm (`norm_linear`: LayerNorm + `linear_act`, its default, against the
 LayerNorm folded into the GEMM), and the block's attention under each back end the tuner chooses from (SDPA's own
 choice, flash, memory-efficient, cuDNN, math, FA3 where installed) and the patch embedding (unfused ops against
-the one-GEMM kernel) and adapter_spatial + adapter_out against adapter_out fused into the spatial kernel. Also the launch tuner's choices so far (`record`), which the optimized backend makes
-in its warm-up runs."""
+the one-GEMM kernel), adapter_spatial + adapter_out against adapter_out fused into the spatial kernel, and the whole
+adapter with and without adapter_in's partial sums of the image mean (`adapter`, pooled). Also the launch tuner's
+choices so far (`record`), which the optimized backend makes in its warm-up runs."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import time
 
 import torch
 
-from htkernels import adapter_in, adapter_out, adapter_spatial, attention, norm_linear, patch_embed
+from htkernels import adapter, adapter_in, adapter_out, adapter_spatial, attention, norm_linear, patch_embed
 from htkernels._tune import TUNER
 from htkernels.adapter_in import adapter_in_triton
 from htkernels.adapter_out import adapter_out_triton
@@ -42,7 +43,8 @@ def tuning_sweep(width: int, channels: int, grid: int) -> dict:
             "norm_linear_fc1": norm_linear.tuning_candidates(rows),
             "attention": attention.tuning_candidates(DTYPES["bf16"]),
             "patch_embed": patch_embed.tuning_candidates(grid * grid),
-            "adapter_spatial_out": adapter_spatial.spatial_out_candidates(1, grid, grid, channels)}
+            "adapter_spatial_out": adapter_spatial.spatial_out_candidates(1, grid, grid, channels),
+            "adapter": adapter.candidates()}
 
 
 def run(check: Check) -> None:
@@ -72,6 +74,8 @@ def run(check: Check) -> None:
         "patch_embed": lambda tuning: patch_embed_triton(*embed_args, tuning=tuning),
         "adapter_spatial_out": lambda tuning: adapter_spatial_out_triton(
             *spatial, w2, b2, x.view(1, -1, width), tuning=tuning),
+        "adapter": lambda tuning: adapter.adapter_triton(x.view(1, -1, width), grid, grid, w_norm, w_raw, bias, eps,
+                                                         *spatial[3:], w2, b2, tuning=tuning),
     }
     tuning = check.results.setdefault("tuning_batch1_bf16", {})
     sweep = tuning_sweep(width, channels, grid)

@@ -58,6 +58,11 @@ class AdapterKernels(Protocol):
         """`y [B, 1+h·w, D] = adapter_out(adapter_spatial(z, ...), w2, b2, residual)`: the adapter after adapter_in,
         residual `[B, 1+h·w, D]` (a provider may fuse the two, never storing g)."""
 
+    def adapter(self, x, h, w, w_norm, w_raw, bias, eps, spectral, k3, k5, k7, conv_bias, noise_w1, noise_b1, noise_w2,
+                noise_b2, proj, proj_bias, w2, b2):
+        """The whole adapter of a block, `x [B, 1+h·w, D]` → `y [B, 1+h·w, D]`: `adapter_in` on x, then
+        `adapter_spatial_out` with x as the residual (a provider may share work between the two)."""
+
     def norm_linear(self, x, norm, linear, activation):
         """The block's LayerNorm and the GEMM after it, qkv (`activation` "none") and fc1 with its activation:
         `act(linear(norm(x)))`; `norm` an `nn.LayerNorm` over the last dim, `linear` as for `linear_act`."""
@@ -129,6 +134,15 @@ def compose_spatial_out(provider, z, h, w, spectral, k3, k5, k7, conv_bias, nois
                                  proj, proj_bias)
     width = residual.shape[-1]
     return provider.adapter_out(g.view(-1, r), w2, b2, residual.view(-1, width)).view(batch, tokens, width)
+
+
+def compose_adapter(provider, x, h, w, w_norm, w_raw, bias, eps, spectral, k3, k5, k7, conv_bias, noise_w1,
+                    noise_b1, noise_w2, noise_b2, proj, proj_bias, w2, b2):
+    """`adapter` as the provider's own `adapter_in` then its `adapter_spatial_out`."""
+    batch, tokens, width = x.shape
+    z = provider.adapter_in(x.reshape(-1, width), w_norm, w_raw, bias, eps)
+    return provider.adapter_spatial_out(z.view(batch, tokens, -1), h, w, spectral, k3, k5, k7, conv_bias, noise_w1,
+                                        noise_b1, noise_w2, noise_b2, proj, proj_bias, w2, b2, x)
 
 
 class TorchAdapterKernels:
@@ -211,6 +225,11 @@ class TorchAdapterKernels:
                             proj, proj_bias, w2, b2, residual):
         return compose_spatial_out(self, z, h, w, spectral, k3, k5, k7, conv_bias, noise_w1, noise_b1, noise_w2,
                                    noise_b2, proj, proj_bias, w2, b2, residual)
+
+    def adapter(self, x, h, w, w_norm, w_raw, bias, eps, spectral, k3, k5, k7, conv_bias, noise_w1, noise_b1, noise_w2,
+                noise_b2, proj, proj_bias, w2, b2):
+        return compose_adapter(self, x, h, w, w_norm, w_raw, bias, eps, spectral, k3, k5, k7, conv_bias, noise_w1,
+                               noise_b1, noise_w2, noise_b2, proj, proj_bias, w2, b2)
 
     @classmethod
     def norm_linear(cls, x, norm, linear, activation):

@@ -83,13 +83,9 @@ class OptimizedBlock(nn.Module):
         return x if self.adapter is None else self._adapter(x, self.adapter)
 
     def _adapter(self, x: torch.Tensor, a: FoldedAdapterModule) -> torch.Tensor:
-        batch, tokens, width = x.shape
-        k = self.kernels
-        r = a.w_norm.shape[0]
-        z = k.adapter_in(x.view(-1, width), a.w_norm, a.w_raw, a.bias, a.eps)
-        return k.adapter_spatial_out(z.view(batch, tokens, r), self.grid, self.grid, a.spectral, a.k3, a.k5, a.k7,
-                                     a.conv_bias, a.noise_w1, a.noise_b1, a.noise_w2, a.noise_b2, a.proj,
-                                     a.proj_bias, a.w2, a.b2, x)
+        return self.kernels.adapter(x, self.grid, self.grid, a.w_norm, a.w_raw, a.bias, a.eps, a.spectral, a.k3, a.k5,
+                                    a.k7, a.conv_bias, a.noise_w1, a.noise_b1, a.noise_w2, a.noise_b2, a.proj,
+                                    a.proj_bias, a.w2, a.b2)
 
 
 class Embedding(nn.Module):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import torch
 
+from htkernels import adapter as _adapter
 from htkernels import adapter_in as _adapter_in
 from htkernels import adapter_out as _adapter_out
 from htkernels import adapter_spatial as _adapter_spatial
@@ -68,6 +69,18 @@ class TritonAdapterKernels:
         if z.is_cuda:
             return torch.ops.htkernels.adapter_spatial_out(*args)
         return _adapter_spatial.adapter_spatial_out_triton(*args)
+
+    @staticmethod
+    @kernel_errors()
+    def adapter(x, h, w, w_norm, w_raw, bias, eps, spectral, k3, k5, k7, conv_bias, noise_w1, noise_b1, noise_w2,
+                noise_b2, proj, proj_bias, w2, b2):
+        """adapter_in then adapter_spatial_out: the tuner's choice of the two ops as they are or adapter_in leaving
+        the partial sums of the image mean for the spatial kernel (htkernels/adapter.py)."""
+        args = (x, int(h), int(w), w_norm, w_raw, bias, float(eps), spectral, k3, k5, k7, conv_bias, noise_w1,
+                noise_b1, noise_w2, noise_b2, proj, proj_bias, w2, b2)
+        if x.is_cuda:
+            return torch.ops.htkernels.adapter(*args)
+        return _adapter.adapter_triton(*args)
 
     @staticmethod
     @kernel_errors()

@@ -108,10 +108,14 @@ def main() -> int:
     for dtype in ("fp32", "bf16"):  # fp16 takes the bf16 code path (tensor-core dot in the storage dtype)
         flags = dict(IEEE_FP32=dtype == "fp32", INTERPRET_BF16=False)
         fit = dtype == "bf16"
-        for c in (c for b in batches for c in ain.tuning_candidates(b * 197)):
+        # adapter_in alone and (POOL) with the partial sums of the image mean, adapter's pooled candidates.
+        in_configs = [(c, False) for b in batches for c in ain.tuning_candidates(b * 197)]
+        in_configs += [(c, True) for b in batches for c in ain.pooled_candidates(b, 197)]
+        for c, pool in in_configs:
             build(ain._adapter_in_kernel, {n: f"*{dtype}" for n in ("x_ptr", "w_norm_ptr", "w_raw_ptr", "z_ptr")},
                   ("eps",), dict(BLOCK_M=c["block_m"], BLOCK_R=64, BLOCK_D=c["block_d"], SINGLE_PASS=c["single_pass"],
-                                 ONE_DOT=c["one_dot"], **flags), c, fit, in_values)
+                                 ONE_DOT=c["one_dot"], POOL=pool, **flags), c, fit,
+                  {**in_values, **(dict(stride_pb=-(-197 // c["block_m"]) * 64, stride_pt=64) if pool else {})})
         for inner in (64, 768):
             out_configs = [c for b in batches for c in aout.tuning_candidates(b * 197, inner) if c["impl"] == "triton"]
             for c in out_configs:
@@ -139,22 +143,28 @@ def main() -> int:
                                                                           "y_ptr")}}, (),
                       dict(BLOCK_M=c["block_m"], BLOCK_N=c["block_n"], BLOCK_K=64, GROUP_M=8, HAS_BIAS=has_bias,
                            **flags), c, fit, embed_values)
+        # The spatial kernel alone and with adapter_out in its epilogue (adapter_spatial_out's fused candidates,
+        # D = 768), each also reading adapter_in's partial sums of the image mean (POOLED; SCALED by Σκ, the spectral
+        # filter, in the first configuration of each).
         spatial_configs = [c for b in batches for c in asp.tuning_candidates(b, 14, 14, 64)]
-        for c in spatial_configs:
-            pool = c["pool_block"]
-            build(asp._adapter_spatial_kernel, {"z_ptr": f"*{dtype}", "g_ptr": f"*{dtype}"}, (),
-                  dict(BLOCK_R=64, BLOCK_R4=16, BLOCK_P=c["block_p"], POOL_CHUNKS=-(-196 // pool) if pool else 0,
-                       BLOCK_POOL=pool or c["block_p"], SPLIT_CONV=c["split_conv"], FUSE_OUT=False, BLOCK_N=64,
-                       **flags), c, fit, spatial_values)
-        # adapter_out in the spatial kernel's epilogue (adapter_spatial_out's fused candidates): D = 768.
         fused_configs = [c for b in batches for c in asp.spatial_out_candidates(b, 14, 14, 64) if c["impl"] == "fused"]
-        for c in fused_configs:
+        pooled_configs = [c for b in batches for c in asp.tuning_candidates(b, 14, 14, 64, pooled=True)]
+        pooled_fused = [c for b in batches for c in asp.spatial_out_candidates(b, 14, 14, 64, pooled=True)
+                        if c["impl"] == "fused"]
+        spatial_jobs = [(c, False, False) for c in spatial_configs] + [(c, True, False) for c in fused_configs]
+        spatial_jobs += [(c, False, True) for c in pooled_configs] + [(c, True, True) for c in pooled_fused]
+        first_pooled = {}
+        for c, fuse, pooled in spatial_jobs:
             pool = c["pool_block"]
-            build(asp._adapter_spatial_kernel,
-                  {n: f"*{dtype}" for n in ("z_ptr", "g_ptr", "w2_ptr", "b2_ptr", "res_ptr", "y_ptr")}, (),
-                  dict(BLOCK_R=64, BLOCK_R4=16, BLOCK_P=c["block_p"], POOL_CHUNKS=-(-196 // pool) if pool else 0,
-                       BLOCK_POOL=pool or c["block_p"], SPLIT_CONV=c["split_conv"], FUSE_OUT=True,
-                       BLOCK_N=c["block_n"], **flags), c, fit, spatial_out_values)
+            names = ("z_ptr", "g_ptr", "w2_ptr", "b2_ptr", "res_ptr", "y_ptr") if fuse else ("z_ptr", "g_ptr")
+            values = spatial_out_values if fuse else spatial_values
+            if pooled:
+                values = {**values, "stride_pb": 25 * 64, "stride_pt": 64}
+            for scaled in (False, True) if pooled and first_pooled.setdefault(fuse, c) is c else (False,):
+                build(asp._adapter_spatial_kernel, {n: f"*{dtype}" for n in names}, (),
+                      dict(BLOCK_R=64, BLOCK_R4=16, BLOCK_P=c["block_p"], POOL_CHUNKS=-(-196 // pool) if pool else 0,
+                           BLOCK_POOL=pool or c["block_p"], SPLIT_CONV=c["split_conv"], FUSE_OUT=fuse,
+                           BLOCK_N=c.get("block_n", 64), POOLED=pooled, SCALED=scaled, **flags), c, fit, values)
         for block_p in sorted({c["block_p"] for c in spatial_configs}):
             build(asp._circular_filter_kernel, {"z_ptr": f"*{dtype}"}, (), dict(BLOCK_R=64, BLOCK_P=block_p),
                   values=spatial_values)

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import torch
 
+import htkernels.adapter  # noqa: F401  (registers htkernels::adapter)
 import htkernels.adapter_in  # noqa: F401  (registers htkernels::adapter_in)
 import htkernels.adapter_out  # noqa: F401
 import htkernels.adapter_spatial  # noqa: F401  (also htkernels::adapter_spatial_out)
@@ -43,6 +44,11 @@ def op_cases(device):
         cases[name.replace("spatial", "spatial_out")] = cases[name] + (
             torch.randn(48, 16, generator=gen).to(device), torch.randn(48, generator=gen).to(device),
             torch.randn(2, 16, 48, generator=gen).to(device))
+        x3d = torch.randn(2, 16, 48, generator=gen).to(device)
+        cases["adapter_spectral" if spectral else "adapter"] = (
+            x3d, 3, 5, torch.randn(16, 48, generator=gen).to(device), torch.randn(16, 48, generator=gen).to(device),
+            torch.randn(16, generator=gen).to(device), 1e-5, *cases[name][3:],
+            torch.randn(48, 16, generator=gen).to(device), torch.randn(48, generator=gen).to(device))
     cases["attention"] = (torch.randn(2, 9, 3 * 48, generator=gen).to(device), 4)
     cases["patch_embed"] = (torch.rand(2, 3, 16, 16, generator=gen).to(device),
                             torch.randn(24, 48, generator=gen).to(device), torch.randn(24, generator=gen).to(device),
@@ -55,8 +61,9 @@ def op_cases(device):
     return cases
 
 
-OP_CASES = ["adapter_in", "adapter_out", "adapter_spatial", "adapter_spatial_spectral", "adapter_spatial_out",
-            "adapter_spatial_out_spectral", "attention", "linear_act", "norm_linear", "patch_embed", "preprocess"]
+OP_CASES = ["adapter", "adapter_spectral", "adapter_in", "adapter_out", "adapter_spatial", "adapter_spatial_spectral",
+            "adapter_spatial_out", "adapter_spatial_out_spectral", "attention", "linear_act", "norm_linear", "patch_embed",
+            "preprocess"]
 
 
 def op_of(case: str):

@@ -97,14 +97,15 @@ def test_optimized_model_with_fused_dense_layers(device, poisoned, monkeypatch, 
     (`norm_linear`), or (its default) torch's LayerNorm then the fused GEMM + activation epilogue (`linear_act`);
     projection/fc2 + residual fused (`adapter_out`); attention on SDPA's math back end, not SDPA's own choice
     (`attention`); the embedding as one GEMM reading the image (`patch_embed`); adapter_out in the spatial
-    kernel's epilogue (`adapter_spatial_out`). GELU (biomedclip) and QuickGELU
+    kernel's epilogue (`adapter_spatial_out`), reading the image mean from adapter_in's partial sums (`adapter`,
+    pooled). GELU (biomedclip) and QuickGELU
     (openai, which also has `ln_pre` after the embedding)."""
     import htkernels._tune as tune
 
     chosen = []
 
     def prefer_fused(op, key, candidates, launch, device):
-        fused = next((c for c in candidates if c.get("impl") in ("triton", "math", "fused")), candidates[0])
+        fused = next((c for c in candidates if c.get("impl") in ("triton", "math", "fused", "pooled")), candidates[0])
         config = candidates[0] if op == "norm_linear" and not folded else fused
         chosen.append((op, key, config.get("impl", "triton"), any(c.get("impl") == "torch" for c in candidates)))
         return config
@@ -127,6 +128,7 @@ def test_optimized_model_with_fused_dense_layers(device, poisoned, monkeypatch, 
                                  ("patch_embed", cfg.patch_size), (dense, cfg.head_dim)}
     assert [impl for op, _, impl, _ in chosen if op == "attention"] == ["math"] * cfg.layers
     assert [impl for op, _, impl, _ in chosen if op == "adapter_spatial_out"] == ["fused"] * len(cfg.adapter_layers)
+    assert [impl for op, _, impl, _ in chosen if op == "adapter"] == ["pooled"] * len(cfg.adapter_layers)
 
 
 def test_provider_availability_says_why():
