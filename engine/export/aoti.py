@@ -6,6 +6,7 @@ from __future__ import annotations
 import warnings
 from pathlib import Path
 
+from ..errors import BackendError
 from .manifest import FRAME_INPUT_NAME, INPUT_NAME, BatchRange, FrameSpec
 
 # Reduced precision only where the kernels for it are fast (tensor cores); on CPU fp32 is the only sensible choice.
@@ -34,6 +35,21 @@ def export_program(model, config, batch: BatchRange, device, frame: FrameSpec | 
         return torch.export.export(model.to(device), (example.to(device),), dynamic_shapes=dynamic_shapes)
 
 
+def foreign_tensors(program, device_type: str) -> list:
+    """Names of the tensors of an exported program (graph values, weights, constants) that are not on
+    `device_type`: for a GPU package, the CPU tensors that make it a mixed-device AOTInductor model. Such packages
+    compile, and upstream reports them crashing the process when loaded or run (pytorch/pytorch#172739: constants in
+    host memory; pytorch/pytorch#190000: a mixed CPU/CUDA graph), so `build_aoti` refuses one instead."""
+    import torch
+
+    found = [f"{node.op} {node.name} ({node.target})" for node in program.graph.nodes
+             if isinstance(node.meta.get("val"), torch.Tensor) and node.meta["val"].device.type != device_type]
+    tensors = {**program.state_dict, **program.constants}
+    found += [f"constant {name}" for name, tensor in tensors.items()
+              if isinstance(tensor, torch.Tensor) and tensor.device.type != device_type]
+    return found
+
+
 def build_aoti(package, precision: str, batch: BatchRange, directory: Path, progress, stage, device: str = "cpu",
                frame: FrameSpec | None = None):
     import torch
@@ -52,6 +68,12 @@ def build_aoti(package, precision: str, batch: BatchRange, directory: Path, prog
     with stage(progress, "exporting the graph (torch.export)"):
         with torch.no_grad():
             program = export_program(model, package.config, batch, target, frame)
+        foreign = foreign_tensors(program, target.type)
+        if foreign:
+            raise BackendError(f"the exported graph for {target.type} holds {len(foreign)} tensors on another device "
+                               f"({', '.join(foreign[:5])}{', ...' if len(foreign) > 5 else ''}): AOTInductor would make "
+                               "a mixed-device package of it, the kind upstream reports crashing when loaded "
+                               "(pytorch/pytorch#172739, #190000)")
     with stage(progress, f"compiling with AOTInductor for {target.type} (minutes on a small CPU)"):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")

@@ -166,9 +166,11 @@ class TorchAdapterKernels:
         key = (h, w, str(device))
         if torch.compiler.is_compiling():
             # Tensors made while tracing are fake or symbolic: never cache them (the compiler folds these anyway).
-            return {n: m.to(device) for n, m in rewrites.dft_matrices(h, w).items()}
+            # Made on the device itself: a CPU tensor in the graph of a GPU artifact is a mixed-device AOTInductor
+            # package (engine/export/aoti.py refuses one).
+            return rewrites.dft_matrices(h, w, device=device)
         if key not in cls._dft_cache:
-            cls._dft_cache[key] = {n: m.to(device) for n, m in rewrites.dft_matrices(h, w).items()}
+            cls._dft_cache[key] = rewrites.dft_matrices(h, w, device=device)
         return cls._dft_cache[key]
 
     @classmethod

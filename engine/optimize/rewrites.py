@@ -80,22 +80,25 @@ def merged_depthwise_kernel(alpha, k3, k5, k7, conv_bias, identity: bool):
     return kernel, bias
 
 
-def dft_matrices(h: int, w: int, dtype=torch.float32):
+def dft_matrices(h: int, w: int, dtype=torch.float32, device=None):
     """Real matrices of the 2-D real DFT on an `h×w` grid (half spectrum of `w2 = w//2+1` columns) and its inverse.
 
     `cw, sw [w, w2]` and `ch, sh [h, h]` hold cos and sin of the DFT angles (forward kernel `cos - i·sin`);
     `icw, isw [w2, w]` are the inverse along w with `irfft`'s Hermitian column weights (1, 2, …, 2[, 1]) and `1/w`
-    folded in (the imaginary parts of the self-conjugate columns drop out, as in `irfft2`)."""
+    folded in (the imaginary parts of the self-conjugate columns drop out, as in `irfft2`).
+
+    Made on `device` from factory ops alone (no in-place scalar writes): traced by torch.export, they then add no
+    tensor on another device and no lifted constant to the graph of a GPU artifact."""
     w2 = w // 2 + 1
-    y = torch.arange(h, dtype=torch.float64)
-    x = torch.arange(w, dtype=torch.float64)
-    k = torch.arange(w2, dtype=torch.float64)
+    f64 = dict(dtype=torch.float64, device=device)
+    y = torch.arange(h, **f64)
+    x = torch.arange(w, **f64)
+    k = torch.arange(w2, **f64)
     angle_h = 2 * math.pi * torch.outer(y, y) / h
     angle_w = 2 * math.pi * torch.outer(x, k) / w  # [w, w2]
-    weight = torch.full((w2,), 2.0, dtype=torch.float64)
-    weight[0] = 1.0
-    if w % 2 == 0:
-        weight[-1] = 1.0
+    # 1 for the self-conjugate columns (0, and w/2 for even w), 2 for the others.
+    self_conjugate = (k == 0) | (k * 2 == w)
+    weight = 2.0 - self_conjugate.to(torch.float64)
     mats = {
         "cw": torch.cos(angle_w), "sw": torch.sin(angle_w),
         "ch": torch.cos(angle_h), "sh": torch.sin(angle_h),
