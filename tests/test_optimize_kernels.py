@@ -52,7 +52,7 @@ def protocol_mismatches(provider: type) -> list:
 def test_the_protocol_names_every_op():
     assert PROTOCOL_METHODS == sorted(["available", "adapter_in", "adapter_spatial", "adapter_out",
                                        "adapter_spatial_out", "adapter", "norm_linear", "linear_act", "linear_residual",
-                                       "attention", "patch_embed", "preprocess"])
+                                       "head_logits", "attention", "patch_embed", "preprocess"])
 
 
 @pytest.mark.parametrize("provider", [get_kernels(name) for name in KERNEL_PROVIDERS]

@@ -4,7 +4,8 @@ block's qkv and fc1 with their LayerNorm (`norm_linear`: LayerNorm + `linear_act
 LayerNorm folded into the GEMM), and the block's attention under each back end the tuner chooses from (SDPA's own
 choice, flash, memory-efficient, cuDNN, math, FA3 where installed) and the patch embedding (unfused ops against
 the one-GEMM kernel), adapter_spatial + adapter_out against adapter_out fused into the spatial kernel, and the whole
-adapter with and without adapter_in's partial sums of the image mean (`adapter`, pooled). Also the launch tuner's
+adapter with and without adapter_in's partial sums of the image mean (`adapter`, pooled) and the seg head's tail
+(`head_logits`: torch's four ops against one kernel). Also the launch tuner's
 choices so far (`record`), which the optimized backend makes in its warm-up runs."""
 
 from __future__ import annotations
@@ -14,7 +15,16 @@ import time
 
 import torch
 
-from htkernels import adapter, adapter_in, adapter_out, adapter_spatial, attention, norm_linear, patch_embed
+from htkernels import (
+    adapter,
+    adapter_in,
+    adapter_out,
+    adapter_spatial,
+    attention,
+    head_logits,
+    norm_linear,
+    patch_embed,
+)
 from htkernels._tune import TUNER
 from htkernels.adapter_in import adapter_in_triton
 from htkernels.adapter_out import adapter_out_triton
@@ -27,6 +37,7 @@ from htkernels.testing import adapter_block, adapter_block_inputs, adapter_input
 from .common import DTYPES, Check, error_text, graph_time
 
 HEAD_WIDTH = 64  # ViT-B/16's: 12 heads at width 768
+HEAD_LEVEL_WIDTH = 512  # the seg head's hidden width per level (three levels, two classes)
 PATCH = 16
 BUDGET_S = 60.0  # the sweep's own limit: candidates past it are recorded as skipped
 LAUNCHERS = {"adapter_in": adapter_in_triton, "adapter_spatial": adapter_spatial_triton,
@@ -44,7 +55,8 @@ def tuning_sweep(width: int, channels: int, grid: int) -> dict:
             "attention": attention.tuning_candidates(DTYPES["bf16"]),
             "patch_embed": patch_embed.tuning_candidates(grid * grid),
             "adapter_spatial_out": adapter_spatial.spatial_out_candidates(1, grid, grid, channels),
-            "adapter": adapter.candidates()}
+            "adapter": adapter.candidates(),
+            "head_logits": head_logits.tuning_candidates(grid * grid)}
 
 
 def run(check: Check) -> None:
@@ -64,6 +76,9 @@ def run(check: Check) -> None:
                   dtype=dtype) * 0.02, torch.randn(width, device=device, dtype=dtype),
                   torch.randn(1, 1, width, device=device, dtype=dtype),
                   torch.randn(1, grid * grid, width, device=device, dtype=dtype), PATCH)
+    levels = [torch.randn(1, x.shape[0], HEAD_LEVEL_WIDTH, device=device, dtype=dtype) for _ in range(3)]
+    tail_weight = torch.randn(2, 3 * HEAD_LEVEL_WIDTH, device=device) * 0.02
+    tail_bias = torch.zeros(2, device=device)
     calls = {
         "adapter_in": lambda tuning: adapter_in_triton(x, w_norm, w_raw, bias, eps, tuning=tuning),
         "adapter_spatial": lambda tuning: adapter_spatial_triton(*spatial, tuning=tuning),
@@ -76,6 +91,8 @@ def run(check: Check) -> None:
             *spatial, w2, b2, x.view(1, -1, width), tuning=tuning),
         "adapter": lambda tuning: adapter.adapter_triton(x.view(1, -1, width), grid, grid, w_norm, w_raw, bias, eps,
                                                          *spatial[3:], w2, b2, tuning=tuning),
+        "head_logits": lambda tuning: head_logits.head_logits_triton(levels, tail_weight, tail_bias, grid, grid,
+                                                                     tuning=tuning),
     }
     tuning = check.results.setdefault("tuning_batch1_bf16", {})
     sweep = tuning_sweep(width, channels, grid)

@@ -56,6 +56,9 @@ class CudaAdapterKernels:
     def norm_linear(self, x, norm, linear, activation):
         return TorchAdapterKernels.norm_linear(x, norm, linear, activation)
 
+    def head_logits(self, levels, weight, bias, h, w):
+        return TorchAdapterKernels.head_logits(levels, weight, bias, h, w)
+
     def linear_act(self, x, linear, activation):
         return TorchAdapterKernels.linear_act(x, linear, activation)
 

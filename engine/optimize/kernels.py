@@ -22,6 +22,7 @@ import torch.nn.functional as F
 
 from htkernels.attention import sdpa_attention
 from htkernels.errors import KernelError, KernelInputError
+from htkernels.head_logits import head_logits_ref
 from htkernels.patch_embed import patch_embed_torch
 
 from ..errors import BackendError, InputError
@@ -83,6 +84,10 @@ class AdapterKernels(Protocol):
     def attention(self, qkv, heads):
         """The block's multi-head self-attention on its packed qkv: `[B, N, 3·H·d]` (q, k, v side by side, each
         head-major) → `[B, N, H·d]`, `softmax(q·kᵀ/√d)·v` per head, the layout the attention projection reads."""
+
+    def head_logits(self, levels, weight, bias, h, w):
+        """The seg head's tail: levels `[B, 1+h·w, K_ℓ]` (the head's hidden per level) → grid logits fp32
+        `[B, C, h, w]` = their pixel rows side by side, in fp32, times `weight [C, ΣK_ℓ]`ᵀ + `bias [C]`."""
 
     def preprocess(self, frames, row_weights, col_weights, scale, out_dtype):
         """uint8 frames `[B, H, W]` or `[B, H, W, 3]` → `[B, 3, S_h, S_w]` of `out_dtype`: Pillow's bicubic resize
@@ -222,6 +227,10 @@ class TorchAdapterKernels:
     @staticmethod
     def adapter_out(g2d, w2, b2, residual2d):
         return torch.addmm(b2, g2d, w2.t()) + residual2d
+
+    @staticmethod
+    def head_logits(levels, weight, bias, h, w):
+        return head_logits_ref(levels, weight, bias, h, w)
 
     def adapter_spatial_out(self, z, h, w, spectral, k3, k5, k7, conv_bias, noise_w1, noise_b1, noise_w2, noise_b2,
                             proj, proj_bias, w2, b2, residual):

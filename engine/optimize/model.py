@@ -145,12 +145,11 @@ class Head(nn.Module):
         # LayerNorm → fc1 → GELU through the provider: one kernel where it folds the LayerNorm into the GEMM.
         hidden = [self.kernels.norm_linear(reduce(feature), norm, fc1, "gelu")
                   for feature, reduce, norm, fc1 in zip(features, self.reduces, self.norms, self.fc1)]
-        stacked = torch.cat([level[:, 1:] for level in hidden], dim=-1).float()
-        batch = stacked.shape[0]
         if self.task == "seg":
-            logits = F.linear(stacked, self.out_weight, self.out_bias)
-            maps = logits.transpose(1, 2).reshape(batch, -1, self.grid, self.grid)
+            # The levels' pixel rows through the folded output layer into grid logits (one kernel where it fuses).
+            maps = self.kernels.head_logits(hidden, self.out_weight, self.out_bias, self.grid, self.grid)
             return maps if grid else self.upsample(maps)
+        stacked = torch.cat([level[:, 1:] for level in hidden], dim=-1).float()
         pooled = F.linear(stacked.mean(dim=1), self.out_weight, self.out_bias)
         if self.mlp_cls:
             pooled = F.linear(torch.relu(pooled), self.cls_out_weight, self.cls_out_bias)

@@ -16,6 +16,7 @@ from htkernels import adapter_in as _adapter_in
 from htkernels import adapter_out as _adapter_out
 from htkernels import adapter_spatial as _adapter_spatial
 from htkernels import attention as _attention
+from htkernels import head_logits as _head_logits
 from htkernels import linear_act as _linear_act
 from htkernels import norm_linear as _norm_linear
 from htkernels import patch_embed as _patch_embed
@@ -140,6 +141,15 @@ class TritonAdapterKernels:
         if images.is_cuda:
             return torch.ops.htkernels.patch_embed(*args)
         return _patch_embed.patch_embed_triton(*args)
+
+    @staticmethod
+    @kernel_errors()
+    def head_logits(levels, weight, bias, h, w):
+        """The seg head's tail: the tuner's choice of torch's concatenation, fp32 copy, GEMM and transposed copy or
+        one kernel reading the levels in place and storing the grid logits (htkernels/head_logits.py)."""
+        if weight.is_cuda:
+            return torch.ops.htkernels.head_logits(list(levels), weight, bias, int(h), int(w))
+        return _head_logits.head_logits_triton(levels, weight, bias, int(h), int(w))
 
     @staticmethod
     @kernel_errors()

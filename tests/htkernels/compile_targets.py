@@ -67,6 +67,7 @@ def main() -> int:
     import htkernels.adapter_in as ain
     import htkernels.adapter_out as aout
     import htkernels.adapter_spatial as asp
+    import htkernels.head_logits as head
     import htkernels.linear_act as act
     import htkernels.norm_linear as norm
     import htkernels.patch_embed as embed
@@ -165,6 +166,15 @@ def main() -> int:
                       dict(BLOCK_R=64, BLOCK_R4=16, BLOCK_P=c["block_p"], POOL_CHUNKS=-(-196 // pool) if pool else 0,
                            BLOCK_POOL=pool or c["block_p"], SPLIT_CONV=c["split_conv"], FUSE_OUT=fuse,
                            BLOCK_N=c.get("block_n", 64), POOLED=pooled, SCALED=scaled, **flags), c, fit, values)
+        # The seg head's tail: three 512-wide levels of ViT-B/16 (the fourth pointer unused), two classes.
+        head_values = dict(HW=196, C=2, K0=512, K1=512, K2=512, K3=0, **{f"stride_{i}{d}": v for i in range(4)
+                                                                            for d, v in (("b", 197 * 512), ("n", 512),
+                                                                                         ("k", 1))},
+                           stride_wc=1536, stride_wk=1, stride_yb=2 * 196, stride_yc=196, stride_yp=1)
+        for c in (c for pixels in (196, 4096) for c in head.tuning_candidates(pixels) if c["impl"] == "triton"):
+            build(head._head_logits_kernel, {**{f"l{i}_ptr": f"*{dtype}" for i in range(4)}, "w_ptr": "*fp32",
+                                             "b_ptr": "*fp32", "y_ptr": "*fp32"}, (),
+                  dict(LEVELS=3, BLOCK_P=c["block_p"], BLOCK_C=16, BLOCK_K=c["block_k"]), c, True, head_values)
         for block_p in sorted({c["block_p"] for c in spatial_configs}):
             build(asp._circular_filter_kernel, {"z_ptr": f"*{dtype}"}, (), dict(BLOCK_R=64, BLOCK_P=block_p),
                   values=spatial_values)

@@ -9,6 +9,7 @@ import htkernels.adapter_in  # noqa: F401  (registers htkernels::adapter_in)
 import htkernels.adapter_out  # noqa: F401
 import htkernels.adapter_spatial  # noqa: F401  (also htkernels::adapter_spatial_out)
 import htkernels.attention  # noqa: F401
+import htkernels.head_logits  # noqa: F401
 import htkernels.linear_act  # noqa: F401
 import htkernels.norm_linear  # noqa: F401
 import htkernels.patch_embed  # noqa: F401
@@ -49,6 +50,8 @@ def op_cases(device):
             x3d, 3, 5, torch.randn(16, 48, generator=gen).to(device), torch.randn(16, 48, generator=gen).to(device),
             torch.randn(16, generator=gen).to(device), 1e-5, *cases[name][3:],
             torch.randn(48, 16, generator=gen).to(device), torch.randn(48, generator=gen).to(device))
+    cases["head_logits"] = ([torch.randn(2, 16, width, generator=gen).to(device) for width in (24, 40)],
+                            torch.randn(3, 64, generator=gen).to(device), torch.randn(3, generator=gen).to(device), 3, 5)
     cases["attention"] = (torch.randn(2, 9, 3 * 48, generator=gen).to(device), 4)
     cases["patch_embed"] = (torch.rand(2, 3, 16, 16, generator=gen).to(device),
                             torch.randn(24, 48, generator=gen).to(device), torch.randn(24, generator=gen).to(device),
@@ -62,7 +65,7 @@ def op_cases(device):
 
 
 OP_CASES = ["adapter", "adapter_spectral", "adapter_in", "adapter_out", "adapter_spatial", "adapter_spatial_spectral",
-            "adapter_spatial_out", "adapter_spatial_out_spectral", "attention", "linear_act", "norm_linear", "patch_embed",
+            "adapter_spatial_out", "adapter_spatial_out_spectral", "attention", "head_logits", "linear_act", "norm_linear", "patch_embed",
             "preprocess"]
 
 

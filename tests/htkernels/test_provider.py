@@ -98,7 +98,7 @@ def test_optimized_model_with_fused_dense_layers(device, poisoned, monkeypatch, 
     projection/fc2 + residual fused (`adapter_out`); attention on SDPA's math back end, not SDPA's own choice
     (`attention`); the embedding as one GEMM reading the image (`patch_embed`); adapter_out in the spatial
     kernel's epilogue (`adapter_spatial_out`), reading the image mean from adapter_in's partial sums (`adapter`,
-    pooled). GELU (biomedclip) and QuickGELU
+    pooled); the seg head's tail as one kernel (`head_logits`). GELU (biomedclip) and QuickGELU
     (openai, which also has `ln_pre` after the embedding)."""
     import htkernels._tune as tune
 
@@ -124,8 +124,10 @@ def test_optimized_model_with_fused_dense_layers(device, poisoned, monkeypatch, 
     fused_over_cublas = {(op, key[2]) for op, key, impl, offered_torch in chosen if impl == "triton" and offered_torch}
     dense = "norm_linear" if folded else "linear_act"
     # The head's levels too: LayerNorm → fc1 → GELU (output head_dim) through the same op.
+    # The seg head's tail as one kernel (key[2]: the grid's width), where torch's four ops are the default.
+    tail = {("head_logits", cfg.grid)} if task == "seg" else set()
     assert fused_over_cublas == {(dense, 3 * cfg.width), (dense, 4 * cfg.width), ("adapter_out", 4 * cfg.width),
-                                 ("patch_embed", cfg.patch_size), (dense, cfg.head_dim)}
+                                 ("patch_embed", cfg.patch_size), (dense, cfg.head_dim)} | tail
     assert [impl for op, _, impl, _ in chosen if op == "attention"] == ["math"] * cfg.layers
     assert [impl for op, _, impl, _ in chosen if op == "adapter_spatial_out"] == ["fused"] * len(cfg.adapter_layers)
     assert [impl for op, _, impl, _ in chosen if op == "adapter"] == ["pooled"] * len(cfg.adapter_layers)
