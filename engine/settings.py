@@ -42,6 +42,9 @@ CACHE = Setting("HT_ENGINE_CACHE", _path, None, "Root of the engine's on-disk ca
                 "`<root>/inductor`, the `auto` backend table); default `~/.cache/ht-engine`.")
 COMPILE = flag("HT_ENGINE_COMPILE", True, "Compile the optimized CPU backend with torch.compile (0: run it eagerly; "
                "no compiler or C++ toolchain needed).")
+HEAD_BRANCHES = flag("HT_ENGINE_HEAD_BRANCHES", False, "On CUDA, run each head level's layers on a side stream as "
+                     "soon as its feature is ready, overlapping the later blocks (parallel branches in the CUDA "
+                     "graph); off until a GPU run measures it faster.")
 OPENVINO_INT8_FLOAT = Setting("HT_ENGINE_OPENVINO_INT8_FLOAT", _int8_float, "auto", "Precision of the float parts "
                               "(LayerNorm, attention, adapters, unquantized GEMMs) of an OpenVINO int8 artifact on "
                               "the CPU: auto = bf16 where the CPU has bf16 units (OpenVINO's own default there), "
@@ -55,7 +58,7 @@ THREADS = Setting("HT_ENGINE_THREADS", _thread_count, None, "Threads of the infe
 TRT_TIMING_CACHE_DIR = Setting("HT_TRT_TIMING_CACHE_DIR", _path, None, "Where TensorRT timing caches are kept (one "
                                "per GPU and TensorRT version); default `<cache root>/tensorrt`.")
 
-SETTINGS = (CACHE, COMPILE, OPENVINO_INT8_FLOAT, PERF_ANALYZER, THREADS, TRT_TIMING_CACHE_DIR) + KERNEL_SETTINGS
+SETTINGS = (CACHE, COMPILE, HEAD_BRANCHES, OPENVINO_INT8_FLOAT, PERF_ANALYZER, THREADS, TRT_TIMING_CACHE_DIR) + KERNEL_SETTINGS
 
 
 def cache_root() -> Path:

@@ -6,9 +6,6 @@ registrations still import, and a launch says what to install instead of failing
 
 from __future__ import annotations
 
-import contextlib
-import contextvars
-
 import torch
 
 from . import envs
@@ -38,19 +35,14 @@ def jit(fn):
     return triton.jit(fn) if triton is not None else _missing_triton(fn)
 
 
-# `programmatic_launch(enabled)` overrides HTK_PDL for the launches made inside it (None: the setting decides).
-_PDL = contextvars.ContextVar("htkernels_pdl", default=None)
+# HTK_PDL, which `programmatic_launch(enabled)` overrides for the launches made inside it.
+_PDL = envs.Switch(envs.HTK_PDL)
 
 
-@contextlib.contextmanager
 def programmatic_launch(enabled: bool):
-    """Launch the Triton kernels inside this block with (True) or without (False) programmatic dependent launch,
-    whatever `HTK_PDL` says; a CUDA graph captured inside keeps the choice in every replay."""
-    token = _PDL.set(bool(enabled))
-    try:
-        yield
-    finally:
-        _PDL.reset(token)
+    """Context manager: launch the Triton kernels inside it with (True) or without (False) programmatic dependent
+    launch, whatever `HTK_PDL` says; a CUDA graph captured inside keeps the choice in every replay."""
+    return _PDL.forced(enabled)
 
 
 def pdl_options(device: torch.device) -> dict:
@@ -59,8 +51,6 @@ def pdl_options(device: torch.device) -> dict:
     or newer (not ROCm) by a Triton that has grid dependency control (3.4+), Triton's `launch_pdl`. Otherwise
     `{"PDL": False}`: the kernel is the same as without PDL."""
     wanted = _PDL.get()
-    if wanted is None:
-        wanted = envs.HTK_PDL.get()
     if not wanted or gdc_wait is None or interpreting() or device.type != "cuda" or torch.version.hip is not None:
         return {"PDL": False}
     if torch.cuda.get_device_capability(device) < (9, 0):

@@ -6,6 +6,8 @@ engine's own registry (`engine.settings`) reuses both and lists these next to it
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import os
 from dataclasses import dataclass
 from typing import Callable, Generic, TypeVar
@@ -47,6 +49,28 @@ class Setting(Generic[T]):
 
     def is_set(self) -> bool:
         return self.name in os.environ
+
+
+class Switch:
+    """A boolean setting that a block of code may force on or off (`forced`), whatever the environment says: how a
+    benchmark runs one variant beside the default in one process. Forced per thread and task (a context variable)."""
+
+    def __init__(self, setting: Setting[bool]):
+        self.setting = setting
+        self._forced: contextvars.ContextVar = contextvars.ContextVar(setting.name, default=None)
+
+    @contextlib.contextmanager
+    def forced(self, enabled: bool):
+        token = self._forced.set(bool(enabled))
+        try:
+            yield
+        finally:
+            self._forced.reset(token)
+
+    def get(self) -> bool:
+        """The forced value inside `forced`, else the setting's."""
+        forced = self._forced.get()
+        return self.setting.get() if forced is None else forced
 
 
 def flag(name: str, default: bool, doc: str) -> Setting[bool]:

@@ -2,7 +2,9 @@
 
 Providers: `reference` (eager, in the run's dtype), `compile_reference` (`torch.compile` of it), `optimized` (the
 optimized backend: Triton kernels + CUDA graphs), `optimized_pdl` (the same with programmatic dependent launch
-between the Triton kernels, `HTK_PDL`), `optimized_cuda` (the same with the CUDA C++ provider, when built)
+between the Triton kernels, `HTK_PDL`), `optimized_branches` (the same with the head's levels on side streams,
+parallel branches of the graph, `HT_ENGINE_HEAD_BRANCHES`), `optimized_cuda` (the same with the CUDA C++ provider,
+when built)
 and `optimized_torch_graphs` (the optimized model with the plain-torch adapter ops, in CUDA graphs). Each row has its
 error to the fp32 eager reference and its share of the GEMM rate (tflop_per_s against section `gemm`).
 """
@@ -18,6 +20,7 @@ from engine.bench.flops import count_flops
 from engine.bench.measure import relative_error
 from engine.config import ModelConfig
 from engine.model import build_reference_model
+from engine.optimize.branches import head_branches
 from engine.optimize.cuda_runner import make_cuda_runner
 from engine.optimize.model import OptimizedHTModel
 from engine.runner import Runner
@@ -64,6 +67,9 @@ def add_runners(found: dict, cfg, tensors, device: torch.device, precision: str)
     pdl = optimized.load(Package, str(device), precision)
     found["optimized_pdl"] = Runner(run=lambda images, run=pdl.run: with_pdl(run, images), uses_torch=True,
                                     device=str(device), precision=precision)
+    forked = optimized.load(Package, str(device), precision)
+    found["optimized_branches"] = Runner(run=lambda images, run=forked.run: with_branches(run, images),
+                                         uses_torch=True, device=str(device), precision=precision)
     if cuda_provider(device)[0] is not None:
         found["optimized_cuda"] = optimized.load(Package, str(device), precision, kernels="cuda")
 
@@ -72,6 +78,13 @@ def with_pdl(run, images):
     """`run(images)` with the Triton kernels launched with programmatic dependent launch: its CUDA graphs, captured
     at the first call of each shape, keep PDL in every replay."""
     with programmatic_launch(True):
+        return run(images)
+
+
+def with_branches(run, images):
+    """`run(images)` with the head's levels on side streams: its CUDA graphs, captured at the first call of each
+    shape, keep the branches in every replay."""
+    with head_branches(True):
         return run(images)
 
 

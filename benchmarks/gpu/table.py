@@ -80,8 +80,8 @@ def table(results: dict) -> str:
             if row.get("reference_chunk"):
                 lines.append(f"  B={row['batch']}: both references run in chunks of {row['reference_chunk']} images "
                              "(their upsample output would exceed INT_MAX elements)")
-            for name in ("reference", "compile_reference", "optimized", "optimized_pdl", "optimized_cuda",
-                         "optimized_torch_graphs"):
+            for name in ("reference", "compile_reference", "optimized", "optimized_pdl", "optimized_branches",
+                         "optimized_cuda", "optimized_torch_graphs"):
                 cell = row.get(name)
                 if cell is None:
                     continue

@@ -17,7 +17,7 @@ from torch import nn
 
 from ..config import ModelConfig
 from ..errors import BackendError, PackageError
-from . import rewrites
+from . import branches, rewrites
 from .kernels import AdapterKernels, TorchAdapterKernels
 
 
@@ -139,12 +139,19 @@ class Head(nn.Module):
     def forward(self, features: list, grid: bool = False) -> torch.Tensor:
         """Logits: seg `[B,C,S,S]` (or, with `grid`, the `[B,C,g,g]` grid logits before the upsample, which the frame
         path takes to any frame size in one step, engine.postprocess), cls `[B,C]`."""
+        return self.tail([self.level(index, feature) for index, feature in enumerate(features)], grid)
+
+    def level(self, index: int, feature: torch.Tensor) -> torch.Tensor:
+        """Level `index`'s hidden `[B, N, head_dim]` from its block's feature `[B, N, width]`: reduce → LayerNorm →
+        fc1 → GELU."""
         # Every level runs on all tokens, CLS included: each layer is one GEMM on a contiguous input (reducing the
         # strided `feature[:, 1:]` copies it first, and adds the bias in a kernel of its own, at batch > 1); the
-        # concatenation, a copy anyway, drops the CLS rows. Rows are independent, so this is exact.
+        # tail drops the CLS rows. Rows are independent, so this is exact.
         # LayerNorm → fc1 → GELU through the provider: one kernel where it folds the LayerNorm into the GEMM.
-        hidden = [self.kernels.norm_linear(reduce(feature), norm, fc1, "gelu")
-                  for feature, reduce, norm, fc1 in zip(features, self.reduces, self.norms, self.fc1)]
+        return self.kernels.norm_linear(self.reduces[index](feature), self.norms[index], self.fc1[index], "gelu")
+
+    def tail(self, hidden: list, grid: bool = False) -> torch.Tensor:
+        """The logits of `forward` from every level's hidden (`level`)."""
         if self.task == "seg":
             # The levels' pixel rows through the folded output layer into grid logits (one kernel where it fuses).
             maps = self.kernels.head_logits(hidden, self.out_weight, self.out_bias, self.grid, self.grid)
@@ -205,8 +212,30 @@ class OptimizedHTModel(nn.Module):
         return [found[i] for i in self.extract]
 
     def forward(self, images: torch.Tensor, grid: bool = False) -> torch.Tensor:
-        """`grid`: seg logits on the head's grid, before the upsample (see `Head.forward`)."""
+        """`grid`: seg logits on the head's grid, before the upsample (see `Head.forward`). On CUDA with the head's
+        levels as branches (`engine.optimize.branches`), each level runs on a side stream beside the later blocks."""
+        if branches.wanted(images.device):
+            return self.forward_branched(images, branches.StreamBranches(images.device, len(self.extract)), grid)
         return self.head(self.features(images), grid=grid)
+
+    def forward_branched(self, images: torch.Tensor, fork, grid: bool = False) -> torch.Tensor:
+        """`forward` with level ℓ's head layers inside `fork.branch(ℓ)` right after the block of its feature, and
+        `fork.join()` before the head's tail (`branches.StreamBranches`). The features and hiddens stay referenced
+        until the tail is queued, after the join."""
+        x = self.embed(images)
+        hidden = [None] * len(self.extract)
+        features = []
+        for index, block in enumerate(self.blocks):
+            x = block(x)
+            for level, layer in enumerate(self.extract):
+                if layer == index:
+                    features.append(x)
+                    with fork.branch(level):
+                        hidden[level] = self.head.level(level, x)
+        fork.join()
+        logits = self.head.tail(hidden, grid)
+        del features, hidden
+        return logits
 
     def logits_from_grid(self, maps: torch.Tensor) -> torch.Tensor:
         """`forward(images)` from `forward(images, grid=True)` of a seg model: the same upsample, bit for bit (the
