@@ -322,8 +322,9 @@ def impulse_response(spectral: torch.Tensor, h: int, w: int) -> torch.Tensor:
 
 # κ per spectral filter tensor, recomputed only when the filter changes (htkernels._cache).
 IMPULSE_RESPONSES = WeightsCache(impulse_response)
-# Σκ per channel (fp32 [r]), for the image mean of F from adapter_in's partial sums of S (POOLED).
-IMPULSE_SUMS = WeightsCache(lambda spectral, h, w: impulse_response(spectral, h, w).sum(dim=(1, 2)).contiguous())
+# Σκ per channel (fp32 [r]), for the image mean of F from adapter_in's partial sums of S (POOLED): the DC bin of
+# rfft2(κ), which the C2R transform that makes κ keeps as the real part of φ's DC bin, so Σκ = Re φ[:, 0, 0].
+IMPULSE_SUMS = WeightsCache(lambda spectral: spectral[:, 0, 0, 0].float().contiguous())
 
 
 def tuning_candidates(batch: int, h: int, w: int, channels: int, pooled: bool = False) -> list:
@@ -426,8 +427,7 @@ class _SpatialLaunch:
         else:
             self.kappa = IMPULSE_RESPONSES.get((spectral,), h, w)
             self.filtered = torch.empty((batch, channels, h * w), device=z.device, dtype=torch.float32)
-        self.kappa_sum = IMPULSE_SUMS.get((spectral,), h, w) if partials is not None and self.kappa is not None \
-            else None
+        self.kappa_sum = IMPULSE_SUMS.get((spectral,)) if partials is not None and self.kappa is not None else None
 
     def __call__(self, config, into, out=None):
         z, h, w, filtered = self.z, self.h, self.w, self.filtered

@@ -5,6 +5,8 @@ refuses one before compiling."""
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 import torch
 
@@ -50,6 +52,14 @@ def _mixed_program():
 def test_foreign_tensors_names_a_cpu_tensor_in_a_meta_graph():
     found = aoti.foreign_tensors(_mixed_program(), "meta")
     assert any("arange" in entry for entry in found), found
+
+
+def test_foreign_tensors_looks_into_multi_output_nodes_and_constants():
+    node = SimpleNamespace(op="call_function", name="split", target="aten.split", meta={"val": (
+        torch.zeros(1, device=META), [torch.zeros(1)])})
+    program = SimpleNamespace(graph=SimpleNamespace(nodes=[node]), state_dict={"w": torch.zeros(1, device=META)},
+                              constants={"c": torch.zeros(1)})
+    assert aoti.foreign_tensors(program, "meta") == ["call_function split (aten.split)", "constant c"]
 
 
 def test_build_refuses_a_mixed_device_graph_before_compiling(tmp_path, monkeypatch):

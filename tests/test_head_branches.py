@@ -66,6 +66,21 @@ def test_branched_forward_equals_the_plain_one_and_forks_after_each_feature(arch
     assert events == expected + [("join",), ("tail",)]
 
 
+def test_a_failing_level_still_joins_the_branches(monkeypatch):
+    """A capture must end with its branches rejoined: the join runs even when a level's layers raise."""
+    cfg = small_config("biomedclip-vit-b16", "seg", "channel", layers=2, extract_layers=[0, 1, 1], adapter_layers=[0])
+    model = OptimizedHTModel(cfg, small_tensors(cfg, seed=5)).eval()
+
+    def broken(index, feature):
+        raise RuntimeError("level failed")
+
+    monkeypatch.setattr(model.head, "level", broken)
+    events = []
+    with pytest.raises(RuntimeError, match="level failed"), torch.inference_mode():
+        model.forward_branched(random_images(1, cfg.image_size, seed=10), Recorder(events))
+    assert events == [("fork", 0), ("join",)]
+
+
 def test_grid_logits_through_branches():
     cfg = small_config("biomedclip-vit-b16", "seg", "channel", layers=2, extract_layers=[0, 1, 1], adapter_layers=[0])
     model = OptimizedHTModel(cfg, small_tensors(cfg, seed=5)).eval()

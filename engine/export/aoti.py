@@ -41,9 +41,11 @@ def foreign_tensors(program, device_type: str) -> list:
     compile, and upstream reports them crashing the process when loaded or run (pytorch/pytorch#172739: constants in
     host memory; pytorch/pytorch#190000: a mixed CPU/CUDA graph), so `build_aoti` refuses one instead."""
     import torch
+    from torch.utils import _pytree
 
     found = [f"{node.op} {node.name} ({node.target})" for node in program.graph.nodes
-             if isinstance(node.meta.get("val"), torch.Tensor) and node.meta["val"].device.type != device_type]
+             if any(isinstance(value, torch.Tensor) and value.device.type != device_type
+                    for value in _pytree.tree_leaves(node.meta.get("val")))]
     tensors = {**program.state_dict, **program.constants}
     found += [f"constant {name}" for name, tensor in tensors.items()
               if isinstance(tensor, torch.Tensor) and tensor.device.type != device_type]

@@ -21,8 +21,10 @@ from .. import settings
 
 # HT_ENGINE_HEAD_BRANCHES, which `head_branches(enabled)` overrides for the forwards run inside it.
 _WANTED = Switch(settings.HEAD_BRANCHES)
-_STREAMS: dict = {}  # device index -> side streams, made once and reused (a capture forks onto them)
-_STREAMS_LOCK = threading.Lock()
+# Side streams per thread and device, made once and reused (a capture forks onto them). Per thread: a branch's
+# memory goes back to its stream's cache when freed, and only this thread's next fork (which waits for everything
+# queued on its forward's stream) may reuse it.
+_STREAMS = threading.local()
 
 
 def head_branches(enabled: bool):
@@ -40,13 +42,14 @@ def wanted(device: torch.device) -> bool:
 
 
 def side_streams(device: torch.device, count: int) -> list:
-    """`count` side streams of `device` (reused across forwards and captures)."""
+    """`count` side streams of `device` for this thread (reused across its forwards and captures)."""
     index = device.index if device.index is not None else torch.cuda.current_device()
-    with _STREAMS_LOCK:
-        streams = _STREAMS.setdefault(index, [])
-        while len(streams) < count:
-            streams.append(torch.cuda.Stream(torch.device("cuda", index)))
-        return streams[:count]
+    if not hasattr(_STREAMS, "by_device"):
+        _STREAMS.by_device = {}
+    streams = _STREAMS.by_device.setdefault(index, [])
+    while len(streams) < count:
+        streams.append(torch.cuda.Stream(torch.device("cuda", index)))
+    return streams[:count]
 
 
 class StreamBranches:

@@ -175,7 +175,10 @@ class TorchAdapterKernels:
             # package (engine/export/aoti.py refuses one).
             return rewrites.dft_matrices(h, w, device=device)
         if key not in cls._dft_cache:
-            cls._dft_cache[key] = rewrites.dft_matrices(h, w, device=device)
+            matrices = rewrites.dft_matrices(h, w, device=device)
+            if torch.device(device).type == "cuda" and torch.cuda.is_current_stream_capturing():
+                return matrices  # recorded, not computed, until a replay: this call's only (as htkernels._cache)
+            cls._dft_cache[key] = matrices
         return cls._dft_cache[key]
 
     @classmethod

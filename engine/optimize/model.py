@@ -225,14 +225,16 @@ class OptimizedHTModel(nn.Module):
         x = self.embed(images)
         hidden = [None] * len(self.extract)
         features = []
-        for index, block in enumerate(self.blocks):
-            x = block(x)
-            for level, layer in enumerate(self.extract):
-                if layer == index:
-                    features.append(x)
-                    with fork.branch(level):
-                        hidden[level] = self.head.level(level, x)
-        fork.join()
+        try:
+            for index, block in enumerate(self.blocks):
+                x = block(x)
+                for level, layer in enumerate(self.extract):
+                    if layer == index:
+                        features.append(x)
+                        with fork.branch(level):
+                            hidden[level] = self.head.level(level, x)
+        finally:  # joined even when a layer fails, so a capture ends with its branches rejoined
+            fork.join()
         logits = self.head.tail(hidden, grid)
         del features, hidden
         return logits
