@@ -15,6 +15,10 @@ op's candidate configurations and keeps the fastest; every later launch at that 
 - The first candidate is the launcher's default; another one replaces it only when it is `MARGIN` faster, so
   noise does not flip choices between near-equal configurations.
 - A candidate that cannot launch (say, too much shared memory on a smaller card) is skipped and reported.
+- Where the op gives a check (`verify`), a candidate other than the default is kept only once its output, computed
+  afresh (the kernels that coordinate their programs through memory run on NaN-filled buffers), matches the
+  default's (`output_mismatch`): one that does not is reported and the next fastest is tried. A check of the
+  coordination the interpreter cannot exercise, not of the numerics (CI tests those against the references).
 - No tuning (the default is used) when `HTK_TUNE=0`, under the Triton interpreter, for tensors not on CUDA, and
   while a CUDA graph is being captured on the current stream: the forward of `backend="optimized"` tunes in its
   warm-up runs, before it captures. An explicit `tuning=` of a launcher bypasses the tuner.
@@ -168,10 +172,11 @@ class LaunchTuner:
         return not torch.cuda.is_current_stream_capturing()
 
     def choose(self, op: str, key: tuple, candidates: list, launch: Callable[[dict], None],
-               device: torch.device) -> dict:
+               device: torch.device, verify: Optional[Callable[[dict], Optional[str]]] = None) -> dict:
         """The configuration to launch `op` with: `candidates[0]` (the default) when tuning is off or there is
         nothing to choose, the remembered choice for `key`, or the fastest of `candidates`, timed now by running
-        `launch(config)` (capturable: it launches kernels, allocating at most its output)."""
+        `launch(config)` (capturable: it launches kernels, allocating at most its output). `verify(config)`, where
+        given, says why a candidate's output is wrong (None: it is right); the fastest that passes is kept."""
         default = candidates[0]
         name = self._device_name(device)
         found = self._choices.get((op, name, key))
@@ -189,9 +194,26 @@ class LaunchTuner:
                     measured.append((config, float(self._measure(lambda config=config: launch(config), device))))
                 except Exception as exc:  # noqa: BLE001 - a candidate that cannot run is reported and skipped
                     measured.append((config, f"{type(exc).__name__}: {exc}"[:300]))
-            choice = Choice(op, name, key, pick(default, measured), measured)
+            choice = Choice(op, name, key, self._verified(default, measured, verify), measured)
             self._choices[(op, name, key)] = choice
             return choice.config
+
+    @staticmethod
+    def _verified(default: dict, measured: list, verify: Optional[Callable[[dict], Optional[str]]]) -> dict:
+        """`pick`'s choice among the candidates whose output `verify` accepts (the default is never checked: it is
+        what the others are checked against); a rejected one's time is replaced by why it was rejected."""
+        while True:
+            best = pick(default, measured)
+            if verify is None or best == default:
+                return best
+            try:
+                wrong = verify(best)
+            except Exception as exc:  # noqa: BLE001 - a check that cannot run rejects its candidate
+                wrong = f"the check failed: {type(exc).__name__}: {exc}"
+            if wrong is None:
+                return best
+            index = next(i for i, (config, _) in enumerate(measured) if config == best)
+            measured[index] = (best, f"rejected, output differs from the default's: {wrong}"[:300])
 
     def report(self) -> list:
         """Every choice made in this process, with what each candidate measured (for benchmark reports)."""
@@ -208,16 +230,41 @@ TUNER = LaunchTuner()
 
 
 def tuned_config(op: str, key: tuple, candidates: list, launch: Callable[[dict], None], device: torch.device,
-                 tuning: Optional[dict], validate: Callable[[dict], None] = lambda config: None) -> dict:
+                 tuning: Optional[dict], validate: Callable[[dict], None] = lambda config: None,
+                 verify: Optional[Callable[[dict], Optional[str]]] = None) -> dict:
     """The launch configuration of one launcher call: the first candidate (of the `impl` an explicit `tuning`
     names, if it names one) with the keys of `tuning` replaced (checked by `launch_config` and `validate`), else
-    the tuner's choice among `candidates`."""
+    the tuner's choice among `candidates` (`verify` as for `LaunchTuner.choose`)."""
     if tuning is not None:
         base = next((c for c in candidates if "impl" in tuning and c.get("impl") == tuning["impl"]), candidates[0])
         config = launch_config(op, base, tuning)
         validate(config)
         return config
-    return TUNER.choose(op, key, candidates, launch, device)
+    return TUNER.choose(op, key, candidates, launch, device, verify)
+
+
+# `output_mismatch`'s bound on |actual - expected|, as a fraction of max |expected|: far above the rounding
+# differences of candidates that compute the same math (bf16: ~2⁻⁸), far below what a read of unwritten memory gives.
+VERIFY_TOLERANCE = 0.05
+
+
+def output_mismatch(actual: torch.Tensor, expected: torch.Tensor) -> Optional[str]:
+    """Why `actual` is not `expected` (another candidate's output of the same op), or None: a different shape,
+    non-finite values where `expected` has none, or an error over `VERIFY_TOLERANCE` of max |expected|."""
+    if actual.shape != expected.shape:
+        return f"shape {tuple(actual.shape)}, expected {tuple(expected.shape)}"
+    actual, expected = actual.float(), expected.float()
+    finite = torch.isfinite(expected)
+    stray = int((~torch.isfinite(actual) & finite).sum())
+    if stray:
+        return f"{stray} non-finite values where the default's are finite"
+    if not bool(finite.any()):
+        return None
+    scale = float(expected[finite].abs().max())
+    error = float((actual[finite] - expected[finite]).abs().max())
+    if error > VERIFY_TOLERANCE * scale:
+        return f"max |difference| {error:.3g} over {VERIFY_TOLERANCE} of max |expected| {scale:.3g}"
+    return None
 
 
 def check_impl(op: str) -> Callable[[dict], None]:

@@ -48,7 +48,36 @@ def _adapter_in_kernel(
     PDL: tl.constexpr,
 ):
     """One program: BLOCK_M rows of x, all r outputs: rows `[BLOCK_M·program_id(0), +BLOCK_M)` of the
-    `T`-row group `program_id(1)` (all M rows are one group, T = M, unless POOL).
+    `T`-row group `program_id(1)` (all M rows are one group, T = M, unless POOL); the work is `adapter_in_rows`."""
+    wait_for_producer(PDL)
+    adapter_in_rows(x_ptr, w_norm_ptr, w_raw_ptr, bias_ptr, z_ptr, partial_ptr, tl.program_id(1), tl.program_id(0),
+                    T, D, R, eps, stride_xm, stride_xd, stride_nr, stride_nd, stride_rr, stride_rd, stride_zm,
+                    stride_zr, stride_pb, stride_pt, BLOCK_M, BLOCK_R, BLOCK_D, IEEE_FP32, INTERPRET_BF16,
+                    SINGLE_PASS, ONE_DOT, POOL, False)
+
+
+@jit
+def _load_rows(ptr, mask, FRESH: tl.constexpr):
+    """A tile of x; FRESH: from L2, past this SM's L1 (`.cg`), for rows other programs of the same grid wrote."""
+    if FRESH:
+        tile = tl.load(ptr, mask=mask, other=0.0, cache_modifier=".cg")
+    else:
+        tile = tl.load(ptr, mask=mask, other=0.0)
+    return tile
+
+
+@jit
+def adapter_in_rows(
+    x_ptr, w_norm_ptr, w_raw_ptr, bias_ptr, z_ptr, partial_ptr, group, tile,
+    T, D, R, eps,
+    stride_xm, stride_xd, stride_nr, stride_nd, stride_rr, stride_rd, stride_zm, stride_zr,
+    stride_pb, stride_pt,
+    BLOCK_M: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr, IEEE_FP32: tl.constexpr,
+    INTERPRET_BF16: tl.constexpr, SINGLE_PASS: tl.constexpr, ONE_DOT: tl.constexpr, POOL: tl.constexpr,
+    FRESH: tl.constexpr,
+):
+    """adapter_in of rows `[BLOCK_M·tile, +BLOCK_M)` of the `T`-row group `group`, all r outputs (the body of
+    `_adapter_in_kernel`, and the tail of `residual_adapter`'s kernel, which reads x FRESH).
 
     Pass 1 over D: row means. Pass 2 over D: the centred variance and both GEMMs, `(x-mean) @ w_normᵀ` and
     `x @ w_rawᵀ`, so the normalisation is one scale of the first accumulator at the end (no normalised copy of x
@@ -69,9 +98,6 @@ def _adapter_in_kernel(
     per-channel sum of its rows of z, as stored (rounded to the storage dtype), without the CLS row (row 0): the
     partial sums of the image mean that adapter_spatial's noise estimator needs, so that it does not re-read z.
     """
-    wait_for_producer(PDL)
-    tile = tl.program_id(0)
-    group = tl.program_id(1)
     in_group = tile * BLOCK_M + tl.arange(0, BLOCK_M)
     row_mask = in_group < T
     rows = group * T + in_group
@@ -79,7 +105,7 @@ def _adapter_in_kernel(
     out_mask = outs < R
 
     if SINGLE_PASS:
-        shift = tl.load(x_ptr + rows * stride_xm, mask=row_mask, other=0.0).to(tl.float32)
+        shift = _load_rows(x_ptr + rows * stride_xm, row_mask, FRESH).to(tl.float32)
         shifted_total = tl.zeros([BLOCK_M], dtype=tl.float32)
         colsum = tl.zeros([BLOCK_R], dtype=tl.float32)
     else:
@@ -87,7 +113,7 @@ def _adapter_in_kernel(
         for d0 in range(0, D, BLOCK_D):
             cols = d0 + tl.arange(0, BLOCK_D)
             mask = row_mask[:, None] & (cols < D)[None, :]
-            x = tl.load(x_ptr + rows[:, None] * stride_xm + cols[None, :] * stride_xd, mask=mask, other=0.0)
+            x = _load_rows(x_ptr + rows[:, None] * stride_xm + cols[None, :] * stride_xd, mask, FRESH)
             total += tl.sum(x.to(tl.float32), axis=1)
         shift = total / D  # the mean: the loop below then accumulates centred values
 
@@ -102,7 +128,7 @@ def _adapter_in_kernel(
         cols = d0 + tl.arange(0, BLOCK_D)
         col_mask = cols < D
         mask = row_mask[:, None] & col_mask[None, :]
-        x_raw = tl.load(x_ptr + rows[:, None] * stride_xm + cols[None, :] * stride_xd, mask=mask, other=0.0)
+        x_raw = _load_rows(x_ptr + rows[:, None] * stride_xm + cols[None, :] * stride_xd, mask, FRESH)
         x = x_raw.to(tl.float32)
         shifted = tl.where(mask, x - shift[:, None], 0.0)
         squares += tl.sum(shifted * shifted, axis=1)

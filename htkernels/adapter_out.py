@@ -45,9 +45,18 @@ def _adapter_out_kernel(
     rows, cols = grouped_tile(M, D, BLOCK_M, BLOCK_N, GROUP_M)
     acc = matmul_tile(g_ptr, w2_ptr, rows, cols, M, D, R, stride_gm, stride_gr, stride_wd, stride_wr,
                       BLOCK_M, BLOCK_N, BLOCK_K, IEEE_FP32, INTERPRET_BF16)
+    residual_epilogue(acc, rows, cols, rows < M, D, b2_ptr, res_ptr, y_ptr, stride_rm, stride_rd, stride_ym,
+                      stride_yd, INTERPRET_BF16)
+
+
+@jit
+def residual_epilogue(acc, rows, cols, row_mask, D, b_ptr, res_ptr, y_ptr, stride_rm, stride_rd, stride_ym, stride_yd,
+                      INTERPRET_BF16: tl.constexpr):
+    """The store of a GEMM tile with bias and residual: `y[rows, cols] = residual + acc + b`, summed in fp32 in that
+    order and rounded once to the dtype of y (rows where `row_mask`, columns below D)."""
     col_mask = cols < D
-    mask = (rows < M)[:, None] & col_mask[None, :]
-    bias = tl.load(b2_ptr + cols, mask=col_mask, other=0.0).to(tl.float32)
+    mask = row_mask[:, None] & col_mask[None, :]
+    bias = tl.load(b_ptr + cols, mask=col_mask, other=0.0).to(tl.float32)
     res = tl.load(res_ptr + rows[:, None] * stride_rm + cols[None, :] * stride_rd, mask=mask, other=0.0)
     y = round_bf16(res.to(tl.float32) + acc + bias[None, :], INTERPRET_BF16)
     tl.store(y_ptr + rows[:, None] * stride_ym + cols[None, :] * stride_yd, y.to(y_ptr.dtype.element_ty), mask=mask)

@@ -51,7 +51,8 @@ def protocol_mismatches(provider: type) -> list:
 
 def test_the_protocol_names_every_op():
     assert PROTOCOL_METHODS == sorted(["available", "adapter_in", "adapter_spatial", "adapter_out",
-                                       "adapter_spatial_out", "adapter", "norm_linear", "linear_act", "linear_residual",
+                                       "adapter_spatial_out", "adapter", "residual_adapter", "norm_linear", "linear_act",
+                                       "linear_residual",
                                        "head_logits", "attention", "patch_embed", "preprocess"])
 
 

@@ -54,7 +54,10 @@ def table(results: dict) -> str:
         for op, rows in tuning.items():
             if op == "best_block":
                 continue
-            cells = [f"{row['graph_us']:.1f}" if "graph_us" in row else "err" for row in rows]
+            # "!": a fused candidate whose output did not match the separate ops' (never the best).
+            cells = [(f"{row['graph_us']:.1f}" if "graph_us" in row else "err")
+                     + ("!" if row.get("check", "matches") != "matches the separate ops" and "check" in row else "")
+                     for row in rows]
             lines.append(f"  {op:<16}" + "  ".join(f"{_short(row['config'])}={cell}" for row, cell in zip(rows, cells)))
         if "best_block" in tuning:
             lines.append(f"  block with the best of each: {tuning['best_block']['graph_us']:.1f} us")

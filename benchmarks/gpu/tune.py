@@ -4,7 +4,9 @@ block's qkv and fc1 with their LayerNorm (`norm_linear`: LayerNorm + `linear_act
 LayerNorm folded into the GEMM), and the block's attention under each back end the tuner chooses from (SDPA's own
 choice, flash, memory-efficient, cuDNN, math, FA3 where installed) and the patch embedding (unfused ops against
 the one-GEMM kernel), adapter_spatial + adapter_out against adapter_out fused into the spatial kernel, and the whole
-adapter with and without adapter_in's partial sums of the image mean (`adapter`, pooled) and the seg head's tail
+adapter with and without adapter_in's partial sums of the image mean (`adapter`, pooled), fc2 + residual + the
+adapter as two ops against fc2's kernel running adapter_in as its tail (`residual_adapter`; each fused candidate's
+output, NaN-poisoned, also checked against the separate ops', `check`), and the seg head's tail
 (`head_logits`: torch's four ops against one kernel). Also the launch tuner's
 choices so far (`record`), which the optimized backend makes in its warm-up runs."""
 
@@ -24,8 +26,9 @@ from htkernels import (
     head_logits,
     norm_linear,
     patch_embed,
+    residual_adapter,
 )
-from htkernels._tune import TUNER
+from htkernels._tune import TUNER, output_mismatch
 from htkernels.adapter_in import adapter_in_triton
 from htkernels.adapter_out import adapter_out_triton
 from htkernels.adapter_spatial import adapter_spatial_out_triton, adapter_spatial_triton
@@ -56,6 +59,7 @@ def tuning_sweep(width: int, channels: int, grid: int) -> dict:
             "patch_embed": patch_embed.tuning_candidates(grid * grid),
             "adapter_spatial_out": adapter_spatial.spatial_out_candidates(1, grid, grid, channels),
             "adapter": adapter.candidates(),
+            "residual_adapter": residual_adapter.candidates(rows),
             "head_logits": head_logits.tuning_candidates(grid * grid)}
 
 
@@ -79,6 +83,9 @@ def run(check: Check) -> None:
     levels = [torch.randn(1, x.shape[0], HEAD_LEVEL_WIDTH, device=device, dtype=dtype) for _ in range(3)]
     tail_weight = torch.randn(2, 3 * HEAD_LEVEL_WIDTH, device=device) * 0.02
     tail_bias = torch.zeros(2, device=device)
+    fc2_args = (torch.randn(1, x.shape[0], 4 * width, device=device, dtype=dtype),
+                torch.randn(width, 4 * width, device=device, dtype=dtype) * 0.02, torch.randn(width, device=device,
+                                                                                             dtype=dtype))
     calls = {
         "adapter_in": lambda tuning: adapter_in_triton(x, w_norm, w_raw, bias, eps, tuning=tuning),
         "adapter_spatial": lambda tuning: adapter_spatial_triton(*spatial, tuning=tuning),
@@ -91,6 +98,9 @@ def run(check: Check) -> None:
             *spatial, w2, b2, x.view(1, -1, width), tuning=tuning),
         "adapter": lambda tuning: adapter.adapter_triton(x.view(1, -1, width), grid, grid, w_norm, w_raw, bias, eps,
                                                          *spatial[3:], w2, b2, tuning=tuning),
+        "residual_adapter": lambda tuning, poison=False: residual_adapter.residual_adapter_triton(
+            *fc2_args, x.view(1, -1, width), grid, grid, w_norm, w_raw, bias, eps, *spatial[3:], w2, b2,
+            tuning=tuning, poison=poison),
         "head_logits": lambda tuning: head_logits.head_logits_triton(levels, tail_weight, tail_bias, grid, grid,
                                                                      tuning=tuning),
     }
@@ -107,6 +117,11 @@ def run(check: Check) -> None:
                 try:
                     stats = graph_time(timer, lambda config=config: calls[op](config), repeat=20)
                     rows.append({"config": config, "graph_us": stats["median_us"]})
+                    if op == "residual_adapter" and config["impl"] == "fused":
+                        wrong = output_mismatch(calls[op](config, poison=True), calls[op](configs[0]))
+                        rows[-1]["check"] = wrong or "matches the separate ops"
+                        if wrong:
+                            continue  # never the best
                     if op not in best or stats["median_us"] < best[op][1]:
                         best[op] = (config, stats["median_us"])
                 except Exception as exc:  # noqa: BLE001

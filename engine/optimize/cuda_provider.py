@@ -8,7 +8,13 @@ import torch
 
 from htkernels import cuda_ops
 
-from .kernels import TorchAdapterKernels, compose_adapter, compose_spatial_out, kernel_errors
+from .kernels import (
+    TorchAdapterKernels,
+    compose_adapter,
+    compose_residual_adapter,
+    compose_spatial_out,
+    kernel_errors,
+)
 
 
 class CudaAdapterKernels:
@@ -52,6 +58,12 @@ class CudaAdapterKernels:
                 noise_b2, proj, proj_bias, w2, b2):
         return compose_adapter(self, x, h, w, w_norm, w_raw, bias, eps, spectral, k3, k5, k7, conv_bias, noise_w1,
                                noise_b1, noise_w2, noise_b2, proj, proj_bias, w2, b2)
+
+    def residual_adapter(self, hidden, linear, residual, h, w, w_norm, w_raw, bias, eps, spectral, k3, k5, k7,
+                         conv_bias, noise_w1, noise_b1, noise_w2, noise_b2, proj, proj_bias, w2, b2):
+        return compose_residual_adapter(self, hidden, linear, residual, h, w, w_norm, w_raw, bias, eps, spectral, k3,
+                                        k5, k7, conv_bias, noise_w1, noise_b1, noise_w2, noise_b2, proj, proj_bias,
+                                        w2, b2)
 
     def norm_linear(self, x, norm, linear, activation):
         return TorchAdapterKernels.norm_linear(x, norm, linear, activation)

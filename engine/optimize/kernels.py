@@ -64,6 +64,12 @@ class AdapterKernels(Protocol):
         """The whole adapter of a block, `x [B, 1+h·w, D]` → `y [B, 1+h·w, D]`: `adapter_in` on x, then
         `adapter_spatial_out` with x as the residual (a provider may share work between the two)."""
 
+    def residual_adapter(self, hidden, linear, residual, h, w, w_norm, w_raw, bias, eps, spectral, k3, k5, k7,
+                         conv_bias, noise_w1, noise_b1, noise_w2, noise_b2, proj, proj_bias, w2, b2):
+        """The end of a block with an adapter: `adapter(linear_residual(hidden, linear, residual), h, w, ...)`,
+        hidden `[B, 1+h·w, K]` (fc2's input), `linear` fc2 as for `linear_residual`, residual `[B, 1+h·w, D]`, the
+        adapter's arguments as for `adapter` (a provider may share work between the two, never storing x twice)."""
+
     def norm_linear(self, x, norm, linear, activation):
         """The block's LayerNorm and the GEMM after it, qkv (`activation` "none") and fc1 with its activation:
         `act(linear(norm(x)))`; `norm` an `nn.LayerNorm` over the last dim, `linear` as for `linear_act`."""
@@ -148,6 +154,14 @@ def compose_adapter(provider, x, h, w, w_norm, w_raw, bias, eps, spectral, k3, k
     z = provider.adapter_in(x.reshape(-1, width), w_norm, w_raw, bias, eps)
     return provider.adapter_spatial_out(z.view(batch, tokens, -1), h, w, spectral, k3, k5, k7, conv_bias, noise_w1,
                                         noise_b1, noise_w2, noise_b2, proj, proj_bias, w2, b2, x)
+
+
+def compose_residual_adapter(provider, hidden, linear, residual, h, w, w_norm, w_raw, bias, eps, spectral, k3, k5,
+                             k7, conv_bias, noise_w1, noise_b1, noise_w2, noise_b2, proj, proj_bias, w2, b2):
+    """`residual_adapter` as the provider's own `linear_residual` then its `adapter`."""
+    x = provider.linear_residual(hidden, linear, residual)
+    return provider.adapter(x, h, w, w_norm, w_raw, bias, eps, spectral, k3, k5, k7, conv_bias, noise_w1, noise_b1,
+                            noise_w2, noise_b2, proj, proj_bias, w2, b2)
 
 
 class TorchAdapterKernels:
@@ -244,6 +258,12 @@ class TorchAdapterKernels:
                 noise_b2, proj, proj_bias, w2, b2):
         return compose_adapter(self, x, h, w, w_norm, w_raw, bias, eps, spectral, k3, k5, k7, conv_bias, noise_w1,
                                noise_b1, noise_w2, noise_b2, proj, proj_bias, w2, b2)
+
+    def residual_adapter(self, hidden, linear, residual, h, w, w_norm, w_raw, bias, eps, spectral, k3, k5, k7,
+                         conv_bias, noise_w1, noise_b1, noise_w2, noise_b2, proj, proj_bias, w2, b2):
+        return compose_residual_adapter(self, hidden, linear, residual, h, w, w_norm, w_raw, bias, eps, spectral, k3,
+                                        k5, k7, conv_bias, noise_w1, noise_b1, noise_w2, noise_b2, proj, proj_bias,
+                                        w2, b2)
 
     @classmethod
     def norm_linear(cls, x, norm, linear, activation):

@@ -1,7 +1,8 @@
 """`OptimizedHTModel`: the reference model after the exact rewrites of `rewrites`, adapters through a kernel provider.
 
 Differences from the reference, all exact in exact arithmetic: blocks past the last extracted layer are gone; the
-patch conv is a GEMM on unfolded patches; each adapter runs as `adapter_in` (LN-mix folded into W1) →
+patch conv is a GEMM on unfolded patches; each adapter runs (with the fc2 before it, `residual_adapter`) as
+`adapter_in` (LN-mix folded into W1) →
 `adapter_spatial` (filter folded away or done as DFT matmuls, one per-sample 7×7 depthwise conv, `(I+P)`, GELU)
 → `adapter_out` (W2 + residual); the head's output layer is folded into each level's last linear and, for seg,
 runs before the bilinear upsample (on 14×14 pixels instead of 224×224).
@@ -79,13 +80,14 @@ class OptimizedBlock(nn.Module):
         k = self.kernels
         attended = k.attention(k.norm_linear(x, self.norm1, self.qkv, "none"), self.heads)
         x = k.linear_residual(attended, self.proj, x)
-        x = k.linear_residual(k.norm_linear(x, self.norm2, self.fc1, self.activation), self.fc2, x)
-        return x if self.adapter is None else self._adapter(x, self.adapter)
-
-    def _adapter(self, x: torch.Tensor, a: FoldedAdapterModule) -> torch.Tensor:
-        return self.kernels.adapter(x, self.grid, self.grid, a.w_norm, a.w_raw, a.bias, a.eps, a.spectral, a.k3, a.k5,
-                                    a.k7, a.conv_bias, a.noise_w1, a.noise_b1, a.noise_w2, a.noise_b2, a.proj,
-                                    a.proj_bias, a.w2, a.b2)
+        hidden = k.norm_linear(x, self.norm2, self.fc1, self.activation)
+        if self.adapter is None:
+            return k.linear_residual(hidden, self.fc2, x)
+        # fc2 + residual and the adapter through one provider method: a provider may run adapter_in in fc2's kernel.
+        a = self.adapter
+        return k.residual_adapter(hidden, self.fc2, x, self.grid, self.grid, a.w_norm, a.w_raw, a.bias, a.eps,
+                                  a.spectral, a.k3, a.k5, a.k7, a.conv_bias, a.noise_w1, a.noise_b1, a.noise_w2,
+                                  a.noise_b2, a.proj, a.proj_bias, a.w2, a.b2)
 
 
 class Embedding(nn.Module):

@@ -21,6 +21,7 @@ from htkernels import linear_act as _linear_act
 from htkernels import norm_linear as _norm_linear
 from htkernels import patch_embed as _patch_embed
 from htkernels import preprocess as _preprocess
+from htkernels import residual_adapter as _residual_adapter
 from htkernels._triton import interpreting, triton
 
 from .kernels import kernel_errors
@@ -82,6 +83,18 @@ class TritonAdapterKernels:
         if x.is_cuda:
             return torch.ops.htkernels.adapter(*args)
         return _adapter.adapter_triton(*args)
+
+    @staticmethod
+    @kernel_errors()
+    def residual_adapter(hidden, linear, residual, h, w, w_norm, w_raw, bias, eps, spectral, k3, k5, k7, conv_bias,
+                         noise_w1, noise_b1, noise_w2, noise_b2, proj, proj_bias, w2, b2):
+        """fc2 + residual then the adapter: the tuner's choice of the two ops or fc2's kernel running adapter_in
+        on each row tile once its last column tile is stored (htkernels/residual_adapter.py)."""
+        args = (hidden, linear.weight, linear.bias, residual, int(h), int(w), w_norm, w_raw, bias, float(eps),
+                spectral, k3, k5, k7, conv_bias, noise_w1, noise_b1, noise_w2, noise_b2, proj, proj_bias, w2, b2)
+        if hidden.is_cuda:
+            return torch.ops.htkernels.residual_adapter(*args)
+        return _residual_adapter.residual_adapter_triton(*args)
 
     @staticmethod
     @kernel_errors()

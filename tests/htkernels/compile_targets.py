@@ -51,6 +51,9 @@ def compile_one(job: tuple) -> str:
         if grid_control != (["griddepcontrol.wait", "griddepcontrol.launch_dependents"] if constexprs.get("PDL")
                             else []):
             return f"FAILED {label}: PTX has {grid_control or 'no griddepcontrol'} with PDL={constexprs.get('PDL')}"
+        ordering = arrival_ordering(compiled.asm["ptx"]) if name == "_residual_adapter_in_kernel" else None
+        if ordering:
+            return f"FAILED {label}: {ordering}"
         shared = compiled.metadata.shared
         if shared > SHARED_LIMIT:
             verdict = "FAILED" if must_fit else "over"
@@ -58,6 +61,21 @@ def compile_one(job: tuple) -> str:
         return f"ok {label} {sorted(compiled.asm)} shared={shared}"
     except Exception as exc:  # noqa: BLE001  (report every variant, then fail)
         return f"FAILED {label} {type(exc).__name__}: {exc}"[:2000]
+
+
+def arrival_ordering(ptx: str):
+    """What is wrong in the PTX of residual_adapter's fused kernel with how its programs meet (None: nothing): the
+    stores of x, then a barrier of the program's threads, then the arrival as an acquire-release atomic add at GPU
+    scope, and the tail's reads of x from L2 (`ld.global.cg`)."""
+    arrival = ptx.find("atom.global.gpu.acq_rel.add")
+    if arrival < 0:
+        return "no acquire-release GPU-scope atomic add (the arrival)"
+    before = ptx[:arrival]
+    if before.rfind("bar.sync") < before.rfind("st.global"):
+        return "no barrier between the last store of x and the arrival"
+    if "ld.global.cg" not in ptx[arrival:]:
+        return "the tail does not read x past L1 (ld.global.cg)"
+    return None
 
 
 def main() -> int:
@@ -72,6 +90,7 @@ def main() -> int:
     import htkernels.norm_linear as norm
     import htkernels.patch_embed as embed
     import htkernels.preprocess as pre
+    import htkernels.residual_adapter as fused
 
     jobs = []
 
@@ -117,6 +136,17 @@ def main() -> int:
                   ("eps",), dict(BLOCK_M=c["block_m"], BLOCK_R=64, BLOCK_D=c["block_d"], SINGLE_PASS=c["single_pass"],
                                  ONE_DOT=c["one_dot"], POOL=pool, **flags), c, fit,
                   {**in_values, **(dict(stride_pb=-(-197 // c["block_m"]) * 64, stride_pt=64) if pool else {})})
+        # fc2 + residual with adapter_in as the tail of each row tile's last program (residual_adapter, fused).
+        fused_values = dict(D=768, K=3072, R=64, stride_hm=3072, stride_hk=1, stride_wd=3072, stride_wk=1,
+                            stride_rm=768, stride_rd=1, stride_xm=768, stride_xd=1, stride_nr=768, stride_nd=1,
+                            stride_ar=768, stride_ad=1, stride_zm=64, stride_zr=1, stride_pt=64)
+        for c in (c for b in batches for c in fused.candidates(b * 197) if c["impl"] == "fused"):
+            names = ("h_ptr", "w_ptr", "b_ptr", "res_ptr", "x_ptr", "w_norm_ptr", "w_raw_ptr", "in_bias_ptr", "z_ptr")
+            build(fused._residual_adapter_in_kernel,
+                  {**{n: f"*{dtype}" for n in names}, "partial_ptr": "*fp32", "count_ptr": "*i32"}, ("eps",),
+                  dict(BLOCK_M=c["block_m"], BLOCK_N=c["block_n"], BLOCK_K=64, BLOCK_R=64, BLOCK_D=c["block_d"],
+                       SINGLE_PASS=c["single_pass"], ONE_DOT=c["one_dot"], **flags), c, fit,
+                  {**fused_values, "stride_pb": -(-197 // c["block_m"]) * 64})
         for inner in (64, 768):
             out_configs = [c for b in batches for c in aout.tuning_candidates(b * 197, inner) if c["impl"] == "triton"]
             for c in out_configs:

@@ -140,7 +140,7 @@ def test_past_int32_offsets_only_the_two_launches_are_offered(monkeypatch):
 
     offered = []
 
-    def record(op, key, candidates, launch, device):
+    def record(op, key, candidates, launch, device, verify=None):
         offered.append((op, [c.get("impl") for c in candidates]))
         return candidates[0]
 

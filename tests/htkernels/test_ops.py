@@ -14,6 +14,7 @@ import htkernels.linear_act  # noqa: F401
 import htkernels.norm_linear  # noqa: F401
 import htkernels.patch_embed  # noqa: F401
 import htkernels.preprocess  # noqa: F401
+import htkernels.residual_adapter  # noqa: F401
 from engine.preprocess import pil_resize_matrix
 
 from ..tolerances import RELATIVE, assert_relative
@@ -50,6 +51,10 @@ def op_cases(device):
             x3d, 3, 5, torch.randn(16, 48, generator=gen).to(device), torch.randn(16, 48, generator=gen).to(device),
             torch.randn(16, generator=gen).to(device), 1e-5, *cases[name][3:],
             torch.randn(48, 16, generator=gen).to(device), torch.randn(48, generator=gen).to(device))
+        whole = cases["adapter_spectral" if spectral else "adapter"]
+        cases["residual_adapter_spectral" if spectral else "residual_adapter"] = (
+            torch.randn(2, 16, 40, generator=gen).to(device), 0.2 * torch.randn(48, 40, generator=gen).to(device),
+            torch.randn(48, generator=gen).to(device)) + whole
     cases["head_logits"] = ([torch.randn(2, 16, width, generator=gen).to(device) for width in (24, 40)],
                             torch.randn(3, 64, generator=gen).to(device), torch.randn(3, generator=gen).to(device), 3, 5)
     cases["attention"] = (torch.randn(2, 9, 3 * 48, generator=gen).to(device), 4)
@@ -66,7 +71,7 @@ def op_cases(device):
 
 OP_CASES = ["adapter", "adapter_spectral", "adapter_in", "adapter_out", "adapter_spatial", "adapter_spatial_spectral",
             "adapter_spatial_out", "adapter_spatial_out_spectral", "attention", "head_logits", "linear_act", "norm_linear", "patch_embed",
-            "preprocess"]
+            "preprocess", "residual_adapter", "residual_adapter_spectral"]
 
 
 def op_of(case: str):

@@ -16,6 +16,7 @@ from htkernels import (
     norm_linear,
     patch_embed,
     preprocess,
+    residual_adapter,
 )
 from htkernels.testing import adapter_inputs
 
@@ -101,6 +102,11 @@ def launch_cases():
                                                                                32, 16, 3), tuning={"impl": "triton"})),
         "patch_embed": (patch_embed, ["_patch_embed_kernel"],
                         lambda: patch_embed.patch_embed_triton(*embed, tuning={"impl": "triton"})),
+        "residual_adapter": (residual_adapter, ["_residual_adapter_in_kernel"],
+                             lambda: residual_adapter.fused_residual_adapter_in(
+                                 torch.randn(10, 24), torch.randn(32, 24), torch.randn(32), torch.randn(10, 32),
+                                 torch.randn(16, 32), torch.randn(16, 32), torch.randn(16), 1e-5, 5,
+                                 residual_adapter.candidates(10)[1])),
         "preprocess": (preprocess, ["_preprocess_kernel"],
                        lambda: preprocess.preprocess_triton(frames, row, col, 1.0)),
     }

@@ -98,15 +98,16 @@ def test_optimized_model_with_fused_dense_layers(device, poisoned, monkeypatch, 
     projection/fc2 + residual fused (`adapter_out`); attention on SDPA's math back end, not SDPA's own choice
     (`attention`); the embedding as one GEMM reading the image (`patch_embed`); adapter_out in the spatial
     kernel's epilogue (`adapter_spatial_out`), reading the image mean from adapter_in's partial sums (`adapter`,
-    pooled); the seg head's tail as one kernel (`head_logits`). GELU (biomedclip) and QuickGELU
-    (openai, which also has `ln_pre` after the embedding)."""
+    pooled); the seg head's tail as one kernel (`head_logits`). With the folded LayerNorm, fc2 also runs adapter_in
+    as the tail of its kernel (`residual_adapter`, fused); without, fc2 and the adapter are two ops (its default).
+    GELU (biomedclip) and QuickGELU (openai, which also has `ln_pre` after the embedding)."""
     import htkernels._tune as tune
 
     chosen = []
 
-    def prefer_fused(op, key, candidates, launch, device):
+    def prefer_fused(op, key, candidates, launch, device, verify=None):
         fused = next((c for c in candidates if c.get("impl") in ("triton", "math", "fused", "pooled")), candidates[0])
-        config = candidates[0] if op == "norm_linear" and not folded else fused
+        config = candidates[0] if op in ("norm_linear", "residual_adapter") and not folded else fused
         chosen.append((op, key, config.get("impl", "triton"), any(c.get("impl") == "torch" for c in candidates)))
         return config
 
@@ -126,11 +127,16 @@ def test_optimized_model_with_fused_dense_layers(device, poisoned, monkeypatch, 
     # The head's levels too: LayerNorm → fc1 → GELU (output head_dim) through the same op.
     # The seg head's tail as one kernel (key[2]: the grid's width), where torch's four ops are the default.
     tail = {("head_logits", cfg.grid)} if task == "seg" else set()
-    assert fused_over_cublas == {(dense, 3 * cfg.width), (dense, 4 * cfg.width), ("adapter_out", 4 * cfg.width),
-                                 ("patch_embed", cfg.patch_size), (dense, cfg.head_dim)} | tail
+    # fc2 (inner 4·width) through adapter_out where its block's adapter runs as a separate op.
+    fc2 = set() if folded else {("adapter_out", 4 * cfg.width)}
+    assert fused_over_cublas == {(dense, 3 * cfg.width), (dense, 4 * cfg.width), ("patch_embed", cfg.patch_size),
+                                 (dense, cfg.head_dim)} | tail | fc2
+    adapters = len(cfg.adapter_layers)
     assert [impl for op, _, impl, _ in chosen if op == "attention"] == ["math"] * cfg.layers
-    assert [impl for op, _, impl, _ in chosen if op == "adapter_spatial_out"] == ["fused"] * len(cfg.adapter_layers)
-    assert [impl for op, _, impl, _ in chosen if op == "adapter"] == ["pooled"] * len(cfg.adapter_layers)
+    assert [impl for op, _, impl, _ in chosen if op == "adapter_spatial_out"] == ["fused"] * adapters
+    assert [impl for op, _, impl, _ in chosen if op == "residual_adapter"] == \
+        ["fused" if folded else "separate"] * adapters
+    assert [impl for op, _, impl, _ in chosen if op == "adapter"] == ([] if folded else ["pooled"] * adapters)
 
 
 def test_provider_availability_says_why():

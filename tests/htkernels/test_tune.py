@@ -90,6 +90,39 @@ def test_candidates_that_cannot_launch_are_skipped_and_reported(monkeypatch):
     assert tuner.choose("op", (), [A, B, C], measure.calls.append, CPU) == A, "nothing ran: the default"
 
 
+def test_a_candidate_whose_output_check_fails_is_rejected_and_the_next_fastest_checked(monkeypatch):
+    tuner, measure = tuner_with({1: 10.0, 2: 5.0, 3: 7.0}, monkeypatch)
+    checked = []
+
+    def verify(config):
+        checked.append(config["v"])
+        return "3 non-finite values where the default's are finite" if config == B else None
+
+    assert tuner.choose("op", (), [A, B, C], measure.calls.append, CPU, verify) == C
+    assert checked == [2, 3], "the fastest first, then the next; the default is never checked"
+    rows = tuner.report()[0]["measured"]
+    assert rows[1] == {"config": B, "error": "rejected, output differs from the default's: 3 non-finite values "
+                                             "where the default's are finite"}
+    assert rows[2] == {"config": C, "us": 7.0}
+
+
+def test_a_check_that_raises_rejects_and_all_rejected_keeps_the_default(monkeypatch):
+    tuner, measure = tuner_with({1: 10.0, 2: 5.0, 3: 7.0}, monkeypatch)
+
+    def verify(config):
+        if config == B:
+            raise RuntimeError("illegal memory access")
+        return "max |difference| 9 over 0.05 of max |expected| 1"
+
+    assert tuner.choose("op", (), [A, B, C], measure.calls.append, CPU, verify) == A
+    errors = [row.get("error", "") for row in tuner.report()[0]["measured"]]
+    assert errors[0] == "" and "the check failed: RuntimeError: illegal memory access" in errors[1]
+    assert errors[2].startswith("rejected")
+    tuner, measure = tuner_with({1: 10.0, 2: 9.9}, monkeypatch)
+    assert tuner.choose("op", (), [A, B], measure.calls.append, CPU, lambda config: "never") == A, \
+        "a candidate within the margin is not checked: the default stays"
+
+
 def test_no_tuning_when_inactive_or_nothing_to_choose(monkeypatch):
     tuner, measure = tuner_with({1: 10.0, 2: 1.0}, monkeypatch, active=False)
     assert tuner.choose("op", (), [A, B], measure.calls.append, CPU) == A
