@@ -91,13 +91,14 @@ section "GPU tests"
 if [ "${GPU_CHECK_TESTS:-all}" = none ]; then
   echo "skipped (GPU_CHECK_TESTS=none)"
 elif "$PY" -c "import pytest" 2>/dev/null; then
-  # Six pytest processes side by side (Triton's JIT compiles on the CPU; the machine has cores to spare), each
+  # Seven pytest processes side by side (Triton's JIT compiles on the CPU; the machine has cores to spare), each
   # with its own log; a crash in one (exit 139) does not stop the others. The emulated CUDA kernels are CPU-only.
   TEST_LIMIT=$(limit 130)
   declare -A GROUPS_=(
     [triton_gemms]="tests/htkernels/test_adapter_gemms.py tests/htkernels/test_linear_act.py
                     tests/htkernels/test_norm_linear.py"
     [triton_tune]="tests/htkernels/test_tune.py"
+    [triton_fused]="tests/htkernels/test_residual_adapter.py tests/htkernels/test_adapter.py"
     [triton_spatial]="tests/htkernels/test_adapter_spatial.py"
     [triton_ops]="tests/htkernels/test_ops.py tests/htkernels/test_preprocess.py tests/htkernels/test_provider.py
                   tests/htkernels/test_cache.py"

@@ -208,12 +208,14 @@ class LaunchTuner:
                 return best
             try:
                 wrong = verify(best)
+                reason = None if wrong is None else f"rejected, output differs from the default's: {wrong}"
             except Exception as exc:  # noqa: BLE001 - a check that cannot run rejects its candidate
-                wrong = f"the check failed: {type(exc).__name__}: {exc}"
-            if wrong is None:
+                reason = f"rejected, its output check failed: {type(exc).__name__}: {exc}"
+            if reason is None:
                 return best
-            index = next(i for i, (config, _) in enumerate(measured) if config == best)
-            measured[index] = (best, f"rejected, output differs from the default's: {wrong}"[:300])
+            # The timed entry of the candidate just checked (an equal config rejected before holds a string).
+            index = next(i for i, (config, value) in enumerate(measured) if config == best and isinstance(value, float))
+            measured[index] = (best, reason[:300])
 
     def report(self) -> list:
         """Every choice made in this process, with what each candidate measured (for benchmark reports)."""

@@ -124,12 +124,19 @@ _COUNTERS: dict = {}
 _COUNTERS_LOCK = threading.Lock()
 
 
-def arrival_counters(device: torch.device, count: int) -> torch.Tensor:
-    """`count` zeroed int32 arrival counters for one launch on `device`: kept per (device, thread, count) and
-    reused, since every launch leaves them at 0 (never freed: a captured CUDA graph holds their address). Per
-    thread, so that launches from two threads never share counters. Made while a CUDA graph is being captured,
-    they are that call's own (a zero fill the graph replays), never kept."""
-    key = (str(device), threading.get_ident(), count)
+def _counter_key(device: torch.device, weight: torch.Tensor, count: int) -> tuple:
+    stream = torch.cuda.current_stream(device).cuda_stream if device.type == "cuda" else 0
+    return (str(device), stream, weight.data_ptr(), count)
+
+
+def arrival_counters(device: torch.device, weight: torch.Tensor, count: int) -> torch.Tensor:
+    """`count` zeroed int32 arrival counters for one launch on `device` with fc2 weight `weight`: kept per (device,
+    current stream, weight storage, count) and reused, since every launch leaves them at 0 (never freed while
+    kept: a captured CUDA graph holds their address). Launches that may run at the same time get different
+    counters: on two streams (a graph is captured on its capture stream), or of two blocks or two models (their
+    weights differ); launches of one block on one stream run one after the other. Made while a CUDA graph is being
+    captured, they are that call's own (a zero fill the graph replays), never kept."""
+    key = _counter_key(device, weight, count)
     with _COUNTERS_LOCK:
         found = _COUNTERS.get(key)
     if found is not None:
@@ -141,6 +148,13 @@ def arrival_counters(device: torch.device, count: int) -> torch.Tensor:
         with _COUNTERS_LOCK:
             made = _COUNTERS.setdefault(key, made)
     return made
+
+
+def drop_counters(device: torch.device, weight: torch.Tensor, count: int) -> None:
+    """Forget the kept counters of `arrival_counters(device, weight, count)` (a launch that may have left them
+    non-zero, a rejected candidate's): the next launch gets fresh ones."""
+    with _COUNTERS_LOCK:
+        _COUNTERS.pop(_counter_key(device, weight, count), None)
 
 
 def fused_residual_adapter_in(hidden2d, weight, bias, residual2d, w_norm, w_raw, in_bias, eps: float, tokens: int,
@@ -159,7 +173,7 @@ def fused_residual_adapter_in(hidden2d, weight, bias, residual2d, w_norm, w_raw,
         x.fill_(fill)
         z.fill_(fill)
     partials = torch.empty((images, tiles, channels), device=residual2d.device, dtype=torch.float32)
-    counters = arrival_counters(residual2d.device, images * tiles)
+    counters = arrival_counters(residual2d.device, weight, images * tiles)
     _residual_adapter_in_kernel[(tiles * cdiv(width, block_n), images)](
         hidden2d, weight, bias, residual2d, x, w_norm, w_raw, in_bias, z, partials, counters,
         tokens, rows, width, inner, channels, float(eps),
@@ -210,12 +224,17 @@ def residual_adapter_triton(hidden, weight, bias, residual, h: int, w: int, w_no
                                           partials=partials)
 
     def verify(config):
-        return output_mismatch(run(config, poison=True), run(SEPARATE))
+        wrong = output_mismatch(run(config, poison=True), run(SEPARATE))
+        if wrong is not None:  # its counters may be left non-zero: no later launch reuses them
+            drop_counters(residual.device, weight, batch * cdiv(tokens, config["block_m"]))
+        return wrong
 
     rows = batch * tokens
     # Past int32 element offsets (fc2's hidden beyond ~3500 images at 224 px) only the separate ops run.
     fits = int32_offsets(hidden2d, weight, residual2d, output_elements=rows * width)
-    if rows == 0 or not fits:
+    # The fused kernel takes one storage dtype (its dot and rounding follow the residual's).
+    one_dtype = len({t.dtype for t in (hidden, weight, residual, w_norm, w_raw)}) == 1
+    if rows == 0 or not fits or not one_dtype:
         return run(SEPARATE)
     key = (batch, tokens, inner, width, channels, residual.dtype, spectral is not None)
     return run(tuned_config(op, key, candidates(rows), run, residual.device, tuning, _check_tuning, verify), poison)

@@ -85,6 +85,10 @@ def test_batch1_forward_with_every_fused_candidate_is_six_kernels_per_block(devi
     GELU, fc2 + residual + adapter_in, the spatial kernel with adapter_out); the embedding one (plus `ln_pre`, openai's);
     per head level two (the reduce GEMM; LayerNorm → fc1 → GELU); seg's tail one (cls: pooling ops). For ViT-B/16 (12
     blocks, 3 levels, seg) that is 1 + 72 + 6 + 1 = 80 kernels."""
+    from htkernels._triton import interpreting
+
+    if not interpreting():
+        pytest.skip("counts interpreted launches; on a GPU benchmarks/gpu/kernel_count.py counts the graph's kernels")
     monkeypatch.setattr(tune.TUNER, "choose", prefer_fused)
     layers = 3
     cfg = small_config(arch, task, "channel", layers=layers, extract_layers=[0, 1, 2], adapter_layers=[0, 1, 2])

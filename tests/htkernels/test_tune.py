@@ -116,11 +116,16 @@ def test_a_check_that_raises_rejects_and_all_rejected_keeps_the_default(monkeypa
 
     assert tuner.choose("op", (), [A, B, C], measure.calls.append, CPU, verify) == A
     errors = [row.get("error", "") for row in tuner.report()[0]["measured"]]
-    assert errors[0] == "" and "the check failed: RuntimeError: illegal memory access" in errors[1]
+    assert errors[0] == "" and "its output check failed: RuntimeError: illegal memory access" in errors[1]
     assert errors[2].startswith("rejected")
     tuner, measure = tuner_with({1: 10.0, 2: 9.9}, monkeypatch)
-    assert tuner.choose("op", (), [A, B], measure.calls.append, CPU, lambda config: "never") == A, \
-        "a candidate within the margin is not checked: the default stays"
+    checked = []
+    assert tuner.choose("op", (), [A, B], measure.calls.append, CPU, lambda config: checked.append(config)) == A
+    assert checked == [], "a candidate within the margin is not checked: the default stays"
+    tuner, measure = tuner_with({1: 10.0, 2: 5.0, 3: 5.0}, monkeypatch)
+    assert tuner.choose("op", (), [A, B, B], measure.calls.append, CPU, lambda config: "wrong") == A, \
+        "two equal candidates, both rejected: the loop ends"
+    assert [row.get("error", "")[:8] for row in tuner.report()[0]["measured"]] == ["", "rejected", "rejected"]
 
 
 def test_no_tuning_when_inactive_or_nothing_to_choose(monkeypatch):
