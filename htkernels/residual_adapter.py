@@ -124,37 +124,55 @@ _COUNTERS: dict = {}
 _COUNTERS_LOCK = threading.Lock()
 
 
-def _counter_key(device: torch.device, weight: torch.Tensor, count: int) -> tuple:
+# The counters' key for launches captured into CUDA graphs, whichever stream captures them.
+GRAPHS = "graphs"
+
+
+def _counter_keys(device: torch.device, weight: torch.Tensor, count: int) -> tuple:
+    """(the key of eager launches on the current stream, the key of captured launches)."""
     stream = torch.cuda.current_stream(device).cuda_stream if device.type == "cuda" else 0
-    return (str(device), stream, weight.data_ptr(), count)
+    return tuple((str(device), where, weight.data_ptr(), count) for where in (stream, GRAPHS))
 
 
 def arrival_counters(device: torch.device, weight: torch.Tensor, count: int) -> torch.Tensor:
-    """`count` zeroed int32 arrival counters for one launch on `device` with fc2 weight `weight`: kept per (device,
-    current stream, weight storage, count) and reused, since every launch leaves them at 0 (never freed while
-    kept: a captured CUDA graph holds their address). Launches that may run at the same time get different
-    counters: on two streams (a graph is captured on its capture stream), or of two blocks or two models (their
-    weights differ); launches of one block on one stream run one after the other. Made while a CUDA graph is being
-    captured, they are that call's own (a zero fill the graph replays), never kept."""
-    key = _counter_key(device, weight, count)
+    """`count` zeroed int32 arrival counters for one launch on `device` with fc2 weight `weight`, kept and reused
+    (every launch leaves them at 0; never freed while kept: a captured CUDA graph holds their address). Launches that
+    may run at the same time get different counters: eager launches on two streams, two blocks or two models
+    (their weights differ). Launches captured into CUDA graphs share one set per weight and size, whatever stream
+    captures them: graphs of one model replay one after the other (the CUDA-graph runner holds a lock), and a
+    capture cannot zero new counters without the graph replaying the fill, so each eager launch also makes the
+    captured launches' set. A capture that finds none (no eager launch before it) gets its own, zeroed by a fill
+    the graph replays, never kept."""
+    eager, graphs = _counter_keys(device, weight, count)
+    capturing = device.type == "cuda" and torch.cuda.is_current_stream_capturing()
+    key = graphs if capturing else eager
     with _COUNTERS_LOCK:
         found = _COUNTERS.get(key)
     if found is not None:
         return found
-    capturing = device.type == "cuda" and torch.cuda.is_current_stream_capturing()
-    with torch.inference_mode(False):  # a normal tensor, whatever mode the first launch runs in
-        made = torch.zeros(count, dtype=torch.int32, device=device)
-    if not capturing:
-        with _COUNTERS_LOCK:
-            made = _COUNTERS.setdefault(key, made)
-    return made
 
+    def zeros():
+        with torch.inference_mode(False):  # a normal tensor, whatever mode the first launch runs in
+            return torch.zeros(count, dtype=torch.int32, device=device)
 
-def drop_counters(device: torch.device, weight: torch.Tensor, count: int) -> None:
-    """Forget the kept counters of `arrival_counters(device, weight, count)` (a launch that may have left them
-    non-zero, a rejected candidate's): the next launch gets fresh ones."""
+    if capturing:
+        return zeros()
+    made = {k: zeros() for k in (eager, graphs)}
     with _COUNTERS_LOCK:
-        _COUNTERS.pop(_counter_key(device, weight, count), None)
+        for k in (graphs, eager):
+            _COUNTERS.setdefault(k, made[k])
+        return _COUNTERS[eager]
+
+
+def reset_counters(device: torch.device, weight: torch.Tensor, count: int) -> None:
+    """Zero the kept counters of `arrival_counters(device, weight, count)`, eager (current stream) and captured, in
+    stream order: after a launch that may have left them non-zero (a rejected candidate's). Zeroed, not dropped: a
+    captured graph may hold their address."""
+    with _COUNTERS_LOCK:
+        kept = [_COUNTERS.get(key) for key in _counter_keys(device, weight, count)]
+    for counters in kept:
+        if counters is not None:
+            counters.zero_()
 
 
 def fused_residual_adapter_in(hidden2d, weight, bias, residual2d, w_norm, w_raw, in_bias, eps: float, tokens: int,
@@ -225,8 +243,8 @@ def residual_adapter_triton(hidden, weight, bias, residual, h: int, w: int, w_no
 
     def verify(config):
         wrong = output_mismatch(run(config, poison=True), run(SEPARATE))
-        if wrong is not None:  # its counters may be left non-zero: no later launch reuses them
-            drop_counters(residual.device, weight, batch * cdiv(tokens, config["block_m"]))
+        if wrong is not None:  # its counters may be left non-zero
+            reset_counters(residual.device, weight, batch * cdiv(tokens, config["block_m"]))
         return wrong
 
     rows = batch * tokens

@@ -165,7 +165,7 @@ def test_only_the_last_arrival_runs_adapter_in(device, preset):
 
 def test_the_tuner_rejects_a_fused_candidate_whose_output_is_wrong(device, monkeypatch):
     """The output check (`verify`) of the fused candidates, as the tuner makes it on a GPU: a candidate timed fastest
-    whose counters are broken (here: pre-set, as a race would leave them) is rejected and its counters dropped, the
+    whose counters are broken (here: pre-set, as a race would leave them) is rejected and its counters zeroed, the
     next is checked and kept."""
     args = residual_args(1, 5, 7, 16, False, seed=10)
     hidden, fc2, residual, adapter = on(device, torch.float32, *args)
@@ -188,22 +188,38 @@ def test_the_tuner_rejects_a_fused_candidate_whose_output_is_wrong(device, monke
     measured, counters, tiles = seen[0]
     assert isinstance(measured[1][1], str) and "rejected" in measured[1][1], measured[1]
     assert measured[2][1] == 2.0  # the next fastest passed its check and was kept
-    fresh = fused.arrival_counters(torch.device(device), fc2["weight"], tiles)
-    assert fresh is not counters and not fresh.any(), "the rejected candidate's counters were dropped"
+    assert fused.arrival_counters(torch.device(device), fc2["weight"], tiles) is counters
+    assert not counters.any(), "the rejected candidate's counters were zeroed"
     assert_relative(actual.cpu(), expected(args, 5, 7), RELATIVE[torch.float32], "after a rejected candidate")
 
 
-def test_counters_made_during_a_capture_are_not_kept(monkeypatch):
-    monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: True)
-    monkeypatch.setattr(torch.cuda, "current_stream", lambda device=None: type("S", (), {"cuda_stream": 7})())
+def test_captured_launches_share_the_set_eager_launches_made_and_a_capture_never_keeps_its_own(monkeypatch):
+    """On a stand-in CUDA device: eager launches on two streams get their own counters; a capture (any stream) finds
+    the set the first eager launch made for captured launches; a capture before any eager launch makes its own
+    (a fill the graph replays) and keeps nothing."""
+    capturing, stream = [False], [7]
+    monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: capturing[0])
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda device=None: type("S", (), {"cuda_stream": stream[0]})())
     fake_cuda = type("Device", (), {"type": "cuda", "__str__": lambda self: "cuda:77"})()
     made = []
-    monkeypatch.setattr(torch, "zeros", lambda *a, **k: made.append(k) or object())
-    weight = torch.empty(4)
-    first = fused.arrival_counters(fake_cuda, weight, 5)
-    second = fused.arrival_counters(fake_cuda, weight, 5)
-    assert first is not second and len(made) == 2
-    assert not any(key[0] == "cuda:77" for key in fused._COUNTERS)
+    monkeypatch.setattr(torch, "zeros", lambda *a, **k: made.append(object()) or made[-1])
+    weight, other = torch.empty(4), torch.empty(4)
+    capturing[0] = True
+    first = fused.arrival_counters(fake_cuda, other, 5)
+    assert fused.arrival_counters(fake_cuda, other, 5) is not first
+    assert not any(key[0] == "cuda:77" for key in fused._COUNTERS), "a capture kept counters"
+    capturing[0] = False
+    on_7 = fused.arrival_counters(fake_cuda, weight, 5)
+    stream[0] = 8
+    on_8 = fused.arrival_counters(fake_cuda, weight, 5)
+    assert on_7 is not on_8 and fused.arrival_counters(fake_cuda, weight, 5) is on_8
+    capturing[0], stream[0] = True, 9
+    captured = fused.arrival_counters(fake_cuda, weight, 5)
+    assert captured not in (on_7, on_8) and fused.arrival_counters(fake_cuda, weight, 5) is captured
+    stream[0] = 10
+    assert fused.arrival_counters(fake_cuda, weight, 5) is captured, "every capture stream finds the same set"
+    for key in [key for key in fused._COUNTERS if key[0] == "cuda:77"]:
+        del fused._COUNTERS[key]
 
 
 def test_mixed_dtypes_run_the_separate_ops(device, monkeypatch):
