@@ -269,16 +269,18 @@ def output_mismatch(actual: torch.Tensor, expected: torch.Tensor) -> Optional[st
     return None
 
 
-def check_impl(op: str) -> Callable[[dict], None]:
-    """Validator of an explicit `tuning` for launchers whose candidates include torch's own ops (`impl="torch"`)
-    next to their Triton kernel (`impl="triton"` with positive tile sizes)."""
+def check_impl(op: str, kernel: str = "triton", other: str = "torch", tiles: tuple = ()) -> Callable[[dict], None]:
+    """Validator of an explicit `tuning` for launchers whose candidates are a kernel of theirs (`impl=kernel`, with
+    power-of-two `block_m`, `block_n` ≥ 16, `num_warps` and the sizes named in `tiles`, and `num_stages` ≥ 1) next
+    to something else (`impl=other`: torch's own ops, by default)."""
     def validate(config: dict) -> None:
-        if config["impl"] not in ("triton", "torch"):
-            raise KernelInputError(f"htkernels::{op}: tuning impl={config['impl']!r}; expected 'triton' or 'torch'")
-        if config["impl"] == "triton":
-            tiles = (config["block_m"], config["block_n"], config["num_warps"])
-            if any(n <= 0 or n & (n - 1) for n in tiles) or min(config["block_m"], config["block_n"]) < 16 \
-                    or config["num_stages"] < 1:
-                raise KernelInputError(f"htkernels::{op}: tuning {config} needs power-of-two block_m, block_n ≥ 16 and "
-                                 f"num_warps, and num_stages ≥ 1")
+        if config["impl"] not in (kernel, other):
+            raise KernelInputError(f"htkernels::{op}: tuning impl={config['impl']!r}; expected {kernel!r} or "
+                                   f"{other!r}")
+        if config["impl"] == kernel:
+            names = ("block_m", "block_n", *tiles, "num_warps")
+            if any(config[n] <= 0 or config[n] & (config[n] - 1) for n in names) \
+                    or min(config["block_m"], config["block_n"]) < 16 or config["num_stages"] < 1:
+                raise KernelInputError(f"htkernels::{op}: tuning {config} needs power-of-two {', '.join(names)} "
+                                       f"(block_m and block_n ≥ 16), and num_stages ≥ 1")
     return validate

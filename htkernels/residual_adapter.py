@@ -31,7 +31,7 @@ from ._triton import (
     tl,
     wait_for_producer,
 )
-from ._tune import int32_offsets, output_mismatch, tuned_config
+from ._tune import check_impl, int32_offsets, output_mismatch, tuned_config
 from .adapter import adapter_ref, adapter_triton
 from .adapter_in import adapter_in_rows
 from .adapter_out import adapter_out_ref, adapter_out_triton, residual_epilogue
@@ -108,18 +108,6 @@ def candidates(rows: int) -> list:
                          for one_dot in (False, True) for m, n, warps, stages in tiles]
 
 
-def _check_tuning(config: dict) -> None:
-    if config["impl"] not in ("separate", "fused"):
-        raise KernelInputError(f"htkernels::residual_adapter: tuning impl={config['impl']!r}; expected 'separate' or "
-                               f"'fused'")
-    if config["impl"] == "fused":
-        tiles = (config["block_m"], config["block_n"], config["block_d"], config["num_warps"])
-        if any(n <= 0 or n & (n - 1) for n in tiles) or min(config["block_m"], config["block_n"]) < 16 \
-                or config["num_stages"] < 1:
-            raise KernelInputError(f"htkernels::residual_adapter: tuning {config} needs power-of-two block_m, "
-                                   f"block_n ≥ 16, block_d and num_warps, and num_stages ≥ 1")
-
-
 _COUNTERS: dict = {}
 _COUNTERS_LOCK = threading.Lock()
 
@@ -157,10 +145,10 @@ def arrival_counters(device: torch.device, weight: torch.Tensor, count: int) -> 
 
     if capturing:
         return zeros()
-    made = {k: zeros() for k in (eager, graphs)}
     with _COUNTERS_LOCK:
         for k in (graphs, eager):
-            _COUNTERS.setdefault(k, made[k])
+            if k not in _COUNTERS:
+                _COUNTERS[k] = zeros()
         return _COUNTERS[eager]
 
 
@@ -184,12 +172,11 @@ def fused_residual_adapter_in(hidden2d, weight, bias, residual2d, w_norm, w_raw,
     channels = w_norm.shape[0]
     block_m, block_n = config["block_m"], config["block_n"]
     images, tiles = rows // tokens, cdiv(tokens, block_m)
-    fill = float("nan") if poison else None
     x = torch.empty((rows, width), device=residual2d.device, dtype=residual2d.dtype)
     z = torch.empty((rows, channels), device=residual2d.device, dtype=residual2d.dtype)
-    if fill is not None:
-        x.fill_(fill)
-        z.fill_(fill)
+    if poison:
+        x.fill_(float("nan"))
+        z.fill_(float("nan"))
     partials = torch.empty((images, tiles, channels), device=residual2d.device, dtype=torch.float32)
     counters = arrival_counters(residual2d.device, weight, images * tiles)
     _residual_adapter_in_kernel[(tiles * cdiv(width, block_n), images)](
@@ -255,7 +242,8 @@ def residual_adapter_triton(hidden, weight, bias, residual, h: int, w: int, w_no
     if rows == 0 or not fits or not one_dtype:
         return run(SEPARATE)
     key = (batch, tokens, inner, width, channels, residual.dtype, spectral is not None)
-    return run(tuned_config(op, key, candidates(rows), run, residual.device, tuning, _check_tuning, verify), poison)
+    return run(tuned_config(op, key, candidates(rows), run, residual.device, tuning,
+                            check_impl(op, "fused", "separate", ("block_d",)), verify), poison)
 
 
 def _residual_adapter_fake(hidden, weight, bias, residual, h, w, w_norm, w_raw, in_bias, eps, spectral, k3, k5, k7,

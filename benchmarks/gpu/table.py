@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+# The `check` of a fused residual_adapter candidate in the tune section whose output matched the separate ops'.
+MATCHES = "matches the separate ops"
+
 
 def _short(config: dict) -> str:
     if config.get("impl") == "torch":
@@ -56,8 +59,7 @@ def table(results: dict) -> str:
                 continue
             # "!": a fused candidate whose output did not match the separate ops' (never the best).
             cells = [(f"{row['graph_us']:.1f}" if "graph_us" in row else "err")
-                     + ("!" if row.get("check", "matches") != "matches the separate ops" and "check" in row else "")
-                     for row in rows]
+                     + ("!" if row.get("check", MATCHES) != MATCHES else "") for row in rows]
             lines.append(f"  {op:<16}" + "  ".join(f"{_short(row['config'])}={cell}" for row, cell in zip(rows, cells)))
         if "best_block" in tuning:
             lines.append(f"  block with the best of each: {tuning['best_block']['graph_us']:.1f} us")
