@@ -21,7 +21,7 @@ from ._triton import (
     tl,
     wait_for_producer,
 )
-from ._tune import tuned_config
+from ._tune import int32_offsets, tuned_config
 from .errors import KernelInputError
 
 
@@ -232,9 +232,14 @@ def _launch(op: str, x, w_norm, w_raw, bias, eps, tokens: Optional[int], tuning:
     check_shape(op, "w_norm", w_norm, (channels, width))
     check_shape(op, "w_raw", w_raw, (channels, width))
     check_shape(op, "bias", bias, (channels,))
-    z = torch.empty((rows, channels), device=x.device, dtype=x.dtype)
     pooled = tokens is not None
     group, groups = (tokens, rows // tokens) if pooled else (rows, 1)
+    # Past int32 element offsets (x beyond ~14,000 images at 224 px) the reference's torch ops run, the partials
+    # as one tile per image.
+    if rows and not int32_offsets(x, w_norm, w_raw, output_elements=rows * channels):
+        z = adapter_in_ref(x, w_norm, w_raw, bias, eps)
+        return z, (z.view(groups, group, channels)[:, 1:].float().sum(1, keepdim=True) if pooled else None)
+    z = torch.empty((rows, channels), device=x.device, dtype=x.dtype)
     candidates = pooled_candidates(groups, group) if pooled else tuning_candidates(rows)
     partials = []
     if rows == 0:

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from htkernels.adapter_in import adapter_in_ref, adapter_in_triton
+from htkernels.adapter_in import adapter_in_pooled_triton, adapter_in_ref, adapter_in_triton
 from htkernels.adapter_out import adapter_out_ref, adapter_out_triton
 
 from ..tolerances import RELATIVE, assert_relative
@@ -41,6 +41,32 @@ def test_adapter_in_accepts_strided_rows(device, poisoned):
     actual = adapter_in_triton(x, w_norm, w_raw, bias, 1e-6)
     expected = adapter_in_ref(x.cpu().double(), w_norm.cpu().double(), w_raw.cpu().double(), bias.cpu().double(), 1e-6)
     assert_relative(actual.cpu(), expected, RELATIVE[torch.float32], "adapter_in strided")
+
+
+def test_adapter_in_past_int32_offsets_runs_the_reference(device, poisoned, monkeypatch):
+    """adapter_in's kernel indexes x and z in int32: where an offset would not fit, both launchers run the
+    reference's torch ops (the pooled one with one partial sum per image), never the kernel."""
+    import htkernels._tune as tune
+    import htkernels.adapter_in as adapter_in_module
+
+    class NoLaunch:
+        def __getitem__(self, grid):
+            raise AssertionError("the Triton kernel was launched past the int32 limit")
+
+    gen = torch.Generator().manual_seed(11)
+    tokens, images = 7, 3
+    x = _randn(gen, tokens * images, 16, scale=2.0)
+    w_norm, w_raw, bias = _randn(gen, 16, 16, scale=0.1), _randn(gen, 16, 16, scale=0.1), _randn(gen, 16)
+    args = [t.to(device) for t in (x, w_norm, w_raw, bias)]
+    monkeypatch.setattr(tune, "INT32_LIMIT", 200)  # x's last offset is 20·16 + 15 = 335
+    monkeypatch.setattr(adapter_in_module, "_adapter_in_kernel", NoLaunch())
+    expected = adapter_in_ref(*[t.cpu().double() for t in args], 1e-5)
+    assert_relative(adapter_in_triton(*args, 1e-5).cpu(), expected, RELATIVE[torch.float32], "adapter_in past int32")
+    z, partials = adapter_in_pooled_triton(*args, 1e-5, tokens)
+    assert_relative(z.cpu(), expected, RELATIVE[torch.float32], "adapter_in_pooled past int32")
+    assert partials.shape == (images, 1, 16) and partials.dtype == torch.float32
+    image_sums = z.cpu().double().view(images, tokens, 16)[:, 1:].sum(1)
+    assert torch.allclose(partials.cpu().double().sum(1), image_sums, rtol=1e-6, atol=1e-5)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
