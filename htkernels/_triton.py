@@ -166,6 +166,37 @@ def matmul_tile(a_ptr, b_ptr, rows, cols, M, N, K, stride_am, stride_ak, stride_
 
 
 @jit
+def split_k_tile(a_ptr, b_ptr, ws_ptr, count_ptr, rows, cols, M, N, K, stride_am, stride_ak, stride_bn, stride_bk,
+                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr,
+                 IEEE_FP32: tl.constexpr, INTERPRET_BF16: tl.constexpr):
+    """`(last, acc)`: `matmul_tile` of `a [M,K] @ b [N,K]ᵀ` split along K over the SPLIT_K programs
+    `program_id(1)` = 0..SPLIT_K-1 of output tile `program_id(0)`, each owning ⌈K/SPLIT_K⌉ rounded up to BLOCK_K.
+
+    Each stores its fp32 part into the workspace `ws [SPLIT_K, M, N]`, waits on a barrier of its threads, then
+    counts itself in on the tile's counter (acquire-release, GPU scope; see htkernels/_arrival.py). The last to
+    arrive (`last`) puts the counter back to 0 and sums the SPLIT_K parts, read past its L1 (`.cg`), always in the
+    order 0..SPLIT_K-1, so the result does not depend on which program came last; `acc` is 0 for the others."""
+    split = tl.program_id(1)
+    chunk = tl.cdiv(tl.cdiv(K, SPLIT_K), BLOCK_K) * BLOCK_K
+    start = split * chunk
+    part = matmul_tile(a_ptr + start * stride_ak, b_ptr + start * stride_bk, rows, cols, M, N,
+                       tl.minimum(chunk, K - start), stride_am, stride_ak, stride_bn, stride_bk, BLOCK_M, BLOCK_N,
+                       BLOCK_K, IEEE_FP32, INTERPRET_BF16)
+    mask = (rows < M)[:, None] & (cols < N)[None, :]
+    offsets = rows[:, None] * N + cols[None, :]
+    tl.store(ws_ptr + split * M * N + offsets, part, mask=mask)
+    tl.debug_barrier()
+    counter = count_ptr + tl.program_id(0)
+    last = tl.atomic_add(counter, 1, sem="acq_rel", scope="gpu") == SPLIT_K - 1
+    acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+    if last:
+        tl.atomic_xchg(counter, 0, sem="relaxed", scope="gpu")
+        for index in tl.static_range(SPLIT_K):
+            acc += tl.load(ws_ptr + index * M * N + offsets, mask=mask, other=0.0, cache_modifier=".cg")
+    return last, acc
+
+
+@jit
 def gelu_erf(x):
     """GELU with the exact erf, on fp32."""
     return 0.5 * x * (1.0 + tl.math.erf(x * 0.7071067811865476))

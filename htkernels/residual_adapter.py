@@ -12,11 +12,11 @@ three.
 
 from __future__ import annotations
 
-import threading
 from typing import Optional
 
 import torch
 
+from ._arrival import arrival_counters, reset_counters
 from ._registry import register_op
 from ._triton import (
     cdiv,
@@ -108,61 +108,6 @@ def candidates(rows: int) -> list:
                          for one_dot in (False, True) for m, n, warps, stages in tiles]
 
 
-_COUNTERS: dict = {}
-_COUNTERS_LOCK = threading.Lock()
-
-
-# The counters' key for launches captured into CUDA graphs, whichever stream captures them.
-GRAPHS = "graphs"
-
-
-def _counter_keys(device: torch.device, weight: torch.Tensor, count: int) -> tuple:
-    """(the key of eager launches on the current stream, the key of captured launches)."""
-    stream = torch.cuda.current_stream(device).cuda_stream if device.type == "cuda" else 0
-    return tuple((str(device), where, weight.data_ptr(), count) for where in (stream, GRAPHS))
-
-
-def arrival_counters(device: torch.device, weight: torch.Tensor, count: int) -> torch.Tensor:
-    """`count` zeroed int32 arrival counters for one launch on `device` with fc2 weight `weight`, kept and reused
-    (every launch leaves them at 0; never freed while kept: a captured CUDA graph holds their address). Launches that
-    may run at the same time get different counters: eager launches on two streams, two blocks or two models
-    (their weights differ). Launches captured into CUDA graphs share one set per weight and size, whatever stream
-    captures them: graphs of one model replay one after the other (the CUDA-graph runner holds a lock), and a
-    capture cannot zero new counters without the graph replaying the fill, so each eager launch also makes the
-    captured launches' set. A capture that finds none (no eager launch before it) gets its own, zeroed by a fill
-    the graph replays, never kept."""
-    eager, graphs = _counter_keys(device, weight, count)
-    capturing = device.type == "cuda" and torch.cuda.is_current_stream_capturing()
-    key = graphs if capturing else eager
-    with _COUNTERS_LOCK:
-        found = _COUNTERS.get(key)
-    if found is not None:
-        return found
-
-    def zeros():
-        with torch.inference_mode(False):  # a normal tensor, whatever mode the first launch runs in
-            return torch.zeros(count, dtype=torch.int32, device=device)
-
-    if capturing:
-        return zeros()
-    with _COUNTERS_LOCK:
-        for k in (graphs, eager):
-            if k not in _COUNTERS:
-                _COUNTERS[k] = zeros()
-        return _COUNTERS[eager]
-
-
-def reset_counters(device: torch.device, weight: torch.Tensor, count: int) -> None:
-    """Zero the kept counters of `arrival_counters(device, weight, count)`, eager (current stream) and captured, in
-    stream order: after a launch that may have left them non-zero (a rejected candidate's). Zeroed, not dropped: a
-    captured graph may hold their address."""
-    with _COUNTERS_LOCK:
-        kept = [_COUNTERS.get(key) for key in _counter_keys(device, weight, count)]
-    for counters in kept:
-        if counters is not None:
-            counters.zero_()
-
-
 def fused_residual_adapter_in(hidden2d, weight, bias, residual2d, w_norm, w_raw, in_bias, eps: float, tokens: int,
                               config: dict, poison: bool = False):
     """`(x [M, D], z [M, r], partials fp32 [B, P, r])` of one launch of the fused kernel in `config` (keys of
@@ -178,7 +123,7 @@ def fused_residual_adapter_in(hidden2d, weight, bias, residual2d, w_norm, w_raw,
         x.fill_(float("nan"))
         z.fill_(float("nan"))
     partials = torch.empty((images, tiles, channels), device=residual2d.device, dtype=torch.float32)
-    counters = arrival_counters(residual2d.device, weight, images * tiles)
+    counters = arrival_counters("residual_adapter", residual2d.device, weight, images * tiles)
     _residual_adapter_in_kernel[(tiles * cdiv(width, block_n), images)](
         hidden2d, weight, bias, residual2d, x, w_norm, w_raw, in_bias, z, partials, counters,
         tokens, rows, width, inner, channels, float(eps),
@@ -231,7 +176,7 @@ def residual_adapter_triton(hidden, weight, bias, residual, h: int, w: int, w_no
     def verify(config):
         wrong = output_mismatch(run(config, poison=True), run(SEPARATE))
         if wrong is not None:  # its counters may be left non-zero
-            reset_counters(residual.device, weight, batch * cdiv(tokens, config["block_m"]))
+            reset_counters(op, residual.device, weight, batch * cdiv(tokens, config["block_m"]))
         return wrong
 
     rows = batch * tokens

@@ -44,6 +44,10 @@ HEAD_WIDTH = 64  # ViT-B/16's: 12 heads at width 768
 HEAD_LEVEL_WIDTH = 512  # the seg head's hidden width per level (three levels, two classes)
 PATCH = 16
 BUDGET_S = 60.0  # the sweep's own limit: candidates past it are recorded as skipped
+# The ops whose candidates may coordinate their programs through memory (arrival counters: residual_adapter's fused
+# kernel, adapter_out's split-K): the sweep checks each one's output, computed on NaN-filled buffers, against the
+# default's, as the launch tuner does.
+CHECKED = ("residual_adapter", "adapter_out_proj", "adapter_out_fc2")
 LAUNCHERS = {"adapter_in": adapter_in_triton, "adapter_spatial": adapter_spatial_triton,
              "adapter_out": adapter_out_triton}
 
@@ -54,6 +58,8 @@ def tuning_sweep(width: int, channels: int, grid: int) -> dict:
     return {"adapter_in": adapter_in.tuning_candidates(rows),
             "adapter_spatial": adapter_spatial.tuning_candidates(1, grid, grid, channels),
             "adapter_out": adapter_out.tuning_candidates(rows),
+            "adapter_out_proj": adapter_out.tuning_candidates(rows, width),
+            "adapter_out_fc2": adapter_out.tuning_candidates(rows, 4 * width),
             "norm_linear_qkv": norm_linear.tuning_candidates(rows),
             "norm_linear_fc1": norm_linear.tuning_candidates(rows),
             "attention": attention.tuning_candidates(DTYPES["bf16"]),
@@ -87,10 +93,18 @@ def run(check: Check) -> None:
     fc2_args = (torch.randn(1, x.shape[0], 4 * width, device=device, dtype=dtype),
                 torch.randn(width, 4 * width, device=device, dtype=dtype) * 0.02, torch.randn(width, device=device,
                                                                                              dtype=dtype))
+    proj_args = (torch.randn(x.shape[0], width, device=device, dtype=dtype),
+                 torch.randn(width, width, device=device, dtype=dtype) * 0.02,
+                 torch.randn(width, device=device, dtype=dtype))
     calls = {
         "adapter_in": lambda tuning: adapter_in_triton(x, w_norm, w_raw, bias, eps, tuning=tuning),
         "adapter_spatial": lambda tuning: adapter_spatial_triton(*spatial, tuning=tuning),
         "adapter_out": lambda tuning: adapter_out_triton(g2d, w2, b2, x, tuning=tuning),
+        # The block's attention projection and fc2 with their residual adds (split-K candidates among them).
+        "adapter_out_proj": lambda tuning, poison=False: adapter_out_triton(
+            proj_args[0], *proj_args[1:], x, tuning=tuning, poison=poison),
+        "adapter_out_fc2": lambda tuning, poison=False: adapter_out_triton(
+            fc2_args[0].view(-1, 4 * width), *fc2_args[1:], x, tuning=tuning, poison=poison),
         "norm_linear_qkv": lambda tuning: norm_linear_triton(*qkv, tuning=tuning),
         "norm_linear_fc1": lambda tuning: norm_linear_triton(*fc1, tuning=tuning),
         "attention": lambda tuning: attention_torch(packed, heads, tuning=tuning),
@@ -118,7 +132,7 @@ def run(check: Check) -> None:
                 try:
                     stats = graph_time(timer, lambda config=config: calls[op](config), repeat=20)
                     rows.append({"config": config, "graph_us": stats["median_us"]})
-                    if op == "residual_adapter" and config["impl"] == "fused":
+                    if op in CHECKED and config != configs[0]:
                         wrong = output_mismatch(calls[op](config, poison=True), calls[op](configs[0]))
                         rows[-1]["check"] = wrong or MATCHES
                         if wrong:

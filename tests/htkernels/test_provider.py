@@ -95,7 +95,7 @@ def test_optimized_model_with_fused_dense_layers(device, poisoned, monkeypatch, 
     """Every fused path of the block's dense layers forced on (what the launch tuner picks where it measured them
     faster than cuBLAS), against the reference: qkv and fc1 + activation with the LayerNorm folded into their GEMM
     (`norm_linear`), or (its default) torch's LayerNorm then the fused GEMM + activation epilogue (`linear_act`);
-    projection/fc2 + residual fused (`adapter_out`); attention on SDPA's math back end, not SDPA's own choice
+    projection/fc2 + residual fused (`adapter_out`, split along K where offered); attention on SDPA's math back end, not SDPA's own choice
     (`attention`); the embedding as one GEMM reading the image (`patch_embed`); adapter_out in the spatial
     kernel's epilogue (`adapter_spatial_out`), reading the image mean from adapter_in's partial sums (`adapter`,
     pooled); the seg head's tail as one kernel (`head_logits`). With the folded LayerNorm, fc2 also runs adapter_in
@@ -103,12 +103,14 @@ def test_optimized_model_with_fused_dense_layers(device, poisoned, monkeypatch, 
     GELU (biomedclip) and QuickGELU (openai, which also has `ln_pre` after the embedding)."""
     import htkernels._tune as tune
 
-    chosen = []
+    chosen, splits = [], []
 
     def prefer_fused(op, key, candidates, launch, device, verify=None):
         fused = next((c for c in candidates if c.get("impl") in ("triton", "math", "fused", "pooled")), candidates[0])
+        fused = next((c for c in candidates if c.get("split_k", 1) > 1), fused)  # split-K where it is offered
         config = candidates[0] if op in ("norm_linear", "residual_adapter") and not folded else fused
         chosen.append((op, key, config.get("impl", "triton"), any(c.get("impl") == "torch" for c in candidates)))
+        splits.append((op, key, config.get("split_k", 1)))
         return config
 
     monkeypatch.setattr(tune.TUNER, "choose", prefer_fused)
@@ -137,6 +139,9 @@ def test_optimized_model_with_fused_dense_layers(device, poisoned, monkeypatch, 
     assert [impl for op, _, impl, _ in chosen if op == "residual_adapter"] == \
         ["fused" if folded else "separate"] * adapters
     assert [impl for op, _, impl, _ in chosen if op == "adapter"] == ([] if folded else ["pooled"] * adapters)
+    # fc2 through adapter_out (inner 4·width > 128, batch 2) split along K; nothing else is offered split-K here.
+    assert [(op, key[2]) for op, key, split in splits if split > 1] == \
+        ([] if folded else [("adapter_out", 4 * cfg.width)] * adapters)
 
 
 def test_provider_availability_says_why():

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 import htkernels._tune as tune
+from htkernels import _arrival
 from htkernels import residual_adapter as fused
 from htkernels.adapter_in import adapter_in_ref
 from htkernels.adapter_out import adapter_out_ref
@@ -16,6 +17,7 @@ from ..tolerances import RELATIVE, assert_relative
 from .test_adapter import adapter_args
 
 INNER = 56  # fc2's inner size: not a multiple of the 64-wide K steps
+OP = "residual_adapter"  # the arrival counters' op
 
 
 def residual_args(batch, h, w, channels, spectral, seed):
@@ -128,13 +130,13 @@ def test_the_arrival_counters_are_left_at_zero_and_reused(device):
     config = fused.candidates(197)[1]
     tiles = 2 * -(-36 // config["block_m"])
     first = _fused_launch(device, args, 36, config)
-    counters = fused.arrival_counters(torch.device(device), weight, tiles)
+    counters = _arrival.arrival_counters(OP, torch.device(device), weight, tiles)
     assert counters.dtype == torch.int32 and not counters.any()
     second = _fused_launch(device, args, 36, config)
-    assert fused.arrival_counters(torch.device(device), weight, tiles) is counters and not counters.any()
+    assert _arrival.arrival_counters(OP, torch.device(device), weight, tiles) is counters and not counters.any()
     assert all(torch.equal(a, b) for a, b in zip(first, second))
     other_block = torch.empty_like(weight)
-    assert fused.arrival_counters(torch.device(device), other_block, tiles) is not counters, \
+    assert _arrival.arrival_counters(OP, torch.device(device), other_block, tiles) is not counters, \
         "two blocks (two fc2 weights) share no counters"
 
 
@@ -151,7 +153,7 @@ def test_only_the_last_arrival_runs_adapter_in(device, preset):
         pytest.skip("which program arrives first is fixed only under the interpreter")
     args = residual_args(1, 5, 7, 16, False, seed=9)
     config = dict(fused.candidates(197)[1], block_m=16, block_n=16)
-    counters = fused.arrival_counters(torch.device(device), args[1]["weight"].to(device), 3)
+    counters = _arrival.arrival_counters(OP, torch.device(device), args[1]["weight"].to(device), 3)
     try:
         counters[1] = preset
         _, z, _ = _fused_launch(device, args, 36, config)
@@ -176,7 +178,7 @@ def test_the_tuner_rejects_a_fused_candidate_whose_output_is_wrong(device, monke
             return candidates[0]
         broken, good = candidates[1], candidates[2]
         tiles = -(-36 // broken["block_m"])
-        counters = fused.arrival_counters(torch.device(device), fc2["weight"], tiles)
+        counters = _arrival.arrival_counters(OP, torch.device(device), fc2["weight"], tiles)
         counters[0] = 1  # one column tile "already arrived" for row tile 0 of the broken candidate's launches
         measured = [(candidates[0], 3.0), (broken, 1.0), (good, 2.0)]
         chosen = tune.LaunchTuner._verified(candidates[0], measured, verify)
@@ -188,7 +190,7 @@ def test_the_tuner_rejects_a_fused_candidate_whose_output_is_wrong(device, monke
     measured, counters, tiles = seen[0]
     assert isinstance(measured[1][1], str) and "rejected" in measured[1][1], measured[1]
     assert measured[2][1] == 2.0  # the next fastest passed its check and was kept
-    assert fused.arrival_counters(torch.device(device), fc2["weight"], tiles) is counters
+    assert _arrival.arrival_counters(OP, torch.device(device), fc2["weight"], tiles) is counters
     assert not counters.any(), "the rejected candidate's counters were zeroed"
     assert_relative(actual.cpu(), expected(args, 5, 7), RELATIVE[torch.float32], "after a rejected candidate")
 
@@ -205,21 +207,21 @@ def test_captured_launches_share_the_set_eager_launches_made_and_a_capture_never
     monkeypatch.setattr(torch, "zeros", lambda *a, **k: made.append(object()) or made[-1])
     weight, other = torch.empty(4), torch.empty(4)
     capturing[0] = True
-    first = fused.arrival_counters(fake_cuda, other, 5)
-    assert fused.arrival_counters(fake_cuda, other, 5) is not first
-    assert not any(key[0] == "cuda:77" for key in fused._COUNTERS), "a capture kept counters"
+    first = _arrival.arrival_counters(OP, fake_cuda, other, 5)
+    assert _arrival.arrival_counters(OP, fake_cuda, other, 5) is not first
+    assert not any(key[0] == "cuda:77" for key in _arrival._COUNTERS), "a capture kept counters"
     capturing[0] = False
-    on_7 = fused.arrival_counters(fake_cuda, weight, 5)
+    on_7 = _arrival.arrival_counters(OP, fake_cuda, weight, 5)
     stream[0] = 8
-    on_8 = fused.arrival_counters(fake_cuda, weight, 5)
-    assert on_7 is not on_8 and fused.arrival_counters(fake_cuda, weight, 5) is on_8
+    on_8 = _arrival.arrival_counters(OP, fake_cuda, weight, 5)
+    assert on_7 is not on_8 and _arrival.arrival_counters(OP, fake_cuda, weight, 5) is on_8
     capturing[0], stream[0] = True, 9
-    captured = fused.arrival_counters(fake_cuda, weight, 5)
-    assert captured not in (on_7, on_8) and fused.arrival_counters(fake_cuda, weight, 5) is captured
+    captured = _arrival.arrival_counters(OP, fake_cuda, weight, 5)
+    assert captured not in (on_7, on_8) and _arrival.arrival_counters(OP, fake_cuda, weight, 5) is captured
     stream[0] = 10
-    assert fused.arrival_counters(fake_cuda, weight, 5) is captured, "every capture stream finds the same set"
-    for key in [key for key in fused._COUNTERS if key[0] == "cuda:77"]:
-        del fused._COUNTERS[key]
+    assert _arrival.arrival_counters(OP, fake_cuda, weight, 5) is captured, "every capture stream finds the same set"
+    for key in [key for key in _arrival._COUNTERS if key[0] == "cuda:77"]:
+        del _arrival._COUNTERS[key]
 
 
 def test_mixed_dtypes_run_the_separate_ops(device, monkeypatch):

@@ -236,7 +236,7 @@ def test_candidate_lists_start_with_the_measured_defaults():
     assert in_candidates(64 * 197)[0] == dict(block_m=64, block_d=64, num_warps=4, single_pass=False, one_dot=False)
     assert spatial_candidates(1, 14, 14, 64)[0] == dict(block_p=16, num_warps=4, pool_block=0, split_conv=False)
     assert spatial_candidates(64, 14, 14, 64)[0] == dict(block_p=32, num_warps=4, pool_block=0, split_conv=False)
-    assert out_candidates(197)[0] == dict(impl="triton", block_m=32, block_n=64, num_warps=4, num_stages=3)
+    assert out_candidates(197)[0] == dict(impl="triton", block_m=32, block_n=64, num_warps=4, num_stages=3, split_k=1)
     for configs in (in_candidates(197), spatial_candidates(1, 14, 14, 64), out_candidates(50432)):
         assert len(configs) == len(unique(configs)) > 1
 
