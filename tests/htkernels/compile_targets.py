@@ -51,7 +51,8 @@ def compile_one(job: tuple) -> str:
         if grid_control != (["griddepcontrol.wait", "griddepcontrol.launch_dependents"] if constexprs.get("PDL")
                             else []):
             return f"FAILED {label}: PTX has {grid_control or 'no griddepcontrol'} with PDL={constexprs.get('PDL')}"
-        ordering = arrival_ordering(compiled.asm["ptx"]) if name == "_residual_adapter_in_kernel" else None
+        arrives = name == "_residual_adapter_in_kernel" or constexprs.get("SPLIT_K", 1) > 1
+        ordering = arrival_ordering(compiled.asm["ptx"]) if arrives else None
         if ordering:
             return f"FAILED {label}: {ordering}"
         shared = compiled.metadata.shared
@@ -64,17 +65,18 @@ def compile_one(job: tuple) -> str:
 
 
 def arrival_ordering(ptx: str):
-    """What is wrong in the PTX of residual_adapter's fused kernel with how its programs meet (None: nothing): the
-    stores of x, then a barrier of the program's threads, then the arrival as an acquire-release atomic add at GPU
-    scope, and the tail's reads of x from L2 (`ld.global.cg`)."""
+    """What is wrong in the PTX of a kernel whose programs meet through arrival counters (residual_adapter's fused
+    kernel, adapter_out's split-K) with how they meet (None: nothing): the stores of each program's part (x, the
+    fp32 parts), then a barrier of the program's threads, then the arrival as an acquire-release atomic add at GPU
+    scope, and the last arrival's reads of the parts from L2 (`ld.global.cg`)."""
     arrival = ptx.find("atom.global.gpu.acq_rel.add")
     if arrival < 0:
         return "no acquire-release GPU-scope atomic add (the arrival)"
     before = ptx[:arrival]
     if before.rfind("bar.sync") < before.rfind("st.global"):
-        return "no barrier between the last store of x and the arrival"
+        return "no barrier between the last store of the program's part and the arrival"
     if "ld.global.cg" not in ptx[arrival:]:
-        return "the tail does not read x past L1 (ld.global.cg)"
+        return "the last arrival does not read the parts past L1 (ld.global.cg)"
     return None
 
 
@@ -151,9 +153,10 @@ def main() -> int:
             out_configs = [c for b in batches for c in aout.tuning_candidates(b * 197, inner) if c["impl"] == "triton"]
             for c in out_configs:
                 build(aout._adapter_out_kernel,
-                      {n: f"*{dtype}" for n in ("g_ptr", "w2_ptr", "b2_ptr", "res_ptr", "y_ptr")}, (),
-                      dict(BLOCK_M=c["block_m"], BLOCK_N=c["block_n"], BLOCK_K=64, GROUP_M=8, **flags), c, fit,
-                      out_values[inner])
+                      {**{n: f"*{dtype}" for n in ("g_ptr", "w2_ptr", "b2_ptr", "res_ptr", "y_ptr")},
+                       "ws_ptr": "*fp32", "count_ptr": "*i32"}, (),
+                      dict(BLOCK_M=c["block_m"], BLOCK_N=c["block_n"], BLOCK_K=64, GROUP_M=8, SPLIT_K=c["split_k"],
+                           **flags), c, fit, out_values[inner])
         act_configs = [c for b in batches for c in act.tuning_candidates(b * 197) if c["impl"] == "triton"]
         for index, c in enumerate(act_configs):
             for activation in (1, 2) if index == 0 else (1,):  # GELU everywhere, QuickGELU once
